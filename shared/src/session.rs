@@ -1,0 +1,334 @@
+//! Sessions: one product process lifetime on one device, as the wire carries it.
+//!
+//! Input is parsed in two steps. [`RawSession`] takes any JSON object with the session's
+//! fields as strings, so that a bad value becomes a [`Problem`] naming the field rather
+//! than a parser error naming a byte offset; [`RawSession::check`] then turns it into a
+//! typed [`Session`]. Strings are borrowed from the input where they can be (`Cow`), which
+//! keeps a million-session replay free of per-session allocations.
+
+use std::borrow::Cow;
+use std::cmp::Ordering;
+
+use serde::{Deserialize, Serialize};
+
+use crate::record::Problem;
+use crate::time::{Instant, Nanos, Zone, ZoneCache, nanos, parse_instant};
+
+/// A `[from, to)` interval inside a session (idle or suspended).
+pub type Interval = [Instant; 2];
+
+/// A session as the wire and the journal carry it. On the wire `user` and `device` come
+/// from the sync request and the device token; in a replay scenario they are fields.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Session<'a> {
+    #[serde(borrow)]
+    pub id: Cow<'a, str>,
+    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<Cow<'a, str>>,
+    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    pub product: Cow<'a, str>,
+    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<Cow<'a, str>>,
+    pub start: Instant,
+    /// Absent while the product runs.
+    #[serde(default)]
+    pub end: Option<Instant>,
+    /// Bounds a running session; informational once `end` is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_seen: Option<Instant>,
+    /// IANA zone of the device when the session started.
+    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    pub tz: Option<Cow<'a, str>>,
+    /// Sleep intervals (informational; the engine never reads them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub suspended: Vec<Interval>,
+    /// Final idle intervals, suspends folded in; read under `rollover = active`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub idle: Vec<Interval>,
+}
+
+/// Owned session, for the journal and the store.
+pub type OwnedSession = Session<'static>;
+
+/// A session object as it came in: every field optional and textual, checked later.
+#[derive(Debug, Default, Deserialize)]
+pub struct RawSession<'a> {
+    #[serde(borrow, default)]
+    pub id: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    pub user: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    pub device: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    pub product: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    pub version: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    pub start: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    pub end: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    pub last_seen: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    pub tz: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    pub suspended: Option<Vec<(Cow<'a, str>, Cow<'a, str>)>>,
+    #[serde(borrow, default)]
+    pub idle: Option<Vec<(Cow<'a, str>, Cow<'a, str>)>>,
+}
+
+/// Only the id of a record that failed to parse, so its error can still name it.
+#[derive(Debug, Deserialize)]
+pub struct IdOnly<'a> {
+    #[serde(borrow, default)]
+    pub id: Option<Cow<'a, str>>,
+}
+
+impl<'a> RawSession<'a> {
+    /// Checks every field and returns the typed session with the zone its days are read
+    /// in. `user` and `device` stay optional here; a replay requires them, the wire
+    /// supplies them from the request.
+    pub fn check(self, zones: &mut ZoneCache) -> Result<(Session<'a>, Zone), Problem> {
+        let id = self.id.ok_or(Problem::Missing("id"))?;
+        if id.is_empty() {
+            return Err(Problem::Missing("id"));
+        }
+        let product = self.product.ok_or(Problem::Missing("product"))?;
+        let start = parse_instant("start", &self.start.ok_or(Problem::Missing("start"))?)?;
+        let end = self.end.map(|s| parse_instant("end", &s)).transpose()?;
+        let last_seen = self
+            .last_seen
+            .map(|s| parse_instant("last_seen", &s))
+            .transpose()?;
+        if let Some(end) = &end
+            && end < &start
+        {
+            return Err(Problem::BeforeStart { field: "end" });
+        }
+        if let Some(seen) = &last_seen
+            && seen < &start
+        {
+            return Err(Problem::BeforeStart { field: "last_seen" });
+        }
+        if end.is_none() && last_seen.is_none() {
+            return Err(Problem::Unbounded);
+        }
+        let zone = zones.resolve(self.tz.as_deref(), &start)?;
+        let suspended = intervals("suspended", self.suspended)?;
+        let idle = intervals("idle", self.idle)?;
+        let session = Session {
+            id,
+            user: self.user,
+            device: self.device,
+            product,
+            version: self.version,
+            start,
+            end,
+            last_seen,
+            tz: self.tz,
+            suspended,
+            idle,
+        };
+        Ok((session, zone))
+    }
+}
+
+fn intervals(
+    field: &'static str,
+    raw: Option<Vec<(Cow<'_, str>, Cow<'_, str>)>>,
+) -> Result<Vec<Interval>, Problem> {
+    let Some(raw) = raw else {
+        return Ok(Vec::new());
+    };
+    raw.iter()
+        .enumerate()
+        .map(|(index, (from, to))| {
+            let from = parse_instant(field, from)?;
+            let to = parse_instant(field, to)?;
+            if to < from {
+                return Err(Problem::BackwardsInterval {
+                    field,
+                    index: index + 1,
+                });
+            }
+            Ok([from, to])
+        })
+        .collect()
+}
+
+impl<'a> Session<'a> {
+    /// `end`, else `last_seen` (a checked session has one of them).
+    pub fn effective_end(&self) -> &Instant {
+        self.end
+            .as_ref()
+            .or(self.last_seen.as_ref())
+            .unwrap_or(&self.start)
+    }
+
+    /// The field in which two copies of one id disagree, if any. Copies must agree on
+    /// user, device, product, start (instant and offset) and tz.
+    pub fn conflict_with(&self, other: &Session<'_>) -> Option<&'static str> {
+        if self.user != other.user {
+            Some("user")
+        } else if self.device != other.device {
+            Some("device")
+        } else if self.product != other.product {
+            Some("product")
+        } else if self.start != other.start || self.start.offset() != other.start.offset() {
+            Some("start")
+        } else if self.tz != other.tz {
+            Some("tz")
+        } else {
+            None
+        }
+    }
+
+    /// Which of two copies of one id wins: the later effective end; on a tie the closed
+    /// copy. Further ties are broken on the remaining fields so that the winner never
+    /// depends on arrival order (a later `last_seen`, then more idle and suspend
+    /// detail, then the version string).
+    pub fn copy_order(&self, other: &Session<'_>) -> Ordering {
+        let rank = |s: &Session<'_>| {
+            (
+                nanos(s.effective_end()),
+                s.end.is_some(),
+                s.last_seen.as_ref().map(nanos),
+            )
+        };
+        rank(self)
+            .cmp(&rank(other))
+            .then_with(|| interval_order(&self.idle, &other.idle))
+            .then_with(|| interval_order(&self.suspended, &other.suspended))
+            .then_with(|| self.version.cmp(&other.version))
+    }
+
+    /// Detaches the session from the input it borrows from.
+    pub fn into_owned(self) -> OwnedSession {
+        fn own(c: Cow<'_, str>) -> Cow<'static, str> {
+            Cow::Owned(c.into_owned())
+        }
+        Session {
+            id: own(self.id),
+            user: self.user.map(own),
+            device: self.device.map(own),
+            product: own(self.product),
+            version: self.version.map(own),
+            start: self.start,
+            end: self.end,
+            last_seen: self.last_seen,
+            tz: self.tz.map(own),
+            suspended: self.suspended,
+            idle: self.idle,
+        }
+    }
+
+    /// Start on the engine's time line.
+    pub fn start_nanos(&self) -> Nanos {
+        nanos(&self.start)
+    }
+
+    /// Effective end on the engine's time line.
+    pub fn end_nanos(&self) -> Nanos {
+        nanos(self.effective_end())
+    }
+}
+
+fn interval_order(a: &[Interval], b: &[Interval]) -> Ordering {
+    a.len().cmp(&b.len()).then_with(|| {
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (nanos(&x[0]), nanos(&x[1])).cmp(&(nanos(&y[0]), nanos(&y[1]))))
+            .find(|o| o.is_ne())
+            .unwrap_or(Ordering::Equal)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(json: &str) -> RawSession<'_> {
+        serde_json::from_str(json).unwrap()
+    }
+
+    fn checked(json: &str) -> Result<Session<'_>, Problem> {
+        raw(json).check(&mut ZoneCache::new()).map(|(s, _)| s)
+    }
+
+    #[test]
+    fn session_with_neither_end_nor_last_seen_is_invalid() {
+        let e = checked(r#"{"id":"s","product":"acad","start":"2026-03-02T09:00:00Z","end":null}"#);
+        assert_eq!(e, Err(Problem::Unbounded));
+    }
+
+    #[test]
+    fn end_before_start_is_invalid() {
+        let e = checked(
+            r#"{"id":"s","product":"acad","start":"2026-03-02T09:00:00Z","end":"2026-03-02T08:00:00Z"}"#,
+        );
+        assert_eq!(e, Err(Problem::BeforeStart { field: "end" }));
+    }
+
+    #[test]
+    fn last_seen_before_start_is_invalid() {
+        let e = checked(
+            r#"{"id":"s","product":"acad","start":"2026-03-02T09:00:00Z","last_seen":"2026-03-02T08:00:00Z"}"#,
+        );
+        assert_eq!(e, Err(Problem::BeforeStart { field: "last_seen" }));
+    }
+
+    #[test]
+    fn unknown_zone_is_invalid() {
+        let e = checked(
+            r#"{"id":"s","product":"acad","start":"2026-03-02T09:00:00Z","end":"2026-03-02T10:00:00Z","tz":"Mars/Olympus"}"#,
+        );
+        assert_eq!(e, Err(Problem::UnknownZone("Mars/Olympus".into())));
+    }
+
+    #[test]
+    fn backwards_idle_interval_is_invalid() {
+        let e = checked(
+            r#"{"id":"s","product":"acad","start":"2026-03-02T09:00:00Z","end":"2026-03-02T12:00:00Z",
+                "idle":[["2026-03-02T10:00:00Z","2026-03-02T09:30:00Z"]]}"#,
+        );
+        assert_eq!(
+            e,
+            Err(Problem::BackwardsInterval {
+                field: "idle",
+                index: 1
+            })
+        );
+    }
+
+    #[test]
+    fn session_round_trips_through_the_wire_form() {
+        let s = checked(
+            r#"{"id":"s","product":"acad","start":"2026-03-02T09:00:00-05:00","last_seen":"2026-03-02T09:30:00-05:00",
+                "tz":"America/New_York","idle":[["2026-03-02T09:10:00-05:00","2026-03-02T09:20:00-05:00"]]}"#,
+        )
+        .unwrap();
+        let text = serde_json::to_string(&s).unwrap();
+        assert!(text.contains(r#""end":null"#), "{text}");
+        assert!(text.contains("09:00:00-05:00"), "offset kept: {text}");
+        let back: Session<'_> = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, s);
+    }
+
+    #[test]
+    fn later_effective_end_wins_and_closed_wins_a_tie() {
+        let open = checked(r#"{"id":"s","product":"a","start":"2026-03-02T09:00:00Z","last_seen":"2026-03-02T10:00:00Z"}"#).unwrap();
+        let closed = checked(r#"{"id":"s","product":"a","start":"2026-03-02T09:00:00Z","end":"2026-03-02T10:00:00Z"}"#).unwrap();
+        let later = checked(r#"{"id":"s","product":"a","start":"2026-03-02T09:00:00Z","last_seen":"2026-03-02T11:00:00Z"}"#).unwrap();
+        assert_eq!(closed.copy_order(&open), Ordering::Greater);
+        assert_eq!(later.copy_order(&closed), Ordering::Greater);
+    }
+
+    #[test]
+    fn copies_must_agree_on_start_offset() {
+        let a = checked(r#"{"id":"s","product":"a","start":"2026-03-02T09:00:00-05:00","end":"2026-03-02T10:00:00-05:00"}"#).unwrap();
+        let b = checked(r#"{"id":"s","product":"a","start":"2026-03-02T14:00:00Z","end":"2026-03-02T15:00:00Z"}"#).unwrap();
+        assert_eq!(a.conflict_with(&b), Some("start"));
+    }
+}
