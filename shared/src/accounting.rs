@@ -1,10 +1,9 @@
 //! The day-window walk over one (user, product) key (spec/accounting.md, "Algorithm").
 //!
-//! Input is the key's sessions, one copy per id, as [`Span`]s sorted by start then id;
-//! output is the key's windows in start order. Pricing and calendar days are applied by
+//! Input is the key's sessions, one copy per id, as [`Span`]s in walk order (by start,
+//! then by id — the spec's tie rule; callers sort, since they hold the ids); output is
+//! the key's windows in start order. Pricing and calendar days are applied by
 //! [`crate::usage`]; this module only decides *when* windows open.
-
-use std::cmp::Ordering;
 
 use crate::policy::{Rollover, Rules, ShortSessions};
 use crate::session::{Interval, Session};
@@ -17,7 +16,6 @@ pub struct Span<'s> {
     pub start: Nanos,
     /// Effective end: `end`, else `last_seen`.
     pub end: Nanos,
-    pub id: &'s str,
     /// Where this session's calendar day is read.
     pub zone: Zone,
     pub idle: &'s [Interval],
@@ -28,7 +26,6 @@ impl<'s> Span<'s> {
         Span {
             start: session.start_nanos(),
             end: session.end_nanos(),
-            id: &session.id,
             zone,
             idle: &session.idle,
         }
@@ -37,16 +34,6 @@ impl<'s> Span<'s> {
     fn is_short(&self, rules: &Rules) -> bool {
         self.end.saturating_sub(self.start) < rules.min_session
     }
-}
-
-/// The spec's tie rule: by start, then by id (string order).
-pub fn span_order(a: &Span<'_>, b: &Span<'_>) -> Ordering {
-    a.start.cmp(&b.start).then_with(|| a.id.cmp(b.id))
-}
-
-/// Sorts spans into walk order.
-pub fn sort_spans(spans: &mut [Span<'_>]) {
-    spans.sort_unstable_by(span_order);
 }
 
 /// Whether a window is charged or a free row for a short session.
@@ -68,7 +55,7 @@ pub struct Window {
     pub kind: WindowKind,
 }
 
-/// Walks one key's spans (sorted by [`sort_spans`]) and appends its windows to `out`,
+/// Walks one key's spans (in walk order) and appends its windows to `out`,
 /// in start order.
 ///
 /// Which sessions count where the spec leaves it open (written down here so the agent
@@ -240,21 +227,57 @@ mod tests {
         Zone::Named(chrono_tz::UTC)
     }
 
-    fn span(id: &'static str, start: i64, end: i64) -> Span<'static> {
-        Span {
-            start,
-            end,
+    /// A span with its id, for the tie rule.
+    type Named = (&'static str, Span<'static>);
+
+    fn span(id: &'static str, start: i64, end: i64) -> Named {
+        (
             id,
-            zone: utc(),
-            idle: &[],
-        }
+            Span {
+                start,
+                end,
+                zone: utc(),
+                idle: &[],
+            },
+        )
     }
 
-    fn run(spans: &mut [Span<'_>], policy: &Policy) -> Vec<(i64, i64)> {
-        sort_spans(spans);
+    fn idle_span(id: &'static str, start: i64, end: i64, from: &str, to: &str) -> Named {
+        let idle: &'static [Interval] = Box::leak(Box::new([[
+            parse_instant("idle", from).unwrap(),
+            parse_instant("idle", to).unwrap(),
+        ]]));
+        (
+            id,
+            Span {
+                start,
+                end,
+                zone: utc(),
+                idle,
+            },
+        )
+    }
+
+    fn windows(spans: &mut [Named], policy: &Policy) -> Vec<Window> {
+        spans.sort_by(|(a, x), (b, y)| x.start.cmp(&y.start).then(a.cmp(b)));
+        let spans: Vec<Span<'_>> = spans.iter().map(|(_, s)| *s).collect();
         let mut out = Vec::new();
-        walk(spans, &policy.rules(), &mut out);
-        out.iter().map(|w| (w.start, w.end)).collect()
+        walk(&spans, &policy.rules(), &mut out);
+        out
+    }
+
+    fn run(spans: &mut [Named], policy: &Policy) -> Vec<(i64, i64)> {
+        windows(spans, policy)
+            .iter()
+            .map(|w| (w.start, w.end))
+            .collect()
+    }
+
+    fn active() -> Policy {
+        Policy {
+            rollover: Rollover::Active,
+            ..Policy::default()
+        }
     }
 
     #[test]
@@ -318,7 +341,6 @@ mod tests {
 
     #[test]
     fn short_session_does_not_bridge_busy_intervals() {
-        // a short session between two long ones does not extend the first.
         let got = run(
             &mut [
                 span("a", 0, 24 * H - M),
@@ -331,72 +353,60 @@ mod tests {
 
     #[test]
     fn idle_aware_rollover_waits_for_use() {
-        let idle: &'static [Interval] = Box::leak(Box::new([[
-            parse_instant("idle", "1970-01-01T01:00:00Z").unwrap(),
-            parse_instant("idle", "1970-01-03T16:00:00Z").unwrap(),
-        ]]));
-        let mut spans = [Span {
-            start: 0,
-            end: 64 * H + 30 * M,
-            id: "a",
-            zone: utc(),
-            idle,
-        }];
-        let policy = Policy {
-            rollover: Rollover::Active,
-            ..Policy::default()
-        };
+        let mut spans = [idle_span(
+            "a",
+            0,
+            64 * H + 30 * M,
+            "1970-01-01T01:00:00Z",
+            "1970-01-03T16:00:00Z",
+        )];
         assert_eq!(
-            run(&mut spans, &policy),
+            run(&mut spans, &active()),
             vec![(0, 24 * H), (64 * H, 88 * H)]
         );
     }
 
     #[test]
     fn idle_aware_rollover_with_short_active_tail_is_free() {
-        let idle: &'static [Interval] = Box::leak(Box::new([[
-            parse_instant("idle", "1970-01-01T01:00:00Z").unwrap(),
-            parse_instant("idle", "1970-01-02T10:00:00Z").unwrap(),
-        ]]));
-        let mut spans = [Span {
-            start: 0,
-            end: 34 * H + 3 * M,
-            id: "a",
-            zone: utc(),
-            idle,
-        }];
-        let policy = Policy {
-            rollover: Rollover::Active,
-            ..Policy::default()
-        };
-        assert_eq!(run(&mut spans, &policy), vec![(0, 24 * H)]);
+        let mut spans = [idle_span(
+            "a",
+            0,
+            34 * H + 3 * M,
+            "1970-01-01T01:00:00Z",
+            "1970-01-02T10:00:00Z",
+        )];
+        assert_eq!(run(&mut spans, &active()), vec![(0, 24 * H)]);
     }
 
     #[test]
     fn idle_aware_rollover_uses_any_device_in_use() {
-        // device A idle all along after the first hour; device B in use at 30h.
-        let idle: &'static [Interval] = Box::leak(Box::new([[
-            parse_instant("idle", "1970-01-01T01:00:00Z").unwrap(),
-            parse_instant("idle", "1970-01-05T00:00:00Z").unwrap(),
-        ]]));
+        // device A idle after its first hour; device B in use at 30h.
         let mut spans = [
-            Span {
-                start: 0,
-                end: 48 * H,
-                id: "a",
-                zone: utc(),
-                idle,
-            },
+            idle_span(
+                "a",
+                0,
+                48 * H,
+                "1970-01-01T01:00:00Z",
+                "1970-01-05T00:00:00Z",
+            ),
             span("b", 30 * H, 31 * H),
         ];
-        let policy = Policy {
-            rollover: Rollover::Active,
-            ..Policy::default()
-        };
         assert_eq!(
-            run(&mut spans, &policy),
+            run(&mut spans, &active()),
             vec![(0, 24 * H), (30 * H, 54 * H)]
         );
+    }
+
+    #[test]
+    fn idle_is_ignored_under_open_rollover() {
+        let mut spans = [idle_span(
+            "a",
+            0,
+            30 * H,
+            "1970-01-01T01:00:00Z",
+            "1970-01-02T05:00:00Z",
+        )];
+        assert_eq!(run(&mut spans, &Policy::default()).len(), 2);
     }
 
     #[test]
@@ -420,17 +430,13 @@ mod tests {
     #[test]
     fn window_is_dated_by_earliest_started_open_session() {
         let tokyo = Zone::Named(chrono_tz::Asia::Tokyo);
+        let (_, b) = span("b", 0, 2 * H);
         let mut spans = [
-            Span {
-                zone: tokyo,
-                ..span("b", 0, 2 * H)
-            },
+            ("b", Span { zone: tokyo, ..b }),
             span("a", 0, 3 * H),
             span("c", -H, -H + M),
         ];
-        sort_spans(&mut spans);
-        let mut out = Vec::new();
-        walk(&spans, &Policy::default().rules(), &mut out);
+        let out = windows(&mut spans, &Policy::default());
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].zone, utc(), "same start: id 'a' comes first");
     }
@@ -438,16 +444,9 @@ mod tests {
     #[test]
     fn rollover_is_dated_by_the_session_open_then() {
         let tokyo = Zone::Named(chrono_tz::Asia::Tokyo);
-        let mut spans = [
-            span("a", 0, 25 * H),
-            Span {
-                zone: tokyo,
-                ..span("b", 20 * H, 50 * H)
-            },
-        ];
-        sort_spans(&mut spans);
-        let mut out = Vec::new();
-        walk(&spans, &Policy::default().rules(), &mut out);
+        let (_, b) = span("b", 20 * H, 50 * H);
+        let mut spans = [span("a", 0, 25 * H), ("b", Span { zone: tokyo, ..b })];
+        let out = windows(&mut spans, &Policy::default());
         assert_eq!(
             out.iter().map(|w| w.zone).collect::<Vec<_>>(),
             vec![utc(), utc(), tokyo]

@@ -2,37 +2,102 @@
 //! sessions in, usage days and totals out.
 //!
 //! [`Scenario::parse`] checks every record first and reports the first bad one in file
-//! order; [`Scenario::account`] then runs the walk for every (user, product) key. Keys
-//! are independent, so both the per-record checks and the per-key walks run on all
-//! cores; the result is the same as a sequential run, byte for byte.
+//! order; [`Scenario::account`] then runs the walk for every (user, product) key. The
+//! result is the same as a sequential run, byte for byte, but the work is arranged for
+//! a million sessions a second on two cores:
+//!
+//! - the split of the `sessions` array into raw records streams chunks to worker
+//!   threads while it goes on, so splitting and checking overlap;
+//! - while a record is hot in cache its worker computes a compact [`Slot`] (key hash,
+//!   start, effective end, zone, id), so grouping and walking never chase pointers
+//!   back into the big session records or the input text;
+//! - copies are found by sorting id hashes, keys by sorting slots; hash collisions are
+//!   checked against the strings, so the hashes only speed things up and never decide.
 
 use std::borrow::Cow;
 use std::cmp::Ordering;
 use std::fmt;
+use std::hash::{Hash, Hasher};
+use std::io::{self, Write};
+use std::ops::Range;
+use std::sync::Mutex;
 
 use rayon::prelude::*;
-use rustc_hash::{FxBuildHasher, FxHashMap};
+use rustc_hash::{FxHashMap, FxHasher};
 use serde::Deserialize;
-use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
+use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::value::RawValue;
 
-use crate::accounting::{Span, Window, sort_spans, walk};
+use crate::accounting::{Span, Window, walk};
 use crate::catalog::{Catalog, Product};
 use crate::entitlement::{Entitlement, Pricing};
-use crate::policy::{Policy, Rules};
+use crate::policy::{Policy, Rollover, Rules};
 use crate::record::{Problem, Record, RecordError};
-use crate::session::{IdOnly, RawSession, Session};
-use crate::time::{Zone, ZoneCache};
-use crate::usage::{Report, Totals, UsageDay, price};
+use crate::session::{IdOnly, Interval, RawSession, Session};
+use crate::time::{Nanos, Zone, ZoneCache};
+use crate::usage::{Report, RowWriter, Totals, UsageDay, frame, price, priced};
 
-/// A checked scenario. Sessions are one copy per id (the winning copy), in the order
-/// their ids first appeared.
-#[derive(Debug, Clone)]
+/// Sessions are checked in chunks of this many records (a power of two, so a record's
+/// place in the file maps to its chunk by a shift).
+const CHUNK_BITS: u32 = 13;
+const CHUNK: usize = 1 << CHUNK_BITS;
+
+/// A checked scenario, ready to account.
+#[derive(Debug)]
 pub struct Scenario<'a> {
     pub policy: Policy,
     pub catalog: Catalog,
     pub entitlements: Vec<Entitlement>,
-    pub sessions: Vec<(Session<'a>, Zone)>,
+    /// Every session record in file order, in chunks of [`CHUNK`].
+    records: Vec<Vec<Checked<'a>>>,
+    /// The winning copy of each id, grouped by key, each key's in walk order.
+    slots: Vec<Slot>,
+    /// Keys sorted by (user, product), each a range of `slots`.
+    keys: Vec<KeyRun>,
+}
+
+/// A checked session record: what grouping and the walk need, computed while the record
+/// is in cache. The full [`Session`] is parsed again from `raw` in the rare cases that
+/// need it (copies of one id), which keeps a million records at ~130 bytes each.
+#[derive(Debug)]
+struct Checked<'a> {
+    raw: &'a RawValue,
+    id: Cow<'a, str>,
+    user: Cow<'a, str>,
+    product: Cow<'a, str>,
+    start: Nanos,
+    end: Nanos,
+    zone: Zone,
+    idle: Vec<Interval>,
+    key_hash: u64,
+    id_hash: u64,
+}
+
+impl<'a> Checked<'a> {
+    /// The full session again. It passed these same checks once, so this cannot fail;
+    /// if it somehow did, the caller treats the record as having no usable copy data.
+    fn session(&self) -> Option<Session<'a>> {
+        let raw: RawSession<'a> = serde_json::from_str(self.raw.get()).ok()?;
+        raw.check(&mut ZoneCache::new()).ok().map(|(s, _)| s)
+    }
+}
+
+/// The hot part of a winning session: 40 bytes that grouping sorts and the walk reads.
+#[derive(Debug, Clone, Copy)]
+struct Slot {
+    key_hash: u64,
+    start: Nanos,
+    end: Nanos,
+    zone: Zone,
+    /// Place of the record in the file (from 0).
+    index: u32,
+}
+
+/// One (user, product) key: its slots, and a record to read the user and product from.
+#[derive(Debug, Clone)]
+struct KeyRun {
+    first: u32,
+    slots: Range<usize>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,64 +108,133 @@ enum Section {
     Sessions,
 }
 
-/// The top level of a scenario, split into raw records without looking inside them.
+/// What checking one chunk of session records gives: the records up to the chunk's
+/// first bad one, and that one's error.
+struct ChunkOut<'a> {
+    base: usize,
+    records: Vec<Checked<'a>>,
+    error: Option<(usize, Box<RecordError>)>,
+}
+
+/// The top level of a scenario: sections in file order, records left raw, sessions
+/// already handed to workers.
 #[derive(Default)]
 struct Document<'a> {
     order: Vec<Section>,
     policy: Option<&'a RawValue>,
     catalog: Vec<(Cow<'a, str>, &'a RawValue)>,
     entitlements: Vec<&'a RawValue>,
-    sessions: Vec<&'a RawValue>,
 }
 
-impl<'de: 'a, 'a> Deserialize<'de> for Document<'a> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V<'a>(std::marker::PhantomData<&'a ()>);
-        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
-            type Value = Document<'a>;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a scenario object with policy, catalog, entitlements and sessions")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Document<'a>, A::Error> {
-                let mut doc = Document::default();
-                while let Some(key) = map.next_key::<Cow<'de, str>>()? {
-                    let section = match &*key {
-                        "policy" => Section::Policy,
-                        "catalog" => Section::Catalog,
-                        "entitlements" => Section::Entitlements,
-                        "sessions" => Section::Sessions,
-                        _ => {
-                            map.next_value::<IgnoredAny>()?;
-                            continue;
-                        }
-                    };
-                    if doc.order.contains(&section) {
-                        return Err(de::Error::custom(format_args!("{key} appears twice")));
-                    }
-                    doc.order.push(section);
-                    let named = |e: A::Error| de::Error::custom(format_args!("{key}: {e}"));
-                    match section {
-                        Section::Policy => doc.policy = Some(map.next_value().map_err(named)?),
-                        Section::Catalog => {
-                            doc.catalog = map.next_value::<Entries<'a>>().map_err(named)?.0
-                        }
-                        Section::Entitlements => {
-                            doc.entitlements = nullable(map.next_value().map_err(named)?)
-                        }
-                        Section::Sessions => {
-                            doc.sessions = nullable(map.next_value().map_err(named)?)
-                        }
-                    }
-                }
-                Ok(doc)
-            }
-        }
-        d.deserialize_map(V(std::marker::PhantomData))
+/// Deserialises the document while spawning session chunks onto `scope`.
+struct DocumentSeed<'s, 'scope, 'a> {
+    scope: &'s rayon::Scope<'scope>,
+    out: &'scope Mutex<Vec<ChunkOut<'a>>>,
+}
+
+impl<'de: 'a, 'a: 'scope, 'scope> DeserializeSeed<'de> for DocumentSeed<'_, 'scope, 'a> {
+    type Value = Document<'a>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Document<'a>, D::Error> {
+        d.deserialize_map(self)
     }
 }
 
-fn nullable<T>(v: Option<Vec<T>>) -> Vec<T> {
-    v.unwrap_or_default()
+impl<'de: 'a, 'a: 'scope, 'scope> Visitor<'de> for DocumentSeed<'_, 'scope, 'a> {
+    type Value = Document<'a>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a scenario object with policy, catalog, entitlements and sessions")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Document<'a>, A::Error> {
+        let mut doc = Document::default();
+        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+            let section = match &*key {
+                "policy" => Section::Policy,
+                "catalog" => Section::Catalog,
+                "entitlements" => Section::Entitlements,
+                "sessions" => Section::Sessions,
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                    continue;
+                }
+            };
+            if doc.order.contains(&section) {
+                return Err(de::Error::custom(format_args!("{key} appears twice")));
+            }
+            doc.order.push(section);
+            let named = |e: A::Error| de::Error::custom(format_args!("{key}: {e}"));
+            match section {
+                Section::Policy => doc.policy = Some(map.next_value().map_err(named)?),
+                Section::Catalog => doc.catalog = map.next_value::<Entries<'a>>().map_err(named)?.0,
+                Section::Entitlements => {
+                    doc.entitlements = map
+                        .next_value::<Option<_>>()
+                        .map_err(named)?
+                        .unwrap_or_default()
+                }
+                Section::Sessions => map
+                    .next_value_seed(SessionsSeed {
+                        scope: self.scope,
+                        out: self.out,
+                    })
+                    .map_err(named)?,
+            }
+        }
+        Ok(doc)
+    }
+}
+
+/// Splits the `sessions` array into raw records and spawns a check per chunk.
+struct SessionsSeed<'s, 'scope, 'a> {
+    scope: &'s rayon::Scope<'scope>,
+    out: &'scope Mutex<Vec<ChunkOut<'a>>>,
+}
+
+impl<'de: 'a, 'a: 'scope, 'scope> DeserializeSeed<'de> for SessionsSeed<'_, 'scope, 'a> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de: 'a, 'a: 'scope, 'scope> Visitor<'de> for SessionsSeed<'_, 'scope, 'a> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a list of sessions")
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let mut base = 0;
+        let mut chunk: Vec<&'a RawValue> = Vec::with_capacity(CHUNK);
+        let out = self.out;
+        while let Some(raw) = seq.next_element::<&'de RawValue>()? {
+            chunk.push(raw);
+            if chunk.len() == CHUNK {
+                let full = std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK));
+                self.scope
+                    .spawn(move |_| push_chunk(out, check_chunk(base, &full)));
+                base += CHUNK;
+            }
+        }
+        if !chunk.is_empty() {
+            push_chunk(out, check_chunk(base, &chunk));
+        }
+        Ok(())
+    }
+}
+
+fn push_chunk<'a>(out: &Mutex<Vec<ChunkOut<'a>>>, chunk: ChunkOut<'a>) {
+    // A poisoned lock means a checker panicked; its chunk is missing and the scope
+    // re-raises the panic, so pushing into the inner value is safe.
+    out.lock().unwrap_or_else(|p| p.into_inner()).push(chunk);
 }
 
 /// A JSON object's entries in file order, values left raw.
@@ -129,8 +263,8 @@ impl<'de: 'a, 'a> Deserialize<'de> for Entries<'a> {
     }
 }
 
-/// The first error found, with where it stands in the file: (section's place among the
-/// top-level keys, record's place in its section).
+/// An error with where it stands in the file: (section's place among the top-level
+/// keys, record's place in its section).
 struct Found {
     at: (usize, usize),
     error: RecordError,
@@ -143,226 +277,232 @@ fn earliest(a: Option<Found>, b: Option<Found>) -> Option<Found> {
     }
 }
 
+fn session_error(index: usize, id: Option<&str>, problem: Problem) -> RecordError {
+    RecordError::new(
+        Record::Session {
+            id: id.map(str::to_owned),
+            position: index + 1,
+        },
+        problem,
+    )
+}
+
+fn key_hash(user: &str, product: &str) -> u64 {
+    let mut h = FxHasher::default();
+    user.hash(&mut h);
+    product.hash(&mut h);
+    h.finish()
+}
+
+fn id_hash(id: &str) -> u64 {
+    let mut h = FxHasher::default();
+    id.hash(&mut h);
+    h.finish()
+}
+
+fn check_chunk<'a>(base: usize, raws: &[&'a RawValue]) -> ChunkOut<'a> {
+    let mut zones = ZoneCache::new();
+    let mut records = Vec::with_capacity(raws.len());
+    for (offset, raw) in raws.iter().enumerate() {
+        match check_session(raw, &mut zones) {
+            Ok(c) => records.push(c),
+            Err((id, problem)) => {
+                let index = base + offset;
+                let error = Box::new(session_error(index, id.as_deref(), problem));
+                return ChunkOut {
+                    base,
+                    records,
+                    error: Some((index, error)),
+                };
+            }
+        }
+    }
+    ChunkOut {
+        base,
+        records,
+        error: None,
+    }
+}
+
+fn check_session<'a>(
+    raw: &'a RawValue,
+    zones: &mut ZoneCache,
+) -> Result<Checked<'a>, (Option<String>, Problem)> {
+    let parsed: RawSession<'a> = match serde_json::from_str(raw.get()) {
+        Ok(r) => r,
+        Err(e) => {
+            let id = serde_json::from_str::<IdOnly<'_>>(raw.get())
+                .ok()
+                .and_then(|i| i.id);
+            return Err((id.map(Cow::into_owned), Problem::Malformed(e.to_string())));
+        }
+    };
+    let fail = |id: &Option<Cow<'a, str>>, p| (id.as_deref().map(str::to_owned), p);
+    if parsed.user.is_none() {
+        return Err(fail(&parsed.id, Problem::Missing("user")));
+    }
+    if parsed.device.is_none() {
+        return Err(fail(&parsed.id, Problem::Missing("device")));
+    }
+    let id = parsed.id.clone();
+    let (session, zone) = parsed.check(zones).map_err(|p| fail(&id, p))?;
+    let (start, end) = (session.start_nanos(), session.end_nanos());
+    let Session {
+        id,
+        user,
+        product,
+        idle,
+        ..
+    } = session;
+    let user = user.unwrap_or_default();
+    Ok(Checked {
+        raw,
+        key_hash: key_hash(&user, &product),
+        id_hash: id_hash(&id),
+        id,
+        user,
+        product,
+        start,
+        end,
+        zone,
+        idle,
+    })
+}
+
 impl<'a> Scenario<'a> {
     /// Parses and checks a scenario. Every record is checked before anything is
     /// accounted; the error returned is the first bad record in file order.
     pub fn parse(input: &'a [u8]) -> Result<Scenario<'a>, RecordError> {
-        let doc: Document<'a> = serde_json::from_slice(input)
-            .map_err(|e| RecordError::new(Record::Document, Problem::Malformed(e.to_string())))?;
+        let out = Mutex::new(Vec::new());
+        let doc = rayon::scope(|scope| {
+            let mut de = serde_json::Deserializer::from_slice(input);
+            let doc = DocumentSeed { scope, out: &out }.deserialize(&mut de)?;
+            de.end().map(|()| doc)
+        })
+        .map_err(|e| RecordError::new(Record::Document, Problem::Malformed(e.to_string())))?;
+        let mut chunks = out.into_inner().unwrap_or_else(|p| p.into_inner());
+        chunks.sort_unstable_by_key(|c| c.base);
         let rank = |s: Section| doc.order.iter().position(|x| *x == s).unwrap_or(usize::MAX);
 
         let mut found = None;
-        let policy = match doc.policy.map(|raw| serde_json::from_str(raw.get())) {
-            None | Some(Ok(serde_json::Value::Null)) => Ok(Policy::default()),
-            Some(Ok(value)) => Policy::from_json(&value),
-            Some(Err(e)) => Err(Problem::Malformed(e.to_string())),
-        };
-        let policy = policy.unwrap_or_else(|problem| {
+        let (policy, problem) = parse_policy(doc.policy);
+        if let Some(problem) = problem {
             found = earliest(
-                found.take(),
+                found,
                 Some(Found {
                     at: (rank(Section::Policy), 0),
                     error: RecordError::new(Record::Policy, problem),
                 }),
             );
-            Policy::default()
-        });
-
-        let mut catalog = Catalog::new();
-        for (i, (id, raw)) in doc.catalog.iter().enumerate() {
-            let product = serde_json::from_str(raw.get())
-                .map_err(|e| Problem::Malformed(e.to_string()))
-                .and_then(|v| Product::from_json(&v))
-                .and_then(|p| {
-                    if catalog.contains_key(&**id) {
-                        Err(Problem::Malformed("listed twice".into()))
-                    } else {
-                        Ok(p)
-                    }
-                });
-            match product {
-                Ok(p) => {
-                    catalog.insert(id.to_string(), p);
-                }
-                Err(problem) => {
-                    let error = RecordError::new(Record::Product(id.to_string()), problem);
-                    found = earliest(
-                        found,
-                        Some(Found {
-                            at: (rank(Section::Catalog), i),
-                            error,
-                        }),
-                    );
-                    break;
-                }
-            }
+        }
+        let (catalog, bad_product) = parse_catalog(&doc.catalog);
+        if let Some((i, error)) = bad_product {
+            found = earliest(
+                found,
+                Some(Found {
+                    at: (rank(Section::Catalog), i),
+                    error,
+                }),
+            );
         }
         // A product whose entry is bad is still a product: sessions naming it are not
         // also reported as naming an unknown one.
         let known = |id: &str| catalog.contains_key(id) || doc.catalog.iter().any(|(k, _)| k == id);
-
-        let mut entitlements = Vec::with_capacity(doc.entitlements.len());
-        for (i, raw) in doc.entitlements.iter().enumerate() {
-            let value: serde_json::Value = match serde_json::from_str(raw.get()) {
-                Ok(v) => v,
-                Err(e) => serde_json::Value::String(e.to_string()),
-            };
-            let checked = match &value {
-                serde_json::Value::String(parse_error) => {
-                    Err(Problem::Malformed(parse_error.clone()))
-                }
-                v => Entitlement::from_json(v).and_then(|e| {
-                    if known(&e.product) {
-                        Ok(e)
-                    } else {
-                        Err(Problem::UnknownProduct(e.product))
-                    }
-                }),
-            };
-            match checked {
-                Ok(e) => entitlements.push(e),
-                Err(problem) => {
-                    let text = |k: &str| value.get(k).and_then(|x| x.as_str()).map(str::to_owned);
-                    let record = Record::Entitlement {
-                        position: i + 1,
-                        user: text("user"),
-                        product: text("product"),
-                    };
-                    found = earliest(
-                        found,
-                        Some(Found {
-                            at: (rank(Section::Entitlements), i),
-                            error: RecordError::new(record, problem),
-                        }),
-                    );
-                    break;
-                }
-            }
-        }
-
-        let checked: Vec<Result<(Session<'a>, Zone), Box<RecordError>>> = doc
-            .sessions
-            .par_iter()
-            .enumerate()
-            .with_min_len(1024)
-            .map_init(ZoneCache::new, |zones, (i, raw)| {
-                check_session(raw, i, &known, zones)
-            })
-            .collect();
-        let session_rank = rank(Section::Sessions);
-        let first_bad = checked.iter().position(Result::is_err);
-        if let Some(i) = first_bad
-            && let Some(Err(e)) = checked.get(i)
-        {
+        let (entitlements, bad_entitlement) = parse_entitlements(&doc.entitlements, &known);
+        if let Some((i, error)) = bad_entitlement {
             found = earliest(
                 found,
                 Some(Found {
-                    at: (session_rank, i),
-                    error: (**e).clone(),
+                    at: (rank(Section::Entitlements), i),
+                    error,
                 }),
             );
         }
 
-        // Copies: one winner per id; a copy that disagrees on an identity field is an
-        // error at that copy. Only copies before the first bad record can matter.
-        let limit = first_bad.unwrap_or(checked.len());
-        let mut by_id: FxHashMap<&str, u32> =
-            FxHashMap::with_capacity_and_hasher(limit, FxBuildHasher);
-        let mut conflict = None;
-        for (i, entry) in checked[..limit].iter().enumerate() {
-            let Ok((s, _)) = entry else { continue };
-            match by_id.entry(&s.id) {
-                std::collections::hash_map::Entry::Vacant(v) => {
-                    v.insert(i as u32);
-                }
-                std::collections::hash_map::Entry::Occupied(mut o) => {
-                    let Ok((winner, _)) = &checked[*o.get() as usize] else {
-                        continue;
-                    };
-                    if let Some(field) = s.conflict_with(winner) {
-                        let record = Record::Session {
-                            id: Some(s.id.to_string()),
-                            position: i + 1,
-                        };
-                        conflict = Some(Found {
-                            at: (session_rank, i),
-                            error: RecordError::new(record, Problem::ConflictingCopies(field)),
-                        });
-                        break;
-                    }
-                    if s.copy_order(winner) == Ordering::Greater {
-                        o.insert(i as u32);
-                    }
-                }
+        let session_rank = rank(Section::Sessions);
+        let mut records: Vec<Vec<Checked<'a>>> = Vec::with_capacity(chunks.len());
+        for chunk in chunks {
+            let stop = chunk.error.is_some();
+            if let Some((i, error)) = chunk.error {
+                found = earliest(
+                    found,
+                    Some(Found {
+                        at: (session_rank, i),
+                        error: *error,
+                    }),
+                );
+            }
+            records.push(chunk.records);
+            if stop {
+                break; // later records cannot hold an earlier error
             }
         }
-        if let Some(found) = earliest(found, conflict) {
+
+        let (lost, conflict) = resolve_copies(&records);
+        if let Some((i, error)) = conflict {
+            found = earliest(
+                found,
+                Some(Found {
+                    at: (session_rank, i),
+                    error,
+                }),
+            );
+        }
+        if let Some(found) = found {
             return Err(found.error);
         }
-        let mut wins = vec![false; checked.len()];
-        for &i in by_id.values() {
-            wins[i as usize] = true;
+
+        // Unknown products are found per key; by now no other record is bad, so the
+        // first such session in the file is the error.
+        let (slots, keys, unknown) = group(&records, &lost, &known);
+        if let Some((_, error)) = unknown {
+            return Err(error);
         }
-        drop(by_id);
-        let sessions = checked
-            .into_iter()
-            .zip(wins)
-            .filter_map(|(c, w)| if w { c.ok() } else { None })
-            .collect();
         Ok(Scenario {
             policy,
             catalog,
             entitlements,
-            sessions,
+            records,
+            slots,
+            keys,
         })
+    }
+
+    /// The winning copy of every id with its zone, grouped by key (parsed again from
+    /// the input, so this costs a parse per session).
+    pub fn sessions(&self) -> impl Iterator<Item = (Session<'a>, Zone)> + '_ {
+        self.slots.iter().filter_map(|s| {
+            let c = self.record(s.index as usize);
+            c.session().map(|session| (session, c.zone))
+        })
+    }
+
+    fn record(&self, index: usize) -> &Checked<'a> {
+        &self.records[index >> CHUNK_BITS][index & (CHUNK - 1)]
+    }
+
+    fn owner(&self, key: &KeyRun) -> (&str, &str) {
+        owner(self.record(key.first as usize))
     }
 
     /// Accounts every (user, product) key: the usage days sorted by user, product and
     /// window start, and their totals.
     pub fn account(&self) -> Report<'_> {
         let rules = self.policy.rules();
-        let mut keys: FxHashMap<(&str, &str), u32> = FxHashMap::default();
-        let mut members: Vec<Vec<u32>> = Vec::new();
-        for (i, (s, _)) in self.sessions.iter().enumerate() {
-            let key = (s.user.as_deref().unwrap_or_default(), &*s.product);
-            let k = *keys.entry(key).or_insert_with(|| {
-                members.push(Vec::new());
-                (members.len() - 1) as u32
-            });
-            members[k as usize].push(i as u32);
-        }
-        let mut order: Vec<((&str, &str), u32)> = keys.into_iter().collect();
-        order.par_sort_unstable();
-
-        let mut held: FxHashMap<(&str, &str), Vec<&Entitlement>> = FxHashMap::default();
-        for e in &self.entitlements {
-            held.entry((&e.user, &e.product)).or_default().push(e);
-        }
-
-        let per_key: Vec<(Vec<UsageDay<'_>>, Totals)> = order
+        let held = self.held();
+        let per_key: Vec<(Vec<UsageDay<'_>>, Totals)> = self
+            .keys
             .par_iter()
             .with_min_len(64)
-            .map_init(
-                || (Vec::new(), Vec::new()),
-                |(spans, windows), &((user, product), k)| {
-                    let Some(rate) = self.catalog.get(product).map(|p| p.tokens_per_day) else {
-                        return (Vec::new(), Totals::default());
-                    };
-                    let pricing = Pricing {
-                        tokens_per_day: rate,
-                        entitlements: held.get(&(user, product)).map_or(&[], Vec::as_slice),
-                    };
-                    spans.clear();
-                    spans.extend(members[k as usize].iter().map(|&i| {
-                        let (s, zone) = &self.sessions[i as usize];
-                        Span::of(s, *zone)
-                    }));
-                    let mut rows = Vec::new();
-                    account_key(user, product, spans, windows, &rules, &pricing, &mut rows);
-                    let totals = Totals::of_key(&rows);
-                    (rows, totals)
-                },
-            )
+            .map_init(Scratch::default, |scratch, key| {
+                let (user, product) = self.owner(key);
+                let pricing = pricing(&self.catalog, &held, user, product);
+                self.walk_key(key, &rules, scratch);
+                let mut rows = Vec::with_capacity(scratch.windows.len());
+                price(user, product, &scratch.windows, &rules, &pricing, &mut rows);
+                let totals = Totals::of_key(&rows);
+                (rows, totals)
+            })
             .collect();
         let totals = per_key.iter().fold(Totals::default(), |t, (_, k)| t + *k);
         let mut usage_days = Vec::with_capacity(per_key.iter().map(|(r, _)| r.len()).sum());
@@ -371,72 +511,386 @@ impl<'a> Scenario<'a> {
         }
         Report { usage_days, totals }
     }
+
+    /// Accounts every key and writes the report to `w` as it goes: the same bytes as
+    /// `self.account().write_json(w)`, without holding every usage day in memory.
+    /// Keys are walked and formatted on all cores, a bounded batch at a time.
+    pub fn write_json<W: Write>(&self, w: &mut W) -> io::Result<Totals> {
+        const KEYS_PER_TASK: usize = 256;
+        const TASKS_PER_BATCH: usize = 32;
+        let rules = self.policy.rules();
+        let held = self.held();
+        w.write_all(frame::OPEN)?;
+        let mut totals = Totals::default();
+        let mut any = false;
+        for batch in self.keys.chunks(KEYS_PER_TASK * TASKS_PER_BATCH) {
+            let parts: Vec<(Vec<u8>, Totals)> = batch
+                .par_chunks(KEYS_PER_TASK)
+                .map_init(Scratch::default, |scratch, keys| {
+                    let mut buf = Vec::with_capacity(keys.len() * 4 * 180);
+                    let mut part = Totals::default();
+                    let mut writer = RowWriter::default();
+                    for key in keys {
+                        let (user, product) = self.owner(key);
+                        let pricing = pricing(&self.catalog, &held, user, product);
+                        self.walk_key(key, &rules, scratch);
+                        writer.key(user, product);
+                        scratch.days.clear();
+                        for window in &scratch.windows {
+                            let p = priced(window, &rules, &pricing);
+                            buf.extend_from_slice(frame::NEXT);
+                            writer.row(&mut buf, &p);
+                            part.tokens += p.tokens;
+                            scratch.days.push(p.day);
+                        }
+                        scratch.days.sort_unstable();
+                        scratch.days.dedup();
+                        part.days_used += scratch.days.len() as u64;
+                    }
+                    (buf, part)
+                })
+                .collect();
+            for (buf, part) in parts {
+                totals = totals + part;
+                if buf.is_empty() {
+                    continue;
+                }
+                if any {
+                    w.write_all(&buf)?;
+                } else {
+                    w.write_all(frame::FIRST)?;
+                    w.write_all(&buf[frame::NEXT.len()..])?;
+                    any = true;
+                }
+            }
+        }
+        frame::close(w, any, &totals)?;
+        Ok(totals)
+    }
+
+    /// Entitlements by (user, product).
+    fn held(&self) -> FxHashMap<(&str, &str), Vec<&Entitlement>> {
+        let mut held: FxHashMap<(&str, &str), Vec<&Entitlement>> = FxHashMap::default();
+        for e in &self.entitlements {
+            held.entry((&e.user, &e.product)).or_default().push(e);
+        }
+        held
+    }
+
+    /// Walks one key into `scratch.windows`.
+    fn walk_key<'s>(&'s self, key: &KeyRun, rules: &Rules, scratch: &mut Scratch<'s>) {
+        scratch.spans.clear();
+        scratch
+            .spans
+            .extend(self.slots[key.slots.clone()].iter().map(|s| Span {
+                start: s.start,
+                end: s.end,
+                zone: s.zone,
+                // Idle intervals are only read under `rollover = active`; fetching them
+                // costs a trip to the full record.
+                idle: if rules.rollover == Rollover::Active {
+                    &self.record(s.index as usize).idle
+                } else {
+                    &[]
+                },
+            }));
+        scratch.windows.clear();
+        walk(&scratch.spans, rules, &mut scratch.windows);
+    }
 }
 
-/// Accounts one key: sorts its spans, walks them, dates and prices the windows.
-/// `windows` is scratch space, reused across keys.
+/// Buffers reused from key to key by one worker.
+#[derive(Default)]
+struct Scratch<'s> {
+    spans: Vec<Span<'s>>,
+    windows: Vec<Window>,
+    days: Vec<chrono::NaiveDate>,
+}
+
+fn pricing<'e, 'k>(
+    catalog: &Catalog,
+    held: &'e FxHashMap<(&'k str, &'k str), Vec<&'e Entitlement>>,
+    user: &'k str,
+    product: &'k str,
+) -> Pricing<'e> {
+    Pricing {
+        tokens_per_day: catalog.get(product).map_or(0, |p| p.tokens_per_day),
+        entitlements: held.get(&(user, product)).map_or(&[][..], Vec::as_slice),
+    }
+}
+
+fn parse_policy(raw: Option<&RawValue>) -> (Policy, Option<Problem>) {
+    let parsed = match raw.map(|raw| serde_json::from_str(raw.get())) {
+        None | Some(Ok(serde_json::Value::Null)) => Ok(Policy::default()),
+        Some(Ok(value)) => Policy::from_json(&value),
+        Some(Err(e)) => Err(Problem::Malformed(e.to_string())),
+    };
+    match parsed {
+        Ok(p) => (p, None),
+        Err(problem) => (Policy::default(), Some(problem)),
+    }
+}
+
+fn parse_catalog(entries: &[(Cow<'_, str>, &RawValue)]) -> (Catalog, Option<(usize, RecordError)>) {
+    let mut catalog = Catalog::new();
+    for (i, (id, raw)) in entries.iter().enumerate() {
+        let product = serde_json::from_str(raw.get())
+            .map_err(|e| Problem::Malformed(e.to_string()))
+            .and_then(|v| Product::from_json(&v))
+            .and_then(|p| {
+                if catalog.contains_key(&**id) {
+                    Err(Problem::Malformed("listed twice".into()))
+                } else {
+                    Ok(p)
+                }
+            });
+        match product {
+            Ok(p) => {
+                catalog.insert(id.to_string(), p);
+            }
+            Err(problem) => {
+                return (
+                    catalog,
+                    Some((
+                        i,
+                        RecordError::new(Record::Product(id.to_string()), problem),
+                    )),
+                );
+            }
+        }
+    }
+    (catalog, None)
+}
+
+fn parse_entitlements(
+    raws: &[&RawValue],
+    known: &dyn Fn(&str) -> bool,
+) -> (Vec<Entitlement>, Option<(usize, RecordError)>) {
+    let mut entitlements = Vec::with_capacity(raws.len());
+    for (i, raw) in raws.iter().enumerate() {
+        let value: Result<serde_json::Value, _> = serde_json::from_str(raw.get());
+        let checked = match &value {
+            Err(e) => Err(Problem::Malformed(e.to_string())),
+            Ok(v) => Entitlement::from_json(v).and_then(|e| {
+                if known(&e.product) {
+                    Ok(e)
+                } else {
+                    Err(Problem::UnknownProduct(e.product))
+                }
+            }),
+        };
+        match checked {
+            Ok(e) => entitlements.push(e),
+            Err(problem) => {
+                let text = |k: &str| {
+                    value
+                        .as_ref()
+                        .ok()
+                        .and_then(|v| v.get(k))
+                        .and_then(|x| x.as_str())
+                        .map(str::to_owned)
+                };
+                let record = Record::Entitlement {
+                    position: i + 1,
+                    user: text("user"),
+                    product: text("product"),
+                };
+                return (entitlements, Some((i, RecordError::new(record, problem))));
+            }
+        }
+    }
+    (entitlements, None)
+}
+
+/// Finds the copies of each id: marks every copy but the winner as lost, and reports
+/// the first copy (in file order) that disagrees with an earlier one.
+fn resolve_copies(records: &[Vec<Checked<'_>>]) -> (Vec<bool>, Option<(usize, RecordError)>) {
+    let total: usize = records.iter().map(Vec::len).sum();
+    let mut by_hash: Vec<(u64, u32)> = records
+        .par_iter()
+        .enumerate()
+        .flat_map_iter(|(c, chunk)| {
+            chunk
+                .iter()
+                .enumerate()
+                .map(move |(o, r)| (r.id_hash, ((c << CHUNK_BITS) + o) as u32))
+        })
+        .collect();
+    by_hash.par_sort_unstable();
+    let record = |i: u32| &records[i as usize >> CHUNK_BITS][i as usize & (CHUNK - 1)];
+    let mut lost = vec![false; total];
+    let mut conflict: Option<(usize, RecordError)> = None;
+    let mut run = 0;
+    while run < by_hash.len() {
+        let mut end = run + 1;
+        while end < by_hash.len() && by_hash[end].0 == by_hash[run].0 {
+            end += 1;
+        }
+        if end - run > 1 {
+            // Same hash: group by the id itself (a collision splits a run), in file order.
+            let mut winners: Vec<(u32, Session<'_>)> = Vec::new();
+            for &(_, i) in &by_hash[run..end] {
+                let Some(s) = record(i).session() else {
+                    continue;
+                };
+                match winners.iter_mut().find(|(_, w)| w.id == s.id) {
+                    None => winners.push((i, s)),
+                    Some((w, winner)) => {
+                        if let Some(field) = s.conflict_with(winner) {
+                            if conflict.as_ref().is_none_or(|(at, _)| (i as usize) < *at) {
+                                let error = session_error(
+                                    i as usize,
+                                    Some(&s.id),
+                                    Problem::ConflictingCopies(field),
+                                );
+                                conflict = Some((i as usize, error));
+                            }
+                            lost[i as usize] = true;
+                        } else if s.copy_order(winner) == Ordering::Greater {
+                            lost[*w as usize] = true;
+                            *w = i;
+                            *winner = s;
+                        } else {
+                            lost[i as usize] = true;
+                        }
+                    }
+                }
+            }
+        }
+        run = end;
+    }
+    (lost, conflict)
+}
+
+fn owner<'r>(c: &'r Checked<'_>) -> (&'r str, &'r str) {
+    (&c.user, &c.product)
+}
+
+type Grouped = (Vec<Slot>, Vec<KeyRun>, Option<(usize, RecordError)>);
+
+/// Groups the winning copies by key, each key's sessions in walk order, keys sorted by
+/// (user, product); reports the first session whose product is not in the catalog.
+fn group(
+    records: &[Vec<Checked<'_>>],
+    lost: &[bool],
+    known: &(dyn Fn(&str) -> bool + Sync),
+) -> Grouped {
+    let record = |i: u32| &records[i as usize >> CHUNK_BITS][i as usize & (CHUNK - 1)];
+    let mut slots: Vec<Slot> = records
+        .par_iter()
+        .enumerate()
+        .flat_map_iter(|(c, chunk)| {
+            chunk.iter().enumerate().filter_map(move |(o, r)| {
+                let index = (c << CHUNK_BITS) + o;
+                (!lost[index]).then_some(Slot {
+                    key_hash: r.key_hash,
+                    start: r.start,
+                    end: r.end,
+                    zone: r.zone,
+                    index: index as u32,
+                })
+            })
+        })
+        .collect();
+    // Ties on start (rare) compare ids: the spec's tie rule.
+    let walk_order = |a: &Slot, b: &Slot| {
+        a.start
+            .cmp(&b.start)
+            .then_with(|| record(a.index).id.cmp(&record(b.index).id))
+    };
+    slots.par_sort_unstable_by(|a, b| a.key_hash.cmp(&b.key_hash).then_with(|| walk_order(a, b)));
+
+    let mut runs: Vec<Range<usize>> = Vec::new();
+    let mut start = 0;
+    for i in 1..=slots.len() {
+        if i == slots.len() || slots[i].key_hash != slots[start].key_hash {
+            runs.push(start..i);
+            start = i;
+        }
+    }
+    // Check each run's strings: a run whose members differ is a hash collision and is
+    // re-sorted by the strings themselves (never expected, always handled).
+    let collided: Vec<usize> = runs
+        .par_iter()
+        .enumerate()
+        .filter(|(_, r)| {
+            let first = owner(record(slots[r.start].index));
+            slots[(*r).clone()]
+                .iter()
+                .any(|s| owner(record(s.index)) != first)
+        })
+        .map(|(k, _)| k)
+        .collect();
+    let mut keys: Vec<KeyRun> = Vec::with_capacity(runs.len());
+    for (k, run) in runs.iter().enumerate() {
+        if collided.binary_search(&k).is_ok() {
+            let by_owner = |s: &Slot| owner(record(s.index));
+            slots[run.clone()]
+                .sort_by(|a, b| by_owner(a).cmp(&by_owner(b)).then_with(|| walk_order(a, b)));
+            let mut s = run.start;
+            for i in run.start + 1..=run.end {
+                if i == run.end || by_owner(&slots[i]) != by_owner(&slots[s]) {
+                    keys.push(KeyRun {
+                        first: slots[s].index,
+                        slots: s..i,
+                    });
+                    s = i;
+                }
+            }
+        } else {
+            keys.push(KeyRun {
+                first: slots[run.start].index,
+                slots: run.clone(),
+            });
+        }
+    }
+    keys.par_sort_unstable_by(|a, b| owner(record(a.first)).cmp(&owner(record(b.first))));
+
+    let unknown = keys
+        .iter()
+        .filter(|k| !known(owner(record(k.first)).1))
+        .filter_map(|k| slots[k.slots.clone()].iter().map(|s| s.index).min())
+        .min()
+        .map(|i| {
+            let s = record(i);
+            (
+                i as usize,
+                session_error(
+                    i as usize,
+                    Some(&s.id),
+                    Problem::UnknownProduct(s.product.to_string()),
+                ),
+            )
+        });
+    (slots, keys, unknown)
+}
+
+/// Accounts one key from its sessions (one copy per id, any order): puts them in walk
+/// order, walks them, dates and prices the windows, appending rows to `out`.
 pub fn account_key<'a>(
     user: &'a str,
     product: &'a str,
-    spans: &mut [Span<'_>],
-    windows: &mut Vec<Window>,
+    sessions: &[(&Session<'_>, Zone)],
     rules: &Rules,
     pricing: &Pricing<'_>,
     out: &mut Vec<UsageDay<'a>>,
 ) {
-    sort_spans(spans);
-    windows.clear();
-    walk(spans, rules, windows);
-    price(user, product, windows, rules, pricing, out);
-}
-
-fn check_session<'a>(
-    raw: &'a RawValue,
-    index: usize,
-    known: &dyn Fn(&str) -> bool,
-    zones: &mut ZoneCache,
-) -> Result<(Session<'a>, Zone), Box<RecordError>> {
-    let fail = |id: Option<&str>, problem| {
-        Box::new(RecordError::new(
-            Record::Session {
-                id: id.map(str::to_owned),
-                position: index + 1,
-            },
-            problem,
-        ))
-    };
-    let parsed: RawSession<'a> = match serde_json::from_str(raw.get()) {
-        Ok(r) => r,
-        Err(e) => {
-            let id = serde_json::from_str::<IdOnly<'_>>(raw.get())
-                .ok()
-                .and_then(|i| i.id);
-            return Err(fail(id.as_deref(), Problem::Malformed(e.to_string())));
-        }
-    };
-    let id = parsed.id.clone();
-    let id = id.as_deref();
-    if parsed.user.is_none() {
-        return Err(fail(id, Problem::Missing("user")));
-    }
-    if parsed.device.is_none() {
-        return Err(fail(id, Problem::Missing("device")));
-    }
-    let (session, zone) = parsed.check(zones).map_err(|p| fail(id, p))?;
-    if !known(&session.product) {
-        return Err(fail(
-            id,
-            Problem::UnknownProduct(session.product.to_string()),
-        ));
-    }
-    Ok((session, zone))
+    let mut ordered: Vec<&(&Session<'_>, Zone)> = sessions.iter().collect();
+    ordered.sort_by(|(a, _), (b, _)| {
+        a.start_nanos()
+            .cmp(&b.start_nanos())
+            .then_with(|| a.id.cmp(&b.id))
+    });
+    let spans: Vec<Span<'_>> = ordered.iter().map(|(s, zone)| Span::of(s, *zone)).collect();
+    let mut windows = Vec::new();
+    walk(&spans, rules, &mut windows);
+    price(user, product, &windows, rules, pricing, out);
 }
 
 /// Parses, checks and accounts a scenario in one call, detached from the input.
 pub fn replay(input: &[u8]) -> Result<Report<'static>, RecordError> {
     let scenario = Scenario::parse(input)?;
     let report = scenario.account();
-    // The report borrows from the scenario; detach the few owned strings it needs.
     Ok(Report {
         usage_days: report
             .usage_days
@@ -449,4 +903,51 @@ pub fn replay(input: &[u8]) -> Result<Report<'static>, RecordError> {
             .collect(),
         totals: report.totals,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SCENARIO: &str = r#"{
+      "policy": {"short_sessions": "count_free"},
+      "catalog": {"acad": {"tokens_per_day": 7}, "revit": {"tokens_per_day": 10}},
+      "entitlements": [{"user": "b\u00e9a \"q\"", "product": "revit", "plan": "subscription"}],
+      "sessions": [
+        {"id": "3", "user": "b\u00e9a \"q\"", "device": "d", "product": "revit", "start": "2026-03-02T09:00:00+01:00", "end": "2026-03-04T10:00:00+01:00", "tz": "Europe/Berlin"},
+        {"id": "1", "user": "ann", "device": "d", "product": "acad", "start": "2026-03-02T09:00:00-05:00", "end": "2026-03-02T09:03:00-05:00"},
+        {"id": "2", "user": "ann", "device": "d", "product": "acad", "start": "2026-03-03T09:00:00-05:00", "end": null, "last_seen": "2026-03-03T12:00:00-05:00"},
+        {"id": "2", "user": "ann", "device": "d", "product": "acad", "start": "2026-03-03T09:00:00-05:00", "end": "2026-03-03T17:00:00-05:00"}
+      ]}"#;
+
+    #[test]
+    fn streamed_report_is_byte_for_byte_the_materialised_one() {
+        let scenario = Scenario::parse(SCENARIO.as_bytes()).unwrap();
+        let mut streamed = Vec::new();
+        let totals = scenario.write_json(&mut streamed).unwrap();
+        let report = scenario.account();
+        let mut materialised = Vec::new();
+        report.write_json(&mut materialised).unwrap();
+        assert_eq!(
+            String::from_utf8(streamed).unwrap(),
+            String::from_utf8(materialised).unwrap()
+        );
+        assert_eq!(totals, report.totals);
+        assert_eq!(report.usage_days.len(), 5);
+        assert_eq!(report.usage_days[0].user, "ann");
+    }
+
+    #[test]
+    fn sessions_are_the_winning_copies() {
+        let scenario = Scenario::parse(SCENARIO.as_bytes()).unwrap();
+        let mut ids: Vec<(String, bool)> = scenario
+            .sessions()
+            .map(|(s, _)| (s.id.to_string(), s.end.is_some()))
+            .collect();
+        ids.sort();
+        assert_eq!(
+            ids,
+            vec![("1".into(), true), ("2".into(), true), ("3".into(), true)]
+        );
+    }
 }

@@ -39,6 +39,38 @@ fn date_text<S: Serializer>(d: &NaiveDate, s: S) -> Result<S::Ok, S::Error> {
     with_date_text(d, |t| s.serialize_str(t))
 }
 
+/// A window dated and priced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Priced {
+    pub day: NaiveDate,
+    pub window_start: DateTime<Utc>,
+    pub window_end: DateTime<Utc>,
+    pub plan: Plan,
+    pub tokens: u64,
+}
+
+/// Dates a window (local or UTC per `day_basis`) and prices it at its start.
+pub fn priced(w: &Window, rules: &Rules, pricing: &Pricing<'_>) -> Priced {
+    let window_start = utc_seconds(w.start);
+    let day = match rules.day_basis {
+        DayBasis::Utc => window_start.date_naive(),
+        DayBasis::Local => w.zone.local_date(w.start),
+    };
+    let (plan, rate) = pricing.at(w.start);
+    let tokens = if w.kind == WindowKind::Charged {
+        rate
+    } else {
+        0
+    };
+    Priced {
+        day,
+        window_start,
+        window_end: utc_seconds(w.end),
+        plan,
+        tokens,
+    }
+}
+
 /// Dates and prices one key's windows, appending rows to `out` in window order.
 pub fn price<'a>(
     user: &'a str,
@@ -49,27 +81,78 @@ pub fn price<'a>(
     out: &mut Vec<UsageDay<'a>>,
 ) {
     out.extend(windows.iter().map(|w| {
-        let window_start = utc_seconds(w.start);
-        let day = match rules.day_basis {
-            DayBasis::Utc => window_start.date_naive(),
-            DayBasis::Local => w.zone.local_date(w.start),
-        };
-        let (plan, rate) = pricing.at(w.start);
-        let tokens = if w.kind == WindowKind::Charged {
-            rate
-        } else {
-            0
-        };
+        let p = priced(w, rules, pricing);
         UsageDay {
             user: Cow::Borrowed(user),
             product: Cow::Borrowed(product),
-            day,
-            window_start,
-            window_end: utc_seconds(w.end),
-            plan,
-            tokens,
+            day: p.day,
+            window_start: p.window_start,
+            window_end: p.window_end,
+            plan: p.plan,
+            tokens: p.tokens,
         }
     }));
+}
+
+/// Writes usage-day rows as compact JSON objects, byte for byte what serde_json writes
+/// for a [`UsageDay`], without serde's per-field work: a key's rows share their
+/// `{"user":…,"product":…,"day":"` head, which is escaped once per key.
+#[derive(Debug, Default)]
+pub struct RowWriter {
+    head: Vec<u8>,
+}
+
+impl RowWriter {
+    /// Starts the rows of a (user, product) key.
+    pub fn key(&mut self, user: &str, product: &str) {
+        self.head.clear();
+        self.head.extend_from_slice(b"{\"user\":");
+        json_str(&mut self.head, user);
+        self.head.extend_from_slice(b",\"product\":");
+        json_str(&mut self.head, product);
+        self.head.extend_from_slice(b",\"day\":\"");
+    }
+
+    /// Appends one row of the current key to `out`.
+    pub fn row(&self, out: &mut Vec<u8>, p: &Priced) {
+        out.extend_from_slice(&self.head);
+        with_date_text(&p.day, |t| out.extend_from_slice(t.as_bytes()));
+        out.extend_from_slice(b"\",\"window_start\":\"");
+        with_utc_text(&p.window_start, |t| out.extend_from_slice(t.as_bytes()));
+        out.extend_from_slice(b"\",\"window_end\":\"");
+        with_utc_text(&p.window_end, |t| out.extend_from_slice(t.as_bytes()));
+        out.extend_from_slice(b"\",\"plan\":\"");
+        out.extend_from_slice(p.plan.as_str().as_bytes());
+        out.extend_from_slice(b"\",\"tokens\":");
+        out.extend_from_slice(itoa::Buffer::new().format(p.tokens).as_bytes());
+        out.push(b'}');
+    }
+}
+
+fn json_str(out: &mut Vec<u8>, s: &str) {
+    // Writing a str into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, s);
+}
+
+/// The report's opening, row separators and closing, shared by every writer of it.
+pub mod frame {
+    pub const OPEN: &[u8] = b"{\"usage_days\": [";
+    pub const FIRST: &[u8] = b"\n  ";
+    pub const NEXT: &[u8] = b",\n  ";
+
+    /// Closes the rows and writes the totals.
+    pub fn close<W: std::io::Write>(
+        w: &mut W,
+        any_rows: bool,
+        totals: &super::Totals,
+    ) -> std::io::Result<()> {
+        if any_rows {
+            w.write_all(b"\n")?;
+        }
+        w.write_all(b"],\n  \"totals\": ")?;
+        serde_json::to_writer(&mut *w, totals)?;
+        w.write_all(b"}\n")
+    }
 }
 
 /// Tokens over all rows; days used = distinct (user, product, day).
@@ -124,33 +207,41 @@ pub struct Report<'a> {
 }
 
 impl Report<'_> {
-    /// Writes the report as JSON, one usage day per line. Rows are serialised on all
+    /// Writes the report as JSON, one usage day per line. Rows are formatted on all
     /// cores in chunks; the bytes are the same as a sequential write.
     pub fn write_json<W: Write>(&self, w: &mut W) -> io::Result<()> {
         const CHUNK: usize = 16 * 1024;
-        w.write_all(b"{\"usage_days\": [")?;
-        let chunks: Vec<io::Result<Vec<u8>>> = self
+        w.write_all(frame::OPEN)?;
+        let chunks: Vec<Vec<u8>> = self
             .usage_days
             .par_chunks(CHUNK)
             .enumerate()
             .map(|(c, rows)| {
                 let mut buf = Vec::with_capacity(rows.len() * 180);
+                let mut writer = RowWriter::default();
                 for (i, row) in rows.iter().enumerate() {
-                    buf.extend_from_slice(if c == 0 && i == 0 { b"\n  " } else { b",\n  " });
-                    serde_json::to_writer(&mut buf, row)?;
+                    buf.extend_from_slice(if c == 0 && i == 0 {
+                        frame::FIRST
+                    } else {
+                        frame::NEXT
+                    });
+                    writer.key(&row.user, &row.product);
+                    let p = Priced {
+                        day: row.day,
+                        window_start: row.window_start,
+                        window_end: row.window_end,
+                        plan: row.plan,
+                        tokens: row.tokens,
+                    };
+                    writer.row(&mut buf, &p);
                 }
-                Ok(buf)
+                buf
             })
             .collect();
         for chunk in chunks {
-            w.write_all(&chunk?)?;
+            w.write_all(&chunk)?;
         }
-        if !self.usage_days.is_empty() {
-            w.write_all(b"\n")?;
-        }
-        write!(w, "],\n  \"totals\": ")?;
-        serde_json::to_writer(&mut *w, &self.totals)?;
-        w.write_all(b"}\n")
+        frame::close(w, !self.usage_days.is_empty(), &self.totals)
     }
 }
 
@@ -211,6 +302,15 @@ mod tests {
         report.write_json(&mut out).unwrap();
         let back: Report<'_> = serde_json::from_slice(&out).unwrap();
         assert_eq!(back, report);
+        let mut rows = Vec::new();
+        for r in &report.usage_days {
+            rows.push(serde_json::to_string(r).unwrap());
+        }
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.contains(&rows[1]),
+            "hand-written rows equal serde's: {text}"
+        );
         let empty = Report::default();
         let mut out = Vec::new();
         empty.write_json(&mut out).unwrap();
