@@ -2,5 +2,15 @@
 //!
 //! Map:
 //! - [`replay`] — `daymeter-collector replay FILE|-`: accounting without a server.
+//! - [`serve`] — `daymeter-collector serve`: the HTTP server until SIGTERM.
+//! - [`api`] — the protocol's endpoints and error object.
+//! - [`store`] — the storage trait and its SQLite implementation.
+//! - [`auth`] — device tokens, secrets, constant-time comparison.
+//! - [`config`] — flags, environment, config file, generated dev config.
 
+pub mod api;
+pub mod auth;
+pub mod config;
 pub mod replay;
+pub mod serve;
+pub mod store;

@@ -1,10 +1,12 @@
 //! `daymeter-collector`: the binary edge. Parses the command line and hands over to the
 //! library's commands.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use daymeter_collector::config::ServeArgs;
 
 /// daymeter's collector: authoritative day and token accounting.
 #[derive(Parser)]
@@ -24,11 +26,47 @@ enum Command {
         /// The scenario (JSON), or `-` for standard input.
         file: PathBuf,
     },
+    /// Serve the agent and admin API. Secrets come from DAYMETER_ENROLLMENT_SECRET and
+    /// DAYMETER_ADMIN_TOKEN or --config; with neither, a dev config is generated.
+    Serve(ServeArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Replay { file } => daymeter_collector::replay::run(&file),
+        Command::Serve(args) => {
+            init_logs();
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("daymeter-collector: starting the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(daymeter_collector::serve::run(args)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("{e:#}");
+                    eprintln!("daymeter-collector: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
     }
+}
+
+/// Logs go to stderr: lifecycle events at info, everything else from warnings up.
+/// `DAYMETER_LOG` (tracing's filter syntax) says otherwise.
+fn init_logs() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("DAYMETER_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,daymeter_collector=info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .init();
 }

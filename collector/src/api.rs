@@ -1,0 +1,637 @@
+//! The HTTP API (spec/protocol.md) on axum/hyper: enrolment, sync, admin, health.
+//!
+//! Every error body is the protocol's error object, including the ones hyper and axum
+//! would otherwise answer in plain text (bodies over the limit, malformed JSON).
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use chrono::{DateTime, NaiveDate, Utc};
+use daymeter_shared::catalog::Product;
+use daymeter_shared::clock::Clock;
+use daymeter_shared::entitlement::{Entitlement, Pricing};
+use daymeter_shared::policy::Policy;
+use daymeter_shared::record::Problem;
+use daymeter_shared::session::RawSession;
+use daymeter_shared::time::ZoneCache;
+use daymeter_shared::usage::{Report, Totals};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use serde_json::{Value, json};
+
+use crate::auth::{Secret, new_token, same_hash, token_hash};
+use crate::store::{Device, Ingest, SessionFilter, Settings, Store, StoreError};
+
+/// Largest request body (spec: over 1 MiB is 413).
+pub const MAX_BODY: usize = 1 << 20;
+/// Most sessions in one sync (spec: over 500 is 413).
+pub const MAX_SESSIONS: usize = 500;
+
+/// Shared by every request.
+pub struct AppState<S> {
+    pub store: Arc<S>,
+    pub clock: Arc<dyn Clock>,
+    pub enrollment_secret: Secret,
+    pub admin_token: Secret,
+    /// Devices by token hash: every sync is authenticated without a database read.
+    pub devices: RwLock<HashMap<[u8; 32], Device>>,
+    /// Policy, catalog and entitlements; changed only by imports.
+    pub settings: RwLock<Settings>,
+}
+
+impl<S: Store> AppState<S> {
+    /// Loads devices and settings from the store.
+    pub async fn load(
+        store: Arc<S>,
+        clock: Arc<dyn Clock>,
+        enrollment_secret: Secret,
+        admin_token: Secret,
+    ) -> Result<Self, StoreError> {
+        let devices = store
+            .devices()
+            .await?
+            .into_iter()
+            .map(|d| (d.token_hash, d))
+            .collect();
+        let settings = store.settings().await?;
+        Ok(AppState {
+            store,
+            clock,
+            enrollment_secret,
+            admin_token,
+            devices: RwLock::new(devices),
+            settings: RwLock::new(settings),
+        })
+    }
+
+    fn settings(&self) -> Settings {
+        self.settings
+            .read()
+            .map(|s| s.clone())
+            .unwrap_or_else(|p| p.into_inner().clone())
+    }
+}
+
+/// An error answered as `{"error": {"code", "message", "field"}}`.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+    field: Option<String>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            field: None,
+        }
+    }
+
+    fn field(mut self, field: impl Into<String>) -> Self {
+        self.field = Some(field.into());
+        self
+    }
+
+    fn unauthorized(message: &str) -> Self {
+        ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
+    }
+}
+
+/// The protocol's error object.
+pub fn error_object(code: &str, message: &str, field: Option<&str>) -> Value {
+    let mut e = json!({ "code": code, "message": message });
+    if let Some(f) = field {
+        e["field"] = json!(f);
+    }
+    e
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body =
+            json!({ "error": error_object(self.code, &self.message, self.field.as_deref()) });
+        (
+            self.status,
+            [(header::CONTENT_TYPE, "application/json")],
+            body.to_string(),
+        )
+            .into_response()
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        tracing::error!(error = %e, "store failure");
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store_unavailable",
+            "the collector could not store this request; retry later",
+        )
+    }
+}
+
+fn json_response<T: Serialize>(value: &T) -> Response {
+    match serde_json::to_vec(value) {
+        Ok(bytes) => ([(header::CONTENT_TYPE, "application/json")], bytes).into_response(),
+        Err(e) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+            .into_response(),
+    }
+}
+
+/// Reads a body up to [`MAX_BODY`]; larger is 413 before anything is parsed.
+async fn read_body(headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!("request body over {MAX_BODY} bytes"),
+        )
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY) {
+        return Err(too_large());
+    }
+    axum::body::to_bytes(body, MAX_BODY)
+        .await
+        .map_err(|_| too_large())
+}
+
+fn parse_json<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(bytes).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_json",
+            format!("body is not the expected JSON: {e}"),
+        )
+    })
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+}
+
+fn check_admin<S>(state: &AppState<S>, headers: &HeaderMap) -> Result<(), ApiError> {
+    match bearer(headers) {
+        Some(t) if state.admin_token.matches(t) => Ok(()),
+        _ => Err(ApiError::unauthorized("admin token missing or wrong")),
+    }
+}
+
+fn device_of<S>(state: &AppState<S>, headers: &HeaderMap) -> Result<Device, ApiError> {
+    let token = bearer(headers).ok_or_else(|| ApiError::unauthorized("device token missing"))?;
+    let hash = token_hash(token);
+    let devices = state
+        .devices
+        .read()
+        .map_err(|_| ApiError::unauthorized("device table unavailable"))?;
+    // The map finds the entry by hash; the stored hash is then compared in constant time.
+    match devices.get(&hash) {
+        Some(d) if same_hash(&d.token_hash, &hash) && !d.revoked => Ok(d.clone()),
+        Some(_) => Err(ApiError::unauthorized(
+            "device revoked; re-enrol with `daymeter-agent enroll`",
+        )),
+        None => Err(ApiError::unauthorized("unknown device token")),
+    }
+}
+
+/// Builds the router.
+pub fn router<S: Store>(state: Arc<AppState<S>>) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/v1/enroll", post(enroll::<S>))
+        .route("/v1/sync", post(sync::<S>))
+        .route("/v1/admin/import", post(import::<S>))
+        .route("/v1/admin/usage-days", get(usage_days::<S>))
+        .route("/v1/admin/sessions", get(sessions::<S>))
+        .route("/v1/admin/devices/{id}/revoke", post(revoke::<S>))
+        .fallback(|| async {
+            ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+        })
+        .with_state(state)
+}
+
+async fn healthz() -> Response {
+    json_response(&json!({ "status": "ok" }))
+}
+
+#[derive(Deserialize)]
+struct EnrollRequest {
+    enrollment_secret: String,
+    hostname: String,
+    #[serde(default)]
+    os: String,
+    #[serde(default)]
+    agent_version: String,
+}
+
+async fn enroll<S: Store>(
+    State(state): State<Arc<AppState<S>>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let bytes = read_body(&headers, body).await?;
+    let req: EnrollRequest = parse_json(&bytes)?;
+    if !state.enrollment_secret.matches(&req.enrollment_secret) {
+        tracing::warn!(hostname = %req.hostname, "enrolment refused: wrong enrollment secret");
+        return Err(ApiError::unauthorized("wrong enrollment secret").field("enrollment_secret"));
+    }
+    let token = new_token()
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
+    let device = Device {
+        id: uuid::Uuid::now_v7().to_string(),
+        hostname: req.hostname,
+        os: req.os,
+        agent_version: req.agent_version,
+        token_hash: token_hash(&token),
+        enrolled_at: state.clock.now(),
+        revoked: false,
+    };
+    state.store.add_device(device.clone()).await?;
+    tracing::info!(device = %device.id, hostname = %device.hostname, "device enrolled");
+    let id = device.id.clone();
+    if let Ok(mut devices) = state.devices.write() {
+        devices.insert(device.token_hash, device);
+    }
+    Ok(json_response(
+        &json!({ "device_id": id, "device_token": token }),
+    ))
+}
+
+#[derive(Deserialize)]
+struct SyncRequest<'a> {
+    #[serde(borrow)]
+    user: Cow<'a, str>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    agent_time: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    sessions: Vec<&'a RawValue>,
+}
+
+#[derive(Serialize)]
+struct Rejected {
+    id: Option<String>,
+    error: Value,
+}
+
+async fn sync<S: Store>(
+    State(state): State<Arc<AppState<S>>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let device = device_of(&state, &headers)?;
+    let bytes = read_body(&headers, body).await?;
+    let req: SyncRequest<'_> = parse_json(&bytes)?;
+    if req.sessions.len() > MAX_SESSIONS {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_many_sessions",
+            format!("over {MAX_SESSIONS} sessions in one sync"),
+        )
+        .field("sessions"));
+    }
+    if req.user.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "missing_field",
+            "missing field user",
+        )
+        .field("user"));
+    }
+    let mut zones = ZoneCache::new();
+    let mut good = Vec::with_capacity(req.sessions.len());
+    let mut rejected = Vec::new();
+    for raw in &req.sessions {
+        let parsed: Result<RawSession<'_>, _> = serde_json::from_str(raw.get());
+        let checked = match parsed {
+            Ok(r) => {
+                let id = r.id.as_deref().map(str::to_owned);
+                r.check(&mut zones).map_err(|p| (id, p))
+            }
+            Err(e) => {
+                let id = serde_json::from_str::<daymeter_shared::session::IdOnly<'_>>(raw.get())
+                    .ok()
+                    .and_then(|i| i.id)
+                    .map(|c| c.into_owned());
+                Err((id, Problem::Malformed(e.to_string())))
+            }
+        };
+        match checked {
+            Ok((mut session, _)) => {
+                session.user = Some(Cow::Owned(req.user.to_string()));
+                session.device = Some(Cow::Owned(device.id.clone()));
+                good.push(session.into_owned());
+            }
+            Err((id, problem)) => rejected.push(Rejected {
+                error: error_object(problem.code(), &problem.to_string(), problem.field()),
+                id,
+            }),
+        }
+    }
+    let settings = state.settings();
+    let now = state.clock.now();
+    let open: Vec<String> = good
+        .iter()
+        .filter(|s| s.end.is_none())
+        .map(|s| s.product.to_string())
+        .collect();
+    let ingest = Ingest {
+        user: req.user.to_string(),
+        device: device.id.clone(),
+        sessions: good,
+        at: now,
+    };
+    let outcome = state.store.ingest(ingest, settings.clone()).await?;
+    for (id, problem) in outcome.rejected {
+        rejected.push(Rejected {
+            id: Some(id),
+            error: error_object(problem.code(), &problem.to_string(), problem.field()),
+        });
+    }
+    tracing::debug!(device = %device.id, user = %req.user, accepted = outcome.accepted.len(), rejected = rejected.len(), "sync");
+
+    let open_windows = open_windows(&state, &settings, &req.user, &open, now).await?;
+    let response = json!({
+        "server_time": now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        "accepted": outcome.accepted,
+        "rejected": rejected,
+        "catalog": settings.catalog,
+        "entitlements": entitlements_of(&settings, &req.user, now),
+        "grace_until": {
+            "flex": stamp(now + chrono::TimeDelta::from_std(settings.policy.grace_flex).unwrap_or_default()),
+            "subscription": stamp(now + chrono::TimeDelta::from_std(settings.policy.grace_subscription).unwrap_or_default()),
+        },
+        "open_windows": open_windows,
+        "reminders": [],
+        "policy": settings.policy,
+    });
+    Ok(json_response(&response))
+}
+
+fn stamp(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+/// The user's plan and rate for every catalog product, now.
+fn entitlements_of(settings: &Settings, user: &str, now: DateTime<Utc>) -> Vec<Value> {
+    let t = now.timestamp_nanos_opt().unwrap_or_default();
+    settings
+        .catalog
+        .iter()
+        .map(|(id, product)| {
+            let held: Vec<&Entitlement> = settings
+                .entitlements
+                .iter()
+                .filter(|e| e.user == user && &e.product == id)
+                .collect();
+            let (plan, tokens) = Pricing {
+                tokens_per_day: product.tokens_per_day,
+                entitlements: &held,
+            }
+            .at(t);
+            json!({ "product": id, "plan": plan, "tokens_per_day": tokens })
+        })
+        .collect()
+}
+
+/// The current window of each product the user has running.
+async fn open_windows<S: Store>(
+    state: &AppState<S>,
+    settings: &Settings,
+    user: &str,
+    products: &[String],
+    now: DateTime<Utc>,
+) -> Result<Vec<Value>, ApiError> {
+    if products.is_empty() {
+        return Ok(Vec::new());
+    }
+    let today = now.date_naive();
+    let rows = state
+        .store
+        .usage_days(today - chrono::Days::new(2), today + chrono::Days::new(1))
+        .await?;
+    let mut out = Vec::new();
+    for row in rows
+        .iter()
+        .filter(|r| r.user == user && products.iter().any(|p| *p == r.product))
+    {
+        if row.window_start <= now && now < row.window_end {
+            let held: Vec<&Entitlement> = settings
+                .entitlements
+                .iter()
+                .filter(|e| e.user == user && e.product == row.product)
+                .collect();
+            let rate = settings
+                .catalog
+                .get(&*row.product)
+                .map_or(0, |p| p.tokens_per_day);
+            let next = Pricing {
+                tokens_per_day: rate,
+                entitlements: &held,
+            }
+            .at(row.window_end.timestamp_nanos_opt().unwrap_or_default())
+            .1;
+            out.push(json!({ "product": row.product, "window_start": stamp(row.window_start), "window_end": stamp(row.window_end), "next_tokens": next }));
+        }
+    }
+    Ok(out)
+}
+
+async fn import<S: Store>(
+    State(state): State<Arc<AppState<S>>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    check_admin(&state, &headers)?;
+    let bytes = read_body(&headers, body).await?;
+    let doc: Value = parse_json(&bytes)?;
+    let bad = |record: String, p: Problem| {
+        let field = p.field().map(str::to_owned);
+        let mut e = ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            p.code(),
+            format!("{record}: {p}"),
+        );
+        e.field = field;
+        e
+    };
+    let replace = doc.get("replace").and_then(Value::as_bool).unwrap_or(false);
+    let mut settings = if replace {
+        Settings::default()
+    } else {
+        state.settings()
+    };
+    if let Some(policy) = doc.get("policy").filter(|v| !v.is_null()) {
+        if replace {
+            settings.policy = Policy::default();
+        }
+        settings
+            .policy
+            .merge(policy)
+            .map_err(|p| bad("policy".into(), p))?;
+    }
+    if let Some(catalog) = doc.get("catalog").filter(|v| !v.is_null()) {
+        let Value::Object(entries) = catalog else {
+            return Err(bad(
+                "catalog".into(),
+                Problem::WrongType {
+                    field: "catalog",
+                    expected: "an object of products by id",
+                },
+            ));
+        };
+        for (id, entry) in entries {
+            let product =
+                Product::from_json(entry).map_err(|p| bad(format!("catalog product {id}"), p))?;
+            settings.catalog.insert(id.clone(), product);
+        }
+    }
+    if let Some(list) = doc.get("entitlements").filter(|v| !v.is_null()) {
+        let Value::Array(list) = list else {
+            return Err(bad(
+                "entitlements".into(),
+                Problem::WrongType {
+                    field: "entitlements",
+                    expected: "a list",
+                },
+            ));
+        };
+        for (i, e) in list.iter().enumerate() {
+            let e =
+                Entitlement::from_json(e).map_err(|p| bad(format!("entitlement #{}", i + 1), p))?;
+            settings
+                .entitlements
+                .retain(|x| !(x.user == e.user && x.product == e.product && x.from == e.from));
+            settings.entitlements.push(e);
+        }
+    }
+    state.store.put_settings(settings.clone()).await?;
+    tracing::info!(
+        products = settings.catalog.len(),
+        entitlements = settings.entitlements.len(),
+        replace,
+        "import applied"
+    );
+    if let Ok(mut s) = state.settings.write() {
+        *s = settings.clone();
+    }
+    Ok(json_response(
+        &json!({ "catalog": settings.catalog.len(), "entitlements": settings.entitlements.len(), "policy": settings.policy }),
+    ))
+}
+
+#[derive(Deserialize)]
+struct DayRange {
+    from: Option<String>,
+    to: Option<String>,
+}
+
+fn day_param(
+    name: &'static str,
+    value: Option<&str>,
+    default: NaiveDate,
+) -> Result<NaiveDate, ApiError> {
+    match value {
+        None => Ok(default),
+        Some(v) => v.parse().map_err(|_| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_day",
+                format!("{name} {v:?} is not a day (YYYY-MM-DD)"),
+            )
+            .field(name)
+        }),
+    }
+}
+
+async fn usage_days<S: Store>(
+    State(state): State<Arc<AppState<S>>>,
+    headers: HeaderMap,
+    Query(q): Query<DayRange>,
+) -> Result<Response, ApiError> {
+    check_admin(&state, &headers)?;
+    let from = day_param("from", q.from.as_deref(), NaiveDate::MIN)?;
+    let to = day_param("to", q.to.as_deref(), NaiveDate::MAX)?;
+    let rows = state.store.usage_days(from, to).await?;
+    let report = Report {
+        totals: Totals::of(&rows),
+        usage_days: rows,
+    };
+    let mut out = Vec::new();
+    report
+        .write_json(&mut out)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
+    Ok(([(header::CONTENT_TYPE, "application/json")], out).into_response())
+}
+
+#[derive(Deserialize)]
+struct SessionQuery {
+    user: Option<String>,
+    product: Option<String>,
+    from: Option<String>,
+    to: Option<String>,
+}
+
+async fn sessions<S: Store>(
+    State(state): State<Arc<AppState<S>>>,
+    headers: HeaderMap,
+    Query(q): Query<SessionQuery>,
+) -> Result<Response, ApiError> {
+    check_admin(&state, &headers)?;
+    let filter = SessionFilter {
+        from: q
+            .from
+            .as_deref()
+            .map(|v| day_param("from", Some(v), NaiveDate::MIN))
+            .transpose()?,
+        to: q
+            .to
+            .as_deref()
+            .map(|v| day_param("to", Some(v), NaiveDate::MAX))
+            .transpose()?,
+        user: q.user,
+        product: q.product,
+    };
+    let sessions = state.store.sessions(filter).await?;
+    Ok(json_response(&json!({ "sessions": sessions })))
+}
+
+async fn revoke<S: Store>(
+    State(state): State<Arc<AppState<S>>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    check_admin(&state, &headers)?;
+    if !state.store.revoke_device(id.clone()).await? {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_device",
+            format!("no device {id}"),
+        ));
+    }
+    if let Ok(mut devices) = state.devices.write() {
+        for d in devices.values_mut().filter(|d| d.id == id) {
+            d.revoked = true;
+        }
+    }
+    tracing::info!(device = %id, "device revoked");
+    Ok(json_response(&json!({ "device_id": id, "revoked": true })))
+}

@@ -1,0 +1,102 @@
+//! `daymeter-collector serve`: the HTTP server over a store, until SIGTERM or Ctrl-C.
+//!
+//! On a signal the server stops accepting connections, lets requests in flight finish
+//! (their syncs are committed and answered), closes the store, and exits 0.
+
+use std::io::Write;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use daymeter_shared::clock::SystemClock;
+
+use crate::api::{AppState, router};
+use crate::config::{ServeArgs, ServeConfig};
+use crate::store::sqlite::SqliteStore;
+
+/// How long in-flight requests get to finish after a shutdown signal.
+const DRAIN: Duration = Duration::from_secs(30);
+
+pub async fn run(args: ServeArgs) -> Result<()> {
+    let config = ServeConfig::load(args)?;
+    let store = Arc::new(
+        SqliteStore::open(&config.db_path)
+            .with_context(|| format!("opening {}", config.db_path.display()))?,
+    );
+    let state = AppState::load(
+        store.clone(),
+        Arc::new(SystemClock),
+        config.enrollment_secret,
+        config.admin_token,
+    )
+    .await?;
+    let app = router(Arc::new(state));
+    let listener = std::net::TcpListener::bind(config.listen)
+        .with_context(|| format!("listening on {}", config.listen))?;
+    listener.set_nonblocking(true)?;
+    let addr = listener.local_addr()?;
+    let scheme = if config.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    tracing::info!(%addr, db = %config.db_path.display(), "collector started");
+    // One line on stdout that scripts and tests can wait for (the port may be 0 → chosen).
+    println!("listening on {scheme}://{addr}");
+    std::io::stdout().flush()?;
+
+    let handle = axum_server::Handle::new();
+    let on_signal = handle.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("shutting down: draining requests in flight");
+        on_signal.graceful_shutdown(Some(DRAIN));
+    });
+    match config.tls {
+        Some((cert, key)) => {
+            let tls = axum_server::tls_rustls::RustlsConfig::from_pem_file(&cert, &key)
+                .await
+                .with_context(|| {
+                    format!(
+                        "loading TLS certificate {} and key {}",
+                        cert.display(),
+                        key.display()
+                    )
+                })?;
+            axum_server::from_tcp_rustls(listener, tls)?
+                .handle(handle)
+                .serve(app.into_make_service())
+                .await?;
+        }
+        None => {
+            axum_server::from_tcp(listener)?
+                .handle(handle)
+                .serve(app.into_make_service())
+                .await?;
+        }
+    }
+    store.close();
+    tracing::info!("collector stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}

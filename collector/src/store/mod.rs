@@ -1,0 +1,118 @@
+//! Storage behind one trait: SQLite (embedded default) now, PostgreSQL next.
+//!
+//! The trait is shaped by what must be atomic, not by tables: an [`Ingest`] stores a
+//! batch of sessions *and* recomputes the usage days of every key it touched in one
+//! transaction, and answers only once that transaction is durable. Implementations are
+//! free to group many ingests into one commit.
+
+pub mod sqlite;
+
+use std::future::Future;
+
+use chrono::{DateTime, NaiveDate, Utc};
+use daymeter_shared::catalog::Catalog;
+use daymeter_shared::entitlement::Entitlement;
+use daymeter_shared::policy::Policy;
+use daymeter_shared::record::Problem;
+use daymeter_shared::session::OwnedSession;
+use daymeter_shared::usage::UsageDay;
+use thiserror::Error;
+
+/// A failure of the store itself (not of a record).
+#[derive(Debug, Error)]
+pub enum StoreError {
+    #[error("database: {0}")]
+    Database(String),
+    #[error("stored data is unreadable: {0}")]
+    Corrupt(String),
+    #[error("the store is shutting down")]
+    Closed,
+}
+
+/// An enrolled device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Device {
+    pub id: String,
+    pub hostname: String,
+    pub os: String,
+    pub agent_version: String,
+    pub token_hash: [u8; 32],
+    pub enrolled_at: DateTime<Utc>,
+    pub revoked: bool,
+}
+
+/// Policy, catalog and entitlements: what accounting needs besides sessions. Small,
+/// read on every sync, changed only by imports, so the server keeps a copy in memory.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Settings {
+    pub policy: Policy,
+    pub catalog: Catalog,
+    pub entitlements: Vec<Entitlement>,
+}
+
+/// One sync's checked sessions, for one user on one device.
+#[derive(Debug, Clone)]
+pub struct Ingest {
+    pub user: String,
+    pub device: String,
+    pub sessions: Vec<OwnedSession>,
+    pub at: DateTime<Utc>,
+}
+
+/// What happened to each session of an [`Ingest`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct IngestOutcome {
+    /// Durable: stored (or already stored with an equal or longer copy).
+    pub accepted: Vec<String>,
+    /// Refused with the reason (a copy that conflicts with the stored one).
+    pub rejected: Vec<(String, Problem)>,
+}
+
+/// Filter of `GET /v1/admin/sessions`; every part optional.
+#[derive(Debug, Clone, Default)]
+pub struct SessionFilter {
+    pub user: Option<String>,
+    pub product: Option<String>,
+    /// Sessions overlapping these UTC days (inclusive).
+    pub from: Option<NaiveDate>,
+    pub to: Option<NaiveDate>,
+}
+
+/// A stored session with its owner.
+pub type StoredSession = OwnedSession;
+
+/// The collector's storage.
+pub trait Store: Send + Sync + 'static {
+    /// Every device, for the in-memory token table.
+    fn devices(&self) -> impl Future<Output = Result<Vec<Device>, StoreError>> + Send;
+    fn add_device(&self, device: Device) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Revokes a device; `false` if there is no such device.
+    fn revoke_device(&self, id: String) -> impl Future<Output = Result<bool, StoreError>> + Send;
+    /// Stores sessions and recomputes the usage days of the keys they touch, durably.
+    fn ingest(
+        &self,
+        ingest: Ingest,
+        settings: Settings,
+    ) -> impl Future<Output = Result<IngestOutcome, StoreError>> + Send;
+    fn settings(&self) -> impl Future<Output = Result<Settings, StoreError>> + Send;
+    /// Replaces the settings and recomputes every key's usage days under them.
+    fn put_settings(
+        &self,
+        settings: Settings,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Usage days whose `day` is in `[from, to]`, sorted by user, product, window start.
+    fn usage_days(
+        &self,
+        from: NaiveDate,
+        to: NaiveDate,
+    ) -> impl Future<Output = Result<Vec<UsageDay<'static>>, StoreError>> + Send;
+    fn sessions(
+        &self,
+        filter: SessionFilter,
+    ) -> impl Future<Output = Result<Vec<StoredSession>, StoreError>> + Send;
+    /// Last successful sync of a user, for the offline grace.
+    fn last_sync(
+        &self,
+        user: String,
+    ) -> impl Future<Output = Result<Option<DateTime<Utc>>, StoreError>> + Send;
+}
