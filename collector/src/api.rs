@@ -17,6 +17,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 use daymeter_shared::catalog::Product;
 use daymeter_shared::clock::Clock;
 use daymeter_shared::entitlement::{Entitlement, Pricing};
+use daymeter_shared::ledger::{DEFAULT_TEAM, Purchase, Team, default_expiry};
 use daymeter_shared::policy::Policy;
 use daymeter_shared::record::Problem;
 use daymeter_shared::session::RawSession;
@@ -222,6 +223,9 @@ pub fn router<S: Store>(state: Arc<AppState<S>>) -> Router {
         .route("/v1/admin/usage-days", get(usage_days::<S>))
         .route("/v1/admin/sessions", get(sessions::<S>))
         .route("/v1/admin/devices/{id}/revoke", post(revoke::<S>))
+        .route("/v1/admin/purchases", post(purchase::<S>))
+        .route("/v1/admin/balances", get(balances::<S>))
+        .route("/v1/admin/ledger", get(ledger::<S>))
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
         })
@@ -348,10 +352,19 @@ async fn sync<S: Store>(
     }
     let settings = state.settings();
     let now = state.clock.now();
-    let open: Vec<String> = good
+    // Running products, and whether each is idle now (its last idle interval is still
+    // running: it ends at the session's last_seen).
+    let open: Vec<(String, bool)> = good
         .iter()
         .filter(|s| s.end.is_none())
-        .map(|s| s.product.to_string())
+        .map(|s| {
+            (
+                s.product.to_string(),
+                s.idle
+                    .last()
+                    .is_some_and(|[_, to]| Some(to) == s.last_seen.as_ref()),
+            )
+        })
         .collect();
     let ingest = Ingest {
         user: req.user.to_string(),
@@ -369,6 +382,7 @@ async fn sync<S: Store>(
     tracing::debug!(device = %device.id, user = %req.user, accepted = outcome.accepted.len(), rejected = rejected.len(), "sync");
 
     let open_windows = open_windows(&state, &settings, &req.user, &open, now).await?;
+    let reminders = reminders(&state, &settings, &req.user, &open, &open_windows, now).await?;
     let response = json!({
         "server_time": now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         "accepted": outcome.accepted,
@@ -380,7 +394,7 @@ async fn sync<S: Store>(
             "subscription": stamp(now + chrono::TimeDelta::from_std(settings.policy.grace_subscription).unwrap_or_default()),
         },
         "open_windows": open_windows,
-        "reminders": [],
+        "reminders": reminders,
         "policy": settings.policy,
     });
     Ok(json_response(&response))
@@ -417,9 +431,10 @@ async fn open_windows<S: Store>(
     state: &AppState<S>,
     settings: &Settings,
     user: &str,
-    products: &[String],
+    open: &[(String, bool)],
     now: DateTime<Utc>,
 ) -> Result<Vec<Value>, ApiError> {
+    let products: Vec<&str> = open.iter().map(|(p, _)| p.as_str()).collect();
     if products.is_empty() {
         return Ok(Vec::new());
     }
@@ -431,7 +446,7 @@ async fn open_windows<S: Store>(
     let mut out = Vec::new();
     for row in rows
         .iter()
-        .filter(|r| r.user == user && products.iter().any(|p| *p == r.product))
+        .filter(|r| r.user == user && products.contains(&&*r.product))
     {
         if row.window_start <= now && now < row.window_end {
             let held: Vec<&Entitlement> = settings
@@ -450,6 +465,64 @@ async fn open_windows<S: Store>(
             .at(row.window_end.timestamp_nanos_opt().unwrap_or_default())
             .1;
             out.push(json!({ "product": row.product, "window_start": stamp(row.window_start), "window_end": stamp(row.window_end), "next_tokens": next }));
+        }
+    }
+    Ok(out)
+}
+
+/// Reminders due now: a running product sitting idle whose window ends within
+/// `remind_before` (closing it saves the next window's tokens), and Flex products the
+/// team's balance can no longer pay a day of.
+async fn reminders<S: Store>(
+    state: &AppState<S>,
+    settings: &Settings,
+    user: &str,
+    open: &[(String, bool)],
+    windows: &[Value],
+    now: DateTime<Utc>,
+) -> Result<Vec<Value>, ApiError> {
+    let mut out = Vec::new();
+    let lead = chrono::TimeDelta::from_std(settings.policy.remind_before).unwrap_or_default();
+    for w in windows {
+        let product = w["product"].as_str().unwrap_or_default();
+        let idle = open.iter().any(|(p, idle)| p == product && *idle);
+        let end = w["window_end"]
+            .as_str()
+            .and_then(|e| DateTime::parse_from_rfc3339(e).ok())
+            .map(|e| e.to_utc());
+        if let Some(end) = end
+            && idle
+            && now >= end - lead
+        {
+            let name = settings
+                .catalog
+                .get(product)
+                .and_then(|p| p.name.clone())
+                .unwrap_or_else(|| product.to_owned());
+            let tokens = w["next_tokens"].as_u64().unwrap_or(0);
+            out.push(json!({
+                "kind": "window_rollover", "product": product, "at": stamp(end - lead), "window_end": stamp(end), "tokens": tokens,
+                "text": format!("{name} has been idle and its day ends at {}. Close it now to avoid being charged {tokens} tokens for another day.", stamp(end)),
+            }));
+        }
+    }
+    let team = daymeter_shared::ledger::team_of(&settings.teams, user).to_owned();
+    let mut remaining = None;
+    for e in entitlements_of(settings, user, now) {
+        let rate = e["tokens_per_day"].as_u64().unwrap_or(0);
+        if e["plan"] != "flex" || rate == 0 {
+            continue;
+        }
+        let balance = match remaining {
+            Some(b) => b,
+            None => *remaining.insert(state.store.team_remaining(team.clone(), now).await?),
+        };
+        if balance < rate {
+            let product = e["product"].as_str().unwrap_or_default();
+            out.push(json!({
+                "kind": "insufficient_balance", "product": product, "balance": balance, "tokens_per_day": rate,
+                "text": format!("Your team has {balance} tokens left; a day of {product} costs {rate}. Launching it will be refused until tokens are added."),
+            }));
         }
     }
     Ok(out)
@@ -523,7 +596,26 @@ async fn import<S: Store>(
             settings.entitlements.push(e);
         }
     }
+    if let Some(teams) = doc.get("teams").filter(|v| !v.is_null()) {
+        let teams: std::collections::BTreeMap<String, Team> = serde_json::from_value(teams.clone())
+            .map_err(|e| {
+                bad(
+                    "teams".into(),
+                    Problem::Malformed(format!(
+                        "teams must map names to {{\"users\": [...], \"low_balance\": n}}: {e}"
+                    )),
+                )
+            })?;
+        for (name, team) in teams {
+            // A user belongs to one team: the import moves them.
+            for other in settings.teams.values_mut() {
+                other.users.retain(|u| !team.users.contains(u));
+            }
+            settings.teams.insert(name, team);
+        }
+    }
     state.store.put_settings(settings.clone()).await?;
+
     tracing::info!(
         products = settings.catalog.len(),
         entitlements = settings.entitlements.len(),
@@ -634,4 +726,74 @@ async fn revoke<S: Store>(
     }
     tracing::info!(device = %id, "device revoked");
     Ok(json_response(&json!({ "device_id": id, "revoked": true })))
+}
+
+#[derive(Deserialize)]
+struct PurchaseRequest {
+    #[serde(default)]
+    team: Option<String>,
+    tokens: u64,
+    #[serde(default)]
+    purchased_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    expires_at: Option<DateTime<Utc>>,
+}
+
+async fn purchase<S: Store>(
+    State(state): State<Arc<AppState<S>>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    check_admin(&state, &headers)?;
+    let bytes = read_body(&headers, body).await?;
+    let req: PurchaseRequest = parse_json(&bytes)?;
+    let purchased_at = req.purchased_at.unwrap_or_else(|| state.clock.now());
+    let expires_at = req
+        .expires_at
+        .unwrap_or_else(|| default_expiry(purchased_at));
+    if expires_at <= purchased_at {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "before_start",
+            "expires_at is not after purchased_at",
+        )
+        .field("expires_at"));
+    }
+    let p = Purchase {
+        id: uuid::Uuid::now_v7().to_string(),
+        team: req.team.unwrap_or_else(|| DEFAULT_TEAM.to_owned()),
+        tokens: req.tokens,
+        purchased_at,
+        expires_at,
+    };
+    state.store.add_purchase(p.clone()).await?;
+    tracing::info!(team = %p.team, tokens = p.tokens, "token purchase recorded");
+    Ok(json_response(&p))
+}
+
+async fn balances<S: Store>(
+    State(state): State<Arc<AppState<S>>>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    check_admin(&state, &headers)?;
+    let balances = state
+        .store
+        .balances(state.clock.now(), state.settings())
+        .await?;
+    Ok(json_response(&json!({ "balances": balances })))
+}
+
+#[derive(Deserialize)]
+struct LedgerQuery {
+    team: Option<String>,
+}
+
+async fn ledger<S: Store>(
+    State(state): State<Arc<AppState<S>>>,
+    headers: HeaderMap,
+    Query(q): Query<LedgerQuery>,
+) -> Result<Response, ApiError> {
+    check_admin(&state, &headers)?;
+    let entries = state.store.ledger(q.team).await?;
+    Ok(json_response(&json!({ "entries": entries })))
 }

@@ -12,6 +12,7 @@
 //! - [`record`] — errors that name the record and field at fault.
 //! - [`accounting`] — the day-window walk over one (user, product) key.
 //! - [`usage`] — usage days, totals, and their JSON output.
+//! - [`ledger`] — token purchases, teams, and which purchase pays for a day.
 //! - [`scenario`] — a whole replay scenario: validation in file order, then accounting of
 //!   every key on all cores.
 
@@ -19,6 +20,7 @@ pub mod accounting;
 pub mod catalog;
 pub mod clock;
 pub mod entitlement;
+pub mod ledger;
 pub mod policy;
 pub mod record;
 pub mod scenario;

@@ -280,7 +280,8 @@ fn earliest(a: Option<Found>, b: Option<Found>) -> Option<Found> {
 fn session_error(index: usize, id: Option<&str>, problem: Problem) -> RecordError {
     RecordError::new(
         Record::Session {
-            id: id.map(str::to_owned),
+            // An empty id names nothing: the record is named by its position instead.
+            id: id.filter(|i| !i.is_empty()).map(str::to_owned),
             position: index + 1,
         },
         problem,
@@ -448,15 +449,32 @@ impl<'a> Scenario<'a> {
                 }),
             );
         }
+        // Products are checked once per key; only when some key's product is unknown
+        // are the records searched for the first session naming one.
+        let (slots, keys, any_unknown) = group(&records, &lost, &known);
+        if any_unknown {
+            let first = records
+                .iter()
+                .flatten()
+                .enumerate()
+                .find(|(_, r)| !known(&r.product));
+            if let Some((i, r)) = first {
+                let error = session_error(
+                    i,
+                    Some(&r.id),
+                    Problem::UnknownProduct(r.product.to_string()),
+                );
+                found = earliest(
+                    found,
+                    Some(Found {
+                        at: (session_rank, i),
+                        error,
+                    }),
+                );
+            }
+        }
         if let Some(found) = found {
             return Err(found.error);
-        }
-
-        // Unknown products are found per key; by now no other record is bad, so the
-        // first such session in the file is the error.
-        let (slots, keys, unknown) = group(&records, &lost, &known);
-        if let Some((_, error)) = unknown {
-            return Err(error);
         }
         Ok(Scenario {
             policy,
@@ -766,10 +784,11 @@ fn owner<'r>(c: &'r Checked<'_>) -> (&'r str, &'r str) {
     (&c.user, &c.product)
 }
 
-type Grouped = (Vec<Slot>, Vec<KeyRun>, Option<(usize, RecordError)>);
+/// Slots, keys, and whether some key's product is missing from the catalog.
+type Grouped = (Vec<Slot>, Vec<KeyRun>, bool);
 
 /// Groups the winning copies by key, each key's sessions in walk order, keys sorted by
-/// (user, product); reports the first session whose product is not in the catalog.
+/// (user, product); says whether some key's product is not in the catalog.
 fn group(
     records: &[Vec<Checked<'_>>],
     lost: &[bool],
@@ -846,22 +865,7 @@ fn group(
     }
     keys.par_sort_unstable_by(|a, b| owner(record(a.first)).cmp(&owner(record(b.first))));
 
-    let unknown = keys
-        .iter()
-        .filter(|k| !known(owner(record(k.first)).1))
-        .filter_map(|k| slots[k.slots.clone()].iter().map(|s| s.index).min())
-        .min()
-        .map(|i| {
-            let s = record(i);
-            (
-                i as usize,
-                session_error(
-                    i as usize,
-                    Some(&s.id),
-                    Problem::UnknownProduct(s.product.to_string()),
-                ),
-            )
-        });
+    let unknown = keys.iter().any(|k| !known(owner(record(k.first)).1));
     (slots, keys, unknown)
 }
 

@@ -12,6 +12,7 @@ use std::future::Future;
 use chrono::{DateTime, NaiveDate, Utc};
 use daymeter_shared::catalog::Catalog;
 use daymeter_shared::entitlement::Entitlement;
+use daymeter_shared::ledger::{Purchase, Team};
 use daymeter_shared::policy::Policy;
 use daymeter_shared::record::Problem;
 use daymeter_shared::session::OwnedSession;
@@ -41,13 +42,70 @@ pub struct Device {
     pub revoked: bool,
 }
 
-/// Policy, catalog and entitlements: what accounting needs besides sessions. Small,
-/// read on every sync, changed only by imports, so the server keeps a copy in memory.
+/// Policy, catalog, entitlements and teams: what accounting needs besides sessions.
+/// Small, read on every sync, changed only by imports, so the server keeps a copy in
+/// memory.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Settings {
     pub policy: Policy,
     pub catalog: Catalog,
     pub entitlements: Vec<Entitlement>,
+    pub teams: std::collections::BTreeMap<String, Team>,
+}
+
+/// Why usage days are being recomputed; written into the ledger's reasons.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cause {
+    /// New or longer sessions arrived.
+    Sync,
+    /// Rates, entitlements, teams or policy changed.
+    Import,
+}
+
+impl Cause {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Cause::Sync => "sync",
+            Cause::Import => "import",
+        }
+    }
+}
+
+/// One ledger entry. Positive tokens pay for a usage day; a reversal is negative.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct LedgerEntry {
+    pub seq: i64,
+    pub at: DateTime<Utc>,
+    pub team: String,
+    pub user: String,
+    pub product: String,
+    pub day: String,
+    pub window_start: DateTime<Utc>,
+    /// `None`: no purchase could pay (unfunded).
+    pub purchase: Option<String>,
+    pub tokens: i64,
+    pub reason: String,
+}
+
+/// A team's token balance.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Balance {
+    pub team: String,
+    /// Active purchases minus what they paid for.
+    pub remaining: u64,
+    /// Tokens charged that no purchase could pay.
+    pub unfunded: u64,
+    pub low_balance: Option<u64>,
+    pub low: bool,
+    pub purchases: Vec<PurchaseState>,
+}
+
+/// A purchase and what it has paid for.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct PurchaseState {
+    #[serde(flatten)]
+    pub purchase: Purchase,
+    pub used: u64,
 }
 
 /// One sync's checked sessions, for one user on one device.
@@ -110,6 +168,28 @@ pub trait Store: Send + Sync + 'static {
         &self,
         filter: SessionFilter,
     ) -> impl Future<Output = Result<Vec<StoredSession>, StoreError>> + Send;
+    /// Records a token purchase.
+    fn add_purchase(
+        &self,
+        purchase: Purchase,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Every team's balance at `at` (teams with purchases or charges, and the settings' teams).
+    fn balances(
+        &self,
+        at: DateTime<Utc>,
+        settings: Settings,
+    ) -> impl Future<Output = Result<Vec<Balance>, StoreError>> + Send;
+    /// A team's remaining tokens at `at` (active purchases minus what they paid for).
+    fn team_remaining(
+        &self,
+        team: String,
+        at: DateTime<Utc>,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
+    /// Ledger entries, oldest first, of one team or all.
+    fn ledger(
+        &self,
+        team: Option<String>,
+    ) -> impl Future<Output = Result<Vec<LedgerEntry>, StoreError>> + Send;
     /// Last successful sync of a user, for the offline grace.
     fn last_sync(
         &self,

@@ -21,8 +21,11 @@ use daymeter_shared::usage::UsageDay;
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use tokio::sync::oneshot;
 
+use daymeter_shared::ledger::{Ledger, Purchase, team_of};
+
 use super::{
-    Device, Ingest, IngestOutcome, SessionFilter, Settings, Store, StoreError, StoredSession,
+    Balance, Cause, Device, Ingest, IngestOutcome, LedgerEntry, PurchaseState, SessionFilter,
+    Settings, Store, StoreError, StoredSession,
 };
 
 /// Most jobs committed together; bounds the time the first of them waits.
@@ -30,7 +33,8 @@ const MAX_GROUP: usize = 1024;
 const READERS: usize = 4;
 
 /// Schema versions, applied in order; `PRAGMA user_version` records how many ran.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE devices (
     id TEXT PRIMARY KEY,
     hostname TEXT NOT NULL,
@@ -70,7 +74,33 @@ CREATE TABLE settings (
     key TEXT PRIMARY KEY,
     value TEXT NOT NULL
 );
-"#];
+"#,
+    r#"
+CREATE TABLE purchases (
+    id TEXT PRIMARY KEY,
+    team TEXT NOT NULL,
+    tokens INTEGER NOT NULL,
+    purchased_at TEXT NOT NULL,
+    expires_at TEXT NOT NULL,
+    used INTEGER NOT NULL DEFAULT 0
+);
+-- Append-only: a changed usage day is a reversal (negative) plus new entries.
+CREATE TABLE ledger (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    at TEXT NOT NULL,
+    team TEXT NOT NULL,
+    user TEXT NOT NULL,
+    product TEXT NOT NULL,
+    day TEXT NOT NULL,
+    window_start_ns INTEGER NOT NULL,
+    purchase TEXT,
+    tokens INTEGER NOT NULL,
+    reason TEXT NOT NULL
+);
+CREATE INDEX ledger_by_window ON ledger (user, product, window_start_ns);
+CREATE INDEX ledger_by_team ON ledger (team, seq);
+"#,
+];
 
 fn db(e: rusqlite::Error) -> StoreError {
     StoreError::Database(e.to_string())
@@ -88,6 +118,7 @@ enum Job {
     AddDevice(Box<Device>, oneshot::Sender<Result<(), StoreError>>),
     Revoke(String, oneshot::Sender<Result<bool, StoreError>>),
     PutSettings(Box<Settings>, oneshot::Sender<Result<(), StoreError>>),
+    AddPurchase(Box<Purchase>, oneshot::Sender<Result<(), StoreError>>),
 }
 
 /// A job's answer, held back until the group's commit.
@@ -270,7 +301,9 @@ fn refuse(job: Job, e: &str) -> Reply {
     }
     match job {
         Job::Ingest(_, tx) => Reply::Ingest(tx, err(e)),
-        Job::AddDevice(_, tx) | Job::PutSettings(_, tx) => Reply::Unit(tx, err(e)),
+        Job::AddDevice(_, tx) | Job::PutSettings(_, tx) | Job::AddPurchase(_, tx) => {
+            Reply::Unit(tx, err(e))
+        }
         Job::Revoke(_, tx) => Reply::Bool(tx, err(e)),
     }
 }
@@ -305,6 +338,9 @@ fn apply(tx: &mut Transaction<'_>, job: Job) -> Reply {
                     .map_err(db)
             }),
         ),
+        Job::AddPurchase(purchase, reply) => {
+            Reply::Unit(reply, within(tx, |t| add_purchase(t, &purchase)))
+        }
         Job::PutSettings(settings, reply) => {
             Reply::Unit(reply, within(tx, |t| put_settings(t, &settings)))
         }
@@ -372,7 +408,7 @@ fn ingest_into(
         outcome.accepted.push(s.id.to_string());
     }
     for product in &touched {
-        recompute_key(t, &ingest.user, product, settings)?;
+        recompute_key(t, &ingest.user, product, settings, Cause::Sync, ingest.at)?;
     }
     t.execute(
         "INSERT INTO users (user, last_sync) VALUES (?1, ?2) ON CONFLICT (user) DO UPDATE SET last_sync = excluded.last_sync",
@@ -404,12 +440,19 @@ fn load_key(
     Ok(out)
 }
 
-/// Recomputes one key's usage days from all its sessions and writes the difference.
+/// A stored usage day: (window end, day, plan, tokens), by window start.
+type StoredDays = BTreeMap<i64, (i64, String, String, i64)>;
+
+/// Recomputes one key's usage days from all its sessions, writes the difference, and
+/// books it in the ledger: a changed or vanished day's entries are reversed, a new or
+/// changed day draws from its team's purchases.
 fn recompute_key(
     t: &Connection,
     user: &str,
     product: &str,
     settings: &Settings,
+    cause: Cause,
+    at: DateTime<Utc>,
 ) -> Result<(), StoreError> {
     let mut rows: Vec<UsageDay<'_>> = Vec::new();
     if let Some(entry) = settings.catalog.get(product) {
@@ -433,10 +476,12 @@ fn recompute_key(
             &mut rows,
         );
     }
-    let mut stored: BTreeMap<i64, (i64, String, String, i64)> = BTreeMap::new();
+    let mut stored: StoredDays = BTreeMap::new();
     {
         let mut stmt = t
-            .prepare_cached("SELECT window_start_ns, window_end_ns, day, plan, tokens FROM usage_days WHERE user = ?1 AND product = ?2")
+            .prepare_cached(
+                "SELECT window_start_ns, window_end_ns, day, plan, tokens FROM usage_days WHERE user = ?1 AND product = ?2",
+            )
             .map_err(db)?;
         let found = stmt
             .query_map([user, product], |r| {
@@ -448,6 +493,15 @@ fn recompute_key(
             stored.insert(k, v);
         }
     }
+    let team = team_of(&settings.teams, user);
+    let mut books = Books {
+        t,
+        team,
+        user,
+        product,
+        at,
+        ledger: None,
+    };
     let mut put = t
         .prepare_cached(
             "INSERT INTO usage_days (user, product, window_start_ns, window_end_ns, day, plan, tokens) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
@@ -464,11 +518,24 @@ fn recompute_key(
             row.plan.as_str().to_owned(),
             row.tokens as i64,
         );
-        if stored.remove(&start).as_ref() != Some(&value) {
-            put.execute(params![
-                user, product, start, value.0, value.1, value.2, value.3
-            ])
-            .map_err(db)?;
+        let before = stored.remove(&start);
+        if before.as_ref() == Some(&value) {
+            continue;
+        }
+        put.execute(params![
+            user, product, start, value.0, value.1, value.2, value.3
+        ])
+        .map_err(db)?;
+        let reason = match &before {
+            Some(_) => {
+                books.reverse(start, &format!("day changed ({})", cause.as_str()))?;
+                format!("day recomputed ({})", cause.as_str())
+            }
+            None if cause == Cause::Sync => "usage".to_owned(),
+            None => format!("day added ({})", cause.as_str()),
+        };
+        if row.tokens > 0 {
+            books.charge(start, &value.1, row.window_start, row.tokens, &reason)?;
         }
     }
     let mut drop_row = t
@@ -480,7 +547,164 @@ fn recompute_key(
         drop_row
             .execute(params![user, product, start])
             .map_err(db)?;
+        books.reverse(*start, &format!("day removed ({})", cause.as_str()))?;
     }
+    books.save()
+}
+
+/// Ledger bookings of one key's recomputation; the team's purchases are loaded only if
+/// something is booked.
+struct Books<'c> {
+    t: &'c Connection,
+    team: &'c str,
+    user: &'c str,
+    product: &'c str,
+    at: DateTime<Utc>,
+    ledger: Option<Ledger>,
+}
+
+impl Books<'_> {
+    fn ledger(&mut self) -> Result<&mut Ledger, StoreError> {
+        if self.ledger.is_none() {
+            self.ledger = Some(load_ledger(self.t, self.team)?);
+        }
+        self.ledger
+            .as_mut()
+            .ok_or_else(|| corrupt("ledger not loaded"))
+    }
+
+    fn entry(
+        &self,
+        day: &str,
+        start: i64,
+        purchase: Option<&str>,
+        tokens: i64,
+        reason: &str,
+    ) -> Result<(), StoreError> {
+        let mut add = self
+            .t
+            .prepare_cached(
+                "INSERT INTO ledger (at, team, user, product, day, window_start_ns, purchase, tokens, reason)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            )
+            .map_err(db)?;
+        add.execute(params![
+            self.at.to_rfc3339(),
+            self.team,
+            self.user,
+            self.product,
+            day,
+            start,
+            purchase,
+            tokens,
+            reason
+        ])
+        .map_err(db)?;
+        Ok(())
+    }
+
+    /// Books a day's tokens against the purchases active at its window start.
+    fn charge(
+        &mut self,
+        start: i64,
+        day: &str,
+        window_start: DateTime<Utc>,
+        tokens: u64,
+        reason: &str,
+    ) -> Result<(), StoreError> {
+        let draw = self.ledger()?.draw(window_start, tokens);
+        for (purchase, n) in &draw.parts {
+            self.entry(day, start, Some(purchase), *n as i64, reason)?;
+        }
+        if draw.unfunded > 0 {
+            self.entry(day, start, None, draw.unfunded as i64, reason)?;
+        }
+        Ok(())
+    }
+
+    /// Reverses what a window's entries still hold, purchase by purchase.
+    fn reverse(&mut self, start: i64, reason: &str) -> Result<(), StoreError> {
+        let open: Vec<(Option<String>, String, i64)> = {
+            let mut stmt = self
+                .t
+                .prepare_cached(
+                    "SELECT purchase, MAX(day), SUM(tokens) FROM ledger WHERE user = ?1 AND product = ?2 AND window_start_ns = ?3
+                     GROUP BY purchase HAVING SUM(tokens) != 0",
+                )
+                .map_err(db)?;
+            let rows = stmt
+                .query_map(params![self.user, self.product, start], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                })
+                .map_err(db)?;
+            rows.collect::<Result<_, _>>().map_err(db)?
+        };
+        for (purchase, day, tokens) in open {
+            self.entry(&day, start, purchase.as_deref(), -tokens, reason)?;
+            if let Some(p) = &purchase {
+                self.ledger()?.give_back(p, tokens.max(0) as u64);
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes back what the purchases have paid for.
+    fn save(self) -> Result<(), StoreError> {
+        if let Some(ledger) = &self.ledger {
+            let mut put = self
+                .t
+                .prepare_cached("UPDATE purchases SET used = ?2 WHERE id = ?1")
+                .map_err(db)?;
+            for (id, used) in &ledger.used {
+                put.execute(params![id, *used as i64]).map_err(db)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn load_ledger(t: &Connection, team: &str) -> Result<Ledger, StoreError> {
+    let mut ledger = Ledger::default();
+    let mut stmt = t
+        .prepare_cached("SELECT id, team, tokens, purchased_at, expires_at, used FROM purchases WHERE team = ?1")
+        .map_err(db)?;
+    let rows = stmt.query_map([team], purchase_row).map_err(db)?;
+    for row in rows {
+        let (purchase, used) = row.map_err(db)?;
+        let purchase = purchase?;
+        ledger.used.insert(purchase.id.clone(), used);
+        ledger.purchases.push(purchase);
+    }
+    Ok(ledger)
+}
+
+type PurchaseRow = (Result<Purchase, StoreError>, u64);
+
+fn purchase_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<PurchaseRow> {
+    let when = |s: String| {
+        DateTime::parse_from_rfc3339(&s)
+            .map(|d| d.to_utc())
+            .map_err(corrupt)
+    };
+    let (bought, expires): (String, String) = (r.get(3)?, r.get(4)?);
+    let purchase = (|| {
+        Ok(Purchase {
+            id: r.get(0).map_err(db)?,
+            team: r.get(1).map_err(db)?,
+            tokens: r.get::<_, i64>(2).map_err(db)?.max(0) as u64,
+            purchased_at: when(bought)?,
+            expires_at: when(expires)?,
+        })
+    })();
+    Ok((purchase, r.get::<_, i64>(5)?.max(0) as u64))
+}
+
+fn add_purchase(t: &Connection, p: &Purchase) -> Result<(), StoreError> {
+    t.execute(
+        "INSERT INTO purchases (id, team, tokens, purchased_at, expires_at, used) VALUES (?1, ?2, ?3, ?4, ?5, 0)",
+        params![p.id, p.team, p.tokens as i64, p.purchased_at.to_rfc3339(), p.expires_at.to_rfc3339()],
+    )
+    .map_err(db)?;
     Ok(())
 }
 
@@ -499,6 +723,11 @@ fn put_settings(t: &Connection, settings: &Settings) -> Result<(), StoreError> {
     ])
     .map_err(db)?;
     put.execute(params![
+        "teams",
+        serde_json::to_string(&settings.teams).map_err(corrupt)?
+    ])
+    .map_err(db)?;
+    put.execute(params![
         "entitlements",
         serde_json::to_string(&settings.entitlements).map_err(corrupt)?
     ])
@@ -513,7 +742,7 @@ fn put_settings(t: &Connection, settings: &Settings) -> Result<(), StoreError> {
         rows.collect::<Result<_, _>>().map_err(db)?
     };
     for (user, product) in keys {
-        recompute_key(t, &user, &product, settings)?;
+        recompute_key(t, &user, &product, settings, Cause::Import, Utc::now())?;
     }
     Ok(())
 }
@@ -671,6 +900,106 @@ impl Store for SqliteStore {
             Ok(out)
         })
         .await
+    }
+
+    async fn add_purchase(&self, purchase: Purchase) -> Result<(), StoreError> {
+        self.write(|tx| Job::AddPurchase(Box::new(purchase), tx))
+            .await
+    }
+
+    async fn balances(
+        &self,
+        at: DateTime<Utc>,
+        settings: Settings,
+    ) -> Result<Vec<Balance>, StoreError> {
+        self.read(move |c| {
+            let mut teams: BTreeMap<String, Vec<PurchaseState>> = settings.teams.keys().map(|t| (t.clone(), Vec::new())).collect();
+            let mut stmt = c
+                .prepare("SELECT id, team, tokens, purchased_at, expires_at, used FROM purchases ORDER BY expires_at, id")
+                .map_err(db)?;
+            for row in stmt.query_map([], purchase_row).map_err(db)? {
+                let (purchase, used) = row.map_err(db)?;
+                let purchase = purchase?;
+                teams.entry(purchase.team.clone()).or_default().push(PurchaseState { purchase, used });
+            }
+            let mut unfunded: BTreeMap<String, i64> = BTreeMap::new();
+            let mut stmt = c.prepare("SELECT team, SUM(tokens) FROM ledger WHERE purchase IS NULL GROUP BY team").map_err(db)?;
+            for row in stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))).map_err(db)? {
+                let (team, n) = row.map_err(db)?;
+                teams.entry(team.clone()).or_default();
+                unfunded.insert(team, n);
+            }
+            Ok(teams
+                .into_iter()
+                .map(|(team, purchases)| {
+                    let remaining = purchases
+                        .iter()
+                        .filter(|p| p.purchase.active_at(at))
+                        .map(|p| p.purchase.tokens.saturating_sub(p.used))
+                        .sum();
+                    let low_balance = settings.teams.get(&team).and_then(|t| t.low_balance);
+                    Balance {
+                        unfunded: unfunded.get(&team).copied().unwrap_or(0).max(0) as u64,
+                        low: low_balance.is_some_and(|l| remaining < l),
+                        low_balance,
+                        remaining,
+                        purchases,
+                        team,
+                    }
+                })
+                .collect())
+        })
+        .await
+    }
+
+    async fn ledger(&self, team: Option<String>) -> Result<Vec<LedgerEntry>, StoreError> {
+        self.read(move |c| {
+            let mut stmt = c
+                .prepare(
+                    "SELECT seq, at, team, user, product, day, window_start_ns, purchase, tokens, reason FROM ledger
+                     WHERE (?1 IS NULL OR team = ?1) ORDER BY seq",
+                )
+                .map_err(db)?;
+            let rows = stmt
+                .query_map([team], |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, String>(2)?,
+                        r.get::<_, String>(3)?,
+                        r.get::<_, String>(4)?,
+                        r.get::<_, String>(5)?,
+                        r.get::<_, i64>(6)?,
+                        r.get::<_, Option<String>>(7)?,
+                        r.get::<_, i64>(8)?,
+                        r.get::<_, String>(9)?,
+                    ))
+                })
+                .map_err(db)?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (seq, at, team, user, product, day, start, purchase, tokens, reason) = row.map_err(db)?;
+                out.push(LedgerEntry {
+                    seq,
+                    at: DateTime::parse_from_rfc3339(&at).map_err(corrupt)?.to_utc(),
+                    team,
+                    user,
+                    product,
+                    day,
+                    window_start: DateTime::from_timestamp_nanos(start),
+                    purchase,
+                    tokens,
+                    reason,
+                });
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn team_remaining(&self, team: String, at: DateTime<Utc>) -> Result<u64, StoreError> {
+        self.read(move |c| Ok(load_ledger(c, &team)?.remaining(at)))
+            .await
     }
 
     async fn last_sync(&self, user: String) -> Result<Option<DateTime<Utc>>, StoreError> {
