@@ -65,11 +65,44 @@ pub struct Window {
 ///   session never opens, extends or dates a window.
 /// - a `count_free` row's day is read in its own session's zone.
 pub fn walk(spans: &[Span<'_>], rules: &Rules, out: &mut Vec<Window>) {
+    walk_from(spans, rules, &Resume::default(), out);
+}
+
+/// Where a walk picks up: the state the windows before some instant `S` left behind.
+///
+/// The walk's state between busy intervals is only the end of the current window (and,
+/// under `count_free`, the last charged window and how far short rows reach). So when no
+/// session that starts before `S` is open at or after `S`, walking the sessions that
+/// start at or after `S` from this state gives exactly the windows a walk over all
+/// sessions gives from `S` on. The collector uses it to recompute only a key's recent
+/// past after a sync, however long the key's history.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Resume {
+    /// End of the last charged window that starts before `S` (`Nanos::MIN`: none).
+    pub window_end: Nanos,
+    /// Start of that window, for the `count_free` containment check.
+    pub window_start: Nanos,
+    /// The latest end of the `count_free` rows that start before `S`.
+    pub short_reach: Nanos,
+}
+
+impl Default for Resume {
+    fn default() -> Self {
+        Resume {
+            window_end: Nanos::MIN,
+            window_start: Nanos::MIN,
+            short_reach: Nanos::MIN,
+        }
+    }
+}
+
+/// [`walk`] from a saved state; see [`Resume`] for when that is exact.
+pub fn walk_from(spans: &[Span<'_>], rules: &Rules, resume: &Resume, out: &mut Vec<Window>) {
     let first = out.len();
     let count_free = rules.short_sessions == ShortSessions::CountFree;
     let mut shorts: Vec<usize> = Vec::new();
     let mut members: Vec<Span<'_>> = Vec::new();
-    let mut window_end = Nanos::MIN;
+    let mut window_end = resume.window_end;
     let mut i = 0;
     while i < spans.len() {
         if spans[i].is_short(rules) {
@@ -119,7 +152,7 @@ pub fn walk(spans: &[Span<'_>], rules: &Rules, out: &mut Vec<Window>) {
         }
     }
     if count_free && !shorts.is_empty() {
-        add_short_rows(spans, &shorts, first, out);
+        add_short_rows(spans, &shorts, first, resume, out);
     }
 }
 
@@ -192,14 +225,21 @@ fn past_idle(idle: &[Interval], mut t: Nanos) -> Nanos {
 
 /// `short_sessions = count_free`: each short session whose start lies in no charged
 /// window and in no earlier short row becomes its own row `[start, effective end)`.
-fn add_short_rows(spans: &[Span<'_>], shorts: &[usize], first: usize, out: &mut Vec<Window>) {
+fn add_short_rows(
+    spans: &[Span<'_>],
+    shorts: &[usize],
+    first: usize,
+    resume: &Resume,
+    out: &mut Vec<Window>,
+) {
     let charged_len = out.len() - first;
-    let mut reach = Nanos::MIN; // the latest end of the short rows so far
+    let mut reach = resume.short_reach; // the latest end of the short rows so far
     for &k in shorts {
         let s = &spans[k];
         let charged = &out[first..first + charged_len];
         let before = charged.partition_point(|w| w.start <= s.start);
-        let in_charged = before > 0 && s.start < charged[before - 1].end;
+        let in_charged = (before > 0 && s.start < charged[before - 1].end)
+            || (resume.window_start <= s.start && s.start < resume.window_end);
         if in_charged || s.start < reach {
             continue;
         }
@@ -451,5 +491,50 @@ mod tests {
             out.iter().map(|w| w.zone).collect::<Vec<_>>(),
             vec![utc(), utc(), tokyo]
         );
+    }
+
+    #[test]
+    fn resumed_walk_equals_the_full_walk_after_a_gap() {
+        for policy in [
+            Policy::default(),
+            Policy {
+                short_sessions: ShortSessions::CountFree,
+                ..Policy::default()
+            },
+            active(),
+        ] {
+            let mut all = [
+                span("a", 0, 30 * H),
+                span("s1", 40 * H, 40 * H + M),
+                span("b", 50 * H, 51 * H),
+                span("s2", 60 * H, 60 * H + 2 * M),
+                span("c", 80 * H, 130 * H),
+                span("s3", 131 * H, 131 * H + M),
+            ];
+            let full = windows(&mut all, &policy);
+            // Resume at the start of "c": nothing before it is open at or after it.
+            let cut = 80 * H;
+            let before: Vec<&Window> = full.iter().filter(|w| w.start < cut).collect();
+            let last_charged = before.iter().rev().find(|w| w.kind == WindowKind::Charged);
+            let resume = Resume {
+                window_end: last_charged.map_or(Nanos::MIN, |w| w.end),
+                window_start: last_charged.map_or(Nanos::MIN, |w| w.start),
+                short_reach: before
+                    .iter()
+                    .filter(|w| w.kind == WindowKind::ShortFree)
+                    .map(|w| w.end)
+                    .max()
+                    .unwrap_or(Nanos::MIN),
+            };
+            let rest: Vec<Span<'_>> = all
+                .iter()
+                .map(|(_, s)| *s)
+                .filter(|s| s.start >= cut)
+                .collect();
+            let mut resumed = Vec::new();
+            walk_from(&rest, &policy.rules(), &resume, &mut resumed);
+            let tail: Vec<Window> = full.iter().filter(|w| w.start >= cut).copied().collect();
+            assert_eq!(resumed, tail, "{policy:?}");
+        }
     }
 }

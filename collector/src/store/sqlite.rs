@@ -6,18 +6,18 @@
 //! before any of them is answered). Reads use a small pool of separate connections,
 //! which WAL lets run beside the writer.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, mpsc};
 use std::thread;
 
 use chrono::{DateTime, NaiveDate, Utc};
+use daymeter_shared::accounting::{Resume, Span, WindowKind, walk_from};
 use daymeter_shared::entitlement::Pricing;
 use daymeter_shared::record::Problem;
-use daymeter_shared::scenario::account_key;
 use daymeter_shared::session::{OwnedSession, Session};
 use daymeter_shared::time::Zone;
-use daymeter_shared::usage::UsageDay;
+use daymeter_shared::usage::{UsageDay, priced};
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use tokio::sync::oneshot;
 
@@ -99,6 +99,12 @@ CREATE TABLE ledger (
 );
 CREATE INDEX ledger_by_window ON ledger (user, product, window_start_ns);
 CREATE INDEX ledger_by_team ON ledger (team, seq);
+"#,
+    r#"
+-- Bounded recomputation: find the sessions still open at an instant, and tell the
+-- count_free rows from charged windows when resuming a walk.
+CREATE INDEX sessions_by_key_end ON sessions (user, product, end_ns);
+ALTER TABLE usage_days ADD COLUMN short_row INTEGER NOT NULL DEFAULT 0;
 "#,
 ];
 
@@ -362,7 +368,8 @@ fn ingest_into(
     settings: &Settings,
 ) -> Result<IngestOutcome, StoreError> {
     let mut outcome = IngestOutcome::default();
-    let mut touched: BTreeSet<String> = BTreeSet::new();
+    // Per product, the earliest start among the sessions this batch wrote.
+    let mut touched: BTreeMap<String, i64> = BTreeMap::new();
     let mut find = t
         .prepare_cached("SELECT body FROM sessions WHERE id = ?1")
         .map_err(db)?;
@@ -403,12 +410,21 @@ fn ingest_into(
                     body
                 ])
                 .map_err(db)?;
-            touched.insert(s.product.to_string());
+            let since = touched.entry(s.product.to_string()).or_insert(i64::MAX);
+            *since = (*since).min(s.start_nanos());
         }
         outcome.accepted.push(s.id.to_string());
     }
-    for product in &touched {
-        recompute_key(t, &ingest.user, product, settings, Cause::Sync, ingest.at)?;
+    for (product, since) in &touched {
+        recompute_key(
+            t,
+            &ingest.user,
+            product,
+            settings,
+            Cause::Sync,
+            ingest.at,
+            Some(*since),
+        )?;
     }
     t.execute(
         "INSERT INTO users (user, last_sync) VALUES (?1, ?2) ON CONFLICT (user) DO UPDATE SET last_sync = excluded.last_sync",
@@ -418,16 +434,20 @@ fn ingest_into(
     Ok(outcome)
 }
 
+/// The key's sessions that start at or after `from`.
 fn load_key(
     t: &Connection,
     user: &str,
     product: &str,
+    from: i64,
 ) -> Result<Vec<(OwnedSession, Zone)>, StoreError> {
     let mut stmt = t
-        .prepare_cached("SELECT body FROM sessions WHERE user = ?1 AND product = ?2")
+        .prepare_cached(
+            "SELECT body FROM sessions WHERE user = ?1 AND product = ?2 AND start_ns >= ?3",
+        )
         .map_err(db)?;
     let rows = stmt
-        .query_map([user, product], |r| r.get::<_, String>(0))
+        .query_map(params![user, product, from], |r| r.get::<_, String>(0))
         .map_err(db)?;
     let mut out = Vec::new();
     for body in rows {
@@ -440,12 +460,76 @@ fn load_key(
     Ok(out)
 }
 
-/// A stored usage day: (window end, day, plan, tokens), by window start.
-type StoredDays = BTreeMap<i64, (i64, String, String, i64)>;
+/// A stored usage day: (window end, day, plan, tokens, count_free row), by window start.
+type StoredDays = BTreeMap<i64, (i64, String, String, i64, bool)>;
 
-/// Recomputes one key's usage days from all its sessions, writes the difference, and
-/// books it in the ledger: a changed or vanished day's entries are reversed, a new or
-/// changed day draws from its team's purchases.
+/// A recomputed usage day.
+struct Row {
+    start: i64,
+    end: i64,
+    day: chrono::NaiveDate,
+    plan: daymeter_shared::entitlement::Plan,
+    tokens: u64,
+    short: bool,
+}
+
+/// The instant a key's walk can resume from for a change at `since`: pushed back past
+/// every session still open at (or ending exactly at) it, so that no session before the
+/// resume point reaches it (see `daymeter_shared::accounting::Resume`).
+fn resume_point(t: &Connection, user: &str, product: &str, since: i64) -> Result<i64, StoreError> {
+    let mut stmt = t
+        .prepare_cached(
+            "SELECT MIN(start_ns) FROM sessions WHERE user = ?1 AND product = ?2 AND end_ns >= ?3 AND start_ns < ?3",
+        )
+        .map_err(db)?;
+    let mut at = since;
+    while let Some(earlier) = stmt
+        .query_row(params![user, product, at], |r| r.get::<_, Option<i64>>(0))
+        .map_err(db)?
+    {
+        at = earlier;
+    }
+    Ok(at)
+}
+
+/// The walk's state left by the stored usage days that start before `at`.
+fn resume_state(t: &Connection, user: &str, product: &str, at: i64) -> Result<Resume, StoreError> {
+    let mut resume = Resume::default();
+    let mut last = t
+        .prepare_cached(
+            "SELECT window_start_ns, window_end_ns FROM usage_days WHERE user = ?1 AND product = ?2 AND short_row = 0
+             AND window_start_ns < ?3 ORDER BY window_start_ns DESC LIMIT 1",
+        )
+        .map_err(db)?;
+    if let Some((start, end)) = last
+        .query_row(params![user, product, at], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()
+        .map_err(db)?
+    {
+        resume.window_start = start;
+        resume.window_end = end;
+    }
+    let mut reach = t
+        .prepare_cached(
+            "SELECT MAX(window_end_ns) FROM usage_days WHERE user = ?1 AND product = ?2 AND short_row = 1 AND window_start_ns < ?3",
+        )
+        .map_err(db)?;
+    if let Some(r) = reach
+        .query_row(params![user, product, at], |r| r.get::<_, Option<i64>>(0))
+        .map_err(db)?
+    {
+        resume.short_reach = r;
+    }
+    Ok(resume)
+}
+
+/// Recomputes one key's usage days and writes the difference, booking it in the
+/// ledger: a changed or vanished day's entries are reversed, a new or changed day draws
+/// from its team's purchases.
+///
+/// With `since` (the earliest start a sync wrote), only the key's days from the resume
+/// point on are recomputed, from the sessions that start there or later: a year of
+/// history costs a sync nothing. Without it (an import), the whole key is.
 fn recompute_key(
     t: &Connection,
     user: &str,
@@ -453,11 +537,29 @@ fn recompute_key(
     settings: &Settings,
     cause: Cause,
     at: DateTime<Utc>,
+    since: Option<i64>,
 ) -> Result<(), StoreError> {
-    let mut rows: Vec<UsageDay<'_>> = Vec::new();
+    let from = match since {
+        Some(since) => resume_point(t, user, product, since)?,
+        None => i64::MIN,
+    };
+    let mut rows: Vec<Row> = Vec::new();
     if let Some(entry) = settings.catalog.get(product) {
-        let sessions = load_key(t, user, product)?;
-        let refs: Vec<(&Session<'_>, Zone)> = sessions.iter().map(|(s, z)| (s, *z)).collect();
+        let resume = if from == i64::MIN {
+            Resume::default()
+        } else {
+            resume_state(t, user, product, from)?
+        };
+        let mut sessions = load_key(t, user, product, from)?;
+        sessions.sort_by(|(a, _), (b, _)| {
+            a.start_nanos()
+                .cmp(&b.start_nanos())
+                .then_with(|| a.id.cmp(&b.id))
+        });
+        let spans: Vec<Span<'_>> = sessions.iter().map(|(s, z)| Span::of(s, *z)).collect();
+        let rules = settings.policy.rules();
+        let mut windows = Vec::new();
+        walk_from(&spans, &rules, &resume, &mut windows);
         let held: Vec<_> = settings
             .entitlements
             .iter()
@@ -467,25 +569,32 @@ fn recompute_key(
             tokens_per_day: entry.tokens_per_day,
             entitlements: &held,
         };
-        account_key(
-            user,
-            product,
-            &refs,
-            &settings.policy.rules(),
-            &pricing,
-            &mut rows,
-        );
+        rows.extend(windows.iter().map(|w| {
+            let p = priced(w, &rules, &pricing);
+            Row {
+                start: w.start,
+                end: w.end,
+                day: p.day,
+                plan: p.plan,
+                tokens: p.tokens,
+                short: w.kind == WindowKind::ShortFree,
+            }
+        }));
     }
     let mut stored: StoredDays = BTreeMap::new();
     {
         let mut stmt = t
             .prepare_cached(
-                "SELECT window_start_ns, window_end_ns, day, plan, tokens FROM usage_days WHERE user = ?1 AND product = ?2",
+                "SELECT window_start_ns, window_end_ns, day, plan, tokens, short_row FROM usage_days
+                 WHERE user = ?1 AND product = ?2 AND window_start_ns >= ?3",
             )
             .map_err(db)?;
         let found = stmt
-            .query_map([user, product], |r| {
-                Ok((r.get(0)?, (r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))
+            .query_map(params![user, product, from], |r| {
+                Ok((
+                    r.get(0)?,
+                    (r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?),
+                ))
             })
             .map_err(db)?;
         for row in found {
@@ -504,26 +613,27 @@ fn recompute_key(
     };
     let mut put = t
         .prepare_cached(
-            "INSERT INTO usage_days (user, product, window_start_ns, window_end_ns, day, plan, tokens) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+            "INSERT INTO usage_days (user, product, window_start_ns, window_end_ns, day, plan, tokens, short_row)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
              ON CONFLICT (user, product, window_start_ns) DO UPDATE SET window_end_ns = excluded.window_end_ns,
-               day = excluded.day, plan = excluded.plan, tokens = excluded.tokens",
+               day = excluded.day, plan = excluded.plan, tokens = excluded.tokens, short_row = excluded.short_row",
         )
         .map_err(db)?;
     for row in &rows {
-        let start = row.window_start.timestamp_nanos_opt().unwrap_or_default();
-        let end = row.window_end.timestamp_nanos_opt().unwrap_or_default();
+        let start = row.start;
         let value = (
-            end,
+            row.end,
             row.day.to_string(),
             row.plan.as_str().to_owned(),
             row.tokens as i64,
+            row.short,
         );
         let before = stored.remove(&start);
         if before.as_ref() == Some(&value) {
             continue;
         }
         put.execute(params![
-            user, product, start, value.0, value.1, value.2, value.3
+            user, product, start, value.0, value.1, value.2, value.3, value.4
         ])
         .map_err(db)?;
         let reason = match &before {
@@ -535,7 +645,13 @@ fn recompute_key(
             None => format!("day added ({})", cause.as_str()),
         };
         if row.tokens > 0 {
-            books.charge(start, &value.1, row.window_start, row.tokens, &reason)?;
+            books.charge(
+                start,
+                &value.1,
+                DateTime::from_timestamp_nanos(start),
+                row.tokens,
+                &reason,
+            )?;
         }
     }
     let mut drop_row = t
@@ -742,7 +858,15 @@ fn put_settings(t: &Connection, settings: &Settings) -> Result<(), StoreError> {
         rows.collect::<Result<_, _>>().map_err(db)?
     };
     for (user, product) in keys {
-        recompute_key(t, &user, &product, settings, Cause::Import, Utc::now())?;
+        recompute_key(
+            t,
+            &user,
+            &product,
+            settings,
+            Cause::Import,
+            Utc::now(),
+            None,
+        )?;
     }
     Ok(())
 }
@@ -1020,5 +1144,124 @@ impl Store for SqliteStore {
             .transpose()
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use daymeter_shared::catalog::Product;
+    use daymeter_shared::policy::{Rollover, ShortSessions};
+    use daymeter_shared::session::RawSession;
+    use daymeter_shared::time::ZoneCache;
+
+    fn temp_db(name: &str) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("daymeter-store-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir.join("c.db")
+    }
+
+    fn session(id: &str, start: &str, end: &str) -> OwnedSession {
+        let text = serde_json::json!({
+            "id": id, "product": "acad", "start": start, "end": end, "tz": "Europe/Berlin"
+        })
+        .to_string();
+        let raw: RawSession<'_> = serde_json::from_str(&text).unwrap();
+        let (mut s, _) = raw.check(&mut ZoneCache::new()).unwrap();
+        s.user = Some("sophie".into());
+        s.device = Some("ws-1".into());
+        s.into_owned()
+    }
+
+    fn settings(policy: Policy) -> Settings {
+        let mut s = Settings {
+            policy,
+            ..Settings::default()
+        };
+        s.catalog.insert(
+            "acad".into(),
+            Product {
+                name: None,
+                tokens_per_day: 7,
+                matches: vec![],
+                rate_confirmed: None,
+            },
+        );
+        s
+    }
+
+    /// What `replay` says for the same sessions.
+    fn replayed(sessions: &[OwnedSession], settings: &Settings) -> Vec<UsageDay<'static>> {
+        let scenario = serde_json::json!({
+            "policy": settings.policy, "catalog": settings.catalog, "sessions": sessions,
+        });
+        daymeter_shared::scenario::replay(scenario.to_string().as_bytes())
+            .unwrap()
+            .usage_days
+    }
+
+    use daymeter_shared::policy::Policy;
+
+    /// A year of sessions, some over night, some short, sent in batches in an order
+    /// that exercises resuming: forward, then a late batch from the past.
+    fn history() -> Vec<OwnedSession> {
+        let mut out = Vec::new();
+        for day in 1..=60 {
+            let d = chrono::NaiveDate::from_ymd_opt(2026, 1, 1).unwrap() + chrono::Days::new(day);
+            let at = |h: u32, m: u32| format!("{d}T{h:02}:{m:02}:00+01:00");
+            out.push(session(&format!("a{day}"), &at(9, 0), &at(12, 0)));
+            out.push(session(&format!("s{day}"), &at(13, 0), &at(13, 3)));
+            if day % 7 == 0 {
+                let next = d + chrono::Days::new(2);
+                out.push(session(
+                    &format!("n{day}"),
+                    &at(17, 0),
+                    &format!("{next}T08:10:00+01:00"),
+                ));
+            }
+        }
+        out
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn bounded_recomputation_equals_replay_whatever_the_batch_order() {
+        for policy in [
+            Policy::default(),
+            Policy {
+                short_sessions: ShortSessions::CountFree,
+                ..Policy::default()
+            },
+            Policy {
+                rollover: Rollover::Active,
+                ..Policy::default()
+            },
+        ] {
+            let path = temp_db("bounded");
+            let store = SqliteStore::open(&path).unwrap();
+            let settings = settings(policy);
+            store.put_settings(settings.clone()).await.unwrap();
+            let all = history();
+            // Forward in batches of 5, but the first 20 sessions arrive last (late).
+            let (early, late) = all.split_at(20);
+            for batch in late.chunks(5).chain(early.chunks(5)) {
+                let ingest = Ingest {
+                    user: "sophie".into(),
+                    device: "ws-1".into(),
+                    sessions: batch.to_vec(),
+                    at: Utc::now(),
+                };
+                let outcome = store.ingest(ingest, settings.clone()).await.unwrap();
+                assert_eq!(outcome.accepted.len(), batch.len());
+            }
+            let day = |s: &str| s.parse::<NaiveDate>().unwrap();
+            let stored = store
+                .usage_days(day("2000-01-01"), day("2100-01-01"))
+                .await
+                .unwrap();
+            assert_eq!(stored, replayed(&all, &settings), "{:?}", settings.policy);
+            store.close();
+            let _ = std::fs::remove_dir_all(path.parent().unwrap());
+        }
     }
 }
