@@ -44,7 +44,7 @@ pub struct AppState<S> {
     /// Devices by token hash: every sync is authenticated without a database read.
     pub devices: RwLock<HashMap<[u8; 32], Device>>,
     /// Policy, catalog and entitlements; changed only by imports.
-    pub settings: RwLock<Settings>,
+    pub settings: RwLock<Arc<Settings>>,
 }
 
 impl<S: Store> AppState<S> {
@@ -68,11 +68,11 @@ impl<S: Store> AppState<S> {
             enrollment_secret,
             admin_token,
             devices: RwLock::new(devices),
-            settings: RwLock::new(settings),
+            settings: RwLock::new(Arc::new(settings)),
         })
     }
 
-    fn settings(&self) -> Settings {
+    fn settings(&self) -> Arc<Settings> {
         self.settings
             .read()
             .map(|s| s.clone())
@@ -438,11 +438,7 @@ async fn open_windows<S: Store>(
     if products.is_empty() {
         return Ok(Vec::new());
     }
-    let today = now.date_naive();
-    let rows = state
-        .store
-        .usage_days(today - chrono::Days::new(2), today + chrono::Days::new(1))
-        .await?;
+    let rows = state.store.current_windows(user.to_owned(), now).await?;
     let mut out = Vec::new();
     for row in rows
         .iter()
@@ -550,7 +546,7 @@ async fn import<S: Store>(
     let mut settings = if replace {
         Settings::default()
     } else {
-        state.settings()
+        Settings::clone(&state.settings())
     };
     if let Some(policy) = doc.get("policy").filter(|v| !v.is_null()) {
         if replace {
@@ -623,7 +619,7 @@ async fn import<S: Store>(
         "import applied"
     );
     if let Ok(mut s) = state.settings.write() {
-        *s = settings.clone();
+        *s = Arc::new(settings.clone());
     }
     Ok(json_response(
         &json!({ "catalog": settings.catalog.len(), "entitlements": settings.entitlements.len(), "policy": settings.policy }),
@@ -778,7 +774,7 @@ async fn balances<S: Store>(
     check_admin(&state, &headers)?;
     let balances = state
         .store
-        .balances(state.clock.now(), state.settings())
+        .balances(state.clock.now(), Settings::clone(&state.settings()))
         .await?;
     Ok(json_response(&json!({ "balances": balances })))
 }

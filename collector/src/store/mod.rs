@@ -150,7 +150,7 @@ pub trait Store: Send + Sync + 'static {
     fn ingest(
         &self,
         ingest: Ingest,
-        settings: Settings,
+        settings: std::sync::Arc<Settings>,
     ) -> impl Future<Output = Result<IngestOutcome, StoreError>> + Send;
     fn settings(&self) -> impl Future<Output = Result<Settings, StoreError>> + Send;
     /// Replaces the settings and recomputes every key's usage days under them.
@@ -168,6 +168,12 @@ pub trait Store: Send + Sync + 'static {
         &self,
         filter: SessionFilter,
     ) -> impl Future<Output = Result<Vec<StoredSession>, StoreError>> + Send;
+    /// The user's usage days whose window contains `at` (the products' current windows).
+    fn current_windows(
+        &self,
+        user: String,
+        at: DateTime<Utc>,
+    ) -> impl Future<Output = Result<Vec<UsageDay<'static>>, StoreError>> + Send;
     /// Records a token purchase.
     fn add_purchase(
         &self,

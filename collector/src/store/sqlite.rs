@@ -118,7 +118,7 @@ fn corrupt(e: impl std::fmt::Display) -> StoreError {
 
 enum Job {
     Ingest(
-        Box<(Ingest, Settings)>,
+        Box<(Ingest, Arc<Settings>)>,
         oneshot::Sender<Result<IngestOutcome, StoreError>>,
     ),
     AddDevice(Box<Device>, oneshot::Sender<Result<(), StoreError>>),
@@ -946,7 +946,7 @@ impl Store for SqliteStore {
     async fn ingest(
         &self,
         ingest: Ingest,
-        settings: Settings,
+        settings: Arc<Settings>,
     ) -> Result<IngestOutcome, StoreError> {
         self.write(|tx| Job::Ingest(Box::new((ingest, settings)), tx))
             .await
@@ -1020,6 +1020,49 @@ impl Store for SqliteStore {
                 let body = body.map_err(db)?;
                 let s: Session<'_> = serde_json::from_str(&body).map_err(corrupt)?;
                 out.push(s.into_owned());
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn current_windows(
+        &self,
+        user: String,
+        at: DateTime<Utc>,
+    ) -> Result<Vec<UsageDay<'static>>, StoreError> {
+        let at = at.timestamp_nanos_opt().unwrap_or_default();
+        self.read(move |c| {
+            let mut stmt = c
+                .prepare_cached(
+                    "SELECT product, day, window_start_ns, window_end_ns, plan, tokens FROM usage_days
+                     WHERE user = ?1 AND window_end_ns > ?2 AND window_start_ns <= ?2 ORDER BY product, window_start_ns",
+                )
+                .map_err(db)?;
+            let rows = stmt
+                .query_map(params![user, at], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, i64>(2)?,
+                        r.get::<_, i64>(3)?,
+                        r.get::<_, String>(4)?,
+                        r.get::<_, i64>(5)?,
+                    ))
+                })
+                .map_err(db)?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (product, day, start, end, plan, tokens) = row.map_err(db)?;
+                out.push(UsageDay {
+                    user: user.clone().into(),
+                    product: product.into(),
+                    day: day.parse().map_err(corrupt)?,
+                    window_start: DateTime::from_timestamp_nanos(start),
+                    window_end: DateTime::from_timestamp_nanos(end),
+                    plan: serde_json::from_value(serde_json::Value::String(plan)).map_err(corrupt)?,
+                    tokens: tokens.max(0) as u64,
+                });
             }
             Ok(out)
         })
@@ -1251,7 +1294,10 @@ mod tests {
                     sessions: batch.to_vec(),
                     at: Utc::now(),
                 };
-                let outcome = store.ingest(ingest, settings.clone()).await.unwrap();
+                let outcome = store
+                    .ingest(ingest, Arc::new(settings.clone()))
+                    .await
+                    .unwrap();
                 assert_eq!(outcome.accepted.len(), batch.len());
             }
             let day = |s: &str| s.parse::<NaiveDate>().unwrap();
