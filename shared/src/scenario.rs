@@ -20,7 +20,7 @@ use std::fmt;
 use std::hash::{Hash, Hasher};
 use std::io::{self, Write};
 use std::ops::Range;
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 
 use rayon::prelude::*;
 use rustc_hash::{FxHashMap, FxHasher};
@@ -61,7 +61,8 @@ pub struct Scenario<'a> {
 /// need it (copies of one id), which keeps a million records at ~130 bytes each.
 #[derive(Debug)]
 struct Checked<'a> {
-    raw: &'a RawValue,
+    /// The record's JSON text.
+    raw: &'a str,
     id: Cow<'a, str>,
     user: Cow<'a, str>,
     product: Cow<'a, str>,
@@ -77,7 +78,7 @@ impl<'a> Checked<'a> {
     /// The full session again. It passed these same checks once, so this cannot fail;
     /// if it somehow did, the caller treats the record as having no usable copy data.
     fn session(&self) -> Option<Session<'a>> {
-        let raw: RawSession<'a> = serde_json::from_str(self.raw.get()).ok()?;
+        let raw: RawSession<'a> = serde_json::from_str(self.raw).ok()?;
         raw.check(&mut ZoneCache::new()).ok().map(|(s, _)| s)
     }
 }
@@ -114,6 +115,8 @@ struct ChunkOut<'a> {
     base: usize,
     records: Vec<Checked<'a>>,
     error: Option<(usize, Box<RecordError>)>,
+    /// The error is that the text is not one JSON session object (not a bad field).
+    unparsable: bool,
 }
 
 /// The top level of a scenario: sections in file order, records left raw, sessions
@@ -130,6 +133,9 @@ struct Document<'a> {
 struct DocumentSeed<'s, 'scope, 'a> {
     scope: &'s rayon::Scope<'scope>,
     out: &'scope Mutex<Vec<ChunkOut<'a>>>,
+    /// Instead of streaming the sessions, record where the `sessions` array starts
+    /// (its offset from the given base address); see [`Scenario::parse_by_lines`].
+    probe: Option<(usize, &'s OnceLock<usize>)>,
 }
 
 impl<'de: 'a, 'a: 'scope, 'scope> DeserializeSeed<'de> for DocumentSeed<'_, 'scope, 'a> {
@@ -174,12 +180,18 @@ impl<'de: 'a, 'a: 'scope, 'scope> Visitor<'de> for DocumentSeed<'_, 'scope, 'a> 
                         .map_err(named)?
                         .unwrap_or_default()
                 }
-                Section::Sessions => map
-                    .next_value_seed(SessionsSeed {
-                        scope: self.scope,
-                        out: self.out,
-                    })
-                    .map_err(named)?,
+                Section::Sessions => match self.probe {
+                    Some((base, at)) => {
+                        let raw: &RawValue = map.next_value().map_err(named)?;
+                        let _ = at.set((raw.get().as_ptr() as usize).wrapping_sub(base));
+                    }
+                    None => map
+                        .next_value_seed(SessionsSeed {
+                            scope: self.scope,
+                            out: self.out,
+                        })
+                        .map_err(named)?,
+                },
             }
         }
         Ok(doc)
@@ -213,10 +225,10 @@ impl<'de: 'a, 'a: 'scope, 'scope> Visitor<'de> for SessionsSeed<'_, 'scope, 'a> 
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
         let mut base = 0;
-        let mut chunk: Vec<&'a RawValue> = Vec::with_capacity(CHUNK);
+        let mut chunk: Vec<&'a str> = Vec::with_capacity(CHUNK);
         let out = self.out;
         while let Some(raw) = seq.next_element::<&'de RawValue>()? {
-            chunk.push(raw);
+            chunk.push(raw.get());
             if chunk.len() == CHUNK {
                 let full = std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK));
                 self.scope
@@ -301,19 +313,20 @@ fn id_hash(id: &str) -> u64 {
     h.finish()
 }
 
-fn check_chunk<'a>(base: usize, raws: &[&'a RawValue]) -> ChunkOut<'a> {
+fn check_chunk<'a>(base: usize, texts: &[&'a str]) -> ChunkOut<'a> {
     let mut zones = ZoneCache::new();
-    let mut records = Vec::with_capacity(raws.len());
-    for (offset, raw) in raws.iter().enumerate() {
-        match check_session(raw, &mut zones) {
+    let mut records = Vec::with_capacity(texts.len());
+    for (offset, text) in texts.iter().enumerate() {
+        match check_session(text, &mut zones) {
             Ok(c) => records.push(c),
-            Err((id, problem)) => {
+            Err((id, problem, unparsable)) => {
                 let index = base + offset;
                 let error = Box::new(session_error(index, id.as_deref(), problem));
                 return ChunkOut {
                     base,
                     records,
                     error: Some((index, error)),
+                    unparsable,
                 };
             }
         }
@@ -322,23 +335,29 @@ fn check_chunk<'a>(base: usize, raws: &[&'a RawValue]) -> ChunkOut<'a> {
         base,
         records,
         error: None,
+        unparsable: false,
     }
 }
 
-fn check_session<'a>(
-    raw: &'a RawValue,
-    zones: &mut ZoneCache,
-) -> Result<Checked<'a>, (Option<String>, Problem)> {
-    let parsed: RawSession<'a> = match serde_json::from_str(raw.get()) {
+/// A session's problem, the id to name it by, and whether the text was not even one
+/// JSON session object.
+type SessionFailure = (Option<String>, Problem, bool);
+
+fn check_session<'a>(text: &'a str, zones: &mut ZoneCache) -> Result<Checked<'a>, SessionFailure> {
+    let parsed: RawSession<'a> = match serde_json::from_str(text) {
         Ok(r) => r,
         Err(e) => {
-            let id = serde_json::from_str::<IdOnly<'_>>(raw.get())
+            let id = serde_json::from_str::<IdOnly<'_>>(text)
                 .ok()
                 .and_then(|i| i.id);
-            return Err((id.map(Cow::into_owned), Problem::Malformed(e.to_string())));
+            return Err((
+                id.map(Cow::into_owned),
+                Problem::Malformed(e.to_string()),
+                true,
+            ));
         }
     };
-    let fail = |id: &Option<Cow<'a, str>>, p| (id.as_deref().map(str::to_owned), p);
+    let fail = |id: &Option<Cow<'a, str>>, p| (id.as_deref().map(str::to_owned), p, false);
     if parsed.user.is_none() {
         return Err(fail(&parsed.id, Problem::Missing("user")));
     }
@@ -357,7 +376,7 @@ fn check_session<'a>(
     } = session;
     let user = user.unwrap_or_default();
     Ok(Checked {
-        raw,
+        raw: text,
         key_hash: key_hash(&user, &product),
         id_hash: id_hash(&id),
         id,
@@ -374,15 +393,75 @@ impl<'a> Scenario<'a> {
     /// Parses and checks a scenario. Every record is checked before anything is
     /// accounted; the error returned is the first bad record in file order.
     pub fn parse(input: &'a [u8]) -> Result<Scenario<'a>, RecordError> {
+        if let Some(result) = Self::parse_by_lines(input) {
+            return result;
+        }
         let out = Mutex::new(Vec::new());
         let doc = rayon::scope(|scope| {
             let mut de = serde_json::Deserializer::from_slice(input);
-            let doc = DocumentSeed { scope, out: &out }.deserialize(&mut de)?;
+            let doc = DocumentSeed {
+                scope,
+                out: &out,
+                probe: None,
+            }
+            .deserialize(&mut de)?;
             de.end().map(|()| doc)
         })
         .map_err(|e| RecordError::new(Record::Document, Problem::Malformed(e.to_string())))?;
         let mut chunks = out.into_inner().unwrap_or_else(|p| p.into_inner());
         chunks.sort_unstable_by_key(|c| c.base);
+        Self::assemble(&doc, chunks)
+    }
+
+    /// The fast path for the way machines write a scenario: one session per line.
+    ///
+    /// JSON strings cannot hold a raw newline, so when every line of the `sessions`
+    /// array holds exactly one session object (with its comma), splitting at newlines
+    /// splits exactly; then every record is parsed on all cores from the start, instead
+    /// of one core first scanning the array to find where records begin. The split is
+    /// proven, not assumed: the rest of the document is parsed with the array cut out
+    /// (`"sessions": []`), which must put the top-level `sessions` array exactly where
+    /// the cut was, and every line must parse as one complete session object. If
+    /// anything does not hold, `None`: the general path parses the file (and reports
+    /// any error exactly).
+    fn parse_by_lines(input: &'a [u8]) -> Option<Result<Scenario<'a>, RecordError>> {
+        let (open, close, lines) = split_lines(input)?;
+        let mut cut = Vec::with_capacity(input.len() - (close - open) + 2);
+        cut.extend_from_slice(&input[..open]);
+        cut.extend_from_slice(b"[]");
+        cut.extend_from_slice(&input[close..]);
+        let at = OnceLock::new();
+        let out = Mutex::new(Vec::new());
+        let doc = rayon::scope(|scope| {
+            let mut de = serde_json::Deserializer::from_slice(&cut);
+            let seed = DocumentSeed {
+                scope,
+                out: &out,
+                probe: Some((cut.as_ptr() as usize, &at)),
+            };
+            let doc = seed.deserialize(&mut de).ok()?;
+            de.end().ok().map(|()| doc)
+        })?;
+        if at.get() != Some(&open) {
+            return None;
+        }
+        let chunks: Vec<ChunkOut<'a>> = lines
+            .par_chunks(CHUNK)
+            .enumerate()
+            .map(|(c, texts)| check_chunk(c << CHUNK_BITS, texts))
+            .collect();
+        if chunks.iter().any(|c| c.unparsable) {
+            return None;
+        }
+        Some(Self::assemble(&doc, chunks))
+    }
+
+    /// Checks the document's sections and the session records (chunks in file order),
+    /// resolves copies and groups keys: the first error in file order, or the scenario.
+    fn assemble(
+        doc: &Document<'_>,
+        chunks: Vec<ChunkOut<'a>>,
+    ) -> Result<Scenario<'a>, RecordError> {
         let rank = |s: Section| doc.order.iter().position(|x| *x == s).unwrap_or(usize::MAX);
 
         let mut found = None;
@@ -634,6 +713,77 @@ fn pricing<'e, 'k>(
     Pricing {
         tokens_per_day: catalog.get(product).map_or(0, |p| p.tokens_per_day),
         entitlements: held.get(&(user, product)).map_or(&[][..], Vec::as_slice),
+    }
+}
+
+/// Finds the `sessions` array written one session per line: the offsets of its `[` and
+/// just past its `]`, and each line's session text. `None` when the array is not laid
+/// out that way (the caller then takes the general path). Nothing here is trusted: see
+/// [`Scenario::parse_by_lines`] for how the result is proven.
+fn split_lines(input: &[u8]) -> Option<(usize, usize, Vec<&str>)> {
+    let key = memchr::memmem::find(input, b"\"sessions\"")?;
+    let skip_ws = |mut p: usize| {
+        while p < input.len() && input[p].is_ascii_whitespace() {
+            p += 1;
+        }
+        p
+    };
+    let colon = skip_ws(key + b"\"sessions\"".len());
+    if input.get(colon) != Some(&b':') {
+        return None;
+    }
+    let open = skip_ws(colon + 1);
+    if input.get(open) != Some(&b'[') {
+        return None;
+    }
+    let mut lines = Vec::new();
+    let mut needs_comma = false; // the previous element had no comma: only `]` may follow
+    let mut start = open + 1;
+    loop {
+        let end = memchr::memchr(b'\n', &input[start..]).map_or(input.len(), |n| start + n);
+        let line = input[start..end].trim_ascii();
+        if line.first() == Some(&b']') {
+            let at = start + (input[start..end].len() - input[start..end].trim_ascii_start().len());
+            return Some((open, at + 1, lines));
+        }
+        if !line.is_empty() {
+            if needs_comma {
+                return None;
+            }
+            let (element, closes) = match line.strip_suffix(b",") {
+                Some(e) => (e.trim_ascii_end(), false),
+                None => {
+                    needs_comma = true;
+                    // The last element may carry the closing bracket: `{...}]` or `{...}]}`.
+                    if line.last() == Some(&b'}') && !line.ends_with(b"]}") {
+                        (line, false)
+                    } else {
+                        let close = line
+                            .iter()
+                            .enumerate()
+                            .rev()
+                            .find(|(p, b)| {
+                                **b == b']' && line[..*p].trim_ascii_end().last() == Some(&b'}')
+                            })?
+                            .0;
+                        (line[..close].trim_ascii_end(), true)
+                    }
+                }
+            };
+            if element.first() != Some(&b'{') {
+                return None;
+            }
+            lines.push(std::str::from_utf8(element).ok()?);
+            if closes {
+                let offset = element.as_ptr() as usize - input.as_ptr() as usize + element.len();
+                let close = offset + input[offset..end].iter().position(|b| *b == b']')?;
+                return Some((open, close + 1, lines));
+            }
+        }
+        if end == input.len() {
+            return None;
+        }
+        start = end + 1;
     }
 }
 
@@ -953,5 +1103,77 @@ mod tests {
             ids,
             vec![("1".into(), true), ("2".into(), true), ("3".into(), true)]
         );
+    }
+
+    fn one_per_line(sessions: &[&str], tail: &str) -> String {
+        format!(
+            "{{\"catalog\": {{\"acad\": {{\"tokens_per_day\": 7}}}},\n\"sessions\": [\n{}{tail}",
+            sessions.join(",\n")
+        )
+    }
+
+    const S1: &str = r#"{"id": "a", "user": "u", "device": "d", "product": "acad", "start": "2026-03-02T09:00:00Z", "end": "2026-03-03T10:00:00Z"}"#;
+    const S2: &str = r#"{"id": "b", "user": "u", "device": "d", "product": "acad", "start": "2026-03-05T09:00:00Z", "end": "2026-03-05T10:00:00Z"}"#;
+
+    fn report(text: &str) -> String {
+        let scenario = Scenario::parse(text.as_bytes()).unwrap();
+        let mut out = Vec::new();
+        scenario.write_json(&mut out).unwrap();
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn one_session_per_line_takes_the_line_path_and_agrees_with_the_general_path() {
+        for tail in ["\n]}", "]}", "]\n}\n", "\n],\n\"policy\": {}}"] {
+            let text = one_per_line(&[S1, S2], tail);
+            assert!(
+                Scenario::parse_by_lines(text.as_bytes()).is_some(),
+                "line path for tail {tail:?}"
+            );
+            // The same scenario, laid out so that only the general path applies.
+            let general = text.replace("{\"id\"", "{\n\"id\"");
+            assert!(Scenario::parse_by_lines(general.as_bytes()).is_none());
+            assert_eq!(report(&text), report(&general), "tail {tail:?}");
+        }
+    }
+
+    #[test]
+    fn a_sessions_array_that_is_not_the_top_level_one_is_not_taken() {
+        // A policy with an unknown "sessions" key comes first; the real array is later.
+        let text = format!(
+            "{{\"policy\": {{\"sessions\": [\n{S2}\n]}},\n\"catalog\": {{\"acad\": {{\"tokens_per_day\": 7}}}},\n\"sessions\": [\n{S1}\n]}}"
+        );
+        assert!(Scenario::parse_by_lines(text.as_bytes()).is_none());
+        let report = report(&text);
+        assert!(report.contains("2026-03-02"), "{report}");
+        assert!(
+            !report.contains("2026-03-05"),
+            "the policy's array is not sessions: {report}"
+        );
+    }
+
+    #[test]
+    fn errors_on_the_line_path_are_the_general_paths() {
+        let bad_field = S2.replace("2026-03-05T10:00:00Z", "2026-03-05T08:00:00Z");
+        let bad_type = S2.replace("\"2026-03-05T09:00:00Z\"", "5");
+        for bad in [bad_field, bad_type] {
+            let text = one_per_line(&[S1, &bad], "\n]}");
+            let general = text.replace("{\"id\"", "{\n\"id\"");
+            let a = Scenario::parse(text.as_bytes()).unwrap_err();
+            let b = Scenario::parse(general.as_bytes()).unwrap_err();
+            // The same record and problem (a parser's line and column are the record's own).
+            assert_eq!(a.record, b.record);
+            assert_eq!(a.problem.code(), b.problem.code());
+            assert!(a.to_string().starts_with("session b:"), "{a}");
+        }
+    }
+
+    #[test]
+    fn two_sessions_on_one_line_are_not_split_wrongly() {
+        let text = format!(
+            "{{\"catalog\": {{\"acad\": {{\"tokens_per_day\": 7}}}},\n\"sessions\": [\n{S1}, {S2}\n]}}"
+        );
+        assert!(Scenario::parse_by_lines(text.as_bytes()).is_none());
+        assert!(report(&text).contains("2026-03-05"));
     }
 }
