@@ -9,6 +9,9 @@
 use std::borrow::Cow;
 use std::cmp::Ordering;
 
+use std::fmt;
+
+use serde::de::{self, Deserializer, Visitor};
 use serde::{Deserialize, Serialize};
 
 use crate::record::Problem;
@@ -23,13 +26,28 @@ pub type Interval = [Instant; 2];
 pub struct Session<'a> {
     #[serde(borrow)]
     pub id: Cow<'a, str>,
-    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        borrow,
+        default,
+        deserialize_with = "opt_text",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub user: Option<Cow<'a, str>>,
-    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        borrow,
+        default,
+        deserialize_with = "opt_text",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub device: Option<Cow<'a, str>>,
     #[serde(borrow)]
     pub product: Cow<'a, str>,
-    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        borrow,
+        default,
+        deserialize_with = "opt_text",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub version: Option<Cow<'a, str>>,
     pub start: Instant,
     /// Absent while the product runs.
@@ -39,7 +57,12 @@ pub struct Session<'a> {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_seen: Option<Instant>,
     /// IANA zone of the device when the session started.
-    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        borrow,
+        default,
+        deserialize_with = "opt_text",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub tz: Option<Cow<'a, str>>,
     /// Sleep intervals (informational; the engine never reads them).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -55,23 +78,23 @@ pub type OwnedSession = Session<'static>;
 /// A session object as it came in: every field optional and textual, checked later.
 #[derive(Debug, Default, Deserialize)]
 pub struct RawSession<'a> {
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "opt_text")]
     pub id: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "opt_text")]
     pub user: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "opt_text")]
     pub device: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "opt_text")]
     pub product: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "opt_text")]
     pub version: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "opt_text")]
     pub start: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "opt_text")]
     pub end: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "opt_text")]
     pub last_seen: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "opt_text")]
     pub tz: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
     pub suspended: Option<Vec<(Cow<'a, str>, Cow<'a, str>)>>,
@@ -82,8 +105,48 @@ pub struct RawSession<'a> {
 /// Only the id of a record that failed to parse, so its error can still name it.
 #[derive(Debug, Deserialize)]
 pub struct IdOnly<'a> {
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "opt_text")]
     pub id: Option<Cow<'a, str>>,
+}
+
+/// Deserialises an optional string borrowed from the input when it has no escapes.
+///
+/// serde's `#[serde(borrow)]` borrows a `Cow<str>` field but not an `Option<Cow<str>>`
+/// one, which it always copies into a new `String`: eight allocations per session.
+fn opt_text<'de: 'a, 'a, D: Deserializer<'de>>(d: D) -> Result<Option<Cow<'a, str>>, D::Error> {
+    struct Text;
+    impl<'de> Visitor<'de> for Text {
+        type Value = Cow<'de, str>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a string")
+        }
+        fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+            Ok(Cow::Borrowed(v))
+        }
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+            Ok(Cow::Owned(v.to_owned()))
+        }
+        fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
+            Ok(Cow::Owned(v))
+        }
+    }
+    struct MaybeText;
+    impl<'de> Visitor<'de> for MaybeText {
+        type Value = Option<Cow<'de, str>>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a string or null")
+        }
+        fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_str(Text).map(Some)
+        }
+    }
+    d.deserialize_option(MaybeText)
 }
 
 impl<'a> RawSession<'a> {
