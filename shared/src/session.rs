@@ -75,6 +75,12 @@ pub struct Session<'a> {
 /// Owned session, for the journal and the store.
 pub type OwnedSession = Session<'static>;
 
+/// Deserialises an [`OwnedSession`] field (`#[serde(deserialize_with = "...")]`): a
+/// `Session<'static>` cannot borrow from the input, so it is read borrowed and copied.
+pub fn deserialize_owned<'de, D: Deserializer<'de>>(d: D) -> Result<OwnedSession, D::Error> {
+    Session::deserialize(d).map(Session::into_owned)
+}
+
 /// A session object as it came in: every field optional and textual, checked later.
 #[derive(Debug, Default, Deserialize)]
 pub struct RawSession<'a> {

@@ -1,0 +1,109 @@
+//! The agent's journal: everything that must survive a crash, a power loss or a week
+//! offline.
+//!
+//! It holds every session the collector has not yet acknowledged in its final form, the
+//! device's enrolment, and the collector's last answer (catalog, policy, entitlements,
+//! grace), so that the agent meters correctly from its first second after a restart,
+//! online or not. Opens, closes and acknowledgements are flushed before the call returns;
+//! `last_seen` progress is written lazily ([`Durability::Lazy`]) and flushed by the
+//! caller at least every 30 s, because an fsync per poll would cost more CPU than the
+//! whole rest of the agent.
+
+pub mod sled;
+
+use serde::{Deserialize, Serialize};
+
+use daymeter_shared::session::OwnedSession;
+
+use crate::watch::ProcessKey;
+
+/// Where a session stands in its journey to the collector.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum Stage {
+    /// The product runs (or ran when the agent last looked).
+    Open,
+    /// The product ended; the session waits for the collector to accept its final copy.
+    Closed,
+    /// The collector refused the session; kept for the admin, never resent.
+    Rejected { reason: String },
+}
+
+/// A session as the agent keeps it: the wire session plus the process it belongs to.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Tracked {
+    /// The wire session (`user` and `device` unset: the sync request carries them).
+    #[serde(deserialize_with = "daymeter_shared::session::deserialize_owned")]
+    pub session: OwnedSession,
+    /// The process instance; lets a restarted agent adopt a product that still runs.
+    pub process: ProcessKey,
+    pub stage: Stage,
+}
+
+/// How soon a write must be on disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// On disk before the call returns (opens, closes, acknowledgements).
+    Flush,
+    /// In the journal's memory now, on disk at the next flush or within its own period.
+    Lazy,
+}
+
+/// The device's identity with the collector.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Enrolment {
+    pub collector_url: String,
+    pub device_id: String,
+    /// Secret: kept owner-only, never logged.
+    pub device_token: String,
+}
+
+impl std::fmt::Display for Enrolment {
+    /// Never shows the token.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "device {} at {}", self.device_id, self.collector_url)
+    }
+}
+
+/// A journal failure. The agent keeps metering in memory and retries; it never drops a
+/// session because the disk said no.
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    #[error("journal storage: {0}")]
+    Storage(String),
+    #[error("journal record {key}: {reason}")]
+    Corrupt { key: String, reason: String },
+    #[error("journal file {path}: {source}")]
+    Io {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// What the journal stores. One process owns it at a time.
+pub trait Journal: Send + Sync {
+    /// Writes (inserts or replaces) a session under its id.
+    fn put(&self, tracked: &Tracked, durability: Durability) -> Result<(), JournalError>;
+
+    /// Every session in the journal, in id order (UUID v7: start order).
+    fn sessions(&self) -> Result<Vec<Tracked>, JournalError>;
+
+    /// Removes a session whose final copy the collector accepted; flushed.
+    fn remove(&self, id: &str) -> Result<(), JournalError>;
+
+    /// Forces every lazy write to disk.
+    fn flush(&self) -> Result<(), JournalError>;
+
+    /// The device's enrolment, if any.
+    fn enrolment(&self) -> Result<Option<Enrolment>, JournalError>;
+
+    /// Stores (or, with `None`, forgets) the enrolment; flushed, owner-only on disk.
+    fn set_enrolment(&self, enrolment: Option<&Enrolment>) -> Result<(), JournalError>;
+
+    /// An opaque cached value (the collector's last sync answer, the last sync time…).
+    fn cached(&self, key: &str) -> Result<Option<Vec<u8>>, JournalError>;
+
+    /// Stores an opaque cached value; flushed.
+    fn set_cached(&self, key: &str, value: &[u8]) -> Result<(), JournalError>;
+}

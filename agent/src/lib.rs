@@ -1,0 +1,22 @@
+//! `daymeter-agent`: the workstation service, as a library so its parts can be tested
+//! one by one and the binary stays a thin command line.
+//!
+//! Map:
+//! - [`config`] — the agent's TOML configuration, environment overrides, default paths.
+//! - [`watch`] — which product processes run now: `/proc` read incrementally on Linux,
+//!   sysinfo on Windows and macOS, behind [`watch::ProcessSource`].
+//! - [`journal`] — every session, the device token and the collector's cached answers,
+//!   durable across crashes, behind [`journal::Journal`] (sled).
+//! - [`meter`] — turns what runs into opened, advanced and closed sessions.
+//! - [`sync`] — enrolment and `/v1/sync` with the collector, back-off while it is away.
+//! - [`status`] — `daymeter-agent status`, answered by the running agent over a local
+//!   socket or read from the journal.
+//! - [`run`] — the service loop that ties them together.
+
+pub mod config;
+pub mod journal;
+pub mod meter;
+pub mod run;
+pub mod status;
+pub mod sync;
+pub mod watch;

@@ -1,0 +1,57 @@
+//! Which product processes run now.
+//!
+//! A [`ProcessSource`] lists the machine's processes and classifies each one the first
+//! time it sees it (executable file name and arguments against the catalog, through the
+//! caller's `classify`), remembering the answer by pid and process start time, so that
+//! a poll costs one directory listing and no per-process reads once the machine is
+//! steady. On Linux that is `/proc` read directly ([`procfs`]); elsewhere sysinfo.
+
+#[cfg(target_os = "linux")]
+pub mod procfs;
+
+use serde::{Deserialize, Serialize};
+
+/// Identifies one process instance across polls and agent restarts: a pid alone is
+/// reused by the system, a pid with the process's start time is not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ProcessKey {
+    pub pid: u32,
+    /// Start time in the platform's own unit (clock ticks since boot on Linux, seconds
+    /// since the epoch elsewhere); only compared for equality.
+    pub started: u64,
+}
+
+/// A running process that the catalog recognised as a product.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Running {
+    pub key: ProcessKey,
+    /// Catalog product id (`acad`, `civil3d`, …).
+    pub product: String,
+}
+
+/// What a classifier is shown of a new process.
+#[derive(Debug, Clone, Copy)]
+pub struct Seen<'a> {
+    /// Executable file name (not the path), as the system reports it.
+    pub exe: &'a str,
+    /// The arguments after argv\[0\], joined by single spaces.
+    pub args: &'a str,
+}
+
+/// Lists the processes that run products.
+pub trait ProcessSource: Send {
+    /// Returns every running process that `classify` maps to a product. `classify` is
+    /// called once per process instance, the first time it is seen; the answer is kept
+    /// until the process ends or [`ProcessSource::forget`] is called.
+    fn poll(
+        &mut self,
+        classify: &dyn Fn(Seen<'_>) -> Option<String>,
+    ) -> std::io::Result<Vec<Running>>;
+
+    /// Drops every remembered classification (the catalog changed).
+    fn forget(&mut self);
+
+    /// Whether this exact process instance still runs (used to adopt sessions that were
+    /// open when the agent stopped).
+    fn alive(&self, key: ProcessKey) -> bool;
+}
