@@ -43,8 +43,12 @@ pub struct AppState<S> {
     pub admin_token: Secret,
     /// Devices by token hash: every sync is authenticated without a database read.
     pub devices: RwLock<HashMap<[u8; 32], Device>>,
-    /// Policy, catalog and entitlements; changed only by imports.
+    /// Policy, catalog and entitlements; changed only by imports. The store prices
+    /// with its own copy; this one answers requests.
     pub settings: RwLock<Arc<Settings>>,
+    /// Held by an import from reading the settings it merges into until they are
+    /// stored and published: imports apply one after the other, none lost.
+    pub imports: tokio::sync::Mutex<()>,
 }
 
 impl<S: Store> AppState<S> {
@@ -69,6 +73,7 @@ impl<S: Store> AppState<S> {
             admin_token,
             devices: RwLock::new(devices),
             settings: RwLock::new(Arc::new(settings)),
+            imports: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -372,7 +377,7 @@ async fn sync<S: Store>(
         sessions: good,
         at: now,
     };
-    let outcome = state.store.ingest(ingest, settings.clone()).await?;
+    let outcome = state.store.ingest(ingest).await?;
     for (id, problem) in outcome.rejected {
         rejected.push(Rejected {
             id: Some(id),
@@ -543,6 +548,7 @@ async fn import<S: Store>(
         e
     };
     let replace = doc.get("replace").and_then(Value::as_bool).unwrap_or(false);
+    let _one_import_at_a_time = state.imports.lock().await;
     let mut settings = if replace {
         Settings::default()
     } else {
@@ -632,22 +638,20 @@ struct DayRange {
     to: Option<String>,
 }
 
-fn day_param(
-    name: &'static str,
-    value: Option<&str>,
-    default: NaiveDate,
-) -> Result<NaiveDate, ApiError> {
-    match value {
-        None => Ok(default),
-        Some(v) => v.parse().map_err(|_| {
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "bad_day",
-                format!("{name} {v:?} is not a day (YYYY-MM-DD)"),
-            )
-            .field(name)
-        }),
-    }
+/// A `YYYY-MM-DD` query parameter, if given.
+fn day_param(name: &'static str, value: Option<&str>) -> Result<Option<NaiveDate>, ApiError> {
+    value
+        .map(|v| {
+            v.parse().map_err(|_| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "bad_day",
+                    format!("{name} {v:?} is not a day (YYYY-MM-DD)"),
+                )
+                .field(name)
+            })
+        })
+        .transpose()
 }
 
 async fn usage_days<S: Store>(
@@ -656,8 +660,8 @@ async fn usage_days<S: Store>(
     Query(q): Query<DayRange>,
 ) -> Result<Response, ApiError> {
     check_admin(&state, &headers)?;
-    let from = day_param("from", q.from.as_deref(), NaiveDate::MIN)?;
-    let to = day_param("to", q.to.as_deref(), NaiveDate::MAX)?;
+    let from = day_param("from", q.from.as_deref())?;
+    let to = day_param("to", q.to.as_deref())?;
     let rows = state.store.usage_days(from, to).await?;
     let report = Report {
         totals: Totals::of(&rows),
@@ -685,16 +689,8 @@ async fn sessions<S: Store>(
 ) -> Result<Response, ApiError> {
     check_admin(&state, &headers)?;
     let filter = SessionFilter {
-        from: q
-            .from
-            .as_deref()
-            .map(|v| day_param("from", Some(v), NaiveDate::MIN))
-            .transpose()?,
-        to: q
-            .to
-            .as_deref()
-            .map(|v| day_param("to", Some(v), NaiveDate::MAX))
-            .transpose()?,
+        from: day_param("from", q.from.as_deref())?,
+        to: day_param("to", q.to.as_deref())?,
         user: q.user,
         product: q.product,
     };

@@ -40,21 +40,11 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     } else {
         "http"
     };
-    tracing::info!(%addr, db = %config.db_path.display(), "collector started");
-    // One line on stdout that scripts and tests can wait for (the port may be 0 → chosen).
-    println!("listening on {scheme}://{addr}");
-    std::io::stdout().flush()?;
-
-    let handle = axum_server::Handle::new();
-    let on_signal = handle.clone();
-    tokio::spawn(async move {
-        shutdown_signal().await;
-        tracing::info!("shutting down: draining requests in flight");
-        on_signal.graceful_shutdown(Some(DRAIN));
-    });
-    match config.tls {
-        Some((cert, key)) => {
-            let tls = axum_server::tls_rustls::RustlsConfig::from_pem_file(&cert, &key)
+    // Everything that can fail or that a stop request needs is in place before the
+    // `listening on` line: a supervisor may send SIGTERM the moment it reads it.
+    let tls = match config.tls {
+        Some((cert, key)) => Some(
+            axum_server::tls_rustls::RustlsConfig::from_pem_file(&cert, &key)
                 .await
                 .with_context(|| {
                     format!(
@@ -62,7 +52,25 @@ pub async fn run(args: ServeArgs) -> Result<()> {
                         cert.display(),
                         key.display()
                     )
-                })?;
+                })?,
+        ),
+        None => None,
+    };
+    let signals = Signals::install().context("installing the SIGTERM and Ctrl-C handlers")?;
+    let handle = axum_server::Handle::new();
+    let on_signal = handle.clone();
+    tokio::spawn(async move {
+        signals.wait().await;
+        tracing::info!("shutting down: draining requests in flight");
+        on_signal.graceful_shutdown(Some(DRAIN));
+    });
+    tracing::info!(%addr, db = %config.db_path.display(), "collector started");
+    // One line on stdout that scripts and tests can wait for (the port may be 0 → chosen).
+    println!("listening on {scheme}://{addr}");
+    std::io::stdout().flush()?;
+
+    match tls {
+        Some(tls) => {
             axum_server::from_tcp_rustls(listener, tls)?
                 .handle(handle)
                 .serve(app.into_make_service())
@@ -80,23 +88,38 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     Ok(())
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// The stop signals, registered with the OS when installed (a signal that arrives before
+/// [`Signals::wait`] is polled is not lost).
+struct Signals {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
+    term: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> std::io::Result<Signals> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Ok(Signals {
+                term: signal(SignalKind::terminate())?,
+                int: signal(SignalKind::interrupt())?,
+            })
         }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = term => {},
+        #[cfg(not(unix))]
+        Ok(Signals {})
+    }
+
+    async fn wait(mut self) {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = self.term.recv() => {},
+            _ = self.int.recv() => {},
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }

@@ -146,11 +146,13 @@ pub trait Store: Send + Sync + 'static {
     fn add_device(&self, device: Device) -> impl Future<Output = Result<(), StoreError>> + Send;
     /// Revokes a device; `false` if there is no such device.
     fn revoke_device(&self, id: String) -> impl Future<Output = Result<bool, StoreError>> + Send;
-    /// Stores sessions and recomputes the usage days of the keys they touch, durably.
+    /// Stores sessions and recomputes the usage days of the keys they touch, durably,
+    /// under the store's settings at that moment: an ingest ordered after a
+    /// [`Store::put_settings`] is priced by the new settings, one ordered before it is
+    /// repriced by it.
     fn ingest(
         &self,
         ingest: Ingest,
-        settings: std::sync::Arc<Settings>,
     ) -> impl Future<Output = Result<IngestOutcome, StoreError>> + Send;
     fn settings(&self) -> impl Future<Output = Result<Settings, StoreError>> + Send;
     /// Replaces the settings and recomputes every key's usage days under them.
@@ -158,11 +160,12 @@ pub trait Store: Send + Sync + 'static {
         &self,
         settings: Settings,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
-    /// Usage days whose `day` is in `[from, to]`, sorted by user, product, window start.
+    /// Usage days whose `day` is in `[from, to]` (a missing bound does not limit),
+    /// sorted by user, product, window start.
     fn usage_days(
         &self,
-        from: NaiveDate,
-        to: NaiveDate,
+        from: Option<NaiveDate>,
+        to: Option<NaiveDate>,
     ) -> impl Future<Output = Result<Vec<UsageDay<'static>>, StoreError>> + Send;
     fn sessions(
         &self,

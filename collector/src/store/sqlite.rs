@@ -118,7 +118,7 @@ fn corrupt(e: impl std::fmt::Display) -> StoreError {
 
 enum Job {
     Ingest(
-        Box<(Ingest, Arc<Settings>)>,
+        Box<Ingest>,
         oneshot::Sender<Result<IngestOutcome, StoreError>>,
     ),
     AddDevice(Box<Device>, oneshot::Sender<Result<(), StoreError>>),
@@ -196,10 +196,11 @@ impl SqliteStore {
         }
         let mut conn = open(path)?;
         migrate(&mut conn)?;
+        let settings = Arc::new(read_settings(&conn)?);
         let (tx, rx) = mpsc::channel();
         let worker = thread::Builder::new()
             .name("daymeter-db-writer".into())
-            .spawn(move || write_loop(conn, rx))
+            .spawn(move || write_loop(conn, rx, settings))
             .map_err(|e| StoreError::Database(format!("starting the writer thread: {e}")))?;
         Ok(SqliteStore {
             writer: Mutex::new(Some(tx)),
@@ -267,7 +268,12 @@ impl Drop for SqliteStore {
     }
 }
 
-fn write_loop(mut conn: Connection, rx: mpsc::Receiver<Job>) {
+/// The writer: owns the write connection and the settings every recomputation uses.
+///
+/// The settings live here, not with the callers, so that an ingest and an import are
+/// ordered by the one queue: an ingest applied after an import is priced by the new
+/// settings, and the import reprices every key stored before it.
+fn write_loop(mut conn: Connection, rx: mpsc::Receiver<Job>, mut settings: Arc<Settings>) {
     while let Ok(first) = rx.recv() {
         let mut jobs = vec![first];
         while jobs.len() < MAX_GROUP {
@@ -277,10 +283,11 @@ fn write_loop(mut conn: Connection, rx: mpsc::Receiver<Job>) {
             }
         }
         let mut replies = Vec::with_capacity(jobs.len());
+        let before = settings.clone();
         let commit = match conn.transaction() {
             Ok(mut tx) => {
                 for job in jobs {
-                    replies.push(apply(&mut tx, job));
+                    replies.push(apply(&mut tx, job, &mut settings));
                 }
                 tx.commit().map_err(|e| e.to_string())
             }
@@ -293,6 +300,8 @@ fn write_loop(mut conn: Connection, rx: mpsc::Receiver<Job>) {
             }
         };
         if let Err(e) = &commit {
+            // The group's imports were rolled back with it.
+            settings = before;
             tracing::error!(error = %e, "database commit failed; the syncs in this group were not acknowledged and will be retried by their agents");
         }
         for reply in replies {
@@ -315,7 +324,8 @@ fn refuse(job: Job, e: &str) -> Reply {
 }
 
 /// Applies one job inside its own savepoint: a failing job is rolled back alone.
-fn apply(tx: &mut Transaction<'_>, job: Job) -> Reply {
+/// A successful import replaces `settings` for the jobs after it.
+fn apply(tx: &mut Transaction<'_>, job: Job, settings: &mut Arc<Settings>) -> Reply {
     fn within<T>(
         tx: &mut Transaction<'_>,
         f: impl FnOnce(&Connection) -> Result<T, StoreError>,
@@ -331,9 +341,8 @@ fn apply(tx: &mut Transaction<'_>, job: Job) -> Reply {
         }
     }
     match job {
-        Job::Ingest(boxed, reply) => {
-            let (ingest, settings) = *boxed;
-            Reply::Ingest(reply, within(tx, |t| ingest_into(t, &ingest, &settings)))
+        Job::Ingest(ingest, reply) => {
+            Reply::Ingest(reply, within(tx, |t| ingest_into(t, &ingest, settings)))
         }
         Job::AddDevice(device, reply) => Reply::Unit(reply, within(tx, |t| add_device(t, &device))),
         Job::Revoke(id, reply) => Reply::Bool(
@@ -347,8 +356,12 @@ fn apply(tx: &mut Transaction<'_>, job: Job) -> Reply {
         Job::AddPurchase(purchase, reply) => {
             Reply::Unit(reply, within(tx, |t| add_purchase(t, &purchase)))
         }
-        Job::PutSettings(settings, reply) => {
-            Reply::Unit(reply, within(tx, |t| put_settings(t, &settings)))
+        Job::PutSettings(new, reply) => {
+            let result = within(tx, |t| put_settings(t, &new));
+            if result.is_ok() {
+                *settings = Arc::new(*new);
+            }
+            Reply::Unit(reply, result)
         }
     }
 }
@@ -887,6 +900,7 @@ fn read_settings(conn: &Connection) -> Result<Settings, StoreError> {
             "entitlements" => {
                 settings.entitlements = serde_json::from_str(&value).map_err(corrupt)?
             }
+            "teams" => settings.teams = serde_json::from_str(&value).map_err(corrupt)?,
             _ => {}
         }
     }
@@ -943,13 +957,8 @@ impl Store for SqliteStore {
         self.write(|tx| Job::Revoke(id, tx)).await
     }
 
-    async fn ingest(
-        &self,
-        ingest: Ingest,
-        settings: Arc<Settings>,
-    ) -> Result<IngestOutcome, StoreError> {
-        self.write(|tx| Job::Ingest(Box::new((ingest, settings)), tx))
-            .await
+    async fn ingest(&self, ingest: Ingest) -> Result<IngestOutcome, StoreError> {
+        self.write(|tx| Job::Ingest(Box::new(ingest), tx)).await
     }
 
     async fn settings(&self) -> Result<Settings, StoreError> {
@@ -963,18 +972,22 @@ impl Store for SqliteStore {
 
     async fn usage_days(
         &self,
-        from: NaiveDate,
-        to: NaiveDate,
+        from: Option<NaiveDate>,
+        to: Option<NaiveDate>,
     ) -> Result<Vec<UsageDay<'static>>, StoreError> {
+        // Days are stored as `YYYY-MM-DD`, which sorts as text; a missing bound is NULL
+        // (not a sentinel date, whose text form would not sort among them).
+        let (from, to) = (from.map(|d| d.to_string()), to.map(|d| d.to_string()));
         self.read(move |c| {
             let mut stmt = c
                 .prepare(
                     "SELECT user, product, day, window_start_ns, window_end_ns, plan, tokens FROM usage_days
-                     WHERE day >= ?1 AND day <= ?2 ORDER BY user, product, window_start_ns",
+                     WHERE (?1 IS NULL OR day >= ?1) AND (?2 IS NULL OR day <= ?2)
+                     ORDER BY user, product, window_start_ns",
                 )
                 .map_err(db)?;
             let rows = stmt
-                .query_map([from.to_string(), to.to_string()], |r| {
+                .query_map(params![from, to], |r| {
                     Ok((
                         r.get::<_, String>(0)?,
                         r.get::<_, String>(1)?,
@@ -1268,6 +1281,76 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread")]
+    async fn settings_survive_a_reopen_and_price_the_ingests_queued_after_them() {
+        let path = temp_db("settings");
+        let store = SqliteStore::open(&path).unwrap();
+        let mut s = settings(Policy::default());
+        s.teams.insert(
+            "design".into(),
+            daymeter_shared::ledger::Team {
+                users: vec!["sophie".into()],
+                low_balance: Some(50),
+            },
+        );
+        store.put_settings(s.clone()).await.unwrap();
+        let first = session(
+            "p1",
+            "2026-02-02T09:00:00+01:00",
+            "2026-02-02T12:00:00+01:00",
+        );
+        let ingest = |sessions: Vec<OwnedSession>| Ingest {
+            user: "sophie".into(),
+            device: "ws-1".into(),
+            sessions,
+            at: Utc::now(),
+        };
+        store.ingest(ingest(vec![first])).await.unwrap();
+        // A new rate, then a sync queued right behind it: both days at the new rate.
+        let mut repriced = s.clone();
+        if let Some(p) = repriced.catalog.get_mut("acad") {
+            p.tokens_per_day = 9;
+        }
+        let second = session(
+            "p2",
+            "2026-02-04T09:00:00+01:00",
+            "2026-02-04T12:00:00+01:00",
+        );
+        let (a, b) = tokio::join!(
+            store.put_settings(repriced.clone()),
+            store.ingest(ingest(vec![second]))
+        );
+        a.unwrap();
+        b.unwrap();
+        let days = store.usage_days(None, None).await.unwrap();
+        assert_eq!(days.len(), 2);
+        assert!(days.iter().all(|d| d.tokens == 9), "{days:?}");
+        store.close();
+        drop(store);
+
+        let store = SqliteStore::open(&path).unwrap();
+        assert_eq!(store.settings().await.unwrap(), repriced);
+        let day = |s: &str| s.parse::<NaiveDate>().ok();
+        assert_eq!(
+            store
+                .usage_days(day("2026-02-03"), None)
+                .await
+                .unwrap()
+                .len(),
+            1
+        );
+        assert_eq!(
+            store
+                .usage_days(None, day("2026-02-03"))
+                .await
+                .unwrap()
+                .len(),
+            1
+        );
+        store.close();
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
     async fn bounded_recomputation_equals_replay_whatever_the_batch_order() {
         for policy in [
             Policy::default(),
@@ -1294,17 +1377,10 @@ mod tests {
                     sessions: batch.to_vec(),
                     at: Utc::now(),
                 };
-                let outcome = store
-                    .ingest(ingest, Arc::new(settings.clone()))
-                    .await
-                    .unwrap();
+                let outcome = store.ingest(ingest).await.unwrap();
                 assert_eq!(outcome.accepted.len(), batch.len());
             }
-            let day = |s: &str| s.parse::<NaiveDate>().unwrap();
-            let stored = store
-                .usage_days(day("2000-01-01"), day("2100-01-01"))
-                .await
-                .unwrap();
+            let stored = store.usage_days(None, None).await.unwrap();
             assert_eq!(stored, replayed(&all, &settings), "{:?}", settings.policy);
             store.close();
             let _ = std::fs::remove_dir_all(path.parent().unwrap());

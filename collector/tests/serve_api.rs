@@ -1,0 +1,2097 @@
+//! `daymeter-collector serve` as agents and admins meet it (spec/protocol.md): the real
+//! binary, started as a child process on a temporary SQLite file, driven over real TCP.
+//!
+//! The core check throughout: whatever order, duplication or concurrency the sessions
+//! arrive in, `GET /v1/admin/usage-days` answers exactly what
+//! `daymeter_shared::scenario::replay` computes from the same sessions and settings.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use chrono::{DateTime, SecondsFormat, TimeZone, Utc};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const BIN: &str = env!("CARGO_BIN_EXE_daymeter-collector");
+const ENROLLMENT_SECRET: &str = "serve-api-enrollment-secret-0001";
+const ADMIN_TOKEN: &str = "serve-api-admin-token-000000000001";
+/// How long the collector gets to print its `listening on` line.
+const START_DEADLINE: Duration = Duration::from_secs(30);
+/// How long a SIGTERMed collector gets to drain and exit.
+const EXIT_DEADLINE: Duration = Duration::from_secs(40);
+/// Products the generated sessions use (all in [`settings`]' catalog).
+const PRODUCTS: &[&str] = &["acad", "revit", "dc"];
+
+// ---------------------------------------------------------------------------------------
+// Helpers: a temporary directory, the collector process, its HTTP API, session generation
+// and the replay oracle.
+// ---------------------------------------------------------------------------------------
+
+/// A directory of its own per test, removed at the end. On a failing test the collector's
+/// log is printed first (the harness shows it with the failure).
+struct TempDir {
+    path: PathBuf,
+}
+
+impl TempDir {
+    fn new(name: &str) -> TempDir {
+        static SEQ: AtomicUsize = AtomicUsize::new(0);
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let path = std::env::temp_dir().join(format!(
+            "daymeter-serve-api-{name}-{}-{}-{nanos}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        fs::create_dir_all(&path).expect("creating the test's temp dir");
+        TempDir { path }
+    }
+
+    fn log(&self) -> PathBuf {
+        self.path.join("collector.log")
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if std::thread::panicking()
+            && let Ok(log) = fs::read_to_string(self.log())
+        {
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(60)..];
+            eprintln!("--- collector log (last lines) ---\n{}", tail.join("\n"));
+        }
+        let _ = fs::remove_dir_all(&self.path);
+    }
+}
+
+/// A running `daymeter-collector serve` on the test's temp dir; killed when dropped.
+struct Collector {
+    child: Child,
+    api: Api,
+}
+
+impl Collector {
+    /// Starts the collector on `dir`'s database and waits for its `listening on` line.
+    fn start(dir: &TempDir) -> Collector {
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.log())
+            .expect("opening the collector log");
+        let db = dir.path.join("collector.db");
+        let mut child = Command::new(BIN)
+            .args(["serve", "--listen", "127.0.0.1:0", "--db"])
+            .arg(format!("sqlite://{}", db.display()))
+            .env("DAYMETER_ENROLLMENT_SECRET", ENROLLMENT_SECRET)
+            .env("DAYMETER_ADMIN_TOKEN", ADMIN_TOKEN)
+            .env_remove("DAYMETER_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .expect("starting daymeter-collector serve");
+        let stdout = child.stdout.take().expect("collector stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            let _ = tx.send(lines.next().and_then(Result::ok));
+            // Keep the pipe drained until the collector exits.
+            for _ in lines {}
+        });
+        let line = match rx.recv_timeout(START_DEADLINE) {
+            Ok(Some(line)) => line,
+            other => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("the collector printed no `listening on` line: {other:?}");
+            }
+        };
+        let base = line
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line on stdout: {line:?}"))
+            .trim()
+            .to_owned();
+        assert!(
+            base.starts_with("http://127.0.0.1:"),
+            "listening line names {base:?}"
+        );
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(60))
+            .build()
+            .expect("building the HTTP client");
+        Collector {
+            child,
+            api: Api { base, http },
+        }
+    }
+
+    fn pid(&self) -> libc::pid_t {
+        libc::pid_t::try_from(self.child.id()).expect("pid fits pid_t")
+    }
+
+    fn signal(&self, signal: libc::c_int) {
+        // SAFETY: kill(2) on our own child's pid; it cannot affect memory safety.
+        let rc = unsafe { libc::kill(self.pid(), signal) };
+        assert_eq!(rc, 0, "kill({}, {signal}) failed", self.pid());
+    }
+
+    /// SIGKILL, and reap.
+    fn kill9(&mut self) {
+        self.signal(libc::SIGKILL);
+        self.child.wait().expect("reaping the killed collector");
+    }
+
+    /// Waits (polling, with a deadline) for the collector to exit.
+    async fn wait_exit(&mut self, deadline: Duration) -> ExitStatus {
+        let until = Instant::now() + deadline;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("polling the collector") {
+                return status;
+            }
+            assert!(
+                Instant::now() < until,
+                "the collector did not exit within {deadline:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn port(&self) -> u16 {
+        self.api
+            .base
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("port in the base URL")
+    }
+}
+
+impl Drop for Collector {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// An answer: status, content type, and the body as JSON (a string if it is not JSON).
+#[derive(Debug)]
+struct Reply {
+    status: StatusCode,
+    content_type: String,
+    body: Value,
+}
+
+/// An enrolled device.
+#[derive(Debug, Clone)]
+struct Device {
+    id: String,
+    token: String,
+}
+
+/// The collector's HTTP API, cheap to clone into tasks.
+#[derive(Clone)]
+struct Api {
+    base: String,
+    http: reqwest::Client,
+}
+
+impl Api {
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Vec<u8>>,
+    ) -> Result<Reply, reqwest::Error> {
+        let mut req = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.header("content-type", "application/json").body(b);
+        }
+        let resp = req.send().await?;
+        let status = resp.status();
+        let content_type = resp
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        let bytes = resp.bytes().await?;
+        let body = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+        Ok(Reply {
+            status,
+            content_type,
+            body,
+        })
+    }
+
+    async fn post_bytes(&self, path: &str, token: Option<&str>, body: Vec<u8>) -> Reply {
+        self.send(reqwest::Method::POST, path, token, Some(body))
+            .await
+            .unwrap_or_else(|e| panic!("POST {path}: {e}"))
+    }
+
+    async fn post(&self, path: &str, token: Option<&str>, body: &Value) -> Reply {
+        self.post_bytes(path, token, body.to_string().into_bytes())
+            .await
+    }
+
+    async fn get(&self, path: &str, token: Option<&str>) -> Reply {
+        self.send(reqwest::Method::GET, path, token, None)
+            .await
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"))
+    }
+
+    /// An admin GET that must succeed.
+    async fn admin_get(&self, path: &str) -> Value {
+        let r = self.get(path, Some(ADMIN_TOKEN)).await;
+        assert_eq!(r.status, StatusCode::OK, "GET {path}: {}", r.body);
+        assert_json(&r);
+        r.body
+    }
+
+    /// An admin POST that must succeed.
+    async fn admin_post(&self, path: &str, body: &Value) -> Value {
+        let r = self.post(path, Some(ADMIN_TOKEN), body).await;
+        assert_eq!(r.status, StatusCode::OK, "POST {path}: {}", r.body);
+        assert_json(&r);
+        r.body
+    }
+
+    async fn import(&self, doc: &Value) -> Value {
+        self.admin_post("/v1/admin/import", doc).await
+    }
+
+    async fn enroll(&self, hostname: &str) -> Device {
+        let r = self
+            .post(
+                "/v1/enroll",
+                None,
+                &json!({ "enrollment_secret": ENROLLMENT_SECRET, "hostname": hostname,
+                         "os": "linux", "agent_version": "0.1.0" }),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "enroll: {}", r.body);
+        Device {
+            id: r.body["device_id"]
+                .as_str()
+                .expect("device_id in the enrolment answer")
+                .to_owned(),
+            token: r.body["device_token"]
+                .as_str()
+                .expect("device_token in the enrolment answer")
+                .to_owned(),
+        }
+    }
+
+    fn sync_body(user: &str, sessions: &[Value]) -> Vec<u8> {
+        json!({ "user": user, "agent_time": "2026-11-23T09:00:00Z", "sessions": sessions })
+            .to_string()
+            .into_bytes()
+    }
+
+    async fn try_sync(
+        &self,
+        device: &Device,
+        user: &str,
+        sessions: &[Value],
+    ) -> Result<Reply, reqwest::Error> {
+        self.send(
+            reqwest::Method::POST,
+            "/v1/sync",
+            Some(&device.token),
+            Some(Self::sync_body(user, sessions)),
+        )
+        .await
+    }
+
+    /// A sync that must be answered 200; the answer's body.
+    async fn sync(&self, device: &Device, user: &str, sessions: &[Value]) -> Value {
+        let r = self
+            .try_sync(device, user, sessions)
+            .await
+            .unwrap_or_else(|e| panic!("sync: {e}"));
+        assert_eq!(r.status, StatusCode::OK, "sync: {}", r.body);
+        assert_json(&r);
+        r.body
+    }
+
+    /// A sync whose every session must be accepted.
+    async fn sync_all(&self, device: &Device, user: &str, sessions: &[Value]) -> Value {
+        let body = self.sync(device, user, sessions).await;
+        assert_eq!(
+            ids(&body["accepted"]),
+            sessions.iter().map(id_of).collect::<BTreeSet<_>>(),
+            "not every session was accepted: {}",
+            body["rejected"]
+        );
+        body
+    }
+
+    /// Every usage day (the sessions are in 2026; the range is the protocol's form).
+    async fn usage_days(&self) -> Value {
+        self.admin_get("/v1/admin/usage-days?from=2000-01-01&to=2099-12-31")
+            .await
+    }
+
+    async fn stored(&self) -> Vec<Value> {
+        let body = self.admin_get("/v1/admin/sessions").await;
+        body["sessions"]
+            .as_array()
+            .unwrap_or_else(|| panic!("sessions list: {body}"))
+            .clone()
+    }
+}
+
+fn assert_json(r: &Reply) {
+    assert!(
+        r.content_type.starts_with("application/json"),
+        "content type {:?}",
+        r.content_type
+    );
+}
+
+/// Checks the protocol's error object `{"code", "message", "field"}`; `field`, when
+/// given, must name the field at fault.
+fn assert_error_object(error: &Value, field: Option<&str>) {
+    assert!(
+        error["code"].as_str().is_some_and(|c| !c.is_empty()),
+        "error without a code: {error}"
+    );
+    assert!(
+        error["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "error without a message: {error}"
+    );
+    match field {
+        Some(f) => assert_eq!(error["field"], f, "error names the wrong field: {error}"),
+        None => assert!(
+            error
+                .get("field")
+                .is_none_or(|f| f.is_null() || f.is_string()),
+            "field is neither a string nor null: {error}"
+        ),
+    }
+}
+
+/// An error answer: the status, JSON, and `{"error": {...}}`.
+fn assert_error_reply(r: &Reply, status: StatusCode, field: Option<&str>) {
+    assert_eq!(r.status, status, "body: {}", r.body);
+    assert_json(r);
+    assert_error_object(&r.body["error"], field);
+}
+
+fn id_of(session: &Value) -> String {
+    session["id"].as_str().expect("session id").to_owned()
+}
+
+fn ids(list: &Value) -> BTreeSet<String> {
+    list.as_array()
+        .unwrap_or_else(|| panic!("not a list of ids: {list}"))
+        .iter()
+        .map(|v| v.as_str().expect("an id").to_owned())
+        .collect()
+}
+
+/// Catalog, entitlements and policy: the import document, and the replay scenario's
+/// settings.
+fn settings(policy: Value) -> Value {
+    json!({
+        "catalog": {
+            "acad": { "name": "AutoCAD", "tokens_per_day": 7, "match": [ { "exe": "acad.exe" } ] },
+            "revit": { "name": "Revit", "tokens_per_day": 10, "match": [ { "exe": "Revit.exe" } ] },
+            "dc": { "name": "Desktop Connector", "tokens_per_day": 0 }
+        },
+        "entitlements": [
+            { "user": "sophie", "product": "acad", "plan": "subscription",
+              "from": "2026-02-06T00:00:00Z", "to": "2026-02-10T00:00:00Z" },
+            { "user": "marc", "product": "revit", "plan": "subscription",
+              "from": "2026-02-09T00:00:00+01:00" }
+        ],
+        "policy": policy
+    })
+}
+
+fn default_policy() -> Value {
+    json!({ "window": "24h", "min_session": "5m" })
+}
+
+/// Adds the owner a wire session gets from its sync request and device token.
+fn owned(session: &Value, user: &str, device: &Device) -> Value {
+    let mut s = session.clone();
+    s["user"] = json!(user);
+    s["device"] = json!(device.id);
+    s
+}
+
+/// What `replay` prints for `settings` plus `sessions` (which carry user and device).
+fn replay(settings: &Value, sessions: &[Value]) -> Value {
+    let mut scenario = settings.clone();
+    if let Some(doc) = scenario.as_object_mut() {
+        doc.remove("teams");
+        doc.remove("replace");
+    }
+    scenario["sessions"] = Value::Array(sessions.to_vec());
+    let input = serde_json::to_vec(&scenario).expect("scenario JSON");
+    let report = daymeter_shared::scenario::replay(&input)
+        .unwrap_or_else(|e| panic!("replay refused the scenario: {e}"));
+    let mut out = Vec::new();
+    report.write_json(&mut out).expect("writing the report");
+    serde_json::from_slice(&out).expect("replay's report is JSON")
+}
+
+/// The core guarantee: the collector's usage days are replay's.
+async fn assert_usage_is_replay(api: &Api, settings: &Value, sessions: &[Value]) -> Value {
+    let expected = replay(settings, sessions);
+    let actual = api.usage_days().await;
+    assert_eq!(
+        actual["usage_days"], expected["usage_days"],
+        "usage days differ from replay"
+    );
+    assert_eq!(
+        actual["totals"], expected["totals"],
+        "totals differ from replay"
+    );
+    expected
+}
+
+/// Guards against comparing two empty reports.
+fn assert_some_days(report: &Value, at_least: usize) {
+    let n = report["usage_days"].as_array().map_or(0, Vec::len);
+    assert!(
+        n >= at_least,
+        "expected at least {at_least} usage days, got {n}: {report}"
+    );
+}
+
+/// A small deterministic generator (xorshift64*), so failures reproduce.
+struct Gen(u64);
+
+const ZONES: &[Option<&str>] = &[
+    Some("America/New_York"),
+    Some("Europe/Berlin"),
+    Some("Asia/Tokyo"),
+    Some("Australia/Sydney"),
+    Some("UTC"),
+    None, // no tz: the offset written in start decides the day
+];
+
+impl Gen {
+    fn new(seed: u64) -> Gen {
+        Gen(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+
+    fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+
+    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
+        &items[self.below(items.len() as u64) as usize]
+    }
+
+    fn shuffle<T>(&mut self, items: &mut [T]) {
+        for i in (1..items.len()).rev() {
+            let j = self.below(i as u64 + 1) as usize;
+            items.swap(i, j);
+        }
+    }
+
+    /// A wire session of one of `products` in February 2026: short, ordinary or long,
+    /// some still open, some with idle intervals.
+    fn session(&mut self, id: String, products: &[&str]) -> Value {
+        let product = *self.pick(products);
+        let zone = *self.pick(ZONES);
+        let start = base_time() + chrono::TimeDelta::seconds(self.below(14 * 86_400) as i64);
+        let minutes = match self.below(10) {
+            0..=2 => 1 + self.below(7),
+            3..=7 => 10 + self.below(8 * 60),
+            _ => 8 * 60 + self.below(32 * 60),
+        };
+        let end = start + chrono::TimeDelta::seconds((minutes * 60 + self.below(60)) as i64);
+        let open = self.below(5) == 0;
+        let mut s = json!({
+            "id": id,
+            "product": product,
+            "version": "2026",
+            "start": stamp(start, zone),
+            "end": if open { Value::Null } else { json!(stamp(end, zone)) },
+        });
+        if open || self.below(2) == 0 {
+            s["last_seen"] = json!(stamp(end, zone));
+        }
+        if let Some(z) = zone {
+            s["tz"] = json!(z);
+        }
+        let span = (end - start).num_seconds();
+        if span > 1800 && self.below(3) == 0 {
+            let a = start + chrono::TimeDelta::seconds(self.below(span as u64 / 2) as i64);
+            let b = a + chrono::TimeDelta::seconds(60 + self.below(span as u64 / 3) as i64);
+            let b = b.min(end);
+            s["idle"] = json!([[stamp(a, zone), stamp(b, zone)]]);
+            s["suspended"] = json!([[stamp(a, zone), stamp(a + (b - a) / 2, zone)]]);
+        }
+        s
+    }
+
+    fn sessions(&mut self, prefix: &str, n: usize, products: &[&str]) -> Vec<Value> {
+        (0..n)
+            .map(|i| self.session(format!("{prefix}-{i:05}"), products))
+            .collect()
+    }
+}
+
+fn base_time() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 2, 2, 0, 0, 0).unwrap()
+}
+
+/// An instant written with the offset of `zone` at that instant (`+05:30` without one).
+fn stamp(t: DateTime<Utc>, zone: Option<&str>) -> String {
+    match zone {
+        Some(z) => {
+            let tz: chrono_tz::Tz = z.parse().expect("a known zone");
+            t.with_timezone(&tz)
+                .fixed_offset()
+                .to_rfc3339_opts(SecondsFormat::Secs, false)
+        }
+        None => {
+            let india = chrono::FixedOffset::east_opt(5 * 3600 + 1800).unwrap();
+            t.with_timezone(&india)
+                .to_rfc3339_opts(SecondsFormat::Secs, false)
+        }
+    }
+}
+
+/// A session written by hand: local wall times in New York (UTC-5 in early 2026).
+fn ny(id: &str, product: &str, start: &str, end: Option<&str>, last_seen: Option<&str>) -> Value {
+    let mut s = json!({
+        "id": id, "product": product, "version": "2026",
+        "start": format!("{start}-05:00"),
+        "end": end.map(|e| format!("{e}-05:00")),
+        "tz": "America/New_York",
+    });
+    if let Some(l) = last_seen {
+        s["last_seen"] = json!(format!("{l}-05:00"));
+    }
+    s
+}
+
+/// Starts a collector on a fresh temp dir with `settings` imported.
+async fn collector_with(name: &str, settings: &Value) -> (TempDir, Collector) {
+    let dir = TempDir::new(name);
+    let c = Collector::start(&dir);
+    c.api.import(settings).await;
+    (dir, c)
+}
+
+/// Syncs fresh generated sessions in a loop until the collector stops answering (or
+/// `max_batches`), recording the ids of every accepted session whose answer arrived.
+async fn sync_until_gone(
+    api: Api,
+    device: Device,
+    user: String,
+    seed: u64,
+    batch: usize,
+    max_batches: usize,
+    acked: Arc<Mutex<BTreeSet<String>>>,
+) -> Vec<String> {
+    let mut generator = Gen::new(seed);
+    let mut odd = Vec::new();
+    for b in 0..max_batches {
+        let sessions: Vec<Value> = (0..batch)
+            .map(|i| generator.session(format!("{user}-b{b:04}-{i:03}"), PRODUCTS))
+            .collect();
+        match api.try_sync(&device, &user, &sessions).await {
+            Ok(r) if r.status == StatusCode::OK => {
+                let accepted = ids(&r.body["accepted"]);
+                if accepted.len() != sessions.len() {
+                    odd.push(format!("batch {b}: rejected {}", r.body["rejected"]));
+                }
+                acked.lock().unwrap().extend(accepted);
+            }
+            Ok(r) => {
+                odd.push(format!("batch {b}: status {} {}", r.status, r.body));
+                break;
+            }
+            Err(_) => break, // the collector is gone
+        }
+    }
+    odd
+}
+
+/// Polls (with a deadline) until `acked` holds at least `n` ids.
+async fn wait_for_acks(acked: &Mutex<BTreeSet<String>>, n: usize, deadline: Duration) {
+    let until = Instant::now() + deadline;
+    while acked.lock().unwrap().len() < n {
+        assert!(
+            Instant::now() < until,
+            "only {} sessions acknowledged within {deadline:?}",
+            acked.lock().unwrap().len()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Every acknowledged id is stored exactly once.
+fn assert_all_stored(acked: &BTreeSet<String>, stored: &[Value]) {
+    let mut count: BTreeMap<String, usize> = BTreeMap::new();
+    for s in stored {
+        *count.entry(id_of(s)).or_default() += 1;
+    }
+    let missing: Vec<&String> = acked.iter().filter(|id| !count.contains_key(*id)).collect();
+    assert!(
+        missing.is_empty(),
+        "{} acknowledged sessions are not stored, e.g. {:?}",
+        missing.len(),
+        &missing[..missing.len().min(5)]
+    );
+    let twice: Vec<(&String, &usize)> = count.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(
+        twice.is_empty(),
+        "sessions stored more than once: {twice:?}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// 1. Enrolment
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread")]
+async fn enroll_with_the_right_secret_gives_a_device_token_and_a_wrong_secret_is_401() {
+    let dir = TempDir::new("enroll");
+    let c = Collector::start(&dir);
+
+    let r = c
+        .api
+        .post(
+            "/v1/enroll",
+            None,
+            &json!({ "enrollment_secret": ENROLLMENT_SECRET, "hostname": "ws-17",
+                     "os": "windows 11", "agent_version": "0.1.0" }),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_json(&r);
+    let id = r.body["device_id"].as_str().expect("device_id");
+    assert!(!id.is_empty());
+    let token = r.body["device_token"].as_str().expect("device_token");
+    assert_eq!(token.len(), 43, "device token {token:?}");
+    assert!(
+        token
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'),
+        "device token is not URL-safe base64: {token:?}"
+    );
+
+    // A second enrolment is another device with another token.
+    let other = c.api.enroll("ws-18").await;
+    assert_ne!(other.id, id);
+    assert_ne!(other.token, token);
+
+    // The token works.
+    let device = Device {
+        id: id.to_owned(),
+        token: token.to_owned(),
+    };
+    c.api.sync(&device, "sophie", &[]).await;
+
+    for secret in ["wrong-secret-but-long-enough", "", &ENROLLMENT_SECRET[1..]] {
+        let r = c
+            .api
+            .post(
+                "/v1/enroll",
+                None,
+                &json!({ "enrollment_secret": secret, "hostname": "intruder", "os": "linux",
+                         "agent_version": "0.1.0" }),
+            )
+            .await;
+        assert_error_reply(&r, StatusCode::UNAUTHORIZED, None);
+        assert!(r.body.get("device_token").is_none());
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// 2. Device authentication and revocation
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sync_without_a_valid_token_or_from_a_revoked_device_is_401() {
+    let dir = TempDir::new("auth");
+    let mut c = Collector::start(&dir);
+    let s = settings(default_policy());
+    c.api.import(&s).await;
+    let a = c.api.enroll("ws-a").await;
+    let b = c.api.enroll("ws-b").await;
+    let one = [ny(
+        "auth-1",
+        "acad",
+        "2026-02-02T09:00:00",
+        Some("2026-02-02T11:00:00"),
+        None,
+    )];
+    let body = Api::sync_body("sophie", &one);
+
+    // No token, a wrong token, the admin token, a malformed header: 401.
+    let none = c.api.post_bytes("/v1/sync", None, body.clone()).await;
+    assert_error_reply(&none, StatusCode::UNAUTHORIZED, None);
+    let wrong = "A".repeat(43);
+    for token in [wrong.as_str(), ADMIN_TOKEN, ""] {
+        let r = c
+            .api
+            .post_bytes("/v1/sync", Some(token), body.clone())
+            .await;
+        assert_error_reply(&r, StatusCode::UNAUTHORIZED, None);
+    }
+    let r = c
+        .api
+        .http
+        .post(format!("{}/v1/sync", c.api.base))
+        .header("authorization", format!("Basic {}", a.token))
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    assert!(
+        c.api.stored().await.is_empty(),
+        "an unauthenticated sync was stored"
+    );
+
+    // The right token: 200.
+    c.api.sync_all(&a, "sophie", &one).await;
+
+    // Revoking needs the admin token.
+    let path = format!("/v1/admin/devices/{}/revoke", a.id);
+    let r = c.api.post(&path, None, &json!({})).await;
+    assert_error_reply(&r, StatusCode::UNAUTHORIZED, None);
+    let r = c.api.post(&path, Some(&b.token), &json!({})).await;
+    assert_error_reply(&r, StatusCode::UNAUTHORIZED, None);
+    c.api.sync(&a, "sophie", &[]).await;
+
+    c.api.admin_post(&path, &json!({})).await;
+    let late = [ny(
+        "auth-2",
+        "acad",
+        "2026-02-04T09:00:00",
+        Some("2026-02-04T11:00:00"),
+        None,
+    )];
+    let r = c
+        .api
+        .post_bytes("/v1/sync", Some(&a.token), Api::sync_body("sophie", &late))
+        .await;
+    assert_error_reply(&r, StatusCode::UNAUTHORIZED, None);
+    // The other device is unaffected; the revoked one's sessions were not stored.
+    c.api.sync(&b, "marc", &[]).await;
+    let stored: BTreeSet<String> = c.api.stored().await.iter().map(id_of).collect();
+    assert_eq!(stored, BTreeSet::from(["auth-1".to_owned()]));
+
+    // Revocation is durable: still 401 after a restart; the other device still works.
+    c.kill9();
+    let c = Collector::start(&dir);
+    let r = c
+        .api
+        .post_bytes("/v1/sync", Some(&a.token), Api::sync_body("sophie", &late))
+        .await;
+    assert_error_reply(&r, StatusCode::UNAUTHORIZED, None);
+    c.api.sync(&b, "marc", &[]).await;
+}
+
+// ---------------------------------------------------------------------------------------
+// 3. Bodies refused as a whole
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_or_oversized_sync_bodies_are_refused_and_nothing_is_stored() {
+    let (_dir, c) = collector_with("bodies", &settings(default_policy())).await;
+    let device = c.api.enroll("ws-17").await;
+    let good = ny(
+        "body-1",
+        "acad",
+        "2026-02-02T09:00:00",
+        Some("2026-02-02T11:00:00"),
+        None,
+    );
+
+    // Not JSON, and JSON cut short after a valid session: 400.
+    let r = c
+        .api
+        .post_bytes(
+            "/v1/sync",
+            Some(&device.token),
+            b"this is not json".to_vec(),
+        )
+        .await;
+    assert_error_reply(&r, StatusCode::BAD_REQUEST, None);
+    let whole = String::from_utf8(Api::sync_body("sophie", std::slice::from_ref(&good))).unwrap();
+    let cut = whole.as_bytes()[..whole.len() - 2].to_vec();
+    let r = c.api.post_bytes("/v1/sync", Some(&device.token), cut).await;
+    assert_error_reply(&r, StatusCode::BAD_REQUEST, None);
+
+    // Over 1 MiB (valid JSON, few sessions, long version strings): 413.
+    let mut big = Vec::new();
+    for i in 0..4 {
+        let mut s = ny(
+            &format!("body-big-{i}"),
+            "acad",
+            "2026-02-03T09:00:00",
+            Some("2026-02-03T11:00:00"),
+            None,
+        );
+        s["version"] = json!("x".repeat(300 * 1024));
+        big.push(s);
+    }
+    let body = Api::sync_body("sophie", &big);
+    assert!(body.len() > 1 << 20);
+    let r = c
+        .api
+        .post_bytes("/v1/sync", Some(&device.token), body)
+        .await;
+    assert_error_reply(&r, StatusCode::PAYLOAD_TOO_LARGE, None);
+
+    // 501 sessions (well under 1 MiB): 413.
+    let mut generator = Gen::new(3);
+    let many = generator.sessions("body-many", 501, PRODUCTS);
+    let body = Api::sync_body("sophie", &many);
+    assert!(body.len() < 1 << 20);
+    let r = c
+        .api
+        .post_bytes("/v1/sync", Some(&device.token), body)
+        .await;
+    assert_error_reply(&r, StatusCode::PAYLOAD_TOO_LARGE, None);
+
+    // Nothing of those requests is stored or counted.
+    assert!(c.api.stored().await.is_empty());
+    assert_eq!(
+        c.api.usage_days().await["usage_days"],
+        json!([]),
+        "refused requests were accounted"
+    );
+
+    // The same good session in a proper request is stored (the refusals were about the
+    // requests, not their sessions).
+    c.api.sync_all(&device, "sophie", &[good]).await;
+    assert_eq!(c.api.stored().await.len(), 1);
+}
+
+// ---------------------------------------------------------------------------------------
+// 4. Per-record validation
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_sessions_are_rejected_one_by_one_naming_the_field_and_good_ones_are_stored() {
+    let s = settings(default_policy());
+    let (_dir, c) = collector_with("records", &s).await;
+    let device = c.api.enroll("ws-17").await;
+
+    let good = [
+        ny(
+            "good-1",
+            "acad",
+            "2026-02-02T09:00:00",
+            Some("2026-02-02T17:00:00"),
+            None,
+        ),
+        ny(
+            "good-2",
+            "revit",
+            "2026-02-03T09:00:00",
+            None,
+            Some("2026-02-03T10:00:00"),
+        ),
+        json!({ "id": "good-3", "product": "acad", "start": "2026-02-05T08:00:00Z",
+                "end": "2026-02-05T12:30:00Z" }),
+    ];
+    let mut missing_start = ny(
+        "bad-no-start",
+        "acad",
+        "2026-02-02T09:00:00",
+        Some("2026-02-02T10:00:00"),
+        None,
+    );
+    missing_start.as_object_mut().unwrap().remove("start");
+    let mut unknown_tz = ny(
+        "bad-tz",
+        "acad",
+        "2026-02-06T09:00:00",
+        Some("2026-02-06T10:00:00"),
+        None,
+    );
+    unknown_tz["tz"] = json!("Mars/Olympus_Mons");
+    let bad: Vec<(Value, &str)> = vec![
+        (
+            ny(
+                "bad-end",
+                "acad",
+                "2026-02-02T09:00:00",
+                Some("2026-02-02T08:00:00"),
+                None,
+            ),
+            "end",
+        ),
+        (missing_start, "start"),
+        (
+            json!({ "id": "bad-offset", "product": "acad", "start": "2026-02-04T09:00:00",
+                    "end": "2026-02-04T10:00:00Z", "tz": "Europe/Berlin" }),
+            "start",
+        ),
+        (unknown_tz, "tz"),
+    ];
+    let mut batch: Vec<Value> = Vec::new();
+    for (i, g) in good.iter().enumerate() {
+        batch.push(g.clone());
+        batch.push(bad[i % bad.len()].0.clone());
+    }
+    batch.push(bad[3].0.clone());
+
+    let answer = c.api.sync(&device, "sophie", &batch).await;
+    assert_eq!(
+        ids(&answer["accepted"]),
+        good.iter().map(id_of).collect::<BTreeSet<_>>()
+    );
+    let rejected = answer["rejected"].as_array().expect("rejected list");
+    assert_eq!(rejected.len(), bad.len(), "rejected: {rejected:?}");
+    for (session, field) in &bad {
+        let id = id_of(session);
+        let entry = rejected
+            .iter()
+            .find(|r| r["id"] == id.as_str())
+            .unwrap_or_else(|| panic!("{id} is not in rejected: {rejected:?}"));
+        assert_error_object(&entry["error"], Some(field));
+    }
+
+    let stored: BTreeSet<String> = c.api.stored().await.iter().map(id_of).collect();
+    assert_eq!(stored, good.iter().map(id_of).collect::<BTreeSet<_>>());
+    let owned_good: Vec<Value> = good.iter().map(|g| owned(g, "sophie", &device)).collect();
+    let report = assert_usage_is_replay(&c.api, &s, &owned_good).await;
+    assert_some_days(&report, 3);
+}
+
+// ---------------------------------------------------------------------------------------
+// 5. Products the collector does not know yet
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_session_of_an_unknown_product_is_stored_and_counted_once_the_product_is_imported() {
+    let s = settings(default_policy());
+    let (_dir, c) = collector_with("unknown-product", &s).await;
+    let device = c.api.enroll("ws-17").await;
+
+    let known = [ny(
+        "known-1",
+        "acad",
+        "2026-02-02T09:00:00",
+        Some("2026-02-02T12:00:00"),
+        None,
+    )];
+    let unknown = vec![
+        ny(
+            "inv-1",
+            "inventor",
+            "2026-02-03T09:00:00",
+            Some("2026-02-03T12:00:00"),
+            None,
+        ),
+        ny(
+            "inv-2",
+            "inventor",
+            "2026-02-05T09:00:00",
+            Some("2026-02-06T10:00:00"),
+            None,
+        ),
+    ];
+    let batch: Vec<Value> = known.iter().chain(&unknown).cloned().collect();
+    c.api.sync_all(&device, "sophie", &batch).await;
+
+    let stored: BTreeSet<String> = c.api.stored().await.iter().map(id_of).collect();
+    assert_eq!(stored, batch.iter().map(id_of).collect::<BTreeSet<_>>());
+    let before = c.api.usage_days().await;
+    assert!(
+        !before.to_string().contains("inventor"),
+        "an unknown product was accounted: {before}"
+    );
+    let owned_known: Vec<Value> = known.iter().map(|k| owned(k, "sophie", &device)).collect();
+    assert_usage_is_replay(&c.api, &s, &owned_known).await;
+
+    // The import adds the product (merging): its stored sessions are accounted now.
+    let added = json!({ "catalog": { "inventor": { "name": "Inventor", "tokens_per_day": 8,
+                                                  "match": [ { "exe": "Inventor.exe" } ] } } });
+    c.api.import(&added).await;
+    let mut merged = s.clone();
+    merged["catalog"]["inventor"] = added["catalog"]["inventor"].clone();
+    let owned_all: Vec<Value> = batch.iter().map(|b| owned(b, "sophie", &device)).collect();
+    let report = assert_usage_is_replay(&c.api, &merged, &owned_all).await;
+    let inventor_days = report["usage_days"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["product"] == "inventor")
+        .count();
+    assert_eq!(inventor_days, 3, "{report}");
+}
+
+// ---------------------------------------------------------------------------------------
+// 6. The core guarantee: usage days are replay's, whatever the arrival
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread")]
+async fn usage_days_equal_replay_for_one_batch() {
+    let s = settings(default_policy());
+    let (_dir, c) = collector_with("replay-one", &s).await;
+    let device = c.api.enroll("ws-17").await;
+    let sessions = Gen::new(61).sessions("one", 60, PRODUCTS);
+    c.api.sync_all(&device, "sophie", &sessions).await;
+    let owned_all: Vec<Value> = sessions
+        .iter()
+        .map(|x| owned(x, "sophie", &device))
+        .collect();
+    let report = assert_usage_is_replay(&c.api, &s, &owned_all).await;
+    assert_some_days(&report, 10);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn usage_days_equal_replay_when_a_batch_is_sent_twice() {
+    let s = settings(default_policy());
+    let (_dir, c) = collector_with("replay-twice", &s).await;
+    let device = c.api.enroll("ws-17").await;
+    let sessions = Gen::new(62).sessions("twice", 60, PRODUCTS);
+    c.api.sync_all(&device, "marc", &sessions).await;
+    let owned_all: Vec<Value> = sessions.iter().map(|x| owned(x, "marc", &device)).collect();
+    let first = assert_usage_is_replay(&c.api, &s, &owned_all).await;
+    assert_some_days(&first, 10);
+    let stored_first = c.api.stored().await;
+
+    c.api.sync_all(&device, "marc", &sessions).await;
+    // Replay over every copy received gives the same as over one copy each.
+    let doubled: Vec<Value> = owned_all.iter().chain(&owned_all).cloned().collect();
+    let second = assert_usage_is_replay(&c.api, &s, &doubled).await;
+    assert_eq!(
+        first, second,
+        "sending a batch twice changed the usage days"
+    );
+    assert_eq!(
+        c.api.stored().await,
+        stored_first,
+        "sending a batch twice changed the stored sessions"
+    );
+}
+
+/// An open copy of `session` that saw only the first `percent` of it.
+fn open_copy(session: &Value, percent: i32) -> Value {
+    let start = DateTime::parse_from_rfc3339(session["start"].as_str().unwrap()).unwrap();
+    let end = session["end"]
+        .as_str()
+        .or(session["last_seen"].as_str())
+        .map(|e| DateTime::parse_from_rfc3339(e).unwrap())
+        .unwrap();
+    let seen = start + (end - start) * percent / 100;
+    let mut copy = session.clone();
+    copy["end"] = Value::Null;
+    copy["last_seen"] = json!(seen.to_rfc3339_opts(SecondsFormat::Secs, false));
+    if let Some(c) = copy.as_object_mut() {
+        c.remove("idle");
+    }
+    copy
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn usage_days_equal_replay_when_batches_arrive_in_shuffled_order() {
+    let policies = [
+        default_policy(),
+        // Idle-aware with free short rows: idle intervals must arrive intact.
+        json!({ "window": "24h", "min_session": "5m", "rollover": "active",
+                "short_sessions": "count_free" }),
+        json!({ "window": "8h", "min_session": "10m", "day_basis": "utc" }),
+    ];
+    for (p, policy) in policies.iter().enumerate() {
+        let s = settings(policy.clone());
+        let (_dir, c) = collector_with(&format!("replay-shuffled-{p}"), &s).await;
+        let device = c.api.enroll("ws-17").await;
+        let mut generator = Gen::new(63 + p as u64);
+        let mut every_copy = Vec::new();
+        let mut batches: Vec<(&str, Vec<Value>)> = Vec::new();
+        for user in ["sophie", "marc", "paul"] {
+            let sessions = generator.sessions(&format!("shuffled-{user}"), 50, PRODUCTS);
+            // Every third session also as an earlier open copy, sent in any order.
+            let mut copies = sessions.clone();
+            for x in sessions.iter().step_by(3) {
+                copies.push(open_copy(x, generator.below(100) as i32));
+            }
+            generator.shuffle(&mut copies);
+            every_copy.extend(copies.iter().map(|x| owned(x, user, &device)));
+            let mut rest = &copies[..];
+            while !rest.is_empty() {
+                let n = (1 + generator.below(15) as usize).min(rest.len());
+                batches.push((user, rest[..n].to_vec()));
+                rest = &rest[n..];
+            }
+        }
+        generator.shuffle(&mut batches);
+        assert!(batches.len() >= 12);
+        for (user, batch) in &batches {
+            c.api.sync_all(&device, user, batch).await;
+        }
+        let report = assert_usage_is_replay(&c.api, &s, &every_copy).await;
+        assert_some_days(&report, 20);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn usage_days_equal_replay_for_open_then_closed_copies_in_either_order() {
+    let s = settings(default_policy());
+    let (_dir, c) = collector_with("replay-copies", &s).await;
+    let device = c.api.enroll("ws-17").await;
+    let mut generator = Gen::new(64);
+
+    // Closed sessions, and an open copy of each that saw less of it (or, for a few, all
+    // of it: a tie on the effective end, which the closed copy wins).
+    let mut closed = Vec::new();
+    let mut open = Vec::new();
+    for i in 0..40 {
+        let mut s = generator.session(format!("copy-{i:03}"), PRODUCTS);
+        let start = DateTime::parse_from_rfc3339(s["start"].as_str().unwrap()).unwrap();
+        let end = start + chrono::TimeDelta::minutes(3 + generator.below(50 * 60) as i64);
+        s["end"] = json!(end.to_rfc3339_opts(SecondsFormat::Secs, false));
+        s.as_object_mut().unwrap().remove("last_seen");
+        s.as_object_mut().unwrap().remove("idle");
+        let seen = if i % 8 == 0 {
+            end
+        } else {
+            start + (end - start) * (generator.below(90) as i32) / 100
+        };
+        let mut o = s.clone();
+        o["end"] = Value::Null;
+        o["last_seen"] = json!(seen.to_rfc3339_opts(SecondsFormat::Secs, false));
+        closed.push(s);
+        open.push(o);
+    }
+    let all: Vec<Value> = open
+        .iter()
+        .chain(&closed)
+        .map(|x| owned(x, "sophie", &device))
+        .collect();
+    let owned_closed: Vec<Value> = closed.iter().map(|x| owned(x, "sophie", &device)).collect();
+    let owned_open: Vec<Value> = open.iter().map(|x| owned(x, "sophie", &device)).collect();
+    let final_report = replay(&s, &owned_closed);
+    assert_some_days(&final_report, 10);
+    assert_ne!(
+        replay(&s, &owned_open),
+        final_report,
+        "the open copies should account differently from the closed ones"
+    );
+
+    // Open copies first: progress is recorded, then the closed copies win.
+    c.api.sync_all(&device, "sophie", &open).await;
+    assert_usage_is_replay(&c.api, &s, &owned_open).await;
+    c.api.sync_all(&device, "sophie", &closed).await;
+    assert_eq!(assert_usage_is_replay(&c.api, &s, &all).await, final_report);
+
+    // The reverse order on a fresh collector: the late open copies change nothing.
+    let (_dir2, c2) = collector_with("replay-copies-rev", &s).await;
+    let device2 = c2.api.enroll("ws-17").await;
+    let rename = |list: &[Value]| -> Vec<Value> {
+        list.iter().map(|x| owned(x, "sophie", &device2)).collect()
+    };
+    c2.api.sync_all(&device2, "sophie", &closed).await;
+    assert_usage_is_replay(&c2.api, &s, &rename(&closed)).await;
+    c2.api.sync_all(&device2, "sophie", &open).await;
+    let reversed: Vec<Value> = rename(&closed).into_iter().chain(rename(&open)).collect();
+    assert_eq!(
+        assert_usage_is_replay(&c2.api, &s, &reversed).await,
+        final_report
+    );
+    // Every stored copy is the closed one.
+    for stored in c2.api.stored().await {
+        assert!(
+            !stored["end"].is_null(),
+            "an open copy replaced a closed one: {stored}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn usage_days_equal_replay_for_overlapping_sessions_of_one_user_on_two_devices() {
+    let s = settings(default_policy());
+    let (_dir, c) = collector_with("replay-devices", &s).await;
+    let a = c.api.enroll("ws-a").await;
+    let b = c.api.enroll("laptop-b").await;
+
+    // Spec example 12: device A 09:00–11:00, device B 10:00–12:00 → one window at 09:00.
+    let on_a = vec![ny(
+        "dev-a-1",
+        "acad",
+        "2026-02-02T09:00:00",
+        Some("2026-02-02T11:00:00"),
+        None,
+    )];
+    let on_b = vec![ny(
+        "dev-b-1",
+        "acad",
+        "2026-02-02T10:00:00",
+        Some("2026-02-02T12:00:00"),
+        None,
+    )];
+    c.api.sync_all(&a, "paul", &on_a).await;
+    c.api.sync_all(&b, "paul", &on_b).await;
+    let mut all = vec![owned(&on_a[0], "paul", &a), owned(&on_b[0], "paul", &b)];
+    let report = assert_usage_is_replay(&c.api, &s, &all).await;
+    assert_eq!(
+        report["usage_days"],
+        json!([{ "user": "paul", "product": "acad", "day": "2026-02-02",
+                 "window_start": "2026-02-02T14:00:00Z", "window_end": "2026-02-03T14:00:00Z",
+                 "plan": "flex", "tokens": 7 }])
+    );
+
+    // Many more, interleaved across both devices.
+    let mut generator = Gen::new(65);
+    for round in 0..4 {
+        let (device, name) = if round % 2 == 0 { (&a, "a") } else { (&b, "b") };
+        let batch = generator.sessions(&format!("dev-{name}-r{round}"), 25, PRODUCTS);
+        c.api.sync_all(device, "paul", &batch).await;
+        all.extend(batch.iter().map(|x| owned(x, "paul", device)));
+    }
+    let report = assert_usage_is_replay(&c.api, &s, &all).await;
+    assert_some_days(&report, 10);
+    // Pooled: fewer windows than accounting each device on its own would give.
+    let per_device: usize = [&a, &b]
+        .iter()
+        .map(|d| {
+            let mine: Vec<Value> = all
+                .iter()
+                .filter(|x| x["device"] == d.id.as_str())
+                .cloned()
+                .collect();
+            replay(&s, &mine)["usage_days"].as_array().unwrap().len()
+        })
+        .sum();
+    assert!(report["usage_days"].as_array().unwrap().len() < per_device);
+}
+
+// ---------------------------------------------------------------------------------------
+// 7. Conflicting copies
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_copy_with_a_different_start_is_rejected_as_conflicting() {
+    let s = settings(default_policy());
+    let (_dir, c) = collector_with("conflict", &s).await;
+    let device = c.api.enroll("ws-17").await;
+    let first = ny(
+        "conflict-1",
+        "acad",
+        "2026-02-02T09:00:00",
+        None,
+        Some("2026-02-02T10:00:00"),
+    );
+    let other = ny(
+        "conflict-2",
+        "acad",
+        "2026-02-04T09:00:00",
+        Some("2026-02-04T10:00:00"),
+        None,
+    );
+    c.api
+        .sync_all(&device, "sophie", &[first.clone(), other.clone()])
+        .await;
+    let stored_before = c.api.stored().await;
+
+    let mut moved = ny(
+        "conflict-1",
+        "acad",
+        "2026-02-02T08:00:00",
+        Some("2026-02-02T18:00:00"),
+        None,
+    );
+    moved["version"] = json!("2026.1");
+    let later = ny(
+        "conflict-3",
+        "acad",
+        "2026-02-06T09:00:00",
+        Some("2026-02-06T10:00:00"),
+        None,
+    );
+    let answer = c.api.sync(&device, "sophie", &[moved, later.clone()]).await;
+    assert_eq!(
+        ids(&answer["accepted"]),
+        BTreeSet::from(["conflict-3".to_owned()])
+    );
+    let rejected = answer["rejected"].as_array().expect("rejected");
+    assert_eq!(rejected.len(), 1, "{rejected:?}");
+    assert_eq!(rejected[0]["id"], "conflict-1");
+    assert_eq!(rejected[0]["error"]["code"], "conflicting_copies");
+    assert_error_object(&rejected[0]["error"], Some("start"));
+
+    // The stored copy is untouched; the usage days are those of the first copy.
+    let stored_after = c.api.stored().await;
+    let find = |list: &[Value]| {
+        list.iter()
+            .find(|x| x["id"] == "conflict-1")
+            .cloned()
+            .unwrap()
+    };
+    assert_eq!(find(&stored_after), find(&stored_before));
+    let owned_all: Vec<Value> = [first, other, later]
+        .iter()
+        .map(|x| owned(x, "sophie", &device))
+        .collect();
+    assert_usage_is_replay(&c.api, &s, &owned_all).await;
+}
+
+// ---------------------------------------------------------------------------------------
+// 8. Many agents at once
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread")]
+async fn many_agents_syncing_at_once_give_the_usage_days_of_replay() {
+    let s = settings(default_policy());
+    let (_dir, c) = collector_with("many-agents", &s).await;
+    let mut devices = Vec::new();
+    for i in 0..20 {
+        devices.push(c.api.enroll(&format!("ws-{i:02}")).await);
+    }
+    let users = [
+        "sophie", "marc", "paul", "ines", "omar", "li", "ana", "tom", "eva", "noor", "kai", "mia",
+        "leo", "zoe", "raj", "ida", "ben", "amy", "jon", "uma",
+    ];
+    let mut tasks = Vec::new();
+    for (i, device) in devices.iter().enumerate() {
+        let api = c.api.clone();
+        let device = device.clone();
+        let user = users[i].to_owned();
+        tasks.push(tokio::spawn(async move {
+            let mut generator = Gen::new(800 + i as u64);
+            let mut sent = Vec::new();
+            for b in 0..5 {
+                let n = 5 + generator.below(46) as usize;
+                let batch = generator.sessions(&format!("{user}-b{b}"), n, PRODUCTS);
+                api.sync_all(&device, &user, &batch).await;
+                sent.extend(batch.iter().map(|x| owned(x, &user, &device)));
+            }
+            sent
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.expect("a syncing task failed"));
+    }
+    assert!(all.len() >= 500, "only {} sessions", all.len());
+    assert_eq!(c.api.stored().await.len(), all.len());
+    let report = assert_usage_is_replay(&c.api, &s, &all).await;
+    assert_some_days(&report, 200);
+}
+
+// ---------------------------------------------------------------------------------------
+// 9. kill -9 under load
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread")]
+async fn acknowledged_sessions_survive_kill_9_under_load() {
+    let s = settings(default_policy());
+    let dir = TempDir::new("kill9");
+    let mut c = Collector::start(&dir);
+    c.api.import(&s).await;
+    let users = ["sophie", "marc", "paul", "ines", "omar", "li"];
+    let mut devices = Vec::new();
+    for u in users {
+        devices.push(c.api.enroll(&format!("ws-{u}")).await);
+    }
+    let acked = Arc::new(Mutex::new(BTreeSet::new()));
+    let mut tasks = Vec::new();
+    for (i, device) in devices.iter().enumerate() {
+        tasks.push(tokio::spawn(sync_until_gone(
+            c.api.clone(),
+            device.clone(),
+            users[i].to_owned(),
+            900 + i as u64,
+            25,
+            400,
+            acked.clone(),
+        )));
+    }
+    wait_for_acks(&acked, 1000, Duration::from_secs(60)).await;
+    c.kill9();
+    let mut odd = Vec::new();
+    for t in tasks {
+        odd.extend(t.await.expect("a syncing task failed"));
+    }
+    assert!(odd.is_empty(), "unexpected answers under load: {odd:?}");
+    let acked = acked.lock().unwrap().clone();
+
+    let c = Collector::start(&dir);
+    let stored = c.api.stored().await;
+    assert_all_stored(&acked, &stored);
+    let report = assert_usage_is_replay(&c.api, &s, &stored).await;
+    assert_some_days(&report, 100);
+
+    // The restarted collector knows the devices and keeps accounting.
+    let more = Gen::new(999).sessions("after-restart", 20, PRODUCTS);
+    c.api.sync_all(&devices[0], users[0], &more).await;
+    let mut all = stored;
+    all.extend(more.iter().map(|x| owned(x, users[0], &devices[0])));
+    assert_usage_is_replay(&c.api, &s, &all).await;
+}
+
+// ---------------------------------------------------------------------------------------
+// 10. SIGTERM drains
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_drains_requests_in_flight_and_exits_0() {
+    let s = settings(default_policy());
+    let dir = TempDir::new("sigterm");
+    let mut c = Collector::start(&dir);
+    c.api.import(&s).await;
+    let users = ["sophie", "marc", "paul", "ines"];
+    let mut devices = Vec::new();
+    for u in users {
+        devices.push(c.api.enroll(&format!("ws-{u}")).await);
+    }
+    let slow = c.api.enroll("ws-slow").await;
+    let acked = Arc::new(Mutex::new(BTreeSet::new()));
+    let mut tasks = Vec::new();
+    for (i, device) in devices.iter().enumerate() {
+        tasks.push(tokio::spawn(sync_until_gone(
+            c.api.clone(),
+            device.clone(),
+            users[i].to_owned(),
+            1000 + i as u64,
+            40,
+            400,
+            acked.clone(),
+        )));
+    }
+    wait_for_acks(&acked, 300, Duration::from_secs(60)).await;
+
+    // A request certainly in flight: its head is read and its handler waits for the body
+    // (the server said `100 Continue`) when the signal comes.
+    let slow_sessions = Gen::new(1100).sessions("in-flight", 30, PRODUCTS);
+    let body = Api::sync_body("uma", &slow_sessions);
+    let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", c.port()))
+        .await
+        .expect("connecting");
+    let head = format!(
+        "POST /v1/sync HTTP/1.1\r\nhost: 127.0.0.1\r\nauthorization: Bearer {}\r\n\
+         content-type: application/json\r\ncontent-length: {}\r\nexpect: 100-continue\r\n\
+         connection: close\r\n\r\n",
+        slow.token,
+        body.len()
+    );
+    conn.write_all(head.as_bytes()).await.unwrap();
+    let half = body.len() / 2;
+    conn.write_all(&body[..half]).await.unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 256];
+    let until = Instant::now() + Duration::from_secs(20);
+    while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+        assert!(Instant::now() < until, "no 100 Continue");
+        let n = tokio::time::timeout(Duration::from_secs(20), conn.read(&mut buf))
+            .await
+            .expect("waiting for 100 Continue")
+            .unwrap();
+        assert!(n > 0, "connection closed before 100 Continue");
+        seen.extend_from_slice(&buf[..n]);
+    }
+    assert!(
+        seen.starts_with(b"HTTP/1.1 100"),
+        "expected 100 Continue, got {:?}",
+        String::from_utf8_lossy(&seen)
+    );
+
+    c.signal(libc::SIGTERM);
+    // The listener closes: new connections are refused.
+    let until = Instant::now() + Duration::from_secs(20);
+    while tokio::net::TcpStream::connect(("127.0.0.1", c.port()))
+        .await
+        .is_ok()
+    {
+        assert!(
+            Instant::now() < until,
+            "still accepting connections after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The request in flight completes and is answered.
+    conn.write_all(&body[half..]).await.unwrap();
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(30), conn.read_to_end(&mut rest))
+        .await
+        .expect("waiting for the drained answer")
+        .expect("reading the drained answer");
+    let text = String::from_utf8_lossy(&rest).into_owned();
+    assert!(
+        text.starts_with("HTTP/1.1 200"),
+        "the request in flight was not answered 200: {text}"
+    );
+    let json_start = text.find("\r\n\r\n").expect("answer head") + 4;
+    let answer: Value = serde_json::from_str(&text[json_start..]).expect("JSON answer");
+    assert_eq!(
+        ids(&answer["accepted"]),
+        slow_sessions.iter().map(id_of).collect::<BTreeSet<_>>()
+    );
+    acked.lock().unwrap().extend(ids(&answer["accepted"]));
+
+    let status = c.wait_exit(EXIT_DEADLINE).await;
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "exit status after SIGTERM: {status}"
+    );
+    let mut odd = Vec::new();
+    for t in tasks {
+        odd.extend(t.await.expect("a syncing task failed"));
+    }
+    assert!(odd.is_empty(), "unexpected answers while draining: {odd:?}");
+    let acked = acked.lock().unwrap().clone();
+
+    let c = Collector::start(&dir);
+    let stored = c.api.stored().await;
+    assert_all_stored(&acked, &stored);
+    let report = assert_usage_is_replay(&c.api, &s, &stored).await;
+    assert_some_days(&report, 50);
+}
+
+// ---------------------------------------------------------------------------------------
+// 11. Teams, purchases, ledger, reminders
+// ---------------------------------------------------------------------------------------
+
+fn balance_of<'a>(balances: &'a Value, team: &str) -> &'a Value {
+    balances["balances"]
+        .as_array()
+        .expect("balances list")
+        .iter()
+        .find(|b| b["team"] == team)
+        .unwrap_or_else(|| panic!("no balance for team {team}: {balances}"))
+}
+
+fn ledger_sum(entries: &[Value]) -> i64 {
+    entries.iter().map(|e| e["tokens"].as_i64().unwrap()).sum()
+}
+
+async fn ledger_of(api: &Api, team: &str) -> Vec<Value> {
+    let body = api
+        .admin_get(&format!("/v1/admin/ledger?team={team}"))
+        .await;
+    body["entries"].as_array().expect("ledger entries").clone()
+}
+
+fn insufficient(answer: &Value) -> Vec<&Value> {
+    answer["reminders"]
+        .as_array()
+        .expect("reminders list")
+        .iter()
+        .filter(|r| r["kind"] == "insufficient_balance")
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn purchases_are_drawn_by_charged_days_and_repricing_writes_reversals() {
+    let mut s = json!({
+        "catalog": {
+            "acad": { "name": "AutoCAD", "tokens_per_day": 7 },
+            "revit": { "name": "Revit", "tokens_per_day": 10 }
+        },
+        "entitlements": [],
+        "policy": default_policy(),
+        "teams": {
+            "design": { "users": ["sophie"], "low_balance": 50 },
+            "small": { "users": ["bob"] }
+        }
+    });
+    let (_dir, c) = collector_with("ledger", &s).await;
+    let laptop = c.api.enroll("ws-sophie").await;
+    let bobs = c.api.enroll("ws-bob").await;
+    let buy = |team: &str, tokens: u64| {
+        json!({ "team": team, "tokens": tokens, "purchased_at": "2026-01-01T00:00:00Z",
+                "expires_at": "2036-01-01T00:00:00Z" })
+    };
+    let bought = c
+        .api
+        .admin_post("/v1/admin/purchases", &buy("design", 60))
+        .await;
+    let design_purchase = bought["id"].as_str().expect("purchase id").to_owned();
+    c.api
+        .admin_post("/v1/admin/purchases", &buy("small", 5))
+        .await;
+    let balances = c.api.admin_get("/v1/admin/balances").await;
+    assert_eq!(balance_of(&balances, "design")["remaining"], 60);
+    assert_eq!(balance_of(&balances, "small")["remaining"], 5);
+
+    // A team below a product's rate: the sync answer says so, product by product.
+    let answer = c.api.sync(&bobs, "bob", &[]).await;
+    let due = insufficient(&answer);
+    assert_eq!(due.len(), 2, "reminders: {}", answer["reminders"]);
+    for (product, rate) in [("acad", 7), ("revit", 10)] {
+        let r = due
+            .iter()
+            .find(|r| r["product"] == product)
+            .unwrap_or_else(|| panic!("no insufficient_balance for {product}"));
+        assert_eq!(r["balance"], 5);
+        assert_eq!(r["tokens_per_day"], rate);
+        assert!(r["text"].as_str().is_some_and(|t| !t.is_empty()));
+    }
+
+    // Three acad days and a revit day: 31 tokens from design's purchase.
+    let days = vec![
+        ny(
+            "led-1",
+            "acad",
+            "2026-02-02T09:00:00",
+            Some("2026-02-02T12:00:00"),
+            None,
+        ),
+        ny(
+            "led-2",
+            "acad",
+            "2026-02-04T09:00:00",
+            Some("2026-02-04T12:00:00"),
+            None,
+        ),
+        ny(
+            "led-3",
+            "acad",
+            "2026-02-06T09:00:00",
+            Some("2026-02-06T12:00:00"),
+            None,
+        ),
+        ny(
+            "led-4",
+            "revit",
+            "2026-02-03T09:00:00",
+            Some("2026-02-03T12:00:00"),
+            None,
+        ),
+    ];
+    let answer = c.api.sync_all(&laptop, "sophie", &days).await;
+    assert!(
+        insufficient(&answer).is_empty(),
+        "design can pay: {}",
+        answer["reminders"]
+    );
+    let mut sessions: Vec<Value> = days.iter().map(|d| owned(d, "sophie", &laptop)).collect();
+    let report = assert_usage_is_replay(&c.api, &s, &sessions).await;
+    assert_eq!(report["totals"]["tokens"], 31);
+    let balances = c.api.admin_get("/v1/admin/balances").await;
+    let design = balance_of(&balances, "design");
+    assert_eq!(design["remaining"], 29);
+    assert_eq!(design["low"], true, "29 is below design's low_balance 50");
+    let ledger = ledger_of(&c.api, "design").await;
+    assert_eq!(ledger.len(), 4, "{ledger:?}");
+    assert_eq!(ledger_sum(&ledger), 31);
+    for e in &ledger {
+        assert_eq!(e["team"], "design");
+        assert_eq!(e["user"], "sophie");
+        assert_eq!(e["purchase"], design_purchase.as_str());
+        assert!(e["tokens"].as_i64().unwrap() > 0);
+    }
+
+    // A late session moves the 4 Feb window to 07:00: the old day is reversed, the new
+    // one charged; the balance is unchanged.
+    let early = ny(
+        "led-5",
+        "acad",
+        "2026-02-04T07:00:00",
+        Some("2026-02-04T08:00:00"),
+        None,
+    );
+    c.api
+        .sync_all(&laptop, "sophie", std::slice::from_ref(&early))
+        .await;
+    sessions.push(owned(&early, "sophie", &laptop));
+    assert_usage_is_replay(&c.api, &s, &sessions).await;
+    let ledger = ledger_of(&c.api, "design").await;
+    let reversals: Vec<&Value> = ledger
+        .iter()
+        .filter(|e| e["tokens"].as_i64().unwrap() < 0)
+        .collect();
+    assert_eq!(reversals.len(), 1, "{ledger:?}");
+    assert_eq!(reversals[0]["tokens"], -7);
+    assert_eq!(reversals[0]["window_start"], "2026-02-04T14:00:00Z");
+    assert!(
+        reversals[0]["reason"]
+            .as_str()
+            .is_some_and(|r| !r.is_empty())
+    );
+    assert_eq!(ledger_sum(&ledger), 31);
+    assert_eq!(
+        balance_of(&c.api.admin_get("/v1/admin/balances").await, "design")["remaining"],
+        29
+    );
+
+    // Sophie becomes an acad subscriber: her acad days are re-priced to 0, each reversed;
+    // the balance gets the 21 tokens back.
+    let subscribe = json!({ "entitlements": [ { "user": "sophie", "product": "acad",
+                                               "plan": "subscription",
+                                               "from": "2026-01-01T00:00:00Z" } ] });
+    c.api.import(&subscribe).await;
+    s["entitlements"] = subscribe["entitlements"].clone();
+    let report = assert_usage_is_replay(&c.api, &s, &sessions).await;
+    assert_eq!(report["totals"]["tokens"], 10);
+    let ledger = ledger_of(&c.api, "design").await;
+    let import_reversals: Vec<&Value> = ledger
+        .iter()
+        .filter(|e| {
+            e["tokens"].as_i64().unwrap() < 0
+                && e["reason"].as_str().is_some_and(|r| r.contains("import"))
+        })
+        .collect();
+    assert_eq!(import_reversals.len(), 3, "{ledger:?}");
+    assert!(import_reversals.iter().all(|e| e["product"] == "acad"));
+    assert_eq!(ledger_sum(&ledger), 10);
+    let design = balance_of(&c.api.admin_get("/v1/admin/balances").await, "design").clone();
+    assert_eq!(design["remaining"], 50);
+    assert_eq!(design["low"], false);
+
+    // Bob's day costs more than his team holds: 5 paid, 2 unfunded, and he is told.
+    let bob_day = ny(
+        "led-bob",
+        "acad",
+        "2026-02-05T09:00:00",
+        Some("2026-02-05T12:00:00"),
+        None,
+    );
+    let answer = c.api.sync_all(&bobs, "bob", &[bob_day]).await;
+    let due = insufficient(&answer);
+    assert!(
+        due.iter()
+            .any(|r| r["product"] == "acad" && r["balance"] == 0),
+        "reminders: {}",
+        answer["reminders"]
+    );
+    let small = balance_of(&c.api.admin_get("/v1/admin/balances").await, "small").clone();
+    assert_eq!(small["remaining"], 0);
+    assert_eq!(small["unfunded"], 2);
+    assert_eq!(ledger_sum(&ledger_of(&c.api, "small").await), 7);
+}
+
+// ---------------------------------------------------------------------------------------
+// Beyond the list: the usage-days range, settings across a restart, imports racing
+// syncs, and SIGTERM at the very start.
+// ---------------------------------------------------------------------------------------
+
+/// Replay's rows whose `day` is in `[from, to]`, with totals over them (what
+/// `GET /v1/admin/usage-days?from=&to=` must answer).
+fn in_range(report: &Value, from: &str, to: &str) -> Value {
+    let rows: Vec<Value> = report["usage_days"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| {
+            let day = r["day"].as_str().unwrap();
+            from <= day && day <= to
+        })
+        .cloned()
+        .collect();
+    let tokens: u64 = rows.iter().map(|r| r["tokens"].as_u64().unwrap()).sum();
+    let days: BTreeSet<(String, String, String)> = rows
+        .iter()
+        .map(|r| {
+            (
+                r["user"].to_string(),
+                r["product"].to_string(),
+                r["day"].to_string(),
+            )
+        })
+        .collect();
+    json!({ "usage_days": rows, "totals": { "tokens": tokens, "days_used": days.len() } })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn usage_days_keep_the_rows_of_the_requested_range_with_their_totals() {
+    let s = settings(default_policy());
+    let (_dir, c) = collector_with("range", &s).await;
+    let device = c.api.enroll("ws-17").await;
+    let sessions = Gen::new(71).sessions("range", 60, PRODUCTS);
+    c.api.sync_all(&device, "sophie", &sessions).await;
+    let owned_all: Vec<Value> = sessions
+        .iter()
+        .map(|x| owned(x, "sophie", &device))
+        .collect();
+    let report = assert_usage_is_replay(&c.api, &s, &owned_all).await;
+    for (from, to) in [
+        ("2026-02-05", "2026-02-08"),
+        ("2026-02-07", "2026-02-07"),
+        ("2026-01-01", "2026-02-03"),
+        ("2026-03-01", "2026-03-31"),
+    ] {
+        let got = c
+            .api
+            .admin_get(&format!("/v1/admin/usage-days?from={from}&to={to}"))
+            .await;
+        let want = in_range(&report, from, to);
+        assert_eq!(got["usage_days"], want["usage_days"], "[{from}, {to}]");
+        assert_eq!(got["totals"], want["totals"], "[{from}, {to}]");
+    }
+    assert_some_days(&in_range(&report, "2026-02-05", "2026-02-08"), 3);
+    let r = c
+        .api
+        .get("/v1/admin/usage-days?from=yesterday", Some(ADMIN_TOKEN))
+        .await;
+    assert_error_reply(&r, StatusCode::BAD_REQUEST, Some("from"));
+    let r = c.api.get("/v1/admin/usage-days", None).await;
+    assert_error_reply(&r, StatusCode::UNAUTHORIZED, None);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn usage_days_without_from_or_to_list_every_day() {
+    let s = settings(default_policy());
+    let (_dir, c) = collector_with("no-range", &s).await;
+    let device = c.api.enroll("ws-17").await;
+    let sessions = Gen::new(72).sessions("no-range", 30, PRODUCTS);
+    c.api.sync_all(&device, "sophie", &sessions).await;
+    let owned_all: Vec<Value> = sessions
+        .iter()
+        .map(|x| owned(x, "sophie", &device))
+        .collect();
+    let report = replay(&s, &owned_all);
+    assert_some_days(&report, 5);
+    // The range is optional: without it (or with only one bound) nothing is cut off.
+    for query in ["", "?from=2026-01-01", "?to=2026-12-31"] {
+        let got = c
+            .api
+            .admin_get(&format!("/v1/admin/usage-days{query}"))
+            .await;
+        assert_eq!(
+            got["usage_days"], report["usage_days"],
+            "GET /v1/admin/usage-days{query}"
+        );
+        assert_eq!(
+            got["totals"], report["totals"],
+            "GET /v1/admin/usage-days{query}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn teams_survive_a_restart() {
+    let s = json!({
+        "catalog": { "acad": { "tokens_per_day": 7 } },
+        "policy": default_policy(),
+        "teams": { "design": { "users": ["sophie"], "low_balance": 50 } }
+    });
+    let dir = TempDir::new("teams-restart");
+    let mut c = Collector::start(&dir);
+    c.api.import(&s).await;
+    c.api
+        .admin_post(
+            "/v1/admin/purchases",
+            &json!({ "team": "design", "tokens": 100, "purchased_at": "2026-01-01T00:00:00Z",
+                     "expires_at": "2036-01-01T00:00:00Z" }),
+        )
+        .await;
+    let device = c.api.enroll("ws-sophie").await;
+    let monday = ny(
+        "team-1",
+        "acad",
+        "2026-02-02T09:00:00",
+        Some("2026-02-02T12:00:00"),
+        None,
+    );
+    c.api.sync_all(&device, "sophie", &[monday]).await;
+    let before = balance_of(&c.api.admin_get("/v1/admin/balances").await, "design").clone();
+    assert_eq!(before["remaining"], 93);
+
+    c.kill9();
+    let c = Collector::start(&dir);
+    let balances = c.api.admin_get("/v1/admin/balances").await;
+    let design = balance_of(&balances, "design");
+    assert_eq!(
+        design["low_balance"], 50,
+        "the team's settings were lost: {balances}"
+    );
+    // Sophie is still in design: her next day is paid from design's purchase.
+    let wednesday = ny(
+        "team-2",
+        "acad",
+        "2026-02-04T09:00:00",
+        Some("2026-02-04T12:00:00"),
+        None,
+    );
+    c.api.sync_all(&device, "sophie", &[wednesday]).await;
+    let ledger = ledger_of(&c.api, "design").await;
+    assert_eq!(
+        ledger_sum(&ledger),
+        14,
+        "sophie's day after the restart was not charged to design: {}",
+        c.api.admin_get("/v1/admin/ledger").await
+    );
+    let balances = c.api.admin_get("/v1/admin/balances").await;
+    assert_eq!(
+        balance_of(&balances, "design")["remaining"],
+        86,
+        "{balances}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_import_during_concurrent_syncs_reprices_every_day() {
+    let mut s = settings(default_policy());
+    let (_dir, c) = collector_with("import-race", &s).await;
+    // History enough that the import's recomputation takes a moment.
+    let loader = c.api.enroll("ws-loader").await;
+    let mut all = Vec::new();
+    let mut generator = Gen::new(1200);
+    for k in 0..10 {
+        let user = format!("history-{k}");
+        for b in 0..3 {
+            let batch = generator.sessions(&format!("{user}-b{b}"), 100, PRODUCTS);
+            c.api.sync_all(&loader, &user, &batch).await;
+            all.extend(batch.iter().map(|x| owned(x, &user, &loader)));
+        }
+    }
+    // Agents keep syncing (each request a new user's acad sessions) while the admin
+    // changes acad's rate.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let done = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let api = c.api.clone();
+        let device = c.api.enroll(&format!("ws-{i}")).await;
+        let (stop, done) = (stop.clone(), done.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut generator = Gen::new(1300 + i);
+            let mut sent = Vec::new();
+            let mut n = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let user = format!("agent-{i}-{n}");
+                // Three charged acad days.
+                let batch: Vec<Value> = (0..3)
+                    .map(|k| {
+                        let start = base_time()
+                            + chrono::TimeDelta::days(2 * k)
+                            + chrono::TimeDelta::minutes(generator.below(600) as i64);
+                        let end = start + chrono::TimeDelta::hours(2);
+                        json!({ "id": format!("{user}-{k}"), "product": "acad",
+                                "start": stamp(start, Some("Europe/Berlin")),
+                                "end": stamp(end, Some("Europe/Berlin")),
+                                "tz": "Europe/Berlin" })
+                    })
+                    .collect();
+                api.sync_all(&device, &user, &batch).await;
+                sent.extend(batch.iter().map(|x| owned(x, &user, &device)));
+                n += 1;
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+            sent
+        }));
+    }
+    let wait_done = |n: usize| {
+        let done = done.clone();
+        async move {
+            let until = Instant::now() + Duration::from_secs(60);
+            while done.load(Ordering::Relaxed) < n {
+                assert!(Instant::now() < until, "the agents stalled");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    };
+    wait_done(16).await;
+    c.api
+        .import(&json!({ "catalog": { "acad": { "name": "AutoCAD", "tokens_per_day": 9 } } }))
+        .await;
+    let after_import = done.load(Ordering::Relaxed);
+    wait_done(after_import + 16).await;
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        all.extend(t.await.expect("a syncing task failed"));
+    }
+
+    s["catalog"]["acad"]["tokens_per_day"] = json!(9);
+    let expected = replay(&s, &all);
+    let actual = c.api.usage_days().await;
+    let stale: Vec<&Value> = actual["usage_days"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["plan"] == "flex" && r["product"] == "acad" && r["tokens"] != 9)
+        .collect();
+    assert!(
+        stale.is_empty(),
+        "{} acad days are priced at the old rate after the import, e.g. {}",
+        stale.len(),
+        stale[0]
+    );
+    assert_eq!(actual["usage_days"], expected["usage_days"]);
+    assert_eq!(actual["totals"], expected["totals"]);
+}
+
+#[test]
+fn sigterm_right_after_the_listening_line_exits_0() {
+    // Ready means ready: a supervisor may stop the collector the moment it announced
+    // itself. The signal is sent by the thread that reads the line, at once; several
+    // starts, as the window is short.
+    let dir = TempDir::new("sigterm-early");
+    for attempt in 0..10 {
+        let mut child = Command::new(BIN)
+            .args(["serve", "--listen", "127.0.0.1:0", "--db"])
+            .arg(format!(
+                "sqlite://{}",
+                dir.path.join("collector.db").display()
+            ))
+            .env("DAYMETER_ENROLLMENT_SECRET", ENROLLMENT_SECRET)
+            .env("DAYMETER_ADMIN_TOKEN", ADMIN_TOKEN)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting daymeter-collector serve");
+        let pid = libc::pid_t::try_from(child.id()).unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let read = BufReader::new(stdout).read_line(&mut line);
+            if line.starts_with("listening on ") {
+                // SAFETY: kill(2) on our own child's pid.
+                unsafe { libc::kill(pid, libc::SIGTERM) };
+            }
+            let _ = tx.send((read.is_ok(), line));
+        });
+        let (ok, line) = rx.recv_timeout(START_DEADLINE).unwrap_or_else(|_| {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("no `listening on` line");
+        });
+        assert!(
+            ok && line.starts_with("listening on "),
+            "first line {line:?}"
+        );
+        let until = Instant::now() + EXIT_DEADLINE;
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if Instant::now() > until {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("start #{attempt}: no exit within {EXIT_DEADLINE:?} of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        assert_eq!(
+            status.code(),
+            Some(0),
+            "start #{attempt}: SIGTERM right after `listening on` ended the collector with {status}"
+        );
+    }
+}
