@@ -34,6 +34,80 @@ pub struct Product {
 /// Products by id (`acad`, `revit`, …).
 pub type Catalog = BTreeMap<String, Product>;
 
+/// The catalog a fresh agent starts with, so that it meters from its first second,
+/// before (or without) a first sync; the collector's catalog replaces it afterwards.
+///
+/// Rates a public source confirms are set; every other rate is 0 with
+/// `rate_confirmed: Some(false)` — a day of an unpriced product still counts (free) and
+/// the admin sets the price in the collector. Several products share `acad.exe` and are
+/// told apart by `/product`; `/product ACAD` is a substring of `/product ACADM`, which the
+/// recogniser's "longest `args_contain` wins" rule resolves (see
+/// [`crate::recognition`]).
+pub fn builtin() -> Catalog {
+    fn exe(exe: &str) -> MatchRule {
+        MatchRule {
+            exe: exe.to_owned(),
+            args_contain: None,
+        }
+    }
+    fn exe_with(exe: &str, args: &str) -> MatchRule {
+        MatchRule {
+            exe: exe.to_owned(),
+            args_contain: Some(args.to_owned()),
+        }
+    }
+    // (id, name, rate if confirmed, match rules)
+    let entries: [(&str, &str, Option<u64>, Vec<MatchRule>); 10] = [
+        (
+            "acad",
+            "AutoCAD",
+            Some(7),
+            vec![exe_with("acad.exe", "/product ACAD"), exe("acad.exe")],
+        ),
+        (
+            "acadm",
+            "AutoCAD Mechanical",
+            None,
+            vec![exe_with("acad.exe", "/product ACADM")],
+        ),
+        (
+            "civil3d",
+            "Civil 3D",
+            None,
+            vec![exe_with("acad.exe", "/product C3D")],
+        ),
+        ("acadlt", "AutoCAD LT", None, vec![exe("acadlt.exe")]),
+        ("revit", "Revit", Some(10), vec![exe("Revit.exe")]),
+        ("inventor", "Inventor", None, vec![exe("Inventor.exe")]),
+        ("3dsmax", "3ds Max", None, vec![exe("3dsmax.exe")]),
+        // Maya's rate comes from a reseller source.
+        ("maya", "Maya", Some(6), vec![exe("maya.exe")]),
+        // Manage and Simulate share Roamer.exe (only the install folder differs), so
+        // they are one product here.
+        (
+            "navisworks",
+            "Navisworks Manage / Simulate",
+            None,
+            vec![exe("Roamer.exe")],
+        ),
+        ("fusion", "Fusion", None, vec![exe("Fusion360.exe")]),
+    ];
+    entries
+        .into_iter()
+        .map(|(id, name, rate, matches)| {
+            (
+                id.to_owned(),
+                Product {
+                    name: Some(name.to_owned()),
+                    tokens_per_day: rate.unwrap_or(0),
+                    matches,
+                    rate_confirmed: Some(rate.is_some()),
+                },
+            )
+        })
+        .collect()
+}
+
 impl Product {
     /// Validates one catalog entry, naming the field at fault.
     pub fn from_json(value: &Value) -> Result<Product, Problem> {
@@ -103,5 +177,48 @@ mod tests {
             .unwrap();
         assert_eq!(p.tokens_per_day, 7);
         assert_eq!(p.matches[0].exe, "acad.exe");
+    }
+
+    #[test]
+    fn builtin_catalog_holds_the_ten_products_with_confirmed_rates_only() {
+        let c = builtin();
+        let ids: Vec<&str> = c.keys().map(String::as_str).collect();
+        assert_eq!(
+            ids,
+            [
+                "3dsmax",
+                "acad",
+                "acadlt",
+                "acadm",
+                "civil3d",
+                "fusion",
+                "inventor",
+                "maya",
+                "navisworks",
+                "revit"
+            ]
+        );
+        for (id, rate) in [("acad", 7), ("revit", 10), ("maya", 6)] {
+            assert_eq!(c[id].tokens_per_day, rate, "{id}");
+            assert_eq!(c[id].rate_confirmed, Some(true), "{id}");
+        }
+        for (id, p) in &c {
+            assert!(p.name.is_some(), "{id}");
+            assert!(!p.matches.is_empty(), "{id}");
+            if p.rate_confirmed == Some(false) {
+                assert_eq!(p.tokens_per_day, 0, "{id}");
+            }
+        }
+        assert_eq!(
+            c.values()
+                .filter(|p| p.rate_confirmed == Some(false))
+                .count(),
+            7
+        );
+        // Every entry survives validation as an import would read it.
+        for (id, p) in &c {
+            let json = serde_json::to_value(p).unwrap();
+            assert_eq!(&Product::from_json(&json).unwrap(), p, "{id}");
+        }
     }
 }

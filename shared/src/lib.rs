@@ -6,7 +6,8 @@
 //! - [`time`] — instants on the engine's integer time line, zones, humantime durations.
 //! - [`clock`] — the injected clock ([`clock::SystemClock`], [`clock::ManualClock`]).
 //! - [`policy`] — the policy keys with their defaults and validation.
-//! - [`catalog`] — products and their daily token rates.
+//! - [`catalog`] — products and their daily token rates; the built-in catalog.
+//! - [`recognition`] — which catalog product a process (executable, arguments) runs.
 //! - [`entitlement`] — plans (flex, subscription, free) and who holds which.
 //! - [`session`] — the wire session, lenient parsing into it, and the rules for copies.
 //! - [`record`] — errors that name the record and field at fault.
@@ -22,6 +23,7 @@ pub mod clock;
 pub mod entitlement;
 pub mod ledger;
 pub mod policy;
+pub mod recognition;
 pub mod record;
 pub mod scenario;
 pub mod session;
