@@ -8,6 +8,8 @@
 
 #[cfg(target_os = "linux")]
 pub mod procfs;
+#[cfg(not(target_os = "linux"))]
+pub mod sysinfo;
 
 use serde::{Deserialize, Serialize};
 
@@ -36,6 +38,19 @@ pub struct Seen<'a> {
     pub exe: &'a str,
     /// The arguments after argv\[0\], joined by single spaces.
     pub args: &'a str,
+}
+
+/// This platform's process source: `/proc` on Linux, sysinfo elsewhere. Building it
+/// cannot fail; a source that cannot list processes says so at each poll.
+pub fn system() -> Box<dyn ProcessSource> {
+    #[cfg(target_os = "linux")]
+    {
+        Box::new(procfs::Procfs::new())
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        Box::new(self::sysinfo::Sysinfo::new())
+    }
 }
 
 /// Lists the processes that run products.

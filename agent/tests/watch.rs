@@ -1,0 +1,422 @@
+//! The Linux process source against real processes: copies of `/bin/sh` renamed to
+//! product executables, each blocked in the shell's `read` builtin on a pipe (so it runs
+//! with whatever arguments a rule needs, and forks nothing), killed at the end.
+#![cfg(target_os = "linux")]
+
+use std::cell::Cell;
+use std::io::{ErrorKind, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use daymeter_agent::watch::procfs::Procfs;
+use daymeter_agent::watch::{self, ProcessKey, ProcessSource, Running, Seen};
+use daymeter_shared::catalog::{Catalog, MatchRule, Product, builtin};
+use daymeter_shared::recognition::Recogniser;
+
+/// A running copy; killed and reaped when dropped.
+struct Proc {
+    child: Child,
+    stdin: Option<ChildStdin>,
+}
+
+impl Proc {
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Kills and reaps it: its pid leaves /proc.
+    fn end(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Copies `/bin/sh` into `dir` as `name`.
+fn install(dir: &Path, name: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::copy("/bin/sh", &path).unwrap();
+    path
+}
+
+/// Starts `exe -c <script> <args…>` with its stdin on a pipe; returns as soon as the
+/// kernel has switched the child to `exe`.
+fn start(exe: &Path, script: &str, args: &[&str]) -> Child {
+    let mut tries = 0;
+    loop {
+        let spawned = Command::new(exe)
+            .arg("-c")
+            .arg(script)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn();
+        match spawned {
+            Ok(child) => return child,
+            // Another test thread copying its own executable may hold a write descriptor
+            // that a concurrent fork carried into a child for a moment: ETXTBSY.
+            Err(e) if e.kind() == ErrorKind::ExecutableFileBusy && tries < 100 => {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(e) => panic!("cannot run {}: {e}", exe.display()),
+        }
+    }
+}
+
+/// Waits until the child's `exec` of `exe` is complete: `Command::spawn` returns once the
+/// kernel has switched the child to the new program, a moment before `comm` and the
+/// command line are the new program's (the source copes; most tests want the settled
+/// state at their first poll).
+fn wait_exec(pid: u32, exe: &Path) {
+    let exe = std::fs::canonicalize(exe).unwrap();
+    let name = exe.file_name().unwrap().to_str().unwrap();
+    let comm = format!("{}\n", &name[..name.len().min(15)]);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let settled = std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|l| l == *exe)
+            && std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c == comm)
+            && std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| !c.is_empty());
+        if settled {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{} never ran", exe.display());
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// Runs `exe -c <script> <args…>` with its stdin on a pipe, its exec complete.
+fn spawn(exe: &Path, script: &str, args: &[&str]) -> Proc {
+    let mut child = start(exe, script, args);
+    let stdin = child.stdin.take();
+    wait_exec(child.id(), exe);
+    Proc { child, stdin }
+}
+
+/// A product copy that waits on its stdin, with `args` as its arguments after the script.
+fn run(exe: &Path, args: &[&str]) -> Proc {
+    spawn(exe, "read _", args)
+}
+
+/// `/proc/PID/stat` field 22 and field 3, read independently of the source.
+fn stat_of(pid: u32) -> Option<(u64, char)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split(' ').collect();
+    Some((fields[19].parse().ok()?, fields[0].chars().next()?))
+}
+
+fn key_of(p: &Proc) -> ProcessKey {
+    ProcessKey {
+        pid: p.pid(),
+        started: stat_of(p.pid()).unwrap().0,
+    }
+}
+
+fn product_of(running: &[Running], pid: u32) -> Option<&str> {
+    let mut found = running.iter().filter(|r| r.key.pid == pid);
+    let first = found.next().map(|r| r.product.as_str());
+    assert!(found.next().is_none(), "pid {pid} reported twice");
+    first
+}
+
+fn recogniser() -> Recogniser {
+    Recogniser::new(&builtin())
+}
+
+fn poll(source: &mut dyn ProcessSource, r: &Recogniser) -> Vec<Running> {
+    source
+        .poll(&|s: Seen<'_>| r.recognise(s.exe, s.args).map(str::to_owned))
+        .unwrap()
+}
+
+fn catalog(rules: &[(&str, &str)]) -> Catalog {
+    rules
+        .iter()
+        .map(|(id, exe)| {
+            (
+                (*id).to_owned(),
+                Product {
+                    name: None,
+                    tokens_per_day: 1,
+                    matches: vec![MatchRule {
+                        exe: (*exe).to_owned(),
+                        args_contain: None,
+                    }],
+                    rate_confirmed: None,
+                },
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn products_are_detected_with_their_key_and_gone_once_they_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let acad = run(&install(dir.path(), "acad.exe"), &[]);
+    let revit = run(&install(dir.path(), "Revit.exe"), &[]);
+    let civil = run(&install(dir.path(), "acad"), &["/product", "C3D"]);
+    let mech = run(&install(dir.path(), "ACAD.EXE"), &["/product", "ACADM"]);
+    let other = run(&install(dir.path(), "notepad.exe"), &["/product", "C3D"]);
+    let r = recogniser();
+    let mut source = Procfs::new();
+
+    let running = poll(&mut source, &r);
+    assert_eq!(product_of(&running, acad.pid()), Some("acad"));
+    assert_eq!(product_of(&running, revit.pid()), Some("revit"));
+    assert_eq!(product_of(&running, civil.pid()), Some("civil3d"));
+    assert_eq!(product_of(&running, mech.pid()), Some("acadm"));
+    assert_eq!(product_of(&running, other.pid()), None);
+    for p in [&acad, &revit, &civil, &mech] {
+        let reported = running.iter().find(|r| r.key.pid == p.pid()).unwrap();
+        assert_eq!(reported.key, key_of(p));
+    }
+    assert!(running.windows(2).all(|w| w[0].key.pid < w[1].key.pid));
+
+    let (acad_pid, revit_pid) = (acad.pid(), revit.pid());
+    acad.end();
+    let running = poll(&mut source, &r);
+    assert_eq!(product_of(&running, acad_pid), None);
+    assert_eq!(product_of(&running, revit_pid), Some("revit"));
+    assert_eq!(product_of(&running, civil.pid()), Some("civil3d"));
+
+    revit.end();
+    let running = poll(&mut source, &r);
+    assert_eq!(product_of(&running, revit_pid), None);
+    assert_eq!(product_of(&running, civil.pid()), Some("civil3d"));
+}
+
+#[test]
+fn a_killed_product_is_gone_before_it_is_reaped() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut revit = run(&install(dir.path(), "Revit.exe"), &[]);
+    let r = recogniser();
+    let mut source = Procfs::new();
+    assert_eq!(
+        product_of(&poll(&mut source, &r), revit.pid()),
+        Some("revit")
+    );
+
+    revit.child.kill().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while stat_of(revit.pid()).map(|s| s.1) != Some('Z') {
+        assert!(Instant::now() < deadline, "no zombie");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    // Still listed in /proc, as a zombie: not running.
+    assert_eq!(product_of(&poll(&mut source, &r), revit.pid()), None);
+    assert!(!source.alive(key_of(&revit)));
+}
+
+#[test]
+fn a_process_started_between_polls_is_detected_at_the_next_poll() {
+    let dir = tempfile::tempdir().unwrap();
+    let exe = install(dir.path(), "maya.exe");
+    let r = recogniser();
+    let mut source = Procfs::new();
+    let before = poll(&mut source, &r);
+    let maya = run(&exe, &[]);
+    assert_eq!(product_of(&before, maya.pid()), None);
+    let running = poll(&mut source, &r);
+    assert_eq!(product_of(&running, maya.pid()), Some("maya"));
+    assert_eq!(
+        running
+            .iter()
+            .find(|r| r.key.pid == maya.pid())
+            .unwrap()
+            .key,
+        key_of(&maya)
+    );
+}
+
+#[test]
+fn a_product_caught_in_the_middle_of_its_exec_is_detected_by_the_next_poll() {
+    let dir = tempfile::tempdir().unwrap();
+    let exe = install(dir.path(), "acadlt.exe");
+    let r = recogniser();
+    let mut source = Procfs::new();
+    for _ in 0..20 {
+        // Polled at once: the first look may land before, inside or after the exec.
+        let mut child = start(&exe, "read _", &[]);
+        let pid = child.id();
+        poll(&mut source, &r);
+        wait_exec(pid, &exe);
+        assert_eq!(product_of(&poll(&mut source, &r), pid), Some("acadlt"));
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+}
+
+#[test]
+fn alive_is_true_only_for_the_same_process_instance() {
+    let dir = tempfile::tempdir().unwrap();
+    let acad = run(&install(dir.path(), "acad.exe"), &[]);
+    let key = key_of(&acad);
+    // Without any poll first: the agent asks at start-up.
+    let source = Procfs::new();
+    assert!(source.alive(key));
+    assert!(!source.alive(ProcessKey {
+        started: key.started + 1,
+        ..key
+    }));
+    assert!(!watch::system().alive(ProcessKey {
+        started: key.started.wrapping_sub(1),
+        ..key
+    }));
+    assert!(watch::system().alive(key));
+    acad.end();
+    assert!(!source.alive(key));
+}
+
+#[test]
+fn names_longer_than_comm_are_matched_through_the_exe_link() {
+    let dir = tempfile::tempdir().unwrap();
+    let name = "AutodeskVeryLongProductName.exe";
+    let long = run(&install(dir.path(), name), &[]);
+    let comm = std::fs::read_to_string(format!("/proc/{}/comm", long.pid())).unwrap();
+    assert_eq!(comm.trim_end(), &name[..15], "comm is cut at 15 bytes");
+    // Only the full name matches: a rule for the cut name must not.
+    let r = Recogniser::new(&catalog(&[("long", name), ("cut", "AutodeskVeryLon")]));
+    let mut source = Procfs::new();
+    assert_eq!(product_of(&poll(&mut source, &r), long.pid()), Some("long"));
+}
+
+#[test]
+fn a_deleted_executable_is_still_recognised() {
+    let dir = tempfile::tempdir().unwrap();
+    let exe = install(dir.path(), "Inventor.exe");
+    let inventor = run(&exe, &[]);
+    std::fs::remove_file(&exe).unwrap();
+    let link = std::fs::read_link(format!("/proc/{}/exe", inventor.pid())).unwrap();
+    assert!(link.to_string_lossy().ends_with(" (deleted)"));
+    let mut source = Procfs::new();
+    assert_eq!(
+        product_of(&poll(&mut source, &recogniser()), inventor.pid()),
+        Some("inventor")
+    );
+}
+
+#[test]
+fn classify_sees_the_exe_name_and_joined_args_once_per_instance() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = run(&install(dir.path(), "Roamer.exe"), &["/a", "b c"]);
+    let seen: std::cell::RefCell<Vec<(String, String)>> = Default::default();
+    let calls = Cell::new(0);
+    let mut source = Procfs::new();
+    for _ in 0..5 {
+        let running = source
+            .poll(&|s: Seen<'_>| {
+                calls.set(calls.get() + 1);
+                if s.exe == "Roamer.exe" {
+                    seen.borrow_mut()
+                        .push((s.exe.to_owned(), s.args.to_owned()));
+                    Some("navisworks".to_owned())
+                } else {
+                    None
+                }
+            })
+            .unwrap();
+        assert_eq!(product_of(&running, p.pid()), Some("navisworks"));
+    }
+    // sh's own arguments come first: -c 'read _', then ours.
+    assert_eq!(
+        *seen.borrow(),
+        [("Roamer.exe".to_owned(), "-c read _ /a b c".to_owned())]
+    );
+    // Every other process was classified once too; nothing is asked twice for a steady
+    // machine (a few new processes may appear meanwhile).
+    let first_poll_calls = calls.get();
+    source.poll(&|_| None).unwrap();
+    assert!(calls.get() <= first_poll_calls + 20);
+}
+
+#[test]
+fn classifications_are_kept_until_forget() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = run(&install(dir.path(), "3dsmax.exe"), &[]);
+    let mut source = Procfs::new();
+    let nothing = Recogniser::new(&Catalog::new());
+    assert_eq!(product_of(&poll(&mut source, &nothing), p.pid()), None);
+    // A new catalog without forget: the remembered answer stands.
+    assert_eq!(product_of(&poll(&mut source, &recogniser()), p.pid()), None);
+    source.forget();
+    assert_eq!(
+        product_of(&poll(&mut source, &recogniser()), p.pid()),
+        Some("3dsmax")
+    );
+}
+
+#[test]
+fn not_products_are_never_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = run(&install(dir.path(), "AdskLicensingService.exe"), &[]);
+    let r = Recogniser::new(&catalog(&[("licensing", "AdskLicensingService.exe")]));
+    let mut source = Procfs::new();
+    assert_eq!(product_of(&poll(&mut source, &r), p.pid()), None);
+}
+
+#[test]
+fn a_launcher_that_execs_the_product_is_detected_in_its_turn() {
+    let dir = tempfile::tempdir().unwrap();
+    let launcher = install(dir.path(), "launcher");
+    let revit = install(dir.path(), "Revit.exe");
+    // Waits for a line, then replaces itself with Revit.exe: same pid, same start time.
+    let mut p = spawn(
+        &launcher,
+        "read _; exec \"$1\" -c 'read _'",
+        &["launcher", revit.to_str().unwrap()],
+    );
+    let r = recogniser();
+    let mut source = Procfs::new().recheck_per_poll(4);
+    assert_eq!(product_of(&poll(&mut source, &r), p.pid()), None);
+    // The poll after the first look re-checks every new process once.
+    assert_eq!(product_of(&poll(&mut source, &r), p.pid()), None);
+
+    let key = key_of(&p);
+    writeln!(p.stdin.as_mut().unwrap()).unwrap();
+    wait_exec(p.pid(), &revit);
+    // At 4 re-checks per poll, every process has had its turn after processes/4 polls.
+    let processes = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .is_ok_and(|e| e.file_name().to_string_lossy().parse::<u32>().is_ok())
+        })
+        .count();
+    let mut polls = 0;
+    let running = loop {
+        polls += 1;
+        let running = poll(&mut source, &r);
+        if product_of(&running, p.pid()).is_some() || polls > processes / 4 + 50 {
+            break running;
+        }
+    };
+    assert_eq!(
+        product_of(&running, p.pid()),
+        Some("revit"),
+        "{polls} polls"
+    );
+    assert_eq!(
+        running.iter().find(|r| r.key.pid == p.pid()).unwrap().key,
+        key
+    );
+}
+
+#[test]
+fn the_system_source_is_procfs_here() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = run(&install(dir.path(), "Fusion360.exe"), &["--x"]);
+    let mut source = watch::system();
+    assert_eq!(
+        product_of(&poll(source.as_mut(), &recogniser()), p.pid()),
+        Some("fusion")
+    );
+}
