@@ -26,10 +26,14 @@
 //!   "examine again" too (once: some processes that are exiting have none);
 //! - a few other processes per poll, in turn ([`Procfs::recheck_per_poll`]), for the same
 //!   two reasons later in a process's life: a launcher that `exec`s the product, and pid
-//!   reuse. Until its turn comes (every few tens of seconds on a busy machine), a
-//!   non-product pid that was reused between two polls, or a process that `exec`ed a
-//!   program whose name shares `comm`'s first 15 bytes, keeps its old classification.
-//!   Reuse needs the pid counter to wrap between two polls, so it is rare.
+//!   reuse. Until its turn comes (every 200 polls for 400 processes at the default 2 per
+//!   poll), a non-product pid that was reused between two polls, or a launcher that has
+//!   `exec`ed a product, keeps its old classification. Reuse needs the pid counter to
+//!   wrap around between two polls, so that window is tiny in practice.
+//!
+//! Not seen at all: an `exec` of a program whose name shares the launcher's first 15
+//! bytes (`comm` does not change), e.g. `acad.exe` re-executing itself with other
+//! arguments; the first classification stands.
 //!
 //! A pid that cannot be read (it exited mid-read, or the kernel refuses) is skipped for
 //! this poll or remembered as "not a product"; it never fails the poll. Only an
@@ -50,8 +54,10 @@ const PF_KTHREAD: u64 = 0x0020_0000;
 /// Bytes of `comm` kept to notice an `exec` (the kernel keeps 15 for user processes).
 const COMM_LEN: usize = 16;
 
-/// Default number of non-product processes re-checked per poll.
-const RECHECK_PER_POLL: usize = 8;
+/// Default number of non-product processes re-checked per poll: a stat read costs
+/// 10–15 µs on a small VM, so 2 keep the re-checks near a tenth of the footprint goal
+/// (a turn through 400 processes then takes 200 polls).
+const RECHECK_PER_POLL: usize = 2;
 
 /// Size of the `getdents64` buffer: a /proc entry takes 24–32 bytes, so a few hundred
 /// processes come back in one call.
@@ -161,8 +167,8 @@ impl Procfs {
     }
 
     /// How many non-product processes are re-checked per poll (for `exec` and pid
-    /// reuse; 8 by default). More shortens the time a launcher's `exec` of a product
-    /// goes unseen, at about 3 µs per process per poll.
+    /// reuse; 2 by default). More shortens the time a launcher's `exec` of a product
+    /// goes unseen, at one `/proc/PID/stat` read (10–15 µs) each per poll.
     pub fn recheck_per_poll(mut self, n: usize) -> Procfs {
         self.recheck_per_poll = n;
         self
@@ -245,7 +251,7 @@ impl Procfs {
         // Not readable without privilege for another user's process: argv[0] stands in.
         let exe = proc_path(&mut path, pid, "exe").and_then(std::fs::read_link);
         let cmdline = proc_path(&mut path, pid, "cmdline")
-            .and_then(|p| read_file(p, &mut self.buf))
+            .and_then(|p| read_file(p, &mut self.buf, false))
             .map(|n| &self.buf[..n]);
         let cmdline = match cmdline {
             Ok(c) => c,
@@ -343,6 +349,7 @@ impl ProcessSource for Procfs {
 
     fn alive(&self, key: ProcessKey) -> bool {
         let mut buf = vec![0; 1024];
+        // Called rarely (adopting sessions at start): a fresh buffer keeps `&self`.
         read_stat(key.pid, &mut buf).is_ok_and(|s| s.started == key.started && !s.exited())
     }
 }
@@ -365,8 +372,10 @@ fn proc_path<'a>(buf: &'a mut [u8; PATH_LEN], pid: u32, leaf: &str) -> io::Resul
 
 /// Reads a whole (small, generated) /proc file into `buf`, growing it if needed, and
 /// returns the number of bytes read. Plain `read` calls: `read_to_end` would also ask
-/// for the file's size, which /proc does not know.
-fn read_file(path: &Path, buf: &mut Vec<u8>) -> io::Result<usize> {
+/// for the file's size, which /proc does not know. `line`: the file is one line, so
+/// reading stops at its `\n` (the read that would return 0 costs a third of the whole
+/// open–read–close on /proc/PID/stat).
+fn read_file(path: &Path, buf: &mut Vec<u8>, line: bool) -> io::Result<usize> {
     let mut file = File::open(path)?;
     let mut n = 0;
     loop {
@@ -375,7 +384,12 @@ fn read_file(path: &Path, buf: &mut Vec<u8>) -> io::Result<usize> {
         }
         match file.read(&mut buf[n..]) {
             Ok(0) => return Ok(n),
-            Ok(read) => n += read,
+            Ok(read) => {
+                n += read;
+                if line && buf[n - 1] == b'\n' {
+                    return Ok(n);
+                }
+            }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
         }
@@ -385,7 +399,7 @@ fn read_file(path: &Path, buf: &mut Vec<u8>) -> io::Result<usize> {
 /// Reads and parses `/proc/PID/stat`.
 fn read_stat(pid: u32, buf: &mut Vec<u8>) -> io::Result<Stat> {
     let mut path = [0; PATH_LEN];
-    let n = read_file(proc_path(&mut path, pid, "stat")?, buf)?;
+    let n = read_file(proc_path(&mut path, pid, "stat")?, buf, true)?;
     parse_stat(&buf[..n]).ok_or_else(|| io::Error::from(io::ErrorKind::InvalidData))
 }
 
