@@ -9,6 +9,8 @@
 //! caller at least every 30 s, because an fsync per poll would cost more CPU than the
 //! whole rest of the agent.
 
+mod files;
+pub mod redb;
 pub mod sled;
 
 use serde::{Deserialize, Serialize};
@@ -16,6 +18,10 @@ use serde::{Deserialize, Serialize};
 use daymeter_shared::session::OwnedSession;
 
 use crate::watch::ProcessKey;
+
+/// The journal the agent opens: redb, because sled's first open alone costs more memory
+/// than the agent's budget (see [`redb`](self::redb)).
+pub type DefaultJournal = self::redb::RedbJournal;
 
 /// Where a session stands in its journey to the collector.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -3,8 +3,10 @@
 //! A [`ProcessSource`] lists the machine's processes and classifies each one the first
 //! time it sees it (executable file name and arguments against the catalog, through the
 //! caller's `classify`), remembering the answer by pid and process start time, so that
-//! a poll costs one directory listing and no per-process reads once the machine is
-//! steady. On Linux that is `/proc` read directly ([`procfs`]); elsewhere sysinfo.
+//! once the machine is steady a poll costs one process listing plus a liveness check of
+//! the few processes that run products. On Linux that is `/proc` read directly
+//! ([`procfs`]; a full sysinfo refresh there costs several times a plain `/proc` walk);
+//! on Windows and macOS sysinfo (`sysinfo`).
 
 #[cfg(target_os = "linux")]
 pub mod procfs;

@@ -1,0 +1,306 @@
+//! The journal on redb 4: sessions and cached answers in two tables of one file,
+//! `journal.redb` in the journal directory; the lock and the enrolment are
+//! [`super::files`]'s. This is the agent's journal ([`super::DefaultJournal`]).
+//!
+//! Why redb rather than sled (the design card's first choice): sled 0.34 allocates and
+//! zero-fills about 21 MiB of metrics histograms on its first open whatever its cache
+//! size, more than the agent's whole 15 MB budget; redb keeps a 10k-session journal in
+//! a few MiB of RSS, in one file of about the data's size, with ACID commits checked by
+//! checksums. Both pass the crash torture (`tests/journal_torture.rs`).
+//!
+//! Decisions, and why:
+//! - **Cache**: redb's cache defaults to 1 GiB; [`CACHE_BYTES`] (2 MiB) holds a journal
+//!   of a few thousand small records, which is all the agent keeps.
+//! - **Durability**: a [`Durability::Flush`] write is one transaction committed with
+//!   `Durability::Immediate` (fsync before `commit` returns). A [`Durability::Lazy`]
+//!   write is a transaction committed with `Durability::None`: visible at once, durable
+//!   at the next immediate commit. That commit comes from the next flushed write, from
+//!   [`Journal::flush`], or from the journal's own flusher thread, which makes lazy
+//!   writes durable within [`FLUSH_EVERY`] even if the caller forgets to flush, and
+//!   sleeps when there is nothing to flush.
+//! - **Bad records**: [`Journal::sessions`] skips a record that does not decode, with a
+//!   `tracing::warn!` naming its key, so that one damaged record cannot stop the agent;
+//!   the record stays on disk for inspection. [`RedbJournal::sessions_strict`] fails on
+//!   it instead. Damage to redb's own pages fails its checksums and is reported as
+//!   [`JournalError::Storage`].
+//! - **After a failed commit** redb refuses further writes until the file is reopened
+//!   (it repairs then), so every write error names the journal and the agent's retry
+//!   loop should reopen it; reads keep working.
+
+use std::fmt::Display;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use ::redb::{ReadableDatabase, ReadableTable, TableDefinition};
+
+use super::files::{JournalDir, decode_all, encode_session};
+use super::{Durability, Enrolment, Journal, JournalError, Tracked};
+
+/// redb's page cache, in bytes.
+pub const CACHE_BYTES: usize = 2 * 1024 * 1024;
+
+/// The longest a [`Durability::Lazy`] write stays in memory only.
+pub const FLUSH_EVERY: Duration = Duration::from_secs(5);
+
+/// The database file inside the journal directory.
+pub const DB_FILE: &str = "journal.redb";
+
+/// Session id → JSON of [`Tracked`].
+const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions");
+/// Cache key → opaque bytes.
+const CACHE: TableDefinition<&str, &[u8]> = TableDefinition::new("cache");
+
+/// Stack of the flusher thread: it only commits an empty transaction.
+const FLUSHER_STACK: usize = 256 * 1024;
+
+/// The agent's journal on redb. See the module notes.
+pub struct RedbJournal {
+    shared: Arc<Shared>,
+    flusher: Option<JoinHandle<()>>,
+    // Dropped after the database (see `Drop`), so the lock outlives it.
+    dir: JournalDir,
+}
+
+/// What the flusher thread shares with the journal.
+struct Shared {
+    db: ::redb::Database,
+    path: PathBuf,
+    /// Lazy commits since the last immediate one.
+    dirty: AtomicBool,
+    /// Set to stop the flusher.
+    stop: Mutex<bool>,
+    wake: Condvar,
+}
+
+impl std::fmt::Debug for RedbJournal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedbJournal")
+            .field("dir", &self.dir.path())
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedbJournal {
+    /// Opens (creating it if needed) the journal in `dir`, repairing the file if the last
+    /// agent did not close it (a crash or a power loss).
+    ///
+    /// Fails with a [`JournalError::Storage`] saying another agent is probably running
+    /// when another process (or another `open` in this one) has the journal open.
+    pub fn open(dir: &Path) -> Result<Self, JournalError> {
+        let dir = JournalDir::lock(dir)?;
+        let path = dir.path().join(DB_FILE);
+        let db = ::redb::Database::builder()
+            .set_cache_size(CACHE_BYTES)
+            .create(&path)
+            .map_err(|e| storage(&path, "cannot open", e))?;
+        let shared = Arc::new(Shared {
+            db,
+            path,
+            dirty: AtomicBool::new(false),
+            stop: Mutex::new(false),
+            wake: Condvar::new(),
+        });
+        // Both tables exist from the first open on, so readers never meet a missing one.
+        shared.write(Durability::Flush, |txn| {
+            txn.open_table(SESSIONS)?;
+            txn.open_table(CACHE)?;
+            Ok(())
+        })?;
+        let flusher = {
+            let shared = Arc::clone(&shared);
+            std::thread::Builder::new()
+                .name("journal flusher".to_owned())
+                .stack_size(FLUSHER_STACK)
+                .spawn(move || shared.flush_periodically())
+                .map_err(|e| {
+                    JournalError::Storage(format!("cannot start the journal flusher: {e}"))
+                })?
+        };
+        Ok(RedbJournal {
+            shared,
+            flusher: Some(flusher),
+            dir,
+        })
+    }
+
+    /// The directory the journal lives in.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Like [`Journal::sessions`], but a record that does not decode is an error
+    /// ([`JournalError::Corrupt`] naming its key) instead of a warning: for tests and
+    /// diagnostics, where hiding damage would defeat the purpose.
+    pub fn sessions_strict(&self) -> Result<Vec<Tracked>, JournalError> {
+        self.read_sessions(true)
+    }
+
+    /// Bytes the journal occupies on disk (the database file plus the enrolment).
+    pub fn size_on_disk(&self) -> Result<u64, JournalError> {
+        self.dir.size_on_disk()
+    }
+
+    fn read_sessions(&self, strict: bool) -> Result<Vec<Tracked>, JournalError> {
+        let shared = &self.shared;
+        let txn = shared
+            .db
+            .begin_read()
+            .map_err(|e| shared.storage("cannot read", e))?;
+        let table = txn
+            .open_table(SESSIONS)
+            .map_err(|e| shared.storage("cannot read", e))?;
+        let records = table
+            .iter()
+            .map_err(|e| shared.storage("cannot read", e))?
+            .map(|record| record.map(|(k, v)| (k.value().as_bytes().to_vec(), v.value().to_vec())));
+        decode_all(records, strict, |e| shared.storage("cannot read", e))
+    }
+}
+
+impl Shared {
+    /// Runs `change` in one write transaction committed with `durability`.
+    fn write(
+        &self,
+        durability: Durability,
+        change: impl FnOnce(&::redb::WriteTransaction) -> Result<(), ::redb::Error>,
+    ) -> Result<(), JournalError> {
+        if durability == Durability::Flush {
+            // Cleared before the transaction starts: redb runs write transactions one at
+            // a time, so every lazy commit that finished before this point is made durable
+            // by this commit; one that finishes later sets the flag again.
+            self.dirty.store(false, Ordering::SeqCst);
+        }
+        let result = self.commit(durability, change);
+        if durability == Durability::Lazy || result.is_err() {
+            self.dirty.store(true, Ordering::SeqCst);
+        }
+        result
+    }
+
+    fn commit(
+        &self,
+        durability: Durability,
+        change: impl FnOnce(&::redb::WriteTransaction) -> Result<(), ::redb::Error>,
+    ) -> Result<(), JournalError> {
+        let mut txn = self
+            .db
+            .begin_write()
+            .map_err(|e| self.storage("cannot write to", e))?;
+        if durability == Durability::Lazy {
+            txn.set_durability(::redb::Durability::None)
+                .map_err(|e| self.storage("cannot write to", e))?;
+        }
+        change(&txn).map_err(|e| self.storage("cannot write to", e))?;
+        txn.commit()
+            .map_err(|e| self.storage("cannot commit to", e))
+    }
+
+    /// Makes every lazy commit durable, if there is one.
+    fn make_durable(&self) -> Result<(), JournalError> {
+        if self.dirty.load(Ordering::SeqCst) {
+            self.write(Durability::Flush, |_| Ok(()))?;
+        }
+        Ok(())
+    }
+
+    /// The flusher thread's loop: every [`FLUSH_EVERY`], makes lazy commits durable,
+    /// until the journal is dropped.
+    fn flush_periodically(&self) {
+        loop {
+            let stop = self.stop.lock().unwrap_or_else(PoisonError::into_inner);
+            let (stop, _) = self
+                .wake
+                .wait_timeout_while(stop, FLUSH_EVERY, |stop| !*stop)
+                .unwrap_or_else(PoisonError::into_inner);
+            if *stop {
+                return;
+            }
+            drop(stop);
+            if let Err(e) = self.make_durable() {
+                tracing::warn!(error = %e, "periodic journal flush failed; retrying");
+            }
+        }
+    }
+
+    fn storage(&self, what: &str, e: impl Display) -> JournalError {
+        storage(&self.path, what, e)
+    }
+}
+
+impl Drop for RedbJournal {
+    /// Stops the flusher and makes lazy writes durable: a clean stop loses nothing.
+    fn drop(&mut self) {
+        *self
+            .shared
+            .stop
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = true;
+        self.shared.wake.notify_all();
+        if let Some(flusher) = self.flusher.take()
+            && flusher.join().is_err()
+        {
+            tracing::warn!("the journal flusher panicked");
+        }
+        if let Err(e) = self.shared.make_durable() {
+            tracing::warn!(error = %e, "final journal flush failed");
+        }
+    }
+}
+
+impl Journal for RedbJournal {
+    fn put(&self, tracked: &Tracked, durability: Durability) -> Result<(), JournalError> {
+        let value = encode_session(tracked)?;
+        self.shared.write(durability, |txn| {
+            txn.open_table(SESSIONS)?
+                .insert(tracked.session.id.as_ref(), value.as_slice())?;
+            Ok(())
+        })
+    }
+
+    fn sessions(&self) -> Result<Vec<Tracked>, JournalError> {
+        self.read_sessions(false)
+    }
+
+    fn remove(&self, id: &str) -> Result<(), JournalError> {
+        self.shared.write(Durability::Flush, |txn| {
+            txn.open_table(SESSIONS)?.remove(id)?;
+            Ok(())
+        })
+    }
+
+    fn flush(&self) -> Result<(), JournalError> {
+        self.shared.make_durable()
+    }
+
+    fn enrolment(&self) -> Result<Option<Enrolment>, JournalError> {
+        self.dir.enrolment()
+    }
+
+    fn set_enrolment(&self, enrolment: Option<&Enrolment>) -> Result<(), JournalError> {
+        self.dir.set_enrolment(enrolment)
+    }
+
+    fn cached(&self, key: &str) -> Result<Option<Vec<u8>>, JournalError> {
+        let shared = &self.shared;
+        let read = || -> Result<Option<Vec<u8>>, ::redb::Error> {
+            let txn = shared.db.begin_read()?;
+            let table = txn.open_table(CACHE)?;
+            Ok(table.get(key)?.map(|v| v.value().to_vec()))
+        };
+        read().map_err(|e| shared.storage("cannot read the cache of", e))
+    }
+
+    fn set_cached(&self, key: &str, value: &[u8]) -> Result<(), JournalError> {
+        self.shared.write(Durability::Flush, |txn| {
+            txn.open_table(CACHE)?.insert(key, value)?;
+            Ok(())
+        })
+    }
+}
+
+fn storage(path: &Path, what: &str, e: impl Display) -> JournalError {
+    JournalError::Storage(format!("{what} the journal {}: {e}", path.display()))
+}

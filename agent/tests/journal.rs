@@ -1,0 +1,663 @@
+//! The journal's contracts, one test each, run against both backends: `redb_journal::…`
+//! (the agent's [`DefaultJournal`]) and `sled_journal::…`.
+//!
+//! Tests that need a second process re-execute this test binary with
+//! `DAYMETER_JOURNAL_CHILD` set, which turns [`child_helper`] into that process.
+
+use std::borrow::Cow;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use chrono::{DateTime, FixedOffset, TimeZone};
+
+use daymeter_agent::journal::redb::RedbJournal;
+use daymeter_agent::journal::sled::SledJournal;
+use daymeter_agent::journal::{
+    DefaultJournal, Durability, Enrolment, Journal, JournalError, Stage, Tracked,
+};
+use daymeter_agent::watch::ProcessKey;
+use daymeter_shared::session::Session;
+
+const CHILD_ENV: &str = "DAYMETER_JOURNAL_CHILD";
+
+/// What the tests need of a backend beyond [`Journal`].
+trait Backend: Journal + Sized {
+    const NAME: &'static str;
+    /// The longest a lazy write may stay in memory only.
+    const FLUSH_PERIOD: Duration;
+    fn open(dir: &Path) -> Result<Self, JournalError>;
+    fn strict(&self) -> Result<Vec<Tracked>, JournalError>;
+    /// Writes raw bytes as a session record, straight into the closed database.
+    fn inject(dir: &Path, key: &str, value: &[u8]);
+}
+
+impl Backend for RedbJournal {
+    const NAME: &'static str = "redb";
+    const FLUSH_PERIOD: Duration = daymeter_agent::journal::redb::FLUSH_EVERY;
+    fn open(dir: &Path) -> Result<Self, JournalError> {
+        RedbJournal::open(dir)
+    }
+    fn strict(&self) -> Result<Vec<Tracked>, JournalError> {
+        self.sessions_strict()
+    }
+    fn inject(dir: &Path, key: &str, value: &[u8]) {
+        const SESSIONS: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("sessions");
+        let db = redb::Database::create(dir.join(daymeter_agent::journal::redb::DB_FILE)).unwrap();
+        let txn = db.begin_write().unwrap();
+        txn.open_table(SESSIONS)
+            .unwrap()
+            .insert(key, value)
+            .unwrap();
+        txn.commit().unwrap();
+    }
+}
+
+impl Backend for SledJournal {
+    const NAME: &'static str = "sled";
+    const FLUSH_PERIOD: Duration =
+        Duration::from_millis(daymeter_agent::journal::sled::FLUSH_EVERY_MS);
+    fn open(dir: &Path) -> Result<Self, JournalError> {
+        SledJournal::open(dir)
+    }
+    fn strict(&self) -> Result<Vec<Tracked>, JournalError> {
+        self.sessions_strict()
+    }
+    fn inject(dir: &Path, key: &str, value: &[u8]) {
+        let db = sled::open(dir.join(daymeter_agent::journal::sled::DB_DIR)).unwrap();
+        db.open_tree("sessions")
+            .unwrap()
+            .insert(key.as_bytes(), value)
+            .unwrap();
+        db.flush().unwrap();
+    }
+}
+
+fn at(secs: i64) -> DateTime<FixedOffset> {
+    FixedOffset::east_opt(3600)
+        .unwrap()
+        .timestamp_opt(1_790_000_000 + secs, 0)
+        .unwrap()
+}
+
+fn tracked(id: &str, stage: Stage, last_seen: i64) -> Tracked {
+    let closed = stage != Stage::Open;
+    Tracked {
+        session: Session {
+            id: Cow::Owned(id.to_owned()),
+            user: None,
+            device: None,
+            product: Cow::Borrowed("acad"),
+            version: Some(Cow::Borrowed("2026")),
+            start: at(0),
+            end: closed.then(|| at(last_seen)),
+            last_seen: Some(at(last_seen)),
+            tz: Some(Cow::Borrowed("Europe/Berlin")),
+            suspended: vec![[at(10), at(20)]],
+            idle: Vec::new(),
+        },
+        process: ProcessKey {
+            pid: 4242,
+            started: 123_456,
+        },
+        stage,
+    }
+}
+
+fn id(n: u32) -> String {
+    format!("0190a000-0000-7000-8000-{n:012}")
+}
+
+fn ids(sessions: Vec<Tracked>) -> Vec<String> {
+    sessions
+        .into_iter()
+        .map(|t| t.session.id.into_owned())
+        .collect()
+}
+
+fn enrolment(token: &str) -> Enrolment {
+    Enrolment {
+        collector_url: "https://licensing.example.com:8650".to_owned(),
+        device_id: "dev-17".to_owned(),
+        device_token: token.to_owned(),
+    }
+}
+
+// ---- the other process ----------------------------------------------------------
+
+/// Starts this test binary as the other process, in `mode`, on `dir`.
+fn child<J: Backend>(mode: &str, dir: &Path) -> Child {
+    Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "child_helper", "--nocapture", "--test-threads=1"])
+        .env(CHILD_ENV, format!("{}:{mode}:{}", J::NAME, dir.display()))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Marks the child's own lines: libtest writes to the same stdout (in serial mode
+/// `test child_helper ... ` comes first, on the same line).
+const MARK: &str = "@@ ";
+
+/// Prints one marked line and flushes it.
+fn say(line: &str) {
+    let mut out = std::io::stdout().lock();
+    out.write_all(format!("\n{MARK}{line}\n").as_bytes())
+        .unwrap();
+    out.flush().unwrap();
+}
+
+/// Waits (30 s at most) for the child to say `want`; panics with its stderr if it
+/// ends or stalls first.
+fn wait_for_line(child: &mut Child, want: &str) {
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if let Some((_, said)) = line.split_once(MARK)
+                && tx.send(said.to_owned()).is_err()
+            {
+                break;
+            }
+        }
+    });
+    loop {
+        match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(said) if said == want => return,
+            Ok(_) => {}
+            Err(e) => {
+                let _ = child.kill();
+                let mut err = String::new();
+                let _ = child.stderr.take().unwrap().read_to_string(&mut err);
+                panic!("child never said {want:?} ({e}): {err}");
+            }
+        }
+    }
+}
+
+/// The other process: does what `DAYMETER_JOURNAL_CHILD` says; a no-op in a normal run.
+#[test]
+fn child_helper() {
+    let Ok(spec) = std::env::var(CHILD_ENV) else {
+        return;
+    };
+    let mut parts = spec.splitn(3, ':');
+    let (backend, mode, dir) = (
+        parts.next().unwrap(),
+        parts.next().unwrap(),
+        Path::new(parts.next().unwrap()),
+    );
+    match backend {
+        "redb" => child_main::<RedbJournal>(mode, dir),
+        "sled" => child_main::<SledJournal>(mode, dir),
+        other => panic!("unknown backend {other}"),
+    }
+}
+
+fn child_main<J: Backend>(mode: &str, dir: &Path) {
+    let journal = J::open(dir).unwrap();
+    match mode {
+        // Holds the journal open until the parent closes our stdin.
+        "hold" => {
+            say("opened");
+            let mut sink = Vec::new();
+            std::io::stdin().read_to_end(&mut sink).unwrap();
+        }
+        // One lazy write, then waits to be killed.
+        "lazy" => {
+            journal
+                .put(&tracked(&id(1), Stage::Open, 5), Durability::Lazy)
+                .unwrap();
+            say("put");
+            std::thread::sleep(Duration::from_secs(600));
+        }
+        other => panic!("unknown child mode {other}"),
+    }
+}
+
+// ---- the contracts ---------------------------------------------------------------
+
+fn put_then_sessions_round_trips<J: Backend>() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = J::open(dir.path()).unwrap();
+    assert!(journal.sessions().unwrap().is_empty());
+
+    let open = tracked(&id(1), Stage::Open, 30);
+    let closed = tracked(&id(2), Stage::Closed, 90);
+    let rejected = tracked(
+        &id(3),
+        Stage::Rejected {
+            reason: "unknown product".to_owned(),
+        },
+        60,
+    );
+    journal.put(&open, Durability::Flush).unwrap();
+    journal.put(&closed, Durability::Lazy).unwrap();
+    journal.put(&rejected, Durability::Flush).unwrap();
+    assert_eq!(
+        journal.sessions().unwrap(),
+        vec![open.clone(), closed, rejected]
+    );
+
+    // A put under an existing id replaces the record.
+    let advanced = tracked(&id(1), Stage::Open, 45);
+    journal.put(&advanced, Durability::Lazy).unwrap();
+    let sessions = journal.sessions().unwrap();
+    assert_eq!(sessions.len(), 3);
+    assert_eq!(sessions[0], advanced);
+}
+
+fn flush_is_durable_across_reopen<J: Backend>() {
+    let dir = tempfile::tempdir().unwrap();
+    let flushed = tracked(&id(1), Stage::Open, 30);
+    let lazy_then_flushed = tracked(&id(2), Stage::Closed, 40);
+    {
+        let journal = J::open(dir.path()).unwrap();
+        journal.put(&flushed, Durability::Flush).unwrap();
+        journal.put(&lazy_then_flushed, Durability::Lazy).unwrap();
+        journal.flush().unwrap();
+    }
+    let journal = J::open(dir.path()).unwrap();
+    assert_eq!(
+        journal.sessions().unwrap(),
+        vec![flushed, lazy_then_flushed]
+    );
+}
+
+/// A lazy write reaches the disk within the journal's flush period with no `flush()`
+/// call: a child writes lazily, waits past the period and is killed with SIGKILL, which
+/// loses whatever the journal still held in memory only.
+#[cfg(unix)]
+fn lazy_write_is_on_disk_within_the_flush_period<J: Backend>() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut writer = child::<J>("lazy", dir.path());
+    wait_for_line(&mut writer, "put");
+    std::thread::sleep(J::FLUSH_PERIOD + Duration::from_secs(1));
+    writer.kill().unwrap();
+    writer.wait().unwrap();
+
+    let journal = J::open(dir.path()).unwrap();
+    assert_eq!(
+        journal.sessions().unwrap(),
+        vec![tracked(&id(1), Stage::Open, 5)]
+    );
+}
+
+fn remove_deletes_the_session_durably<J: Backend>() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let journal = J::open(dir.path()).unwrap();
+        for n in 1..=3 {
+            journal
+                .put(&tracked(&id(n), Stage::Closed, 10), Durability::Flush)
+                .unwrap();
+        }
+        journal.remove(&id(2)).unwrap();
+        // Removing what is not there is not an error: an acknowledgement may repeat.
+        journal.remove(&id(2)).unwrap();
+        journal.remove(&id(99)).unwrap();
+        assert_eq!(ids(journal.sessions().unwrap()), vec![id(1), id(3)]);
+    }
+    let journal = J::open(dir.path()).unwrap();
+    assert_eq!(ids(journal.sessions().unwrap()), vec![id(1), id(3)]);
+}
+
+#[cfg(unix)]
+fn mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+fn enrolment_is_stored_owner_only_and_round_trips<J: Backend>() {
+    let parent = tempfile::tempdir().unwrap();
+    let dir = parent.path().join("data").join("journal");
+    {
+        let journal = J::open(&dir).unwrap();
+        assert_eq!(journal.enrolment().unwrap(), None);
+        journal
+            .set_enrolment(Some(&enrolment("tok-first")))
+            .unwrap();
+        journal
+            .set_enrolment(Some(&enrolment("tok-secret-2")))
+            .unwrap();
+        assert_eq!(
+            journal.enrolment().unwrap(),
+            Some(enrolment("tok-secret-2"))
+        );
+    }
+    #[cfg(unix)]
+    {
+        assert_eq!(mode(&dir), 0o700, "journal directory");
+        assert_eq!(mode(&dir.join("enrolment.json")), 0o600, "enrolment file");
+        // The parent keeps the system's defaults: it also holds the status socket.
+        assert_ne!(mode(dir.parent().unwrap()) & 0o055, 0, "data directory");
+    }
+    let journal = J::open(&dir).unwrap();
+    let stored = journal.enrolment().unwrap().unwrap();
+    assert_eq!(stored, enrolment("tok-secret-2"));
+    assert!(!stored.to_string().contains("tok-secret"));
+    // No temp file with the token is left behind.
+    let names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(!names.iter().any(|n| n.ends_with(".tmp")), "{names:?}");
+
+    journal.set_enrolment(None).unwrap();
+    assert_eq!(journal.enrolment().unwrap(), None);
+    assert!(!dir.join("enrolment.json").exists());
+    journal.set_enrolment(None).unwrap();
+}
+
+/// Permissions loosened behind the agent's back (a restore from backup, a careless
+/// admin) are tightened again when the journal opens or reads the enrolment.
+#[cfg(unix)]
+fn loosened_permissions_are_tightened<J: Backend>() {
+    use std::os::unix::fs::PermissionsExt;
+    let parent = tempfile::tempdir().unwrap();
+    let dir = parent.path().join("journal");
+    {
+        let journal = J::open(&dir).unwrap();
+        journal.set_enrolment(Some(&enrolment("tok"))).unwrap();
+    }
+    let file = dir.join("enrolment.json");
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let journal = J::open(&dir).unwrap();
+    assert_eq!(mode(&dir), 0o700);
+    assert_eq!(journal.enrolment().unwrap(), Some(enrolment("tok")));
+    assert_eq!(mode(&file), 0o600);
+}
+
+fn damaged_enrolment_is_corrupt_without_showing_the_token<J: Backend>() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = J::open(dir.path()).unwrap();
+    std::fs::write(
+        dir.path().join("enrolment.json"),
+        br#"{"collector_url": "https://c", "device_id": 7, "device_token": "tok-leak""#,
+    )
+    .unwrap();
+    match journal.enrolment() {
+        Err(e @ JournalError::Corrupt { .. }) => {
+            let text = e.to_string();
+            assert!(text.contains("enrolment"), "{text}");
+            assert!(!text.contains("tok-leak"), "{text}");
+        }
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+}
+
+fn cached_values_round_trip_and_survive_reopen<J: Backend>() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let journal = J::open(dir.path()).unwrap();
+        assert_eq!(journal.cached("answer").unwrap(), None);
+        journal.set_cached("answer", b"{\"catalog\":[]}").unwrap();
+        journal
+            .set_cached("last_sync", b"2026-11-02T10:00:00Z")
+            .unwrap();
+        journal
+            .set_cached("last_sync", b"2026-11-02T10:05:00Z")
+            .unwrap();
+        journal.set_cached("empty", b"").unwrap();
+    }
+    let journal = J::open(dir.path()).unwrap();
+    assert_eq!(
+        journal.cached("answer").unwrap().as_deref(),
+        Some(&b"{\"catalog\":[]}"[..])
+    );
+    assert_eq!(
+        journal.cached("last_sync").unwrap().as_deref(),
+        Some(&b"2026-11-02T10:05:00Z"[..])
+    );
+    assert_eq!(journal.cached("empty").unwrap().as_deref(), Some(&b""[..]));
+    // The cache and the sessions are apart: a cache key is never a session.
+    assert!(journal.sessions().unwrap().is_empty());
+}
+
+fn sessions_come_in_id_order<J: Backend>() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = J::open(dir.path()).unwrap();
+    // UUID v7 ids of sessions started one after another, written out of order.
+    let mut started: Vec<String> = (0..50)
+        .map(|_| {
+            let id = uuid::Uuid::now_v7().to_string();
+            std::thread::sleep(Duration::from_micros(50));
+            id
+        })
+        .collect();
+    let mut shuffled = started.clone();
+    shuffled.reverse();
+    shuffled.rotate_left(17);
+    for id in &shuffled {
+        journal
+            .put(&tracked(id, Stage::Open, 1), Durability::Lazy)
+            .unwrap();
+    }
+    started.sort();
+    assert_eq!(ids(journal.sessions().unwrap()), started);
+}
+
+fn assert_in_use<J: Backend>(result: Result<J, JournalError>) {
+    match result {
+        Err(e @ JournalError::Storage(_)) => {
+            let text = e.to_string();
+            assert!(
+                text.contains("another daymeter-agent is probably running"),
+                "{text}"
+            );
+        }
+        Err(other) => panic!("a second open must say who holds the journal: {other}"),
+        Ok(_) => panic!("a second open must fail"),
+    }
+}
+
+fn second_open_fails_saying_another_agent_runs<J: Backend>() {
+    let dir = tempfile::tempdir().unwrap();
+
+    // Another process holds it.
+    let mut holder = child::<J>("hold", dir.path());
+    wait_for_line(&mut holder, "opened");
+    assert_in_use(J::open(dir.path()));
+    drop(holder.stdin.take());
+    assert!(holder.wait().unwrap().success());
+
+    // This process holds it.
+    let first = J::open(dir.path()).unwrap();
+    assert_in_use(J::open(dir.path()));
+    drop(first);
+    J::open(dir.path()).unwrap();
+}
+
+fn a_damaged_record_is_skipped_and_named<J: Backend>() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = [
+        tracked(&id(1), Stage::Open, 5),
+        tracked(&id(3), Stage::Closed, 7),
+    ];
+    {
+        let journal = J::open(dir.path()).unwrap();
+        for t in &good {
+            journal.put(t, Durability::Flush).unwrap();
+        }
+    }
+    // Bad JSON, and a good record filed under another id.
+    J::inject(dir.path(), &id(2), b"{\"session\": tru");
+    let misfiled = serde_json::to_vec(&tracked(&id(9), Stage::Open, 1)).unwrap();
+    J::inject(dir.path(), &id(4), &misfiled);
+
+    let journal = J::open(dir.path()).unwrap();
+    assert_eq!(journal.sessions().unwrap(), good.to_vec());
+    match journal.strict() {
+        Err(JournalError::Corrupt { key, .. }) => assert_eq!(key, id(2)),
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+    // The damaged records stay for inspection, and writing goes on.
+    journal
+        .put(&tracked(&id(5), Stage::Open, 1), Durability::Flush)
+        .unwrap();
+    assert_eq!(ids(journal.sessions().unwrap()), vec![id(1), id(3), id(5)]);
+}
+
+macro_rules! contracts {
+    ($module:ident, $backend:ty) => {
+        mod $module {
+            use super::*;
+
+            #[test]
+            fn put_then_sessions_round_trips() {
+                super::put_then_sessions_round_trips::<$backend>();
+            }
+            #[test]
+            fn flush_is_durable_across_reopen() {
+                super::flush_is_durable_across_reopen::<$backend>();
+            }
+            #[cfg(unix)]
+            #[test]
+            fn lazy_write_is_on_disk_within_the_flush_period() {
+                super::lazy_write_is_on_disk_within_the_flush_period::<$backend>();
+            }
+            #[test]
+            fn remove_deletes_the_session_durably() {
+                super::remove_deletes_the_session_durably::<$backend>();
+            }
+            #[test]
+            fn enrolment_is_stored_owner_only_and_round_trips() {
+                super::enrolment_is_stored_owner_only_and_round_trips::<$backend>();
+            }
+            #[cfg(unix)]
+            #[test]
+            fn loosened_permissions_are_tightened() {
+                super::loosened_permissions_are_tightened::<$backend>();
+            }
+            #[test]
+            fn damaged_enrolment_is_corrupt_without_showing_the_token() {
+                super::damaged_enrolment_is_corrupt_without_showing_the_token::<$backend>();
+            }
+            #[test]
+            fn cached_values_round_trip_and_survive_reopen() {
+                super::cached_values_round_trip_and_survive_reopen::<$backend>();
+            }
+            #[test]
+            fn sessions_come_in_id_order() {
+                super::sessions_come_in_id_order::<$backend>();
+            }
+            #[test]
+            fn second_open_fails_saying_another_agent_runs() {
+                super::second_open_fails_saying_another_agent_runs::<$backend>();
+            }
+            #[test]
+            fn a_damaged_record_is_skipped_and_named() {
+                super::a_damaged_record_is_skipped_and_named::<$backend>();
+            }
+            #[test]
+            #[ignore = "measurement for the README: run alone, in release"]
+            fn measure_10k_sessions() {
+                super::measure::<$backend>();
+            }
+        }
+    };
+}
+
+contracts!(redb_journal, RedbJournal);
+contracts!(sled_journal, SledJournal);
+
+/// The agent opens redb.
+#[test]
+fn the_default_journal_is_redb() {
+    assert_eq!(
+        std::any::type_name::<DefaultJournal>(),
+        std::any::type_name::<RedbJournal>()
+    );
+}
+
+// ---- measurement -------------------------------------------------------------------
+
+/// `VmRSS` and `VmHWM` of this process, in KiB (Linux; zeros elsewhere).
+fn rss_kib() -> (u64, u64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches(" kB").parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// Apparent and allocated bytes under `path`.
+fn disk_usage(path: &Path) -> (u64, u64) {
+    let mut apparent = 0;
+    let mut allocated = 0;
+    for entry in std::fs::read_dir(path).unwrap() {
+        let entry = entry.unwrap();
+        let meta = entry.metadata().unwrap();
+        if meta.is_dir() {
+            let (a, b) = disk_usage(&entry.path());
+            apparent += a;
+            allocated += b;
+        } else {
+            apparent += meta.len();
+            #[cfg(unix)]
+            {
+                allocated += std::os::unix::fs::MetadataExt::blocks(&meta) * 512;
+            }
+        }
+    }
+    (apparent, allocated)
+}
+
+/// The README's figures, not a contract. Run alone, in release:
+/// `cargo test --release -p daymeter-agent --test journal -- --ignored --exact
+/// redb_journal::measure_10k_sessions --nocapture`.
+fn measure<J: Backend>() {
+    const N: u32 = 10_000;
+    let (base, _) = rss_kib();
+    let dir = tempfile::tempdir().unwrap();
+    let journal = J::open(dir.path()).unwrap();
+    let (opened, _) = rss_kib();
+    let began = std::time::Instant::now();
+    for n in 0..N {
+        journal
+            .put(&tracked(&id(n), Stage::Open, 1), Durability::Flush)
+            .unwrap();
+    }
+    let flushed = began.elapsed();
+    let began = std::time::Instant::now();
+    for n in 0..N {
+        journal
+            .put(&tracked(&id(n), Stage::Open, 2), Durability::Lazy)
+            .unwrap();
+    }
+    journal.flush().unwrap();
+    let lazy = began.elapsed();
+    let began = std::time::Instant::now();
+    assert_eq!(journal.sessions().unwrap().len(), N as usize);
+    let read = began.elapsed();
+    let (full, peak) = rss_kib();
+    drop(journal);
+    let began = std::time::Instant::now();
+    let journal = J::open(dir.path()).unwrap();
+    let reopen = began.elapsed();
+    let (reopened, _) = rss_kib();
+    drop(journal);
+    let (apparent, allocated) = disk_usage(dir.path());
+    println!(
+        "{}: {N} sessions; flushed put {:.0} µs; lazy put {:.1} µs; sessions() {:.1} ms; \
+         reopen {:.1} ms; RSS KiB: process before open {base}, after open {opened}, after \
+         puts {full}, peak {peak}, reopened {reopened}; disk: {} KiB apparent, {} KiB \
+         allocated",
+        J::NAME,
+        flushed.as_secs_f64() * 1e6 / f64::from(N),
+        lazy.as_secs_f64() * 1e6 / f64::from(N),
+        read.as_secs_f64() * 1e3,
+        reopen.as_secs_f64() * 1e3,
+        apparent / 1024,
+        allocated / 1024,
+    );
+}
