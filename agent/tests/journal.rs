@@ -44,7 +44,8 @@ impl Backend for RedbJournal {
     }
     fn inject(dir: &Path, key: &str, value: &[u8]) {
         const SESSIONS: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("sessions");
-        let db = redb::Database::create(dir.join(daymeter_agent::journal::redb::DB_FILE)).unwrap();
+        let path = dir.join(daymeter_agent::journal::redb::DB_FILE);
+        let db = retrying(|| redb::Database::create(&path));
         let txn = db.begin_write().unwrap();
         txn.open_table(SESSIONS)
             .unwrap()
@@ -65,12 +66,36 @@ impl Backend for SledJournal {
         self.sessions_strict()
     }
     fn inject(dir: &Path, key: &str, value: &[u8]) {
-        let db = sled::open(dir.join(daymeter_agent::journal::sled::DB_DIR)).unwrap();
+        let path = dir.join(daymeter_agent::journal::sled::DB_DIR);
+        let db = retrying(|| sled::open(&path));
         db.open_tree("sessions")
             .unwrap()
             .insert(key.as_bytes(), value)
             .unwrap();
         db.flush().unwrap();
+    }
+}
+
+/// Opens the journal, waiting out a child process that another test is starting: from
+/// its fork to its exec the child holds copies of every descriptor of this process,
+/// journal locks included.
+fn open<J: Backend>(dir: &Path) -> J {
+    retrying(|| match J::open(dir) {
+        Err(e) if e.to_string().contains("probably running") => Err(e),
+        Err(e) => panic!("open {}: {e}", dir.display()),
+        Ok(journal) => Ok(journal),
+    })
+}
+
+/// `attempt`'s first success within 5 s (see [`open`] for why).
+fn retrying<T, E: std::fmt::Debug>(mut attempt: impl FnMut() -> Result<T, E>) -> T {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match attempt() {
+            Ok(value) => return value,
+            Err(e) if std::time::Instant::now() > deadline => panic!("{e:?}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(10)),
+        }
     }
 }
 
@@ -199,7 +224,7 @@ fn child_helper() {
 }
 
 fn child_main<J: Backend>(mode: &str, dir: &Path) {
-    let journal = J::open(dir).unwrap();
+    let journal = open::<J>(dir);
     match mode {
         // Holds the journal open until the parent closes our stdin.
         "hold" => {
@@ -215,15 +240,81 @@ fn child_main<J: Backend>(mode: &str, dir: &Path) {
             say("put");
             std::thread::sleep(Duration::from_secs(600));
         }
+        // Fills the disk (a file size limit stands in for it), then makes room.
+        #[cfg(unix)]
+        "full" => fill_the_disk_then_make_room(&journal, dir),
         other => panic!("unknown child mode {other}"),
     }
+}
+
+/// Sets this process's file size limit (the soft one; the hard one stays).
+#[cfg(unix)]
+fn limit_file_size(bytes: libc::rlim_t) {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain libc calls on a local struct.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_FSIZE, &mut limit), 0);
+        limit.rlim_cur = bytes.min(limit.rlim_max);
+        assert_eq!(libc::setrlimit(libc::RLIMIT_FSIZE, &limit), 0);
+    }
+}
+
+#[cfg(unix)]
+fn fill_the_disk_then_make_room<J: Backend>(journal: &J, dir: &Path) {
+    // Past the limit a write fails with EFBIG instead of killing the process.
+    // SAFETY: ignoring a signal installs no handler code.
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+    }
+    journal
+        .put(&tracked(&id(1), Stage::Open, 1), Durability::Flush)
+        .unwrap();
+    let big = |n: u32| {
+        let mut t = tracked(&id(n), Stage::Open, 1);
+        t.session.product = Cow::Owned("x".repeat(64 * 1024));
+        t
+    };
+    limit_file_size(files_size(dir));
+    let mut written = vec![id(1)];
+    let mut failure = None;
+    for n in 2..1_000 {
+        match journal.put(&big(n), Durability::Flush) {
+            Ok(()) => written.push(id(n)),
+            Err(e) => {
+                failure = Some(e);
+                break;
+            }
+        }
+    }
+    let failure = failure.expect("the file size limit never bit");
+    eprintln!("write failed as the disk filled: {failure}");
+    // The disk stays full: writes keep failing, reads keep working.
+    assert!(journal.put(&big(5_000), Durability::Flush).is_err());
+    assert_eq!(ids(journal.sessions().unwrap()), written);
+
+    limit_file_size(libc::RLIM_INFINITY);
+    journal
+        .put(&tracked(&id(9_000), Stage::Open, 1), Durability::Flush)
+        .unwrap();
+    written.push(id(9_000));
+    assert_eq!(ids(journal.sessions().unwrap()), written);
+    say("recovered");
+}
+
+/// Bytes of the journal's files now.
+#[cfg(unix)]
+fn files_size(dir: &Path) -> libc::rlim_t {
+    disk_usage(dir).0
 }
 
 // ---- the contracts ---------------------------------------------------------------
 
 fn put_then_sessions_round_trips<J: Backend>() {
     let dir = tempfile::tempdir().unwrap();
-    let journal = J::open(dir.path()).unwrap();
+    let journal = open::<J>(dir.path());
     assert!(journal.sessions().unwrap().is_empty());
 
     let open = tracked(&id(1), Stage::Open, 30);
@@ -256,12 +347,12 @@ fn flush_is_durable_across_reopen<J: Backend>() {
     let flushed = tracked(&id(1), Stage::Open, 30);
     let lazy_then_flushed = tracked(&id(2), Stage::Closed, 40);
     {
-        let journal = J::open(dir.path()).unwrap();
+        let journal = open::<J>(dir.path());
         journal.put(&flushed, Durability::Flush).unwrap();
         journal.put(&lazy_then_flushed, Durability::Lazy).unwrap();
         journal.flush().unwrap();
     }
-    let journal = J::open(dir.path()).unwrap();
+    let journal = open::<J>(dir.path());
     assert_eq!(
         journal.sessions().unwrap(),
         vec![flushed, lazy_then_flushed]
@@ -280,7 +371,7 @@ fn lazy_write_is_on_disk_within_the_flush_period<J: Backend>() {
     writer.kill().unwrap();
     writer.wait().unwrap();
 
-    let journal = J::open(dir.path()).unwrap();
+    let journal = open::<J>(dir.path());
     assert_eq!(
         journal.sessions().unwrap(),
         vec![tracked(&id(1), Stage::Open, 5)]
@@ -290,7 +381,7 @@ fn lazy_write_is_on_disk_within_the_flush_period<J: Backend>() {
 fn remove_deletes_the_session_durably<J: Backend>() {
     let dir = tempfile::tempdir().unwrap();
     {
-        let journal = J::open(dir.path()).unwrap();
+        let journal = open::<J>(dir.path());
         for n in 1..=3 {
             journal
                 .put(&tracked(&id(n), Stage::Closed, 10), Durability::Flush)
@@ -302,7 +393,7 @@ fn remove_deletes_the_session_durably<J: Backend>() {
         journal.remove(&id(99)).unwrap();
         assert_eq!(ids(journal.sessions().unwrap()), vec![id(1), id(3)]);
     }
-    let journal = J::open(dir.path()).unwrap();
+    let journal = open::<J>(dir.path());
     assert_eq!(ids(journal.sessions().unwrap()), vec![id(1), id(3)]);
 }
 
@@ -316,7 +407,7 @@ fn enrolment_is_stored_owner_only_and_round_trips<J: Backend>() {
     let parent = tempfile::tempdir().unwrap();
     let dir = parent.path().join("data").join("journal");
     {
-        let journal = J::open(&dir).unwrap();
+        let journal = open::<J>(&dir);
         assert_eq!(journal.enrolment().unwrap(), None);
         journal
             .set_enrolment(Some(&enrolment("tok-first")))
@@ -336,7 +427,7 @@ fn enrolment_is_stored_owner_only_and_round_trips<J: Backend>() {
         // The parent keeps the system's defaults: it also holds the status socket.
         assert_ne!(mode(dir.parent().unwrap()) & 0o055, 0, "data directory");
     }
-    let journal = J::open(&dir).unwrap();
+    let journal = open::<J>(&dir);
     let stored = journal.enrolment().unwrap().unwrap();
     assert_eq!(stored, enrolment("tok-secret-2"));
     assert!(!stored.to_string().contains("tok-secret"));
@@ -361,13 +452,13 @@ fn loosened_permissions_are_tightened<J: Backend>() {
     let parent = tempfile::tempdir().unwrap();
     let dir = parent.path().join("journal");
     {
-        let journal = J::open(&dir).unwrap();
+        let journal = open::<J>(&dir);
         journal.set_enrolment(Some(&enrolment("tok"))).unwrap();
     }
     let file = dir.join("enrolment.json");
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
     std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let journal = J::open(&dir).unwrap();
+    let journal = open::<J>(&dir);
     assert_eq!(mode(&dir), 0o700);
     assert_eq!(journal.enrolment().unwrap(), Some(enrolment("tok")));
     assert_eq!(mode(&file), 0o600);
@@ -375,7 +466,7 @@ fn loosened_permissions_are_tightened<J: Backend>() {
 
 fn damaged_enrolment_is_corrupt_without_showing_the_token<J: Backend>() {
     let dir = tempfile::tempdir().unwrap();
-    let journal = J::open(dir.path()).unwrap();
+    let journal = open::<J>(dir.path());
     std::fs::write(
         dir.path().join("enrolment.json"),
         br#"{"collector_url": "https://c", "device_id": 7, "device_token": "tok-leak""#,
@@ -394,7 +485,7 @@ fn damaged_enrolment_is_corrupt_without_showing_the_token<J: Backend>() {
 fn cached_values_round_trip_and_survive_reopen<J: Backend>() {
     let dir = tempfile::tempdir().unwrap();
     {
-        let journal = J::open(dir.path()).unwrap();
+        let journal = open::<J>(dir.path());
         assert_eq!(journal.cached("answer").unwrap(), None);
         journal.set_cached("answer", b"{\"catalog\":[]}").unwrap();
         journal
@@ -405,7 +496,7 @@ fn cached_values_round_trip_and_survive_reopen<J: Backend>() {
             .unwrap();
         journal.set_cached("empty", b"").unwrap();
     }
-    let journal = J::open(dir.path()).unwrap();
+    let journal = open::<J>(dir.path());
     assert_eq!(
         journal.cached("answer").unwrap().as_deref(),
         Some(&b"{\"catalog\":[]}"[..])
@@ -421,7 +512,7 @@ fn cached_values_round_trip_and_survive_reopen<J: Backend>() {
 
 fn sessions_come_in_id_order<J: Backend>() {
     let dir = tempfile::tempdir().unwrap();
-    let journal = J::open(dir.path()).unwrap();
+    let journal = open::<J>(dir.path());
     // UUID v7 ids of sessions started one after another, written out of order.
     let mut started: Vec<String> = (0..50)
         .map(|_| {
@@ -467,10 +558,10 @@ fn second_open_fails_saying_another_agent_runs<J: Backend>() {
     assert!(holder.wait().unwrap().success());
 
     // This process holds it.
-    let first = J::open(dir.path()).unwrap();
+    let first = open::<J>(dir.path());
     assert_in_use(J::open(dir.path()));
     drop(first);
-    J::open(dir.path()).unwrap();
+    open::<J>(dir.path());
 }
 
 fn a_damaged_record_is_skipped_and_named<J: Backend>() {
@@ -480,7 +571,7 @@ fn a_damaged_record_is_skipped_and_named<J: Backend>() {
         tracked(&id(3), Stage::Closed, 7),
     ];
     {
-        let journal = J::open(dir.path()).unwrap();
+        let journal = open::<J>(dir.path());
         for t in &good {
             journal.put(t, Durability::Flush).unwrap();
         }
@@ -490,7 +581,7 @@ fn a_damaged_record_is_skipped_and_named<J: Backend>() {
     let misfiled = serde_json::to_vec(&tracked(&id(9), Stage::Open, 1)).unwrap();
     J::inject(dir.path(), &id(4), &misfiled);
 
-    let journal = J::open(dir.path()).unwrap();
+    let journal = open::<J>(dir.path());
     assert_eq!(journal.sessions().unwrap(), good.to_vec());
     match journal.strict() {
         Err(JournalError::Corrupt { key, .. }) => assert_eq!(key, id(2)),
@@ -566,6 +657,22 @@ macro_rules! contracts {
 contracts!(redb_journal, RedbJournal);
 contracts!(sled_journal, SledJournal);
 
+/// A full disk fails writes; once there is room again the journal writes again, without
+/// a restart (redb needs its file reopened after a failed commit; the journal does it).
+#[cfg(unix)]
+#[test]
+fn redb_journal_writes_again_once_the_disk_has_room() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut writer = child::<RedbJournal>("full", dir.path());
+    wait_for_line(&mut writer, "recovered");
+    assert!(writer.wait().unwrap().success());
+    let journal = open::<RedbJournal>(dir.path());
+    assert_eq!(
+        journal.sessions().unwrap().last().unwrap().session.id,
+        id(9_000)
+    );
+}
+
 /// The agent opens redb.
 #[test]
 fn the_default_journal_is_redb() {
@@ -619,7 +726,7 @@ fn measure<J: Backend>() {
     const N: u32 = 10_000;
     let (base, _) = rss_kib();
     let dir = tempfile::tempdir().unwrap();
-    let journal = J::open(dir.path()).unwrap();
+    let journal = open::<J>(dir.path());
     let (opened, _) = rss_kib();
     let began = std::time::Instant::now();
     for n in 0..N {
@@ -642,7 +749,7 @@ fn measure<J: Backend>() {
     let (full, peak) = rss_kib();
     drop(journal);
     let began = std::time::Instant::now();
-    let journal = J::open(dir.path()).unwrap();
+    let journal = open::<J>(dir.path());
     let reopen = began.elapsed();
     let (reopened, _) = rss_kib();
     drop(journal);

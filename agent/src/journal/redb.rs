@@ -23,14 +23,16 @@
 //!   the record stays on disk for inspection. [`RedbJournal::sessions_strict`] fails on
 //!   it instead. Damage to redb's own pages fails its checksums and is reported as
 //!   [`JournalError::Storage`].
-//! - **After a failed commit** redb refuses further writes until the file is reopened
-//!   (it repairs then), so every write error names the journal and the agent's retry
-//!   loop should reopen it; reads keep working.
+//! - **After a failed write** (a full disk, an I/O error) redb refuses further writes
+//!   until the file is reopened, which repairs it. The journal marks itself broken and
+//!   reopens the file on its next use, so the agent's retries succeed once the disk has
+//!   room again instead of failing until a restart. Lazy writes not yet durable may be
+//!   lost then; the agent rewrites `last_seen` on its next poll anyway.
 
 use std::fmt::Display;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, PoisonError, RwLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -66,8 +68,11 @@ pub struct RedbJournal {
 
 /// What the flusher thread shares with the journal.
 struct Shared {
-    db: ::redb::Database,
+    /// `None` only while a reopen after a failed write has not succeeded yet.
+    db: RwLock<Option<::redb::Database>>,
     path: PathBuf,
+    /// A write failed: the file must be reopened before the next use.
+    broken: AtomicBool,
     /// Lazy commits since the last immediate one.
     dirty: AtomicBool,
     /// Set to stop the flusher.
@@ -92,23 +97,25 @@ impl RedbJournal {
     pub fn open(dir: &Path) -> Result<Self, JournalError> {
         let dir = JournalDir::lock(dir)?;
         let path = dir.path().join(DB_FILE);
-        let db = ::redb::Database::builder()
-            .set_cache_size(CACHE_BYTES)
-            .create(&path)
-            .map_err(|e| storage(&path, "cannot open", e))?;
+        let db = open_file(&path)?;
         let shared = Arc::new(Shared {
-            db,
+            db: RwLock::new(Some(db)),
             path,
+            broken: AtomicBool::new(false),
             dirty: AtomicBool::new(false),
             stop: Mutex::new(false),
             wake: Condvar::new(),
         });
-        // Both tables exist from the first open on, so readers never meet a missing one.
-        shared.write(Durability::Flush, |txn| {
-            txn.open_table(SESSIONS)?;
-            txn.open_table(CACHE)?;
-            Ok(())
-        })?;
+        // Both tables exist from the first open on, so readers never meet a missing one;
+        // created in a write transaction only when missing, which spares every later
+        // open an fsync.
+        if !shared.tables_exist()? {
+            shared.write(Durability::Flush, |txn| {
+                txn.open_table(SESSIONS)?;
+                txn.open_table(CACHE)?;
+                Ok(())
+            })?;
+        }
         let flusher = {
             let shared = Arc::clone(&shared);
             std::thread::Builder::new()
@@ -145,22 +152,80 @@ impl RedbJournal {
 
     fn read_sessions(&self, strict: bool) -> Result<Vec<Tracked>, JournalError> {
         let shared = &self.shared;
-        let txn = shared
-            .db
-            .begin_read()
-            .map_err(|e| shared.storage("cannot read", e))?;
-        let table = txn
-            .open_table(SESSIONS)
-            .map_err(|e| shared.storage("cannot read", e))?;
-        let records = table
-            .iter()
-            .map_err(|e| shared.storage("cannot read", e))?
-            .map(|record| record.map(|(k, v)| (k.value().as_bytes().to_vec(), v.value().to_vec())));
-        decode_all(records, strict, |e| shared.storage("cannot read", e))
+        shared.with_db(|db| {
+            let txn = db
+                .begin_read()
+                .map_err(|e| shared.storage("cannot read", e))?;
+            let table = txn
+                .open_table(SESSIONS)
+                .map_err(|e| shared.storage("cannot read", e))?;
+            let records = table
+                .iter()
+                .map_err(|e| shared.storage("cannot read", e))?
+                .map(|record| {
+                    record.map(|(k, v)| (k.value().as_bytes().to_vec(), v.value().to_vec()))
+                });
+            decode_all(records, strict, |e| shared.storage("cannot read", e))
+        })
     }
 }
 
+/// Opens (creating or repairing) the database file.
+fn open_file(path: &Path) -> Result<::redb::Database, JournalError> {
+    ::redb::Database::builder()
+        .set_cache_size(CACHE_BYTES)
+        .create(path)
+        .map_err(|e| storage(path, "cannot open", e))
+}
+
 impl Shared {
+    /// Runs `use_db` on the open database, reopening it first after a failed write.
+    fn with_db<T>(
+        &self,
+        use_db: impl FnOnce(&::redb::Database) -> Result<T, JournalError>,
+    ) -> Result<T, JournalError> {
+        if self.broken.load(Ordering::SeqCst) {
+            self.reopen()?;
+        }
+        let db = self.db.read().unwrap_or_else(PoisonError::into_inner);
+        match db.as_ref() {
+            Some(db) => use_db(db),
+            None => Err(self.storage("cannot use", "closed after a failed write")),
+        }
+    }
+
+    /// Whether both tables are there (a read: no fsync).
+    fn tables_exist(&self) -> Result<bool, JournalError> {
+        self.with_db(|db| {
+            let txn = db
+                .begin_read()
+                .map_err(|e| self.storage("cannot read", e))?;
+            for table in [SESSIONS, CACHE] {
+                match txn.open_table(table) {
+                    Ok(_) => {}
+                    Err(::redb::TableError::TableDoesNotExist(_)) => return Ok(false),
+                    Err(e) => return Err(self.storage("cannot read", e)),
+                }
+            }
+            Ok(true)
+        })
+    }
+
+    /// Closes the database and opens it again, which repairs what a failed write left.
+    fn reopen(&self) -> Result<(), JournalError> {
+        let mut db = self.db.write().unwrap_or_else(PoisonError::into_inner);
+        if !self.broken.load(Ordering::SeqCst) {
+            // Another thread reopened it while this one waited.
+            return Ok(());
+        }
+        // The old handle goes first: it holds redb's lock on the file.
+        drop(db.take());
+        *db = Some(open_file(&self.path)?);
+        self.broken.store(false, Ordering::SeqCst);
+        tracing::info!(path = %self.path.display(), "journal reopened after a failed write");
+        Ok(())
+    }
+
     /// Runs `change` in one write transaction committed with `durability`.
     fn write(
         &self,
@@ -173,20 +238,23 @@ impl Shared {
             // by this commit; one that finishes later sets the flag again.
             self.dirty.store(false, Ordering::SeqCst);
         }
-        let result = self.commit(durability, change);
+        let result = self.with_db(|db| self.commit(db, durability, change));
         if durability == Durability::Lazy || result.is_err() {
             self.dirty.store(true, Ordering::SeqCst);
+        }
+        if result.is_err() {
+            self.broken.store(true, Ordering::SeqCst);
         }
         result
     }
 
     fn commit(
         &self,
+        db: &::redb::Database,
         durability: Durability,
         change: impl FnOnce(&::redb::WriteTransaction) -> Result<(), ::redb::Error>,
     ) -> Result<(), JournalError> {
-        let mut txn = self
-            .db
+        let mut txn = db
             .begin_write()
             .map_err(|e| self.storage("cannot write to", e))?;
         if durability == Durability::Lazy {
@@ -285,12 +353,14 @@ impl Journal for RedbJournal {
 
     fn cached(&self, key: &str) -> Result<Option<Vec<u8>>, JournalError> {
         let shared = &self.shared;
-        let read = || -> Result<Option<Vec<u8>>, ::redb::Error> {
-            let txn = shared.db.begin_read()?;
-            let table = txn.open_table(CACHE)?;
-            Ok(table.get(key)?.map(|v| v.value().to_vec()))
-        };
-        read().map_err(|e| shared.storage("cannot read the cache of", e))
+        shared.with_db(|db| {
+            let read = || -> Result<Option<Vec<u8>>, ::redb::Error> {
+                let txn = db.begin_read()?;
+                let table = txn.open_table(CACHE)?;
+                Ok(table.get(key)?.map(|v| v.value().to_vec()))
+            };
+            read().map_err(|e| shared.storage("cannot read the cache of", e))
+        })
     }
 
     fn set_cached(&self, key: &str, value: &[u8]) -> Result<(), JournalError> {
