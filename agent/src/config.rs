@@ -1,1 +1,273 @@
-//! (in progress)
+//! The agent's configuration: a small TOML file pushed by IT (Group Policy on Windows
+//! comes with the service issue), with the enrolment secret preferably in the
+//! environment.
+//!
+//! ```toml
+//! collector_url = "https://licensing.example.com:8650"
+//! enrollment_secret = "…"          # or DAYMETER_ENROLLMENT_SECRET
+//! # optional: data_dir, user, poll_interval = "1s", ca_file = "/etc/daymeter/ca.pem"
+//! ```
+//!
+//! Unknown keys are refused rather than ignored: a misspelt `poll_intervall` silently
+//! falling back to a default is the kind of mistake an admin only finds months later.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Environment variable that carries the enrolment secret (wins over the file).
+pub const SECRET_ENV: &str = "DAYMETER_ENROLLMENT_SECRET";
+
+/// A secret that never shows up in `Debug` output or logs.
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+
+    /// The secret itself, for the one place that sends it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(…)")
+    }
+}
+
+/// The file as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    collector_url: String,
+    #[serde(default)]
+    enrollment_secret: Option<Secret>,
+    #[serde(default)]
+    data_dir: Option<PathBuf>,
+    #[serde(default)]
+    user: Option<String>,
+    #[serde(default)]
+    poll_interval: Option<String>,
+    #[serde(default)]
+    ca_file: Option<PathBuf>,
+}
+
+/// The agent's settings, defaults filled in.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Base URL of the collector (`https://host:8650`); no trailing slash.
+    pub collector_url: String,
+    pub enrollment_secret: Option<Secret>,
+    /// Journal and status socket live here.
+    pub data_dir: PathBuf,
+    /// The account whose usage this agent reports.
+    pub user: String,
+    pub poll_interval: Duration,
+    /// A CA trusted in addition to the system roots (a company CA for the collector).
+    pub ca_file: Option<PathBuf>,
+}
+
+/// Why a configuration cannot be used; names the file and the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Syntax { path: PathBuf, message: String },
+    #[error("{path}: {key}: {message}")]
+    Value {
+        path: PathBuf,
+        key: &'static str,
+        message: String,
+    },
+    #[error(
+        "{path}: no data_dir set and no home or service data directory could be found for this account"
+    )]
+    NoDataDir { path: PathBuf },
+    #[error(
+        "{path}: no user set and the signed-in account could not be found; set `user` in the file"
+    )]
+    NoUser { path: PathBuf },
+}
+
+impl Config {
+    /// Reads the file, then the environment (`DAYMETER_ENROLLMENT_SECRET` wins over the
+    /// file's `enrollment_secret`).
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let env_secret = std::env::var(SECRET_ENV).ok().filter(|s| !s.is_empty());
+        Config::parse(path, &text, env_secret)
+    }
+
+    /// Parses a configuration text; `path` only names it in errors.
+    pub fn parse(
+        path: &Path,
+        text: &str,
+        env_secret: Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let file: File = toml::from_str(text).map_err(|e| ConfigError::Syntax {
+            path: path.to_owned(),
+            message: e.message().to_owned(),
+        })?;
+        let value_error = |key: &'static str, message: String| ConfigError::Value {
+            path: path.to_owned(),
+            key,
+            message,
+        };
+        let collector_url = file.collector_url.trim_end_matches('/').to_owned();
+        if !(collector_url.starts_with("https://") || collector_url.starts_with("http://")) {
+            return Err(value_error(
+                "collector_url",
+                format!("`{collector_url}` is not an http:// or https:// URL"),
+            ));
+        }
+        let poll_interval = match file.poll_interval.as_deref() {
+            None => Duration::from_secs(1),
+            Some(text) => {
+                let d = humantime::parse_duration(text).map_err(|e| {
+                    value_error("poll_interval", format!("`{text}` is not a duration: {e}"))
+                })?;
+                if d < Duration::from_millis(10) {
+                    return Err(value_error(
+                        "poll_interval",
+                        format!("`{text}` is shorter than 10ms"),
+                    ));
+                }
+                d
+            }
+        };
+        let data_dir = match file.data_dir {
+            Some(dir) => dir,
+            None => default_data_dir().ok_or_else(|| ConfigError::NoDataDir {
+                path: path.to_owned(),
+            })?,
+        };
+        let user = match file.user.filter(|u| !u.trim().is_empty()) {
+            Some(user) => user,
+            None => signed_in_user().ok_or_else(|| ConfigError::NoUser {
+                path: path.to_owned(),
+            })?,
+        };
+        Ok(Config {
+            collector_url,
+            enrollment_secret: env_secret.map(Secret::new).or(file.enrollment_secret),
+            data_dir,
+            user,
+            poll_interval,
+            ca_file: file.ca_file,
+        })
+    }
+
+    /// Where the journal lives.
+    pub fn journal_dir(&self) -> PathBuf {
+        self.data_dir.join("journal")
+    }
+
+    /// Where the running agent answers `status`.
+    pub fn status_socket(&self) -> PathBuf {
+        self.data_dir.join("status.sock")
+    }
+}
+
+/// A system service keeps its state where the system keeps services' state
+/// (`/var/lib/daymeter` on Linux, ProgramData on Windows); an agent run by a user keeps
+/// it in that user's data directory.
+fn default_data_dir() -> Option<PathBuf> {
+    #[cfg(unix)]
+    {
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        if unsafe { libc::geteuid() } == 0 {
+            return Some(PathBuf::from("/var/lib/daymeter"));
+        }
+    }
+    #[cfg(windows)]
+    {
+        if let Some(program_data) = std::env::var_os("ProgramData") {
+            return Some(PathBuf::from(program_data).join("daymeter"));
+        }
+    }
+    directories::ProjectDirs::from("", "", "daymeter").map(|d| d.data_local_dir().to_owned())
+}
+
+/// The account the agent runs for when the file does not say: the login name of the
+/// environment, else of the process owner.
+fn signed_in_user() -> Option<String> {
+    for var in ["USER", "USERNAME", "LOGNAME"] {
+        if let Ok(name) = std::env::var(var)
+            && !name.is_empty()
+        {
+            return Some(name);
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(Path::new("agent.toml"), text, None)
+    }
+
+    #[test]
+    fn the_floor_needs_only_the_collector_url() {
+        let c = parse(
+            "collector_url = \"https://c.example:8650/\"\nuser = \"sophie\"\ndata_dir = \"/tmp/d\"",
+        )
+        .unwrap();
+        assert_eq!(c.collector_url, "https://c.example:8650");
+        assert_eq!(c.poll_interval, Duration::from_secs(1));
+        assert_eq!(c.user, "sophie");
+        assert!(c.enrollment_secret.is_none());
+    }
+
+    #[test]
+    fn the_environment_secret_wins_over_the_file() {
+        let c = Config::parse(
+            Path::new("agent.toml"),
+            "collector_url = \"http://127.0.0.1:1\"\nenrollment_secret = \"from-file\"\nuser = \"u\"\ndata_dir = \"/tmp/d\"",
+            Some("from-env".into()),
+        )
+        .unwrap();
+        assert_eq!(c.enrollment_secret.unwrap().expose(), "from-env");
+    }
+
+    #[test]
+    fn secrets_never_show_in_debug_output() {
+        let c = parse("collector_url = \"http://h\"\nenrollment_secret = \"hunter2-hunter2\"\nuser = \"u\"\ndata_dir = \"/tmp/d\"").unwrap();
+        assert!(!format!("{c:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_naming_them() {
+        let e = parse("collector_url = \"http://h\"\npoll_intervall = \"2s\"").unwrap_err();
+        assert!(e.to_string().contains("poll_intervall"), "{e}");
+    }
+
+    #[test]
+    fn a_bad_duration_names_the_key() {
+        let e = parse("collector_url = \"http://h\"\npoll_interval = \"soon\"\nuser = \"u\"\ndata_dir = \"/tmp/d\"").unwrap_err();
+        assert!(e.to_string().contains("poll_interval"), "{e}");
+    }
+
+    #[test]
+    fn a_collector_url_must_be_http_or_https() {
+        let e = parse("collector_url = \"ftp://h\"").unwrap_err();
+        assert!(e.to_string().contains("collector_url"), "{e}");
+    }
+}

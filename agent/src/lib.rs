@@ -11,6 +11,7 @@
 //! - [`sync`] — enrolment and `/v1/sync` with the collector, back-off while it is away.
 //! - [`status`] — `daymeter-agent status`, answered by the running agent over a local
 //!   socket or read from the journal.
+//! - [`status_socket`] — the local socket the running agent answers on.
 //! - [`run`] — the service loop that ties them together.
 
 pub mod config;
@@ -18,5 +19,6 @@ pub mod journal;
 pub mod meter;
 pub mod run;
 pub mod status;
+pub mod status_socket;
 pub mod sync;
 pub mod watch;

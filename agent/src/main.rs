@@ -1,10 +1,21 @@
-//! `daymeter-agent`: the workstation service. This build carries the command line only;
-//! metering, the journal and sync arrive with the agent pipeline.
+//! `daymeter-agent`: the workstation service's command line. Everything it does lives in
+//! the library; this file reads flags, sets up logging and reports errors.
 
-use std::path::PathBuf;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
+use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
+
+use daymeter_agent::config::Config;
+use daymeter_agent::journal::{DefaultJournal, JournalError};
+use daymeter_agent::meter::LocalZone;
+use daymeter_agent::run::{Agent, enroll_offline, offline_status};
+use daymeter_agent::status::Status;
+use daymeter_agent::{status_socket, watch};
+use daymeter_shared::clock::{Clock, SystemClock};
 
 /// daymeter's workstation agent: meters licensed products by the day, offline-safe.
 #[derive(Parser)]
@@ -24,22 +35,188 @@ enum Command {
     },
     /// Enrol this device with the collector (again, after a revocation).
     Enroll {
-        #[arg(long)]
+        #[arg(long, default_value_os_t = default_config())]
         config: PathBuf,
     },
     /// Show open sessions, time left in their windows, last sync and grace.
     Status {
+        #[arg(long, default_value_os_t = default_config())]
+        config: PathBuf,
+        /// Print the status as JSON.
         #[arg(long)]
-        config: Option<PathBuf>,
+        json: bool,
     },
+}
+
+fn default_config() -> PathBuf {
+    #[cfg(windows)]
+    {
+        if let Some(pd) = std::env::var_os("ProgramData") {
+            return PathBuf::from(pd).join("daymeter").join("agent.toml");
+        }
+    }
+    PathBuf::from("/etc/daymeter/agent.toml")
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command {
-        Command::Run { .. } | Command::Enroll { .. } | Command::Status { .. } => {
-            eprintln!("daymeter-agent: this build has no metering yet");
+    init_logs();
+    let result = match cli.command {
+        Command::Run { config } => run(&config),
+        Command::Enroll { config } => enroll(&config),
+        Command::Status { config, json } => status(&config, json),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("daymeter-agent: {e:#}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// Quiet by default: sessions opening and closing, sync trouble. `DAYMETER_LOG` takes
+/// a tracing filter (`debug`, `daymeter_agent=trace`…).
+fn init_logs() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("DAYMETER_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,daymeter_agent=info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    // One thread: the agent polls once a second and syncs every few minutes; a worker
+    // pool would only cost memory.
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+fn open_journal(config: &Config) -> anyhow::Result<DefaultJournal> {
+    let dir = config.journal_dir();
+    // `status` and `enroll` without a running agent hold the journal for a moment; an
+    // agent starting at that moment waits for them rather than failing.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match DefaultJournal::open(&dir) {
+            Err(JournalError::InUse { .. }) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            other => {
+                return other
+                    .with_context(|| format!("cannot open the journal in {}", dir.display()));
+            }
+        }
+    }
+}
+
+fn run(path: &Path) -> anyhow::Result<()> {
+    let config = Config::load(path)?;
+    let journal = Arc::new(open_journal(&config)?);
+    let source = watch::system();
+    let zone = LocalZone::system();
+    if zone.is_none() {
+        tracing::warn!(
+            "no IANA time zone found for this machine; sessions carry their UTC offset only"
+        );
+    }
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let agent = Arc::new(Agent::start(config, journal, clock, source.as_ref(), zone)?);
+    tracing::info!(user = %agent.config.user, collector = %agent.config.collector_url, "agent started");
+    runtime()?.block_on(agent.run(source, shutdown_signal()))?;
+    Ok(())
+}
+
+/// SIGTERM (the service manager) or Ctrl-C.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// The running agent (over its socket), or the journal when no agent runs.
+enum Reach {
+    Agent(String),
+    Journal(DefaultJournal),
+}
+
+/// Asks the running agent `command`, or opens the journal when none runs. An agent
+/// that is starting holds the journal before its socket is up: keep trying both.
+fn reach(config: &Config, command: &str) -> anyhow::Result<Reach> {
+    let dir = config.journal_dir();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        if let Ok(answer) = status_socket::ask(&config.status_socket(), command) {
+            return Ok(Reach::Agent(answer));
+        }
+        match DefaultJournal::open(&dir) {
+            Ok(journal) => return Ok(Reach::Journal(journal)),
+            Err(JournalError::InUse { .. }) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            Err(e) => {
+                return Err(e)
+                    .with_context(|| format!("cannot open the journal in {}", dir.display()));
+            }
+        }
+    }
+}
+
+fn enroll(path: &Path) -> anyhow::Result<()> {
+    let config = Config::load(path)?;
+    match reach(&config, "enroll")? {
+        Reach::Agent(answer) => {
+            let value: serde_json::Value =
+                serde_json::from_str(&answer).context("the running agent's answer")?;
+            if value["enrolled"] == true {
+                println!(
+                    "enrolled as device {}",
+                    value["device_id"].as_str().unwrap_or("?")
+                );
+                return Ok(());
+            }
+            bail!("{}", value["error"].as_str().unwrap_or("enrolment failed"));
+        }
+        Reach::Journal(journal) => {
+            let enrolment = runtime()?.block_on(enroll_offline(&config, &journal))?;
+            println!("enrolled as device {}", enrolment.device_id);
+            Ok(())
+        }
+    }
+}
+
+fn status(path: &Path, json: bool) -> anyhow::Result<()> {
+    let config = Config::load(path)?;
+    let status: Status = match reach(&config, "status")? {
+        Reach::Agent(answer) => {
+            serde_json::from_str(&answer).context("the running agent's answer")?
+        }
+        Reach::Journal(journal) => offline_status(&config, &journal, SystemClock.now())?,
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&status)?);
+    } else {
+        print!("{}", status.render());
+    }
+    Ok(())
 }

@@ -1,1 +1,328 @@
-//! (in progress)
+//! The agent's book of sessions: which product processes have an open session, which
+//! closed sessions still wait for the collector, and what changed at each poll.
+//!
+//! A session belongs to one process instance ([`ProcessKey`]: pid + start time). It opens
+//! the first poll that sees the process and closes the first poll that does not, at that
+//! poll's instant: the product ran until at most one poll interval before, so the session
+//! may be up to one interval long — the price of never under-reporting a use.
+//!
+//! After a restart (clean or kill -9) the journal's open sessions are matched against
+//! the processes still running: the same instance is adopted into its session, anything
+//! else is closed at its `last_seen`, the last instant the agent knew it ran.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use chrono_tz::Tz;
+
+use daymeter_shared::session::{OwnedSession, Session};
+use daymeter_shared::time::Instant;
+
+use crate::journal::{Stage, Tracked};
+use crate::watch::{ProcessKey, Running};
+
+/// What a poll changed; each change is flushed to the journal before anything else.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Change {
+    Opened(Tracked),
+    Closed(Tracked),
+}
+
+/// The device's time zone, as sessions record it.
+#[derive(Debug, Clone)]
+pub struct LocalZone {
+    pub name: String,
+    pub tz: Tz,
+}
+
+impl LocalZone {
+    /// The system's IANA zone, if it has one chrono-tz knows. Sessions without a zone
+    /// are read in UTC by the accounting, so a missing zone is logged, not fatal.
+    pub fn system() -> Option<LocalZone> {
+        let name = iana_time_zone::get_timezone().ok()?;
+        LocalZone::named(&name)
+    }
+
+    pub fn named(name: &str) -> Option<LocalZone> {
+        let tz: Tz = name.parse().ok()?;
+        Some(LocalZone {
+            name: name.to_owned(),
+            tz,
+        })
+    }
+}
+
+/// Sessions by process (open) and by id (closed, awaiting the collector, or rejected).
+#[derive(Debug, Default)]
+pub struct Meter {
+    open: BTreeMap<ProcessKey, Tracked>,
+    closed: BTreeMap<String, Tracked>,
+    zone: Option<LocalZone>,
+}
+
+impl Meter {
+    pub fn new(zone: Option<LocalZone>) -> Self {
+        Meter {
+            open: BTreeMap::new(),
+            closed: BTreeMap::new(),
+            zone,
+        }
+    }
+
+    /// Takes the journal's sessions after a start. Open ones whose process instance
+    /// still runs are adopted; the others are closed at their `last_seen` and returned,
+    /// to be flushed.
+    pub fn restore(
+        &mut self,
+        sessions: Vec<Tracked>,
+        alive: impl Fn(ProcessKey) -> bool,
+    ) -> Vec<Tracked> {
+        let mut closed_now = Vec::new();
+        for mut t in sessions {
+            let running = t.session.end.is_none();
+            if running && alive(t.process) && !self.open.contains_key(&t.process) {
+                self.open.insert(t.process, t);
+                continue;
+            }
+            if running {
+                let end = t.session.last_seen.unwrap_or(t.session.start);
+                t.session.end = Some(end);
+                if t.stage == Stage::Open {
+                    t.stage = Stage::Closed;
+                }
+                closed_now.push(t.clone());
+            } else if t.stage == Stage::Open {
+                t.stage = Stage::Closed;
+            }
+            self.closed.insert(t.session.id.to_string(), t);
+        }
+        closed_now
+    }
+
+    /// Compares what runs now with the open sessions: opens a session for each new
+    /// process instance, closes the sessions whose instance is gone, and moves every
+    /// open session's `last_seen` to `now` (in memory; the caller persists it lazily).
+    pub fn observe(&mut self, running: &[Running], now: DateTime<Utc>) -> Vec<Change> {
+        let at = self.instant(now);
+        let mut changes = Vec::new();
+        let gone: Vec<ProcessKey> = self
+            .open
+            .keys()
+            .filter(|k| !running.iter().any(|r| r.key == **k))
+            .copied()
+            .collect();
+        for key in gone {
+            if let Some(mut t) = self.open.remove(&key) {
+                t.session.end = Some(at);
+                t.session.last_seen = Some(at);
+                if t.stage == Stage::Open {
+                    t.stage = Stage::Closed;
+                }
+                changes.push(Change::Closed(t.clone()));
+                self.closed.insert(t.session.id.to_string(), t);
+            }
+        }
+        for r in running {
+            match self.open.get_mut(&r.key) {
+                Some(t) => t.session.last_seen = Some(at),
+                None => {
+                    let t = Tracked {
+                        session: self.new_session(&r.product, at, now),
+                        process: r.key,
+                        stage: Stage::Open,
+                    };
+                    changes.push(Change::Opened(t.clone()));
+                    self.open.insert(r.key, t);
+                }
+            }
+        }
+        changes
+    }
+
+    fn new_session(&self, product: &str, at: Instant, now: DateTime<Utc>) -> OwnedSession {
+        let ts = uuid::Timestamp::from_unix(
+            uuid::NoContext,
+            u64::try_from(now.timestamp()).unwrap_or(0),
+            now.timestamp_subsec_nanos(),
+        );
+        Session {
+            id: uuid::Uuid::new_v7(ts).to_string().into(),
+            user: None,
+            device: None,
+            product: product.to_owned().into(),
+            version: None,
+            start: at,
+            end: None,
+            last_seen: Some(at),
+            tz: self.zone.as_ref().map(|z| z.name.clone().into()),
+            suspended: Vec::new(),
+            idle: Vec::new(),
+        }
+    }
+
+    /// `now` written with the local offset, so that audits read local times.
+    fn instant(&self, now: DateTime<Utc>) -> Instant {
+        match &self.zone {
+            Some(z) => now.with_timezone(&z.tz).fixed_offset(),
+            None => now.fixed_offset(),
+        }
+    }
+
+    /// Open sessions, by process.
+    pub fn open(&self) -> impl Iterator<Item = &Tracked> {
+        self.open.values()
+    }
+
+    /// Closed sessions awaiting the collector, and rejected ones.
+    pub fn closed(&self) -> impl Iterator<Item = &Tracked> {
+        self.closed.values()
+    }
+
+    /// Every session the collector still needs: open ones (progress) and closed ones
+    /// not yet acknowledged; rejected ones are never resent.
+    pub fn to_send(&self) -> Vec<&Tracked> {
+        self.open
+            .values()
+            .chain(self.closed.values())
+            .filter(|t| !matches!(t.stage, Stage::Rejected { .. }))
+            .collect()
+    }
+
+    /// The collector accepted a copy of `id`; `final_copy` says whether that copy carried
+    /// the session's end. A final copy's session leaves the book (and must then leave the
+    /// journal); an open copy's acceptance only records progress. Returns whether the
+    /// session left.
+    pub fn accepted(&mut self, id: &str, final_copy: bool) -> bool {
+        if !final_copy {
+            return false;
+        }
+        match self.closed.get(id) {
+            Some(t) if t.stage == Stage::Closed => {
+                self.closed.remove(id);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The collector refused `id`: it is kept with the reason and never resent. Returns
+    /// the session as it must now be journaled.
+    pub fn rejected(&mut self, id: &str, reason: &str) -> Option<Tracked> {
+        let t = self
+            .open
+            .values_mut()
+            .find(|t| t.session.id == id)
+            .or_else(|| self.closed.get_mut(id))?;
+        t.stage = Stage::Rejected {
+            reason: reason.to_owned(),
+        };
+        Some(t.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn at(h: u32, m: u32) -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 3, 2, h, m, 0).unwrap()
+    }
+
+    fn running(pid: u32, product: &str) -> Running {
+        Running {
+            key: ProcessKey { pid, started: 100 },
+            product: product.into(),
+        }
+    }
+
+    #[test]
+    fn a_new_process_opens_a_session_in_the_local_zone() {
+        let mut m = Meter::new(LocalZone::named("America/New_York"));
+        let changes = m.observe(&[running(7, "acad")], at(14, 0));
+        let [Change::Opened(t)] = changes.as_slice() else {
+            panic!("{changes:?}")
+        };
+        assert_eq!(t.session.product, "acad");
+        assert_eq!(t.session.start.to_rfc3339(), "2026-03-02T09:00:00-05:00");
+        assert_eq!(t.session.tz.as_deref(), Some("America/New_York"));
+        assert_eq!(t.session.end, None);
+        assert_eq!(t.stage, Stage::Open);
+    }
+
+    #[test]
+    fn a_running_process_only_advances_last_seen() {
+        let mut m = Meter::new(None);
+        m.observe(&[running(7, "acad")], at(14, 0));
+        assert!(m.observe(&[running(7, "acad")], at(14, 1)).is_empty());
+        let t = m.open().next().unwrap();
+        assert_eq!(t.session.last_seen, Some(at(14, 1).fixed_offset()));
+    }
+
+    #[test]
+    fn a_gone_process_closes_its_session_at_the_poll_that_missed_it() {
+        let mut m = Meter::new(None);
+        m.observe(&[running(7, "acad")], at(14, 0));
+        let changes = m.observe(&[], at(15, 0));
+        let [Change::Closed(t)] = changes.as_slice() else {
+            panic!("{changes:?}")
+        };
+        assert_eq!(t.session.end, Some(at(15, 0).fixed_offset()));
+        assert_eq!(t.stage, Stage::Closed);
+        assert_eq!(m.to_send().len(), 1);
+    }
+
+    #[test]
+    fn a_reused_pid_is_a_new_session() {
+        let mut m = Meter::new(None);
+        m.observe(&[running(7, "acad")], at(14, 0));
+        let mut again = running(7, "acad");
+        again.key.started = 999;
+        let changes = m.observe(&[again], at(14, 1));
+        assert_eq!(changes.len(), 2, "{changes:?}");
+        assert!(matches!(changes[0], Change::Closed(_)));
+        assert!(matches!(changes[1], Change::Opened(_)));
+    }
+
+    #[test]
+    fn restore_adopts_a_live_process_and_closes_a_dead_one_at_last_seen() {
+        let mut first = Meter::new(None);
+        first.observe(&[running(7, "acad"), running(8, "revit")], at(14, 0));
+        first.observe(&[running(7, "acad"), running(8, "revit")], at(14, 30));
+        let journal: Vec<Tracked> = first.open().cloned().collect();
+
+        let mut m = Meter::new(None);
+        let closed = m.restore(journal, |k| k.pid == 7);
+        assert_eq!(closed.len(), 1);
+        assert_eq!(closed[0].session.product, "revit");
+        assert_eq!(closed[0].session.end, Some(at(14, 30).fixed_offset()));
+        assert!(m.observe(&[running(7, "acad")], at(14, 31)).is_empty());
+    }
+
+    #[test]
+    fn only_a_final_copy_acknowledgement_removes_a_session() {
+        let mut m = Meter::new(None);
+        m.observe(&[running(7, "acad")], at(14, 0));
+        let id = m.open().next().unwrap().session.id.to_string();
+        assert!(!m.accepted(&id, false));
+        m.observe(&[], at(15, 0));
+        assert!(
+            !m.accepted(&id, false),
+            "an open copy's ack is progress only"
+        );
+        assert!(m.accepted(&id, true));
+        assert!(m.to_send().is_empty());
+    }
+
+    #[test]
+    fn a_rejected_session_is_kept_but_never_resent() {
+        let mut m = Meter::new(None);
+        m.observe(&[running(7, "acad")], at(14, 0));
+        m.observe(&[], at(15, 0));
+        let id = m.closed().next().unwrap().session.id.to_string();
+        let t = m.rejected(&id, "conflicting copy").unwrap();
+        assert!(matches!(t.stage, Stage::Rejected { .. }));
+        assert!(m.to_send().is_empty());
+        assert_eq!(m.closed().count(), 1);
+    }
+}

@@ -1,1 +1,548 @@
-//! (in progress)
+//! The service loop: poll, journal, sync, answer `status`.
+//!
+//! Three tasks share one [`Agent`]:
+//! - the **poller** lists product processes every `poll_interval`, opens and closes
+//!   sessions and flushes those changes to the journal before anything else, and
+//!   persists every open session's `last_seen` every [`LAST_SEEN_EVERY`];
+//! - the **syncer** sends what the collector still needs on every open and close and
+//!   every `sync_interval`, backing off (with jitter, up to `retry_max`) while the
+//!   collector is away, and drops a session from the journal only once a copy carrying
+//!   its final `end` came back accepted;
+//! - the **status server** answers `daymeter-agent status` and `enroll`.
+//!
+//! Time comes from an injected [`Clock`] and processes from an injected
+//! [`ProcessSource`], so tests drive the real loop with real processes, a real journal
+//! and a real collector, at the speed they choose.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tokio::sync::Notify;
+
+use daymeter_shared::catalog::{Catalog, builtin};
+use daymeter_shared::clock::Clock;
+use daymeter_shared::policy::Policy;
+use daymeter_shared::recognition::Recogniser;
+
+use crate::config::Config;
+use crate::journal::{Durability, Enrolment, Journal, JournalError, Tracked};
+use crate::meter::{Change, LocalZone, Meter};
+use crate::status::{Inputs, Status};
+use crate::sync::{Backoff, Client, SyncAnswer, SyncError, SyncRequest};
+use crate::watch::ProcessSource;
+
+/// Open sessions' `last_seen` reaches the disk at least this often: a crash costs at
+/// most this much of a session's tail, and the disk sees one write per period instead
+/// of one per poll.
+pub const LAST_SEEN_EVERY: Duration = Duration::from_secs(30);
+
+/// Sessions per sync request: well under the collector's 500-session and 1 MiB limits
+/// even with long idle lists.
+const BATCH: usize = 200;
+
+const ANSWER_KEY: &str = "sync_answer";
+const LAST_SYNC_KEY: &str = "last_sync";
+const REVOKED_KEY: &str = "revoked";
+
+/// Why the agent could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    #[error(transparent)]
+    Sync(#[from] SyncError),
+    #[error("status socket {path}: {source}")]
+    Socket {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "no enrolment secret: set DAYMETER_ENROLLMENT_SECRET or enrollment_secret in the configuration"
+    )]
+    NoSecret,
+    /// The collector refused the enrolment secret (not a revocation: nothing was
+    /// enrolled yet, so fixing the secret and retrying is right).
+    #[error("the collector refused the enrolment secret: {0}")]
+    EnrollRefused(String),
+}
+
+/// What the tasks share. Locks are held briefly and never across an `.await`.
+pub struct Agent {
+    pub config: Config,
+    journal: Arc<dyn Journal>,
+    clock: Arc<dyn Clock>,
+    client: Client,
+    state: Mutex<State>,
+    /// Wakes the syncer: a session opened or closed, or `enroll` was asked for.
+    sync_now: Notify,
+    stopping: AtomicBool,
+}
+
+struct State {
+    meter: Meter,
+    recogniser: Recogniser,
+    /// Bumped when the catalog changes, so the poller re-classifies processes.
+    catalog_version: u64,
+    policy: Policy,
+    answer: Option<SyncAnswer>,
+    last_sync: Option<DateTime<Utc>>,
+    last_error: Option<String>,
+    enrolment: Option<Enrolment>,
+    revoked: bool,
+    /// Sessions whose last journal write failed; retried every poll.
+    unsaved: Vec<Tracked>,
+}
+
+impl Agent {
+    /// Opens the agent's state from the journal: the cached answer (catalog, policy),
+    /// the enrolment and every session; open sessions whose process still runs are
+    /// adopted, the others closed at their `last_seen` (flushed before returning).
+    pub fn start(
+        config: Config,
+        journal: Arc<dyn Journal>,
+        clock: Arc<dyn Clock>,
+        source: &dyn ProcessSource,
+        zone: Option<LocalZone>,
+    ) -> Result<Agent, RunError> {
+        let client = Client::new(&config.collector_url, config.ca_file.as_deref())?;
+        let answer: Option<SyncAnswer> = journal
+            .cached(ANSWER_KEY)?
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok());
+        let last_sync = journal
+            .cached(LAST_SYNC_KEY)?
+            .and_then(|b| String::from_utf8(b).ok())
+            .and_then(|s| DateTime::parse_from_rfc3339(&s).ok())
+            .map(|t| t.with_timezone(&Utc));
+        let revoked = journal.cached(REVOKED_KEY)?.is_some_and(|b| b == b"1");
+        let enrolment = journal
+            .enrolment()?
+            .filter(|e| e.collector_url == config.collector_url);
+        let catalog = effective_catalog(answer.as_ref().and_then(|a| a.catalog.as_ref()));
+        let policy = answer
+            .as_ref()
+            .and_then(|a| a.policy.clone())
+            .unwrap_or_default();
+        let mut meter = Meter::new(zone);
+        let closed = meter.restore(journal.sessions()?, |k| source.alive(k));
+        for t in &closed {
+            journal.put(t, Durability::Flush)?;
+        }
+        tracing::info!(
+            adopted = meter.open().count(),
+            closed_at_last_seen = closed.len(),
+            waiting = meter.closed().count(),
+            "journal opened"
+        );
+        Ok(Agent {
+            client,
+            journal,
+            clock,
+            state: Mutex::new(State {
+                meter,
+                recogniser: Recogniser::new(&catalog),
+                catalog_version: 0,
+                policy,
+                answer,
+                last_sync,
+                last_error: None,
+                enrolment,
+                revoked,
+                unsaved: Vec::new(),
+            }),
+            config,
+            sync_now: Notify::new(),
+            stopping: AtomicBool::new(false),
+        })
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        // A panic while the lock was held leaves plain data behind; keep going with it.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs the poller, the syncer and the status server until `shutdown` completes,
+    /// then persists every open session's `last_seen` and returns.
+    pub async fn run(
+        self: Arc<Self>,
+        mut source: Box<dyn ProcessSource>,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), RunError> {
+        let status = crate::status_socket::serve(self.clone())?;
+        let syncer = tokio::spawn(self.clone().sync_loop());
+        let poll_interval = self.config.poll_interval;
+        let mut ticker = tokio::time::interval(poll_interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut seen_version = 0;
+        let mut last_persist = std::time::Instant::now();
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                _ = ticker.tick() => {}
+            }
+            self.poll_once(source.as_mut(), &mut seen_version);
+            if last_persist.elapsed() >= LAST_SEEN_EVERY {
+                self.persist_open();
+                last_persist = std::time::Instant::now();
+            }
+        }
+        self.stopping.store(true, Ordering::SeqCst);
+        self.sync_now.notify_one();
+        syncer.abort();
+        status.abort();
+        self.persist_open();
+        tracing::info!("agent stopped; open sessions kept in the journal");
+        Ok(())
+    }
+
+    /// One poll: list product processes, record opens and closes (flushed), advance
+    /// `last_seen` in memory. Returns whether anything opened or closed.
+    pub fn poll_once(&self, source: &mut dyn ProcessSource, seen_version: &mut u64) -> bool {
+        let now = self.clock.now();
+        let mut state = self.state();
+        if state.catalog_version != *seen_version {
+            source.forget();
+            *seen_version = state.catalog_version;
+        }
+        let running = {
+            let recogniser = &state.recogniser;
+            let classify = |seen: crate::watch::Seen<'_>| {
+                recogniser.recognise(seen.exe, seen.args).map(str::to_owned)
+            };
+            match source.poll(&classify) {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot list processes; will try again");
+                    return false;
+                }
+            }
+        };
+        let changes = state.meter.observe(&running, now);
+        let mut retry = std::mem::take(&mut state.unsaved);
+        for change in &changes {
+            let (Change::Opened(t) | Change::Closed(t)) = change;
+            match change {
+                Change::Opened(_) => {
+                    tracing::info!(product = %t.session.product, id = %t.session.id, pid = t.process.pid, "product started: session opened")
+                }
+                Change::Closed(_) => {
+                    tracing::info!(product = %t.session.product, id = %t.session.id, pid = t.process.pid, "product ended: session closed")
+                }
+            }
+            retry.push(t.clone());
+        }
+        for t in retry {
+            if let Err(e) = self.journal.put(&t, Durability::Flush) {
+                tracing::error!(error = %e, id = %t.session.id, "cannot write the session to the journal; keeping it in memory and retrying");
+                state.unsaved.push(t);
+            }
+        }
+        drop(state);
+        if !changes.is_empty() {
+            self.sync_now.notify_one();
+        }
+        !changes.is_empty()
+    }
+
+    /// Writes every open session's current `last_seen` and flushes.
+    pub fn persist_open(&self) {
+        let state = self.state();
+        for t in state.meter.open() {
+            if let Err(e) = self.journal.put(t, Durability::Lazy) {
+                tracing::warn!(error = %e, id = %t.session.id, "cannot record last_seen");
+            }
+        }
+        drop(state);
+        if let Err(e) = self.journal.flush() {
+            tracing::warn!(error = %e, "cannot flush the journal");
+        }
+    }
+
+    async fn sync_loop(self: Arc<Self>) {
+        let mut backoff = Backoff::new();
+        let mut wait = Duration::ZERO;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = self.sync_now.notified() => {}
+            }
+            if self.stopping.load(Ordering::SeqCst) {
+                return;
+            }
+            let (interval, retry_max, revoked) = {
+                let s = self.state();
+                (s.policy.sync_interval, s.policy.retry_max, s.revoked)
+            };
+            if revoked {
+                // Wait for `daymeter-agent enroll`; it wakes us.
+                wait = Duration::from_secs(3600);
+                continue;
+            }
+            match self.sync_once().await {
+                Ok(()) => {
+                    backoff.reset();
+                    wait = interval;
+                }
+                Err(e) => {
+                    self.state().last_error = Some(e.to_string());
+                    match &e {
+                        RunError::Sync(SyncError::Unauthorized(m)) => {
+                            tracing::error!(reason = %m, "the collector refused this device (revoked?); journaling goes on; run `daymeter-agent enroll` to enrol again");
+                            self.set_revoked(true);
+                        }
+                        RunError::Sync(s) if s.is_transient() => {
+                            wait = backoff.next_delay(retry_max);
+                            tracing::warn!(error = %e, retry_in = ?wait, failures = backoff.failures(), "collector unreachable; sessions stay in the journal");
+                        }
+                        _ => {
+                            wait = backoff.next_delay(retry_max.max(interval));
+                            tracing::error!(error = %e, retry_in = ?wait, "sync failed");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn set_revoked(&self, revoked: bool) {
+        self.state().revoked = revoked;
+        let value: &[u8] = if revoked { b"1" } else { b"0" };
+        if let Err(e) = self.journal.set_cached(REVOKED_KEY, value) {
+            tracing::warn!(error = %e, "cannot record the revocation in the journal");
+        }
+        if revoked {
+            self.state().enrolment = None;
+            if let Err(e) = self.journal.set_enrolment(None) {
+                tracing::warn!(error = %e, "cannot forget the revoked enrolment");
+            }
+        }
+    }
+
+    /// Enrols now with the configured secret (`daymeter-agent enroll`), replacing any
+    /// earlier (revoked) enrolment.
+    pub async fn enroll(&self) -> Result<Enrolment, RunError> {
+        let secret = self
+            .config
+            .enrollment_secret
+            .clone()
+            .ok_or(RunError::NoSecret)?;
+        let enrolment = self
+            .client
+            .enroll(secret.expose(), &hostname())
+            .await
+            .map_err(refused_secret)?;
+        self.journal.set_enrolment(Some(&enrolment))?;
+        self.state().enrolment = Some(enrolment.clone());
+        self.set_revoked(false);
+        tracing::info!(%enrolment, "enrolled");
+        self.sync_now.notify_one();
+        Ok(enrolment)
+    }
+
+    /// Sends everything the collector still needs (an empty sync when nothing is
+    /// pending: it still refreshes catalog, policy and grace).
+    pub async fn sync_once(&self) -> Result<(), RunError> {
+        let enrolled = self.state().enrolment.clone();
+        let enrolment = match enrolled {
+            Some(e) => e,
+            None => self.enroll().await?,
+        };
+        // Never tell the collector a `last_seen` the journal could lose: after a crash the
+        // session is closed at the journal's `last_seen`, and a final copy shorter than an
+        // open copy already sent would leave the collector's copy open for good. The
+        // open sessions are written under the lock, so a close cannot be overwritten.
+        let pending: Vec<Tracked> = {
+            let state = self.state();
+            for t in state.meter.open() {
+                self.journal.put(t, Durability::Lazy)?;
+            }
+            state.meter.to_send().into_iter().cloned().collect()
+        };
+        self.journal.flush()?;
+        let mut chunks: Vec<&[Tracked]> = pending.chunks(BATCH).collect();
+        if chunks.is_empty() {
+            chunks.push(&[]);
+        }
+        for chunk in chunks {
+            let request = SyncRequest {
+                user: &self.config.user,
+                agent_time: self.clock.now().to_rfc3339(),
+                sessions: chunk.iter().map(|t| &t.session).collect(),
+            };
+            let answer = self.client.sync(&enrolment.device_token, &request).await?;
+            self.apply(chunk, answer);
+        }
+        Ok(())
+    }
+
+    /// Takes a sync answer: drops acknowledged final copies, keeps rejections with
+    /// their reason, caches catalog, policy, grace and windows.
+    fn apply(&self, sent: &[Tracked], answer: SyncAnswer) {
+        let now = self.clock.now();
+        let mut state = self.state();
+        for id in &answer.accepted {
+            let final_copy = sent
+                .iter()
+                .any(|t| t.session.id == id.as_str() && t.session.end.is_some());
+            if state.meter.accepted(id, final_copy)
+                && let Err(e) = self.journal.remove(id)
+            {
+                tracing::warn!(error = %e, %id, "cannot drop an acknowledged session from the journal; it will be sent again (harmless)");
+            }
+        }
+        for r in &answer.rejected {
+            let reason = r.reason();
+            let Some(id) = r.id.as_deref() else {
+                tracing::warn!(%reason, "the collector rejected a session without naming it");
+                continue;
+            };
+            tracing::warn!(%id, %reason, "the collector rejected a session; it is kept and not sent again");
+            if let Some(t) = state.meter.rejected(id, &reason)
+                && let Err(e) = self.journal.put(&t, Durability::Flush)
+            {
+                tracing::warn!(error = %e, %id, "cannot record the rejection");
+            }
+        }
+        if let Some(catalog) = &answer.catalog {
+            let current: Option<&Catalog> = state.answer.as_ref().and_then(|a| a.catalog.as_ref());
+            if current != Some(catalog) {
+                state.recogniser = Recogniser::new(&effective_catalog(Some(catalog)));
+                state.catalog_version += 1;
+                tracing::info!(products = catalog.len(), "catalog from the collector");
+            }
+        }
+        if let Some(policy) = &answer.policy {
+            state.policy = policy.clone();
+        }
+        state.last_sync = Some(now);
+        state.last_error = None;
+        match serde_json::to_vec(&answer) {
+            Ok(bytes) => {
+                if let Err(e) = self.journal.set_cached(ANSWER_KEY, &bytes) {
+                    tracing::warn!(error = %e, "cannot cache the collector's answer");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot encode the collector's answer"),
+        }
+        if let Err(e) = self
+            .journal
+            .set_cached(LAST_SYNC_KEY, now.to_rfc3339().as_bytes())
+        {
+            tracing::warn!(error = %e, "cannot record the sync time");
+        }
+        state.answer = Some(answer);
+    }
+
+    /// The status the running agent reports.
+    pub fn status(&self) -> Status {
+        let now = self.clock.now();
+        let state = self.state();
+        let sessions: Vec<&Tracked> = state.meter.open().chain(state.meter.closed()).collect();
+        Status::build(&Inputs {
+            running: true,
+            now,
+            user: &self.config.user,
+            collector_url: &self.config.collector_url,
+            device_id: state.enrolment.as_ref().map(|e| e.device_id.as_str()),
+            revoked: state.revoked,
+            last_sync: state.last_sync,
+            last_error: state.last_error.as_deref(),
+            answer: state.answer.as_ref(),
+            policy: &state.policy,
+            sessions: &sessions,
+        })
+    }
+}
+
+/// The status read straight from the journal, when no agent runs.
+pub fn offline_status(
+    config: &Config,
+    journal: &dyn Journal,
+    now: DateTime<Utc>,
+) -> Result<Status, RunError> {
+    let answer: Option<SyncAnswer> = journal
+        .cached(ANSWER_KEY)?
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok());
+    let last_sync = journal
+        .cached(LAST_SYNC_KEY)?
+        .and_then(|b| String::from_utf8(b).ok())
+        .and_then(|s| DateTime::parse_from_rfc3339(&s).ok())
+        .map(|t| t.with_timezone(&Utc));
+    let revoked = journal.cached(REVOKED_KEY)?.is_some_and(|b| b == b"1");
+    let enrolment = journal.enrolment()?;
+    let policy = answer
+        .as_ref()
+        .and_then(|a| a.policy.clone())
+        .unwrap_or_default();
+    let tracked = journal.sessions()?;
+    let sessions: Vec<&Tracked> = tracked.iter().collect();
+    Ok(Status::build(&Inputs {
+        running: false,
+        now,
+        user: &config.user,
+        collector_url: &config.collector_url,
+        device_id: enrolment.as_ref().map(|e| e.device_id.as_str()),
+        revoked,
+        last_sync,
+        last_error: None,
+        answer: answer.as_ref(),
+        policy: &policy,
+        sessions: &sessions,
+    }))
+}
+
+/// Enrols with the collector without a running agent (`daymeter-agent enroll`).
+pub async fn enroll_offline(config: &Config, journal: &dyn Journal) -> Result<Enrolment, RunError> {
+    let secret = config.enrollment_secret.clone().ok_or(RunError::NoSecret)?;
+    let client = Client::new(&config.collector_url, config.ca_file.as_deref())?;
+    let enrolment = client
+        .enroll(secret.expose(), &hostname())
+        .await
+        .map_err(refused_secret)?;
+    journal.set_enrolment(Some(&enrolment))?;
+    journal.set_cached(REVOKED_KEY, b"0")?;
+    Ok(enrolment)
+}
+
+/// What the agent recognises: the built-in catalog overlaid with the collector's,
+/// whose entries win by product id. A product the collector does not list yet is still
+/// metered: the collector stores its sessions and accounts them once it is imported, so
+/// an admin who has not imported a catalog yet loses nothing.
+pub fn effective_catalog(collector: Option<&Catalog>) -> Catalog {
+    let mut catalog = builtin();
+    if let Some(c) = collector {
+        catalog.extend(c.iter().map(|(id, p)| (id.clone(), p.clone())));
+    }
+    catalog
+}
+
+fn refused_secret(e: SyncError) -> RunError {
+    match e {
+        SyncError::Unauthorized(m) => RunError::EnrollRefused(m),
+        other => RunError::Sync(other),
+    }
+}
+
+/// This machine's name, for the collector's device list.
+pub fn hostname() -> String {
+    #[cfg(unix)]
+    {
+        let mut buf = [0u8; 256];
+        // SAFETY: the buffer is valid for its length; gethostname NUL-terminates within it
+        // or truncates, and we stop at the first NUL either way.
+        let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+        if rc == 0 {
+            let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
+            if let Ok(name) = std::str::from_utf8(&buf[..end])
+                && !name.is_empty()
+            {
+                return name.to_owned();
+            }
+        }
+    }
+    std::env::var("COMPUTERNAME").unwrap_or_else(|_| "unknown".to_owned())
+}

@@ -1,1 +1,320 @@
-//! Helpers for the end-to-end tests (binaries under test, scratch folders).
+//! The harness of the end-to-end tests: the real `daymeter-collector` and
+//! `daymeter-agent` binaries, started as processes over real TCP, with real product
+//! processes (a copy of `sleep` under a product's executable name).
+//!
+//! Every test uses its own product executable names, user and folders, so tests running
+//! in parallel never meter each other's processes.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+pub const ENROLLMENT_SECRET: &str = "e2e-enrolment-secret-0123";
+pub const ADMIN_TOKEN: &str = "e2e-admin-token-0123456789";
+
+/// The folder the workspace's binaries are built into (`target/debug`), built on first
+/// use so that `cargo test -p daymeter-tests` works on its own too.
+pub fn bin_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args([
+                "build",
+                "--quiet",
+                "-p",
+                "daymeter-agent",
+                "-p",
+                "daymeter-collector",
+                "--bins",
+            ])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .expect("cargo build of the binaries");
+        assert!(status.success(), "building the binaries failed");
+        // target/debug/deps/<test> → target/debug
+        let exe = std::env::current_exe().expect("test executable path");
+        exe.parent()
+            .and_then(Path::parent)
+            .expect("target dir")
+            .to_owned()
+    })
+}
+
+pub fn agent_bin() -> PathBuf {
+    bin_dir().join("daymeter-agent")
+}
+
+pub fn collector_bin() -> PathBuf {
+    bin_dir().join("daymeter-collector")
+}
+
+/// Polls `f` until it returns `Some`, or panics with `what` after `limit`.
+pub async fn eventually<T, F, Fut>(what: &str, limit: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A running collector on SQLite.
+pub struct Collector {
+    child: Option<Child>,
+    pub addr: SocketAddr,
+    pub db: PathBuf,
+    http: reqwest::Client,
+}
+
+impl Collector {
+    /// Starts a collector on a free loopback port with its database in `dir`.
+    pub fn start(dir: &Path) -> Collector {
+        Self::start_on(dir, "127.0.0.1:0")
+    }
+
+    fn start_on(dir: &Path, listen: &str) -> Collector {
+        let db = dir.join("collector.db");
+        let mut child = Command::new(collector_bin())
+            .args(["serve", "--listen", listen, "--db"])
+            .arg(&db)
+            .env("DAYMETER_ENROLLMENT_SECRET", ENROLLMENT_SECRET)
+            .env("DAYMETER_ADMIN_TOKEN", ADMIN_TOKEN)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start the collector");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("the collector's first line");
+        let addr = line
+            .trim()
+            .strip_prefix("listening on http://")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .parse()
+            .expect("an address");
+        Collector {
+            child: Some(child),
+            addr,
+            db,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// SIGKILL, as a crash or power loss would.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts again on the same port and database.
+    pub fn restart(&mut self, dir: &Path) {
+        self.kill();
+        let addr = self.addr.to_string();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            // The port may take a moment to be free again.
+            if std::net::TcpListener::bind(&addr).is_ok() || Instant::now() > deadline {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        *self = Self::start_on(dir, &addr);
+    }
+
+    pub async fn admin_get(&self, path_and_query: &str) -> Value {
+        let r = self
+            .http
+            .get(format!("{}{path_and_query}", self.url()))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .expect("admin GET");
+        assert!(
+            r.status().is_success(),
+            "GET {path_and_query}: {}",
+            r.status()
+        );
+        r.json().await.expect("admin JSON")
+    }
+
+    pub async fn admin_post(&self, path: &str, body: &Value) -> Value {
+        let r = self
+            .http
+            .post(format!("{}{path}", self.url()))
+            .bearer_auth(ADMIN_TOKEN)
+            .json(body)
+            .send()
+            .await
+            .expect("admin POST");
+        let status = r.status();
+        let body: Value = r.json().await.unwrap_or(Value::Null);
+        assert!(status.is_success(), "POST {path}: {status} {body}");
+        body
+    }
+
+    /// Imports a catalog of `products` (id → executable name) at `tokens` per day, with a
+    /// short policy so a test's sessions count.
+    pub async fn import_products(&self, products: &[(&str, &str)], policy: Value) {
+        let catalog: serde_json::Map<String, Value> = products
+            .iter()
+            .map(|(id, exe)| {
+                (
+                    (*id).to_owned(),
+                    json!({"name": id, "tokens_per_day": 7, "match": [{"exe": exe}]}),
+                )
+            })
+            .collect();
+        self.admin_post(
+            "/v1/admin/import",
+            &json!({"catalog": catalog, "policy": policy}),
+        )
+        .await;
+    }
+
+    /// The sessions the collector holds for `user`.
+    pub async fn sessions_of(&self, user: &str) -> Vec<Value> {
+        let v = self
+            .admin_get(&format!("/v1/admin/sessions?user={user}"))
+            .await;
+        v["sessions"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// A reachable collector's answer to /healthz.
+    pub async fn healthy(&self) -> bool {
+        self.http
+            .get(format!("{}/healthz", self.url()))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+    }
+}
+
+impl Drop for Collector {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A running agent.
+pub struct Agent {
+    child: Option<Child>,
+    pub config: PathBuf,
+}
+
+impl Agent {
+    /// Writes a configuration for `user` in `dir` pointing at `collector_url`, the
+    /// enrolment secret in the environment (never in the file or argv).
+    pub fn configure(dir: &Path, collector_url: &str, user: &str) -> PathBuf {
+        let config = dir.join("agent.toml");
+        let text = format!(
+            "collector_url = \"{collector_url}\"\nuser = \"{user}\"\ndata_dir = \"{}\"\npoll_interval = \"100ms\"\n",
+            dir.join("data").display()
+        );
+        std::fs::write(&config, text).expect("write the agent config");
+        config
+    }
+
+    pub fn start(config: &Path) -> Agent {
+        let child = Command::new(agent_bin())
+            .arg("run")
+            .arg("--config")
+            .arg(config)
+            .env("DAYMETER_ENROLLMENT_SECRET", ENROLLMENT_SECRET)
+            .env("DAYMETER_LOG", "warn,daymeter_agent=debug")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start the agent");
+        Agent {
+            child: Some(child),
+            config: config.to_owned(),
+        }
+    }
+
+    /// SIGKILL.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM, then waits; returns the exit code.
+    pub fn terminate(&mut self) -> Option<i32> {
+        let mut c = self.child.take()?;
+        // SAFETY: plain kill(2) on our own child's pid.
+        unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+        c.wait().ok().and_then(|s| s.code())
+    }
+
+    /// `daymeter-agent status --json` (from the running agent or the journal).
+    pub fn status(config: &Path) -> Option<Value> {
+        let out = Command::new(agent_bin())
+            .args(["status", "--json", "--config"])
+            .arg(config)
+            .env("DAYMETER_LOG", "error")
+            .output()
+            .ok()?;
+        if !out.status.success() {
+            return None;
+        }
+        serde_json::from_slice(&out.stdout).ok()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A product process: a copy of `sleep` under the product's executable name.
+pub struct Product {
+    child: Option<Child>,
+}
+
+impl Product {
+    pub fn start(dir: &Path, exe: &str) -> Product {
+        let path = dir.join(exe);
+        if !path.exists() {
+            std::fs::copy("/bin/sleep", &path).expect("copy sleep under the product's name");
+        }
+        let child = Command::new(&path)
+            .arg("3600")
+            .spawn()
+            .expect("start the product");
+        Product { child: Some(child) }
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Product {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

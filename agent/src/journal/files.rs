@@ -249,11 +249,9 @@ fn lock_dir(dir: &Path) -> Result<File, JournalError> {
         .map_err(io_error(&path))?;
     match file.try_lock() {
         Ok(()) => Ok(file),
-        Err(fs::TryLockError::WouldBlock) => Err(JournalError::Storage(format!(
-            "the journal in {} is in use: another daymeter-agent is probably running \
-             (stop it, or ask it with `daymeter-agent status`)",
-            dir.display()
-        ))),
+        Err(fs::TryLockError::WouldBlock) => Err(JournalError::InUse {
+            dir: dir.to_owned(),
+        }),
         Err(fs::TryLockError::Error(source)) => Err(JournalError::Io { path, source }),
     }
 }

@@ -19,8 +19,8 @@ use daymeter_shared::session::OwnedSession;
 
 use crate::watch::ProcessKey;
 
-/// The journal the agent opens: redb, because sled's first open alone costs more memory
-/// than the agent's budget (see [`redb`](self::redb)).
+/// The journal the agent opens: redb, which keeps the same journal in a fraction of
+/// sled's memory and disk (figures in [`redb`](self::redb)).
 pub type DefaultJournal = self::redb::RedbJournal;
 
 /// Where a session stands in its journey to the collector.
@@ -77,6 +77,13 @@ impl std::fmt::Display for Enrolment {
 pub enum JournalError {
     #[error("journal storage: {0}")]
     Storage(String),
+    /// Another process holds the journal: a running agent, or a `status` reading it
+    /// for a moment.
+    #[error(
+        "the journal in {} is in use: another daymeter-agent is probably running (stop it, or ask it with `daymeter-agent status`)",
+        dir.display()
+    )]
+    InUse { dir: std::path::PathBuf },
     #[error("journal record {key}: {reason}")]
     Corrupt { key: String, reason: String },
     #[error("journal file {path}: {source}")]

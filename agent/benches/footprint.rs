@@ -1,0 +1,255 @@
+//! The agent's footprint on a workstation: CPU time and peak RSS of the real
+//! `daymeter-agent run` binary at a 1 s poll with 400 other processes running, the
+//! latency from a product's start to the agent opening its session, and, for
+//! comparison, the same run of a loop doing a sysinfo full process refresh every second.
+//!
+//! `cargo bench -p daymeter-agent --bench footprint`; `DAYMETER_BENCH_SECONDS` sets the
+//! measured run (default 600 s, the ten minutes). The agent runs offline (its
+//! collector address refuses connections, so it journals and backs off): the state it
+//! spends most of its life in is polling, which is what this measures.
+//!
+//! Linux only: CPU time and RSS are read from `/proc/PID/stat` and `/proc/PID/status`.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+const OTHER_PROCESSES: usize = 400;
+const SYSINFO_LOOP_ENV: &str = "DAYMETER_BENCH_SYSINFO_LOOP";
+
+fn main() {
+    if let Ok(seconds) = std::env::var(SYSINFO_LOOP_ENV) {
+        sysinfo_loop(Duration::from_secs(seconds.parse().unwrap_or(600)));
+        return;
+    }
+    // `cargo bench` passes `--bench`; nothing else is read from the command line.
+    let seconds: u64 = std::env::var("DAYMETER_BENCH_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(600);
+    let run = Duration::from_secs(seconds);
+    let dir = tempfile::tempdir().expect("scratch folder");
+
+    let others: Vec<Killed> = (0..OTHER_PROCESSES)
+        .map(|_| {
+            Killed(
+                Command::new("sleep")
+                    .arg("100000")
+                    .stdout(Stdio::null())
+                    .spawn()
+                    .expect("spawn sleep"),
+            )
+        })
+        .collect();
+    let total = std::fs::read_dir("/proc")
+        .expect("/proc")
+        .filter(|e| {
+            e.as_ref().is_ok_and(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .bytes()
+                    .all(|b| b.is_ascii_digit())
+            })
+        })
+        .count();
+    println!(
+        "footprint: {} other processes started, {total} processes on the machine, {} s per run",
+        others.len(),
+        run.as_secs()
+    );
+
+    // The agent.
+    let config = dir.path().join("agent.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "collector_url = \"http://127.0.0.1:9\"\nuser = \"bench\"\ndata_dir = \"{}\"\npoll_interval = \"1s\"\n",
+            dir.path().join("data").display()
+        ),
+    )
+    .expect("agent config");
+    let mut agent = Killed(
+        Command::new(env!("CARGO_BIN_EXE_daymeter-agent"))
+            .args(["run", "--config"])
+            .arg(&config)
+            .env("DAYMETER_ENROLLMENT_SECRET", "bench-enrolment-secret-01")
+            .env("DAYMETER_LOG", "error,daymeter_agent::run=info")
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start daymeter-agent"),
+    );
+    let agent_pid = agent.0.id();
+    let (lines_tx, lines) = mpsc::channel::<(Instant, String)>();
+    let stderr = agent.0.stderr.take().expect("agent stderr");
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if lines_tx.send((Instant::now(), line)).is_err() {
+                break;
+            }
+        }
+    });
+    // Let it start, open its journal and settle.
+    std::thread::sleep(Duration::from_secs(5));
+
+    let product = dir.path().join("acad.exe");
+    std::fs::copy("/bin/sleep", &product).expect("copy sleep as acad.exe");
+
+    let cpu_start = cpu_seconds(agent_pid);
+    let started = Instant::now();
+    let mut latencies = Vec::new();
+    // A product start every 30 s (at least three per run): each is detected, journaled
+    // (flushed) and later closed, as a designer's day would have it, only denser.
+    let every = Duration::from_secs(30)
+        .min(run / 3)
+        .max(Duration::from_secs(2));
+    while started.elapsed() + every <= run {
+        let tick = Instant::now();
+        let mut p = Killed(
+            Command::new(&product)
+                .arg("100000")
+                .spawn()
+                .expect("start the product"),
+        );
+        let spawned = Instant::now();
+        let pid = p.0.id();
+        let needle = format!("pid={pid}");
+        let deadline = spawned + Duration::from_secs(10);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match lines.recv_timeout(left) {
+                Ok((at, line)) if line.contains("session opened") && line.contains(&needle) => {
+                    latencies.push(at.saturating_duration_since(spawned));
+                    break;
+                }
+                Ok(_) => {}
+                Err(_) => {
+                    eprintln!("footprint: product pid {pid} not detected within 10 s");
+                    break;
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(1500));
+        p.stop();
+        std::thread::sleep(every.saturating_sub(tick.elapsed()));
+    }
+    std::thread::sleep(run.saturating_sub(started.elapsed()));
+    let agent_cpu = cpu_seconds(agent_pid) - cpu_start;
+    let agent_wall = started.elapsed().as_secs_f64();
+    let agent_hwm = peak_rss_kib(agent_pid);
+    agent.stop();
+
+    // The comparison: a sysinfo full refresh every second, as its own process.
+    let mut sysinfo = Killed(
+        Command::new(std::env::current_exe().expect("bench path"))
+            .env(SYSINFO_LOOP_ENV, run.as_secs().to_string())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("sysinfo loop"),
+    );
+    let report = BufReader::new(sysinfo.0.stdout.take().expect("loop stdout"))
+        .lines()
+        .map_while(Result::ok)
+        .last()
+        .unwrap_or_default();
+    sysinfo.stop();
+    drop(others);
+
+    let share = |cpu: f64, wall: f64| 100.0 * cpu / wall;
+    println!(
+        "daymeter-agent (1 s poll): cpu {:.3} s over {:.0} s = {:.4} % of one core; peak RSS {:.1} MiB",
+        agent_cpu,
+        agent_wall,
+        share(agent_cpu, agent_wall),
+        agent_hwm as f64 / 1024.0
+    );
+    if !latencies.is_empty() {
+        latencies.sort();
+        let mean = latencies.iter().sum::<Duration>() / latencies.len() as u32;
+        println!(
+            "detection latency over {} product starts: mean {} ms, max {} ms (goal: poll interval + 100 ms = 1100 ms)",
+            latencies.len(),
+            mean.as_millis(),
+            latencies.last().map_or(0, Duration::as_millis)
+        );
+    }
+    println!("{report}");
+}
+
+/// The comparison loop: what the agent would cost polling through sysinfo on Linux.
+fn sysinfo_loop(run: Duration) {
+    let me = std::process::id();
+    let Ok(mut system) = sysinfo::System::new() else {
+        println!("sysinfo full refresh: unavailable on this machine");
+        return;
+    };
+    let cpu_start = cpu_seconds(me);
+    let started = Instant::now();
+    let mut refreshes = 0u32;
+    while started.elapsed() < run {
+        let tick = Instant::now();
+        system.refresh_processes(sysinfo::ProcessesToUpdate::All, true);
+        refreshes += 1;
+        std::thread::sleep(Duration::from_secs(1).saturating_sub(tick.elapsed()));
+    }
+    let cpu = cpu_seconds(me) - cpu_start;
+    let wall = started.elapsed().as_secs_f64();
+    println!(
+        "sysinfo full refresh (1 s loop, {refreshes} refreshes of {} processes): cpu {:.3} s over {:.0} s = {:.4} % of one core; peak RSS {:.1} MiB",
+        system.processes().len(),
+        cpu,
+        wall,
+        100.0 * cpu / wall,
+        peak_rss_kib(me) as f64 / 1024.0
+    );
+}
+
+/// utime + stime of a process, in seconds.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    // After the comm: state is field 3, utime 14, stime 15 (1-based in proc(5)).
+    let ticks = |i: usize| {
+        fields
+            .get(i - 3)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    (ticks(14) + ticks(15)) as f64 / hz
+}
+
+/// VmHWM: the peak resident set, in KiB.
+fn peak_rss_kib(pid: u32) -> u64 {
+    read_status_field(format!("/proc/{pid}/status"), "VmHWM:")
+}
+
+fn read_status_field(path: impl AsRef<Path>, key: &str) -> u64 {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A child killed (and reaped) when dropped.
+struct Killed(Child);
+
+impl Killed {
+    fn stop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
