@@ -507,8 +507,8 @@ fn sigkill_while_writing_loses_no_flushed_write() {
     torture::<RedbJournal>();
 }
 
-/// sled, for comparison (it passes, but does not fit the memory budget): run with
-/// `-- --ignored sled`.
+/// sled, for comparison (it passes; the agent uses redb for its smaller memory and disk
+/// footprint): run with `-- --ignored sled`.
 #[test]
 #[ignore = "sled is not the agent's journal; run for comparison"]
 fn sled_sigkill_while_writing_loses_no_flushed_write() {

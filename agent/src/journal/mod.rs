@@ -20,7 +20,7 @@ use daymeter_shared::session::OwnedSession;
 use crate::watch::ProcessKey;
 
 /// The journal the agent opens: redb, which keeps the same journal in a fraction of
-/// sled's memory and disk (figures in [`redb`](self::redb)).
+/// sled's memory and disk (figures in [`redb`]).
 pub type DefaultJournal = self::redb::RedbJournal;
 
 /// Where a session stands in its journey to the collector.

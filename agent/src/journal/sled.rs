@@ -1,10 +1,11 @@
 //! The journal on sled 0.34: sessions and cached answers in two sled trees under
-//! `sled/` in the journal directory; the lock and the enrolment are [`super::files`]'s.
+//! `sled/` in the journal directory; the lock and the enrolment are `journal/files.rs`'s.
 //!
 //! Kept for comparison and migration, not used by the agent: sled passes the crash
-//! torture, but its first open allocates and zero-fills 42 metrics histograms of 64 Ki
-//! counters each (≈ 21 MiB resident, with the default `no_metrics` feature too), which
-//! alone exceeds the agent's 15 MB budget. The agent uses [`super::redb::RedbJournal`].
+//! torture, but costs several times redb's memory and disk for the same journal (figures
+//! in [`super::redb`]); the agent uses [`super::redb::RedbJournal`]. In debug builds its
+//! first open also zero-fills ≈ 21 MiB of metrics histograms (42 of 64 Ki counters,
+//! `no_metrics` feature or not), which makes debug RSS figures meaningless.
 //!
 //! Decisions, and why:
 //! - **Cache**: sled's page cache defaults to 1 GiB; [`CACHE_BYTES`] (2 MiB) holds a
