@@ -81,7 +81,7 @@ impl Backend for SledJournal {
 /// journal locks included.
 fn open<J: Backend>(dir: &Path) -> J {
     retrying(|| match J::open(dir) {
-        Err(e) if e.to_string().contains("probably running") => Err(e),
+        Err(e @ JournalError::InUse { .. }) => Err(e),
         Err(e) => panic!("open {}: {e}", dir.display()),
         Ok(journal) => Ok(journal),
     })
