@@ -99,7 +99,7 @@ impl RedbJournal {
     /// Opens (creating it if needed) the journal in `dir`, repairing the file if the last
     /// agent did not close it (a crash or a power loss).
     ///
-    /// Fails with a [`JournalError::Storage`] saying another agent is probably running
+    /// Fails with [`JournalError::InUse`] ("another daymeter-agent is probably running")
     /// when another process (or another `open` in this one) has the journal open.
     pub fn open(dir: &Path) -> Result<Self, JournalError> {
         let dir = JournalDir::lock(dir)?;

@@ -56,7 +56,7 @@ impl std::fmt::Debug for SledJournal {
 impl SledJournal {
     /// Opens (creating it if needed) the journal in `dir`.
     ///
-    /// Fails with a [`JournalError::Storage`] saying another agent is probably running
+    /// Fails with [`JournalError::InUse`] ("another daymeter-agent is probably running")
     /// when another process (or another `open` in this one) has the journal open.
     pub fn open(dir: &Path) -> Result<Self, JournalError> {
         let dir = JournalDir::lock(dir)?;
