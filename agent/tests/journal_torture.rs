@@ -460,9 +460,11 @@ fn round<J: Backend>(dir: &Path, rng: &mut Rng) -> Result<Vec<String>, String> {
     });
 
     let mut lines = Vec::new();
-    // One round in ten kills at any moment from the start, recovery included; the rest
-    // 1–50 ms into the writing.
-    if rng.below(10) == 0 {
+    // One round in ten kills at any moment from the start, recovery included; one in
+    // ten 50–300 ms into the writing, so that state builds up (a flushed write takes
+    // milliseconds in a debug build on a busy disk); the rest 1–50 ms in.
+    let moment = rng.below(10);
+    if moment == 0 {
         std::thread::sleep(Duration::from_millis(rng.below(40)));
     } else {
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -486,7 +488,12 @@ fn round<J: Backend>(dir: &Path, rng: &mut Rng) -> Result<Vec<String>, String> {
                 }
             }
         }
-        std::thread::sleep(Duration::from_millis(1 + rng.below(50)));
+        let ms = if moment == 1 {
+            50 + rng.below(251)
+        } else {
+            1 + rng.below(50)
+        };
+        std::thread::sleep(Duration::from_millis(ms));
     }
     // `Child::kill` is SIGKILL on Unix.
     let _ = child.kill();
