@@ -76,19 +76,42 @@ pub struct Collector {
     pub addr: SocketAddr,
     pub db: PathBuf,
     http: reqwest::Client,
+    /// Certificate and key files when serving HTTPS.
+    tls: Option<(PathBuf, PathBuf)>,
 }
 
 impl Collector {
     /// Starts a collector on a free loopback port with its database in `dir`.
     pub fn start(dir: &Path) -> Collector {
-        Self::start_on(dir, "127.0.0.1:0")
+        Self::start_on(dir, "127.0.0.1:0", None)
     }
 
-    fn start_on(dir: &Path, listen: &str) -> Collector {
+    /// Serves HTTPS with a certificate for `localhost` generated into `dir`; returns the
+    /// collector and the certificate's PEM file (the CA an agent must trust).
+    pub fn start_tls(dir: &Path) -> (Collector, PathBuf) {
+        let rcgen::CertifiedKey { cert, signing_key } =
+            rcgen::generate_simple_self_signed(vec!["localhost".to_owned()])
+                .expect("a test certificate");
+        let cert_file = dir.join("collector-cert.pem");
+        let key_file = dir.join("collector-key.pem");
+        std::fs::write(&cert_file, cert.pem()).expect("write the certificate");
+        std::fs::write(&key_file, signing_key.serialize_pem()).expect("write the key");
+        let c = Self::start_on(dir, "127.0.0.1:0", Some((cert_file.clone(), key_file)));
+        (c, cert_file)
+    }
+
+    fn start_on(dir: &Path, listen: &str, tls: Option<(PathBuf, PathBuf)>) -> Collector {
         let db = dir.join("collector.db");
-        let mut child = Command::new(collector_bin())
-            .args(["serve", "--listen", listen, "--db"])
-            .arg(&db)
+        let mut command = Command::new(collector_bin());
+        command.args(["serve", "--listen", listen, "--db"]).arg(&db);
+        if let Some((cert, key)) = &tls {
+            command
+                .arg("--tls-cert")
+                .arg(cert)
+                .arg("--tls-key")
+                .arg(key);
+        }
+        let mut child = command
             .env("DAYMETER_ENROLLMENT_SECRET", ENROLLMENT_SECRET)
             .env("DAYMETER_ADMIN_TOKEN", ADMIN_TOKEN)
             .stdout(Stdio::piped())
@@ -99,22 +122,40 @@ impl Collector {
         BufReader::new(child.stdout.take().expect("stdout"))
             .read_line(&mut line)
             .expect("the collector's first line");
-        let addr = line
+        let addr: SocketAddr = line
             .trim()
             .strip_prefix("listening on http://")
+            .or_else(|| line.trim().strip_prefix("listening on https://"))
             .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
             .parse()
             .expect("an address");
+        let http = match &tls {
+            None => reqwest::Client::new(),
+            Some((cert, _)) => reqwest::Client::builder()
+                .add_root_certificate(
+                    reqwest::Certificate::from_pem(&std::fs::read(cert).expect("certificate"))
+                        .expect("a PEM certificate"),
+                )
+                .resolve("localhost", addr)
+                .build()
+                .expect("an HTTPS client"),
+        };
         Collector {
             child: Some(child),
             addr,
             db,
-            http: reqwest::Client::new(),
+            http,
+            tls,
         }
     }
 
+    /// The collector's base URL (`https://localhost:PORT` when serving HTTPS, so that
+    /// the certificate's name matches).
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        match self.tls {
+            None => format!("http://{}", self.addr),
+            Some(_) => format!("https://localhost:{}", self.addr.port()),
+        }
     }
 
     /// SIGKILL, as a crash or power loss would.
@@ -137,7 +178,8 @@ impl Collector {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        *self = Self::start_on(dir, &addr);
+        let tls = self.tls.take();
+        *self = Self::start_on(dir, &addr, tls);
     }
 
     pub async fn admin_get(&self, path_and_query: &str) -> Value {
@@ -224,9 +266,14 @@ impl Agent {
     /// Writes a configuration for `user` in `dir` pointing at `collector_url`, the
     /// enrolment secret in the environment (never in the file or argv).
     pub fn configure(dir: &Path, collector_url: &str, user: &str) -> PathBuf {
+        Self::configure_with(dir, collector_url, user, "")
+    }
+
+    /// As [`Agent::configure`], with `extra` lines appended to the file.
+    pub fn configure_with(dir: &Path, collector_url: &str, user: &str, extra: &str) -> PathBuf {
         let config = dir.join("agent.toml");
         let text = format!(
-            "collector_url = \"{collector_url}\"\nuser = \"{user}\"\ndata_dir = \"{}\"\npoll_interval = \"100ms\"\n",
+            "collector_url = \"{collector_url}\"\nuser = \"{user}\"\ndata_dir = \"{}\"\npoll_interval = \"100ms\"\n{extra}",
             dir.join("data").display()
         );
         std::fs::write(&config, text).expect("write the agent config");

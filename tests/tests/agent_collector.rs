@@ -223,3 +223,30 @@ async fn sigterm_stops_the_agent_cleanly_and_status_reads_the_journal() {
     assert_eq!(stopped["open"][0]["id"], running["open"][0]["id"]);
     assert!(stopped["last_sync"].is_string());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn over_https_the_agent_trusts_its_ca_file_and_nothing_else() {
+    let dir = scratch();
+    let (collector, ca) = Collector::start_tls(dir.path());
+    collector
+        .import_products(&[("e2etls", "e2etls-six")], quick_policy())
+        .await;
+
+    // Without the CA file the collector's certificate is not trusted: nothing syncs.
+    let config = Agent::configure(dir.path(), &collector.url(), "user-six");
+    let mut untrusting = Agent::start(&config);
+    let refused = status_where(&config, "a sync error", |s| s["last_error"].is_string());
+    assert!(refused["last_sync"].is_null(), "{refused}");
+    assert_eq!(untrusting.terminate(), Some(0));
+
+    let config = Agent::configure_with(
+        dir.path(),
+        &collector.url(),
+        "user-six",
+        &format!("ca_file = \"{}\"\n", ca.display()),
+    );
+    let _agent = Agent::start(&config);
+    status_where(&config, "synced over HTTPS", |s| s["last_sync"].is_string());
+    let _product = Product::start(dir.path(), "e2etls-six");
+    sessions_where(&collector, "user-six", |s| s.len() == 1).await;
+}
