@@ -344,10 +344,10 @@ async fn sync<S: Store>(
             }
         };
         match checked {
-            Ok((mut session, _)) => {
+            Ok((mut session, zone)) => {
                 session.user = Some(Cow::Owned(req.user.to_string()));
                 session.device = Some(Cow::Owned(device.id.clone()));
-                good.push(session.into_owned());
+                good.push((session.into_owned(), zone));
             }
             Err((id, problem)) => rejected.push(Rejected {
                 error: error_object(problem.code(), &problem.to_string(), problem.field()),
@@ -361,6 +361,7 @@ async fn sync<S: Store>(
     // running: it ends at the session's last_seen).
     let open: Vec<(String, bool)> = good
         .iter()
+        .map(|(s, _)| s)
         .filter(|s| s.end.is_none())
         .map(|s| {
             (
@@ -371,12 +372,7 @@ async fn sync<S: Store>(
             )
         })
         .collect();
-    let ingest = Ingest {
-        user: req.user.to_string(),
-        device: device.id.clone(),
-        sessions: good,
-        at: now,
-    };
+    let ingest = Ingest::new(req.user.to_string(), device.id.clone(), good, now)?;
     let outcome = state.store.ingest(ingest).await?;
     for (id, problem) in outcome.rejected {
         rejected.push(Rejected {

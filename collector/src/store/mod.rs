@@ -16,6 +16,7 @@ use daymeter_shared::ledger::{Purchase, Team};
 use daymeter_shared::policy::Policy;
 use daymeter_shared::record::Problem;
 use daymeter_shared::session::OwnedSession;
+use daymeter_shared::time::Zone;
 use daymeter_shared::usage::UsageDay;
 use thiserror::Error;
 
@@ -113,8 +114,48 @@ pub struct PurchaseState {
 pub struct Ingest {
     pub user: String,
     pub device: String,
-    pub sessions: Vec<OwnedSession>,
+    pub sessions: Vec<Incoming>,
     pub at: DateTime<Utc>,
+}
+
+/// A checked session with what the store keeps of it, prepared by the caller (on the
+/// request's thread, not the store's single writer).
+#[derive(Debug, Clone)]
+pub struct Incoming {
+    pub session: OwnedSession,
+    /// The zone its days are read in.
+    pub zone: Zone,
+    /// The stored form: the session's JSON, user and device included.
+    pub body: String,
+}
+
+impl Ingest {
+    /// An ingest of `sessions` (each with its zone) for `user` on `device`.
+    pub fn new(
+        user: String,
+        device: String,
+        sessions: impl IntoIterator<Item = (OwnedSession, Zone)>,
+        at: DateTime<Utc>,
+    ) -> Result<Ingest, StoreError> {
+        let sessions = sessions
+            .into_iter()
+            .map(|(session, zone)| {
+                let body = serde_json::to_string(&session)
+                    .map_err(|e| StoreError::Corrupt(format!("session {}: {e}", session.id)))?;
+                Ok(Incoming {
+                    session,
+                    zone,
+                    body,
+                })
+            })
+            .collect::<Result<_, StoreError>>()?;
+        Ok(Ingest {
+            user,
+            device,
+            sessions,
+            at,
+        })
+    }
 }
 
 /// What happened to each session of an [`Ingest`].

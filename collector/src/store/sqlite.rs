@@ -6,7 +6,8 @@
 //! before any of them is answered). Reads use a small pool of separate connections,
 //! which WAL lets run beside the writer.
 
-use std::collections::BTreeMap;
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, mpsc};
 use std::thread;
@@ -18,19 +19,25 @@ use daymeter_shared::record::Problem;
 use daymeter_shared::session::{OwnedSession, Session};
 use daymeter_shared::time::Zone;
 use daymeter_shared::usage::{UsageDay, priced};
-use rusqlite::{Connection, OptionalExtension, Transaction, params};
+use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::oneshot;
 
 use daymeter_shared::ledger::{Ledger, Purchase, team_of};
 
 use super::{
-    Balance, Cause, Device, Ingest, IngestOutcome, LedgerEntry, PurchaseState, SessionFilter,
-    Settings, Store, StoreError, StoredSession,
+    Balance, Cause, Device, Incoming, Ingest, IngestOutcome, LedgerEntry, PurchaseState,
+    SessionFilter, Settings, Store, StoreError, StoredSession,
 };
 
 /// Most jobs committed together; bounds the time the first of them waits.
 const MAX_GROUP: usize = 1024;
 const READERS: usize = 4;
+/// The writer connection's page cache, in KiB (SQLite's `cache_size` when negative).
+const WRITER_CACHE_KIB: i64 = -(64 << 10);
+/// Write-ahead log size past which the writer makes sure the log starts over.
+const WAL_LIMIT: u64 = 64 << 20;
+/// How long the checkpoint thread lets commits accumulate before copying them.
+const CHECKPOINT_PAUSE: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// Schema versions, applied in order; `PRAGMA user_version` records how many ran.
 const MIGRATIONS: &[&str] = &[
@@ -106,6 +113,32 @@ CREATE INDEX ledger_by_team ON ledger (team, seq);
 CREATE INDEX sessions_by_key_end ON sessions (user, product, end_ns);
 ALTER TABLE usage_days ADD COLUMN short_row INTEGER NOT NULL DEFAULT 0;
 "#,
+    r#"
+-- Fewer b-trees to write per sync. usage_days is kept in key order (no rowid table
+-- beside its primary key). The sessions of a key are found by end alone: the sessions
+-- that start at or after a resume point are those that end at or after it.
+CREATE TABLE usage_days_by_key (
+    user TEXT NOT NULL,
+    product TEXT NOT NULL,
+    window_start_ns INTEGER NOT NULL,
+    window_end_ns INTEGER NOT NULL,
+    day TEXT NOT NULL,
+    plan TEXT NOT NULL,
+    tokens INTEGER NOT NULL,
+    short_row INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (user, product, window_start_ns)
+) WITHOUT ROWID;
+INSERT INTO usage_days_by_key (user, product, window_start_ns, window_end_ns, day, plan, tokens, short_row)
+    SELECT user, product, window_start_ns, window_end_ns, day, plan, tokens, short_row FROM usage_days;
+DROP TABLE usage_days;
+ALTER TABLE usage_days_by_key RENAME TO usage_days;
+CREATE INDEX usage_days_by_day ON usage_days (day);
+-- Resuming a walk reads the last count_free row before an instant: one seek, however
+-- long the key's history. Partial: the charged rows (all of them unless the policy
+-- counts short sessions free) cost no index writes.
+CREATE INDEX usage_days_short ON usage_days (user, product, window_start_ns) WHERE short_row = 1;
+DROP INDEX sessions_by_key;
+"#,
 ];
 
 fn db(e: rusqlite::Error) -> StoreError {
@@ -169,6 +202,14 @@ fn open(path: &Path) -> Result<Connection, StoreError> {
         "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON;",
     )
     .map_err(db)?;
+    // Plans that do not depend on bound values: otherwise a statement on `usage_days`
+    // (whose partial index is checked against every `column = ?` term) is prepared
+    // again each time it is run with new values.
+    conn.set_db_config(
+        rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG,
+        true,
+    )
+    .map_err(db)?;
     Ok(conn)
 }
 
@@ -196,11 +237,51 @@ impl SqliteStore {
         }
         let mut conn = open(path)?;
         migrate(&mut conn)?;
+        // The writer revisits the recent pages of every active key: keep them in memory
+        // rather than re-reading them from the OS on every group.
+        conn.pragma_update(None, "cache_size", WRITER_CACHE_KIB)
+            .map_err(db)?;
+        // Checkpoints run beside the writer (see `checkpoint_loop`), not inside its commits.
+        conn.pragma_update(None, "wal_autocheckpoint", 0)
+            .map_err(db)?;
+        // Commits are made durable by the sync thread (see `sync_loop`), not inside them.
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(db)?;
+        // Each job's savepoint keeps the pages it changes first in a statement journal:
+        // in memory, not in a temporary file written page by page.
+        conn.pragma_update(None, "temp_store", "MEMORY")
+            .map_err(db)?;
+        conn.pragma_update(None, "journal_size_limit", WAL_LIMIT as i64)
+            .map_err(db)?;
         let settings = Arc::new(read_settings(&conn)?);
+        let checkpointer = open(path)?;
+        let (ckpt_tx, ckpt_rx) = mpsc::channel();
+        let checkpoints = thread::Builder::new()
+            .name("daymeter-db-checkpoint".into())
+            .spawn(move || checkpoint_loop(checkpointer, ckpt_rx))
+            .map_err(|e| StoreError::Database(format!("starting the checkpoint thread: {e}")))?;
+        let mut wal = path.as_os_str().to_owned();
+        wal.push("-wal");
+        let wal = PathBuf::from(wal);
+        let (sync_tx, sync_rx) = mpsc::channel();
+        let syncer = {
+            let wal = wal.clone();
+            thread::Builder::new()
+                .name("daymeter-db-sync".into())
+                .spawn(move || sync_loop(wal, sync_rx))
+                .map_err(|e| StoreError::Database(format!("starting the sync thread: {e}")))?
+        };
+        let writer = Writer {
+            conn,
+            settings,
+            wal,
+            syncer: Some((sync_tx, syncer)),
+            checkpoints: Some((ckpt_tx, checkpoints)),
+        };
         let (tx, rx) = mpsc::channel();
         let worker = thread::Builder::new()
             .name("daymeter-db-writer".into())
-            .spawn(move || write_loop(conn, rx, settings))
+            .spawn(move || writer.run(rx))
             .map_err(|e| StoreError::Database(format!("starting the writer thread: {e}")))?;
         Ok(SqliteStore {
             writer: Mutex::new(Some(tx)),
@@ -273,8 +354,40 @@ impl Drop for SqliteStore {
 /// The settings live here, not with the callers, so that an ingest and an import are
 /// ordered by the one queue: an ingest applied after an import is priced by the new
 /// settings, and the import reprices every key stored before it.
-fn write_loop(mut conn: Connection, rx: mpsc::Receiver<Job>, mut settings: Arc<Settings>) {
-    while let Ok(first) = rx.recv() {
+struct Writer {
+    conn: Connection,
+    settings: Arc<Settings>,
+    /// The write-ahead log, whose size tells whether it has been restarted lately.
+    wal: PathBuf,
+    /// Committed groups' answers, to be sent once the log is on disk.
+    syncer: Option<(mpsc::Sender<Vec<Reply>>, thread::JoinHandle<()>)>,
+    /// Wakes the checkpoint thread after each commit.
+    checkpoints: Option<(mpsc::Sender<()>, thread::JoinHandle<()>)>,
+}
+
+impl Writer {
+    fn run(mut self, rx: mpsc::Receiver<Job>) {
+        while let Ok(first) = rx.recv() {
+            self.group(first, &rx);
+        }
+        // Every committed group is synced and answered before the store reports closed.
+        if let Some((tx, handle)) = self.syncer.take() {
+            drop(tx);
+            let _ = handle.join();
+        }
+        if let Some((tx, handle)) = self.checkpoints.take() {
+            drop(tx);
+            let _ = handle.join();
+        }
+    }
+
+    /// Applies `first` and every job waiting behind it in one transaction and commits
+    /// once; the answers go to the syncer, which sends them when the commit is durable.
+    ///
+    /// No savepoint per job (each would copy every page the job touches first): if a
+    /// job fails, the group is rolled back and its jobs are applied again one at a time,
+    /// each in a transaction of its own, so that the failing one fails alone.
+    fn group(&mut self, first: Job, rx: &mpsc::Receiver<Job>) {
         let mut jobs = vec![first];
         while jobs.len() < MAX_GROUP {
             match rx.try_recv() {
@@ -282,31 +395,174 @@ fn write_loop(mut conn: Connection, rx: mpsc::Receiver<Job>, mut settings: Arc<S
                 Err(_) => break,
             }
         }
-        let mut replies = Vec::with_capacity(jobs.len());
-        let before = settings.clone();
-        let commit = match conn.transaction() {
-            Ok(mut tx) => {
-                for job in jobs {
-                    replies.push(apply(&mut tx, job, &mut settings));
-                }
-                tx.commit().map_err(|e| e.to_string())
-            }
+        let before = self.settings.clone();
+        let tx = match self.conn.transaction() {
+            Ok(tx) => tx,
             Err(e) => {
                 let e = e.to_string();
+                tracing::error!(error = %e, "could not begin a database transaction; the syncs in this group were not acknowledged and will be retried by their agents");
                 for job in jobs {
-                    replies.push(refuse(job, &e));
+                    refuse(job, &e).send(&Ok(()));
                 }
-                Err(e)
+                return;
             }
         };
-        if let Err(e) = &commit {
-            // The group's imports were rolled back with it.
-            settings = before;
-            tracing::error!(error = %e, "database commit failed; the syncs in this group were not acknowledged and will be retried by their agents");
+        let mut outcomes = Vec::with_capacity(jobs.len());
+        for job in &jobs {
+            let outcome = apply(&tx, job, &mut self.settings);
+            if outcome.failed() {
+                break;
+            }
+            outcomes.push(outcome);
         }
-        for reply in replies {
-            reply.send(&commit);
+        if outcomes.len() < jobs.len() {
+            drop(tx); // rolled back
+            self.settings = before;
+            tracing::warn!(
+                jobs = jobs.len(),
+                "a write failed; applying this group's writes one at a time"
+            );
+            for job in jobs {
+                self.alone(job);
+            }
+            return;
         }
+        match tx.commit() {
+            Ok(()) => {
+                let replies = jobs.into_iter().zip(outcomes).map(answer).collect();
+                self.deliver(replies);
+            }
+            Err(e) => {
+                // The group's imports were rolled back with it.
+                self.settings = before;
+                let e = e.to_string();
+                tracing::error!(error = %e, "database commit failed; the syncs in this group were not acknowledged and will be retried by their agents");
+                for job in jobs {
+                    refuse(job, &e).send(&Ok(()));
+                }
+            }
+        }
+    }
+
+    /// Applies one job in a transaction of its own.
+    fn alone(&mut self, job: Job) {
+        let before = self.settings.clone();
+        let committed = self.conn.transaction().map_err(db).and_then(|tx| {
+            let outcome = apply(&tx, &job, &mut self.settings);
+            if outcome.failed() {
+                return Ok(outcome); // dropping `tx` rolls it back
+            }
+            tx.commit().map(|()| outcome).map_err(db)
+        });
+        match committed {
+            Ok(outcome) if !outcome.failed() => {
+                let reply = answer((job, outcome));
+                self.deliver(vec![reply]);
+            }
+            Ok(outcome) => {
+                self.settings = before;
+                answer((job, outcome)).send(&Ok(()));
+            }
+            Err(e) => {
+                self.settings = before;
+                refuse(job, &e.to_string()).send(&Ok(()));
+            }
+        }
+    }
+
+    /// Hands committed answers to the syncer.
+    fn deliver(&mut self, replies: Vec<Reply>) {
+        let queued = match &self.syncer {
+            Some((tx, _)) => tx.send(replies).map_err(|e| e.0),
+            None => Err(replies),
+        };
+        // No syncer (it stopped on a failed sync): nothing is acknowledged.
+        if let Err(replies) = queued {
+            let e = Err("the write-ahead log could not be synced".to_owned());
+            for reply in replies {
+                reply.send(&e);
+            }
+        }
+        self.after_commit();
+    }
+
+    /// Wakes the checkpoint thread, and lets the log start over when it has grown past
+    /// [`WAL_LIMIT`]: SQLite restarts it at the next write only if every frame is
+    /// checkpointed, which a writer that is never idle would not otherwise wait for.
+    fn after_commit(&mut self) {
+        if let Some((tx, _)) = &self.checkpoints {
+            let _ = tx.send(());
+        }
+        let long = std::fs::metadata(&self.wal).is_ok_and(|m| m.len() > WAL_LIMIT);
+        if long && let Err(e) = checkpoint(&self.conn) {
+            tracing::warn!(error = %e, "checkpoint by the writer failed; retried after the next commit");
+        }
+    }
+}
+
+/// Makes commits durable and then answers them, while the writer goes on with the next
+/// group: the writer commits without syncing (`synchronous = NORMAL`), and this thread
+/// syncs the log file (one `fdatasync` for every commit waiting) before any answer of
+/// those commits is sent. A sync covers every write made to the file before it, by any
+/// descriptor; frames the log later starts over on were checkpointed into the database
+/// file and synced there first (SQLite restarts the log only then).
+///
+/// A failed sync leaves the log's contents unknown: the answers waiting get the error
+/// and the syncer stops, so that nothing more is acknowledged until a restart.
+fn sync_loop(wal: PathBuf, rx: mpsc::Receiver<Vec<Reply>>) {
+    let mut file: Option<std::fs::File> = None;
+    while let Ok(first) = rx.recv() {
+        let mut groups = vec![first];
+        while let Ok(more) = rx.try_recv() {
+            groups.push(more);
+        }
+        let synced = match &file {
+            Some(f) => f.sync_data(),
+            None => std::fs::OpenOptions::new()
+                .write(true)
+                .open(&wal)
+                .and_then(|f| f.sync_data().map(|()| f))
+                .map(|f| {
+                    file = Some(f);
+                }),
+        };
+        let result = synced.map_err(|e| format!("syncing {}: {e}", wal.display()));
+        if let Err(e) = &result {
+            tracing::error!(error = %e, "the write-ahead log could not be synced; no more writes are acknowledged until the collector restarts");
+        }
+        for reply in groups.into_iter().flatten() {
+            reply.send(&result);
+        }
+        if result.is_err() {
+            return;
+        }
+    }
+}
+
+/// Copies committed pages from the log into the database file, off the writer's path.
+///
+/// Woken after commits, it waits [`CHECKPOINT_PAUSE`] first so that a page written by
+/// several groups in a row is copied once. `PASSIVE`: it never blocks the writer.
+fn checkpoint_loop(conn: Connection, rx: mpsc::Receiver<()>) {
+    while rx.recv().is_ok() {
+        thread::sleep(CHECKPOINT_PAUSE);
+        while rx.try_recv().is_ok() {}
+        if let Err(e) = checkpoint(&conn) {
+            tracing::warn!(error = %e, "background checkpoint failed; retried after the next commit");
+        }
+    }
+}
+
+/// A passive checkpoint; busy (another checkpoint running) is not an error.
+fn checkpoint(conn: &Connection) -> Result<(), StoreError> {
+    match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get::<_, i64>(0)) {
+        Ok(_) => Ok(()),
+        Err(rusqlite::Error::SqliteFailure(e, _))
+            if e.code == rusqlite::ErrorCode::DatabaseBusy =>
+        {
+            Ok(())
+        }
+        Err(e) => Err(db(e)),
     }
 }
 
@@ -323,45 +579,54 @@ fn refuse(job: Job, e: &str) -> Reply {
     }
 }
 
-/// Applies one job inside its own savepoint: a failing job is rolled back alone.
-/// A successful import replaces `settings` for the jobs after it.
-fn apply(tx: &mut Transaction<'_>, job: Job, settings: &mut Arc<Settings>) -> Reply {
-    fn within<T>(
-        tx: &mut Transaction<'_>,
-        f: impl FnOnce(&Connection) -> Result<T, StoreError>,
-    ) -> Result<T, StoreError> {
-        let sp = tx.savepoint().map_err(db)?;
-        let result = f(&sp);
-        match result {
-            Ok(v) => {
-                sp.commit().map_err(db)?;
-                Ok(v)
-            }
-            Err(e) => Err(e), // dropping the savepoint rolls it back
+/// What a job did, before its answer is sent.
+enum Outcome {
+    Ingest(Result<IngestOutcome, StoreError>),
+    Unit(Result<(), StoreError>),
+    Bool(Result<bool, StoreError>),
+}
+
+impl Outcome {
+    fn failed(&self) -> bool {
+        match self {
+            Outcome::Ingest(r) => r.is_err(),
+            Outcome::Unit(r) => r.is_err(),
+            Outcome::Bool(r) => r.is_err(),
         }
     }
+}
+
+/// A job's answer from what it did.
+fn answer((job, outcome): (Job, Outcome)) -> Reply {
+    match (job, outcome) {
+        (Job::Ingest(_, tx), Outcome::Ingest(r)) => Reply::Ingest(tx, r),
+        (Job::Revoke(_, tx), Outcome::Bool(r)) => Reply::Bool(tx, r),
+        (
+            Job::AddDevice(_, tx) | Job::PutSettings(_, tx) | Job::AddPurchase(_, tx),
+            Outcome::Unit(r),
+        ) => Reply::Unit(tx, r),
+        (job, _) => refuse(job, "internal error: a job's outcome is of another kind"),
+    }
+}
+
+/// Applies one job in the open transaction. A successful import replaces `settings`
+/// for the jobs after it.
+fn apply(t: &Connection, job: &Job, settings: &mut Arc<Settings>) -> Outcome {
     match job {
-        Job::Ingest(ingest, reply) => {
-            Reply::Ingest(reply, within(tx, |t| ingest_into(t, &ingest, settings)))
-        }
-        Job::AddDevice(device, reply) => Reply::Unit(reply, within(tx, |t| add_device(t, &device))),
-        Job::Revoke(id, reply) => Reply::Bool(
-            reply,
-            within(tx, |t| {
-                t.execute("UPDATE devices SET revoked = 1 WHERE id = ?1", [&id])
-                    .map(|n| n > 0)
-                    .map_err(db)
-            }),
+        Job::Ingest(ingest, _) => Outcome::Ingest(ingest_into(t, ingest, settings)),
+        Job::AddDevice(device, _) => Outcome::Unit(add_device(t, device)),
+        Job::Revoke(id, _) => Outcome::Bool(
+            t.execute("UPDATE devices SET revoked = 1 WHERE id = ?1", [id])
+                .map(|n| n > 0)
+                .map_err(db),
         ),
-        Job::AddPurchase(purchase, reply) => {
-            Reply::Unit(reply, within(tx, |t| add_purchase(t, &purchase)))
-        }
-        Job::PutSettings(new, reply) => {
-            let result = within(tx, |t| put_settings(t, &new));
+        Job::AddPurchase(purchase, _) => Outcome::Unit(add_purchase(t, purchase)),
+        Job::PutSettings(new, _) => {
+            let result = put_settings(t, new);
             if result.is_ok() {
-                *settings = Arc::new(*new);
+                *settings = Arc::new(Settings::clone(new));
             }
-            Reply::Unit(reply, result)
+            Outcome::Unit(result)
         }
     }
 }
@@ -382,49 +647,58 @@ fn ingest_into(
 ) -> Result<IngestOutcome, StoreError> {
     let mut outcome = IngestOutcome::default();
     // Per product, the earliest start among the sessions this batch wrote.
-    let mut touched: BTreeMap<String, i64> = BTreeMap::new();
+    let mut touched: BTreeMap<&str, i64> = BTreeMap::new();
+    // The sessions this batch wrote, by id: recomputation takes them from here rather
+    // than reading back and parsing what was just stored.
+    let mut fresh: Fresh<'_> = HashMap::new();
+    // A new id (the usual case) is one insert; only a copy of a stored session is read.
+    let mut insert = t
+        .prepare_cached(
+            "INSERT INTO sessions (id, user, device, product, start_ns, end_ns, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+             ON CONFLICT (id) DO NOTHING",
+        )
+        .map_err(db)?;
     let mut find = t
         .prepare_cached("SELECT body FROM sessions WHERE id = ?1")
         .map_err(db)?;
-    let mut upsert = t
-        .prepare_cached(
-            "INSERT INTO sessions (id, user, device, product, start_ns, end_ns, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
-             ON CONFLICT (id) DO UPDATE SET end_ns = excluded.end_ns, body = excluded.body",
-        )
+    let mut update = t
+        .prepare_cached("UPDATE sessions SET end_ns = ?2, body = ?3 WHERE id = ?1")
         .map_err(db)?;
-    for s in &ingest.sessions {
-        let stored: Option<String> = find
-            .query_row([&*s.id], |r| r.get(0))
-            .optional()
-            .map_err(db)?;
-        let write = match stored {
-            None => true,
-            Some(body) => {
-                let old: Session<'_> = serde_json::from_str(&body).map_err(corrupt)?;
-                if let Some(field) = s.conflict_with(&old) {
-                    outcome
-                        .rejected
-                        .push((s.id.to_string(), Problem::ConflictingCopies(field)));
-                    continue;
-                }
-                s.copy_order(&old).is_gt()
+    for incoming in &ingest.sessions {
+        let s = &incoming.session;
+        let inserted = insert
+            .execute(params![
+                &*s.id,
+                ingest.user,
+                ingest.device,
+                &*s.product,
+                s.start_nanos(),
+                s.end_nanos(),
+                incoming.body
+            ])
+            .map_err(db)?
+            == 1;
+        let wrote = inserted || {
+            let body: String = find.query_row([&*s.id], |r| r.get(0)).map_err(db)?;
+            let old: Session<'_> = serde_json::from_str(&body).map_err(corrupt)?;
+            if let Some(field) = s.conflict_with(&old) {
+                outcome
+                    .rejected
+                    .push((s.id.to_string(), Problem::ConflictingCopies(field)));
+                continue;
             }
+            let longer = s.copy_order(&old).is_gt();
+            if longer {
+                update
+                    .execute(params![&*s.id, s.end_nanos(), incoming.body])
+                    .map_err(db)?;
+            }
+            longer
         };
-        if write {
-            let body = serde_json::to_string(s).map_err(corrupt)?;
-            upsert
-                .execute(params![
-                    &*s.id,
-                    ingest.user,
-                    ingest.device,
-                    &*s.product,
-                    s.start_nanos(),
-                    s.end_nanos(),
-                    body
-                ])
-                .map_err(db)?;
-            let since = touched.entry(s.product.to_string()).or_insert(i64::MAX);
+        if wrote {
+            let since = touched.entry(&s.product).or_insert(i64::MAX);
             *since = (*since).min(s.start_nanos());
+            fresh.insert(&s.id, incoming);
         }
         outcome.accepted.push(s.id.to_string());
     }
@@ -436,39 +710,50 @@ fn ingest_into(
             settings,
             Cause::Sync,
             ingest.at,
-            Some(*since),
+            Some((*since, &fresh)),
         )?;
     }
-    t.execute(
+    t.prepare_cached(
         "INSERT INTO users (user, last_sync) VALUES (?1, ?2) ON CONFLICT (user) DO UPDATE SET last_sync = excluded.last_sync",
-        params![ingest.user, ingest.at.to_rfc3339()],
     )
+    .and_then(|mut put| put.execute(params![ingest.user, ingest.at.to_rfc3339()]))
     .map_err(db)?;
     Ok(outcome)
 }
 
-/// The key's sessions that start at or after `from`.
-fn load_key(
+/// Sessions written by the ingest being applied, by id, as stored.
+type Fresh<'i> = HashMap<&'i str, &'i Incoming>;
+
+/// The key's sessions that start at or after `from`, each with its zone; those in
+/// `fresh` are taken from there. `from` is a resume point (or the beginning of time):
+/// no session that starts before it ends at or after it, so the index by end finds
+/// exactly these sessions.
+fn load_key<'i>(
     t: &Connection,
     user: &str,
     product: &str,
     from: i64,
-) -> Result<Vec<(OwnedSession, Zone)>, StoreError> {
+    fresh: &Fresh<'i>,
+) -> Result<Vec<(Cow<'i, OwnedSession>, Zone)>, StoreError> {
     let mut stmt = t
         .prepare_cached(
-            "SELECT body FROM sessions WHERE user = ?1 AND product = ?2 AND start_ns >= ?3",
+            "SELECT id, body FROM sessions INDEXED BY sessions_by_key_end
+             WHERE user = ?1 AND product = ?2 AND end_ns >= ?3 AND start_ns >= ?3",
         )
         .map_err(db)?;
-    let rows = stmt
-        .query_map(params![user, product, from], |r| r.get::<_, String>(0))
-        .map_err(db)?;
+    let mut rows = stmt.query(params![user, product, from]).map_err(db)?;
     let mut out = Vec::new();
-    for body in rows {
-        let body = body.map_err(db)?;
-        let session: Session<'_> = serde_json::from_str(&body).map_err(corrupt)?;
+    while let Some(row) = rows.next().map_err(db)? {
+        let id = row.get_ref(0).and_then(|v| Ok(v.as_str()?)).map_err(db)?;
+        if let Some(incoming) = fresh.get(id) {
+            out.push((Cow::Borrowed(&incoming.session), incoming.zone));
+            continue;
+        }
+        let body = row.get_ref(1).and_then(|v| Ok(v.as_str()?)).map_err(db)?;
+        let session: Session<'_> = serde_json::from_str(body).map_err(corrupt)?;
         let session = session.into_owned();
         let zone = Zone::of(session.tz.as_deref(), &session.start).map_err(corrupt)?;
-        out.push((session, zone));
+        out.push((Cow::Owned(session), zone));
     }
     Ok(out)
 }
@@ -492,7 +777,10 @@ struct Row {
 fn resume_point(t: &Connection, user: &str, product: &str, since: i64) -> Result<i64, StoreError> {
     let mut stmt = t
         .prepare_cached(
-            "SELECT MIN(start_ns) FROM sessions WHERE user = ?1 AND product = ?2 AND end_ns >= ?3 AND start_ns < ?3",
+            // By end: only the sessions still open at `?3` are visited, not the key's
+            // history (on its own the planner picks the index by start).
+            "SELECT MIN(start_ns) FROM sessions INDEXED BY sessions_by_key_end
+             WHERE user = ?1 AND product = ?2 AND end_ns >= ?3 AND start_ns < ?3",
         )
         .map_err(db)?;
     let mut at = since;
@@ -510,8 +798,9 @@ fn resume_state(t: &Connection, user: &str, product: &str, at: i64) -> Result<Re
     let mut resume = Resume::default();
     let mut last = t
         .prepare_cached(
-            "SELECT window_start_ns, window_end_ns FROM usage_days WHERE user = ?1 AND product = ?2 AND short_row = 0
-             AND window_start_ns < ?3 ORDER BY window_start_ns DESC LIMIT 1",
+            "SELECT window_start_ns, window_end_ns FROM usage_days
+             WHERE user = ?1 AND product = ?2 AND short_row = 0 AND window_start_ns < ?3
+             ORDER BY window_start_ns DESC LIMIT 1",
         )
         .map_err(db)?;
     if let Some((start, end)) = last
@@ -522,13 +811,18 @@ fn resume_state(t: &Connection, user: &str, product: &str, at: i64) -> Result<Re
         resume.window_start = start;
         resume.window_end = end;
     }
+    // The latest end of the count_free rows is the end of the latest of them: a short
+    // row starts at or after the end of every row before it (`add_short_rows` in daymeter_shared::accounting).
     let mut reach = t
         .prepare_cached(
-            "SELECT MAX(window_end_ns) FROM usage_days WHERE user = ?1 AND product = ?2 AND short_row = 1 AND window_start_ns < ?3",
+            "SELECT window_end_ns FROM usage_days INDEXED BY usage_days_short
+             WHERE user = ?1 AND product = ?2 AND short_row = 1 AND window_start_ns < ?3
+             ORDER BY window_start_ns DESC LIMIT 1",
         )
         .map_err(db)?;
     if let Some(r) = reach
-        .query_row(params![user, product, at], |r| r.get::<_, Option<i64>>(0))
+        .query_row(params![user, product, at], |r| r.get::<_, i64>(0))
+        .optional()
         .map_err(db)?
     {
         resume.short_reach = r;
@@ -550,11 +844,12 @@ fn recompute_key(
     settings: &Settings,
     cause: Cause,
     at: DateTime<Utc>,
-    since: Option<i64>,
+    since: Option<(i64, &Fresh<'_>)>,
 ) -> Result<(), StoreError> {
-    let from = match since {
-        Some(since) => resume_point(t, user, product, since)?,
-        None => i64::MIN,
+    let no_fresh = Fresh::new();
+    let (from, fresh) = match since {
+        Some((since, fresh)) => (resume_point(t, user, product, since)?, fresh),
+        None => (i64::MIN, &no_fresh),
     };
     let mut rows: Vec<Row> = Vec::new();
     if let Some(entry) = settings.catalog.get(product) {
@@ -563,7 +858,7 @@ fn recompute_key(
         } else {
             resume_state(t, user, product, from)?
         };
-        let mut sessions = load_key(t, user, product, from)?;
+        let mut sessions = load_key(t, user, product, from, fresh)?;
         sessions.sort_by(|(a, _), (b, _)| {
             a.start_nanos()
                 .cmp(&b.start_nanos())
@@ -616,12 +911,13 @@ fn recompute_key(
         }
     }
     let team = team_of(&settings.teams, user);
+    let at = at.to_rfc3339();
     let mut books = Books {
         t,
         team,
         user,
         product,
-        at,
+        at: &at,
         ledger: None,
     };
     let mut put = t
@@ -688,7 +984,8 @@ struct Books<'c> {
     team: &'c str,
     user: &'c str,
     product: &'c str,
-    at: DateTime<Utc>,
+    /// When the entries are booked (RFC 3339).
+    at: &'c str,
     ledger: Option<Ledger>,
 }
 
@@ -718,7 +1015,7 @@ impl Books<'_> {
             )
             .map_err(db)?;
         add.execute(params![
-            self.at.to_rfc3339(),
+            self.at,
             self.team,
             self.user,
             self.product,
@@ -1230,6 +1527,15 @@ mod tests {
         s.into_owned()
     }
 
+    /// Sophie's sessions on ws-1, synced now.
+    fn ingest_of(sessions: &[OwnedSession]) -> Ingest {
+        let with_zones = sessions.iter().map(|s| {
+            let zone = Zone::of(s.tz.as_deref(), &s.start).unwrap();
+            (s.clone(), zone)
+        });
+        Ingest::new("sophie".into(), "ws-1".into(), with_zones, Utc::now()).unwrap()
+    }
+
     fn settings(policy: Policy) -> Settings {
         let mut s = Settings {
             policy,
@@ -1298,12 +1604,7 @@ mod tests {
             "2026-02-02T09:00:00+01:00",
             "2026-02-02T12:00:00+01:00",
         );
-        let ingest = |sessions: Vec<OwnedSession>| Ingest {
-            user: "sophie".into(),
-            device: "ws-1".into(),
-            sessions,
-            at: Utc::now(),
-        };
+        let ingest = |sessions: Vec<OwnedSession>| ingest_of(&sessions);
         store.ingest(ingest(vec![first])).await.unwrap();
         // A new rate, then a sync queued right behind it: both days at the new rate.
         let mut repriced = s.clone();
@@ -1351,6 +1652,45 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread")]
+    async fn a_failing_write_fails_alone_in_its_group() {
+        let path = temp_db("fails-alone");
+        let store = SqliteStore::open(&path).unwrap();
+        store
+            .put_settings(settings(Policy::default()))
+            .await
+            .unwrap();
+        let device = |id: &str, hash: u8| Device {
+            id: id.into(),
+            hostname: id.into(),
+            os: "linux".into(),
+            agent_version: "0".into(),
+            token_hash: [hash; 32],
+            enrolled_at: Utc::now(),
+            revoked: false,
+        };
+        store.add_device(device("ws-1", 1)).await.unwrap();
+        let monday = session(
+            "m1",
+            "2026-02-02T09:00:00+01:00",
+            "2026-02-02T12:00:00+01:00",
+        );
+        // Queued together: the duplicate device fails, the others are stored.
+        let (dup, synced, other) = tokio::join!(
+            store.add_device(device("ws-1", 1)),
+            store.ingest(ingest_of(&[monday])),
+            store.add_device(device("ws-2", 2)),
+        );
+        assert!(dup.is_err());
+        assert_eq!(synced.unwrap().accepted, vec!["m1".to_string()]);
+        other.unwrap();
+        let devices = store.devices().await.unwrap();
+        assert_eq!(devices.len(), 2);
+        assert_eq!(store.usage_days(None, None).await.unwrap().len(), 1);
+        store.close();
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
     async fn bounded_recomputation_equals_replay_whatever_the_batch_order() {
         for policy in [
             Policy::default(),
@@ -1371,12 +1711,7 @@ mod tests {
             // Forward in batches of 5, but the first 20 sessions arrive last (late).
             let (early, late) = all.split_at(20);
             for batch in late.chunks(5).chain(early.chunks(5)) {
-                let ingest = Ingest {
-                    user: "sophie".into(),
-                    device: "ws-1".into(),
-                    sessions: batch.to_vec(),
-                    at: Utc::now(),
-                };
+                let ingest = ingest_of(batch);
                 let outcome = store.ingest(ingest).await.unwrap();
                 assert_eq!(outcome.accepted.len(), batch.len());
             }
