@@ -107,6 +107,9 @@ fn main() {
         .max(Duration::from_secs(2));
     while started.elapsed() + every <= run {
         let tick = Instant::now();
+        // Start at a random phase of the agent's poll, so latencies are not all alike.
+        let phase = getrandom::u32().unwrap_or(0) % 1000;
+        std::thread::sleep(Duration::from_millis(u64::from(phase)));
         let mut p = Killed(
             Command::new(&product)
                 .arg("100000")
