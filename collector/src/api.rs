@@ -374,6 +374,7 @@ async fn sync<S: Store>(
         .collect();
     let ingest = Ingest::new(req.user.to_string(), device.id.clone(), good, now)?;
     let outcome = state.store.ingest(ingest).await?;
+    let team_remaining = outcome.team_remaining;
     for (id, problem) in outcome.rejected {
         rejected.push(Rejected {
             id: Some(id),
@@ -383,22 +384,51 @@ async fn sync<S: Store>(
     tracing::debug!(device = %device.id, user = %req.user, accepted = outcome.accepted.len(), rejected = rejected.len(), "sync");
 
     let open_windows = open_windows(&state, &settings, &req.user, &open, now).await?;
-    let reminders = reminders(&state, &settings, &req.user, &open, &open_windows, now).await?;
-    let response = json!({
-        "server_time": now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-        "accepted": outcome.accepted,
-        "rejected": rejected,
-        "catalog": settings.catalog,
-        "entitlements": entitlements_of(&settings, &req.user, now),
-        "grace_until": {
-            "flex": stamp(now + chrono::TimeDelta::from_std(settings.policy.grace_flex).unwrap_or_default()),
-            "subscription": stamp(now + chrono::TimeDelta::from_std(settings.policy.grace_subscription).unwrap_or_default()),
+    let reminders = reminders(
+        &settings,
+        &req.user,
+        &open,
+        &open_windows,
+        team_remaining,
+        now,
+    );
+    let grace =
+        |d: std::time::Duration| stamp(now + chrono::TimeDelta::from_std(d).unwrap_or_default());
+    let response = SyncResponse {
+        server_time: stamp(now),
+        accepted: &outcome.accepted,
+        rejected: &rejected,
+        catalog: &settings.catalog,
+        entitlements: entitlements_of(&settings, &req.user, now),
+        grace_until: Grace {
+            flex: grace(settings.policy.grace_flex),
+            subscription: grace(settings.policy.grace_subscription),
         },
-        "open_windows": open_windows,
-        "reminders": reminders,
-        "policy": settings.policy,
-    });
+        open_windows: &open_windows,
+        reminders: &reminders,
+        policy: &settings.policy,
+    };
     Ok(json_response(&response))
+}
+
+/// The answer to a sync (spec/protocol.md), serialized straight from the settings.
+#[derive(Serialize)]
+struct SyncResponse<'a> {
+    server_time: String,
+    accepted: &'a [String],
+    rejected: &'a [Rejected],
+    catalog: &'a daymeter_shared::catalog::Catalog,
+    entitlements: Vec<Value>,
+    grace_until: Grace,
+    open_windows: &'a [Value],
+    reminders: &'a [Value],
+    policy: &'a Policy,
+}
+
+#[derive(Serialize)]
+struct Grace {
+    flex: String,
+    subscription: String,
 }
 
 fn stamp(t: DateTime<Utc>) -> String {
@@ -469,15 +499,15 @@ async fn open_windows<S: Store>(
 
 /// Reminders due now: a running product sitting idle whose window ends within
 /// `remind_before` (closing it saves the next window's tokens), and Flex products the
-/// team's balance can no longer pay a day of.
-async fn reminders<S: Store>(
-    state: &AppState<S>,
+/// team's balance (`remaining`) can no longer pay a day of.
+fn reminders(
     settings: &Settings,
     user: &str,
     open: &[(String, bool)],
     windows: &[Value],
+    remaining: u64,
     now: DateTime<Utc>,
-) -> Result<Vec<Value>, ApiError> {
+) -> Vec<Value> {
     let mut out = Vec::new();
     let lead = chrono::TimeDelta::from_std(settings.policy.remind_before).unwrap_or_default();
     for w in windows {
@@ -503,17 +533,12 @@ async fn reminders<S: Store>(
             }));
         }
     }
-    let team = daymeter_shared::ledger::team_of(&settings.teams, user).to_owned();
-    let mut remaining = None;
     for e in entitlements_of(settings, user, now) {
         let rate = e["tokens_per_day"].as_u64().unwrap_or(0);
         if e["plan"] != "flex" || rate == 0 {
             continue;
         }
-        let balance = match remaining {
-            Some(b) => b,
-            None => *remaining.insert(state.store.team_remaining(team.clone(), now).await?),
-        };
+        let balance = remaining;
         if balance < rate {
             let product = e["product"].as_str().unwrap_or_default();
             out.push(json!({
@@ -522,7 +547,7 @@ async fn reminders<S: Store>(
             }));
         }
     }
-    Ok(out)
+    out
 }
 
 async fn import<S: Store>(

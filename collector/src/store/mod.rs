@@ -165,6 +165,8 @@ pub struct IngestOutcome {
     pub accepted: Vec<String>,
     /// Refused with the reason (a copy that conflicts with the stored one).
     pub rejected: Vec<(String, Problem)>,
+    /// The remaining tokens of the user's team once the ingest is applied.
+    pub team_remaining: u64,
 }
 
 /// Filter of `GET /v1/admin/sessions`; every part optional.
@@ -240,7 +242,8 @@ pub trait Store: Send + Sync + 'static {
         &self,
         team: Option<String>,
     ) -> impl Future<Output = Result<Vec<LedgerEntry>, StoreError>> + Send;
-    /// Last successful sync of a user, for the offline grace.
+    /// Last successful sync of a user, for the offline grace (to the minute: a sync
+    /// within a minute of the recorded one leaves it).
     fn last_sync(
         &self,
         user: String,

@@ -30,10 +30,12 @@ use super::{
 };
 
 /// Most jobs committed together; bounds the time the first of them waits.
-const MAX_GROUP: usize = 1024;
+const MAX_GROUP: usize = 64;
 const READERS: usize = 4;
 /// The writer connection's page cache, in KiB (SQLite's `cache_size` when negative).
-const WRITER_CACHE_KIB: i64 = -(64 << 10);
+const WRITER_CACHE_KIB: i64 = -(16 << 10);
+/// How stale a user's recorded last sync may get before a sync rewrites it.
+const LAST_SYNC_RESOLUTION: chrono::TimeDelta = chrono::TimeDelta::minutes(1);
 /// Write-ahead log size past which the writer makes sure the log starts over.
 const WAL_LIMIT: u64 = 64 << 20;
 /// How long the checkpoint thread lets commits accumulate before copying them.
@@ -274,6 +276,7 @@ impl SqliteStore {
         let writer = Writer {
             conn,
             settings,
+            ledgers: Ledgers::default(),
             wal,
             syncer: Some((sync_tx, syncer)),
             checkpoints: Some((ckpt_tx, checkpoints)),
@@ -357,6 +360,7 @@ impl Drop for SqliteStore {
 struct Writer {
     conn: Connection,
     settings: Arc<Settings>,
+    ledgers: Ledgers,
     /// The write-ahead log, whose size tells whether it has been restarted lately.
     wal: PathBuf,
     /// Committed groups' answers, to be sent once the log is on disk.
@@ -409,7 +413,7 @@ impl Writer {
         };
         let mut outcomes = Vec::with_capacity(jobs.len());
         for job in &jobs {
-            let outcome = apply(&tx, job, &mut self.settings);
+            let outcome = apply(&tx, job, &mut self.settings, &mut self.ledgers);
             if outcome.failed() {
                 break;
             }
@@ -418,6 +422,7 @@ impl Writer {
         if outcomes.len() < jobs.len() {
             drop(tx); // rolled back
             self.settings = before;
+            self.ledgers.clear();
             tracing::warn!(
                 jobs = jobs.len(),
                 "a write failed; applying this group's writes one at a time"
@@ -435,6 +440,7 @@ impl Writer {
             Err(e) => {
                 // The group's imports were rolled back with it.
                 self.settings = before;
+                self.ledgers.clear();
                 let e = e.to_string();
                 tracing::error!(error = %e, "database commit failed; the syncs in this group were not acknowledged and will be retried by their agents");
                 for job in jobs {
@@ -448,7 +454,7 @@ impl Writer {
     fn alone(&mut self, job: Job) {
         let before = self.settings.clone();
         let committed = self.conn.transaction().map_err(db).and_then(|tx| {
-            let outcome = apply(&tx, &job, &mut self.settings);
+            let outcome = apply(&tx, &job, &mut self.settings, &mut self.ledgers);
             if outcome.failed() {
                 return Ok(outcome); // dropping `tx` rolls it back
             }
@@ -461,10 +467,12 @@ impl Writer {
             }
             Ok(outcome) => {
                 self.settings = before;
+                self.ledgers.clear();
                 answer((job, outcome)).send(&Ok(()));
             }
             Err(e) => {
                 self.settings = before;
+                self.ledgers.clear();
                 refuse(job, &e.to_string()).send(&Ok(()));
             }
         }
@@ -611,18 +619,23 @@ fn answer((job, outcome): (Job, Outcome)) -> Reply {
 
 /// Applies one job in the open transaction. A successful import replaces `settings`
 /// for the jobs after it.
-fn apply(t: &Connection, job: &Job, settings: &mut Arc<Settings>) -> Outcome {
+fn apply(
+    t: &Connection,
+    job: &Job,
+    settings: &mut Arc<Settings>,
+    ledgers: &mut Ledgers,
+) -> Outcome {
     match job {
-        Job::Ingest(ingest, _) => Outcome::Ingest(ingest_into(t, ingest, settings)),
+        Job::Ingest(ingest, _) => Outcome::Ingest(ingest_into(t, ingest, settings, ledgers)),
         Job::AddDevice(device, _) => Outcome::Unit(add_device(t, device)),
         Job::Revoke(id, _) => Outcome::Bool(
             t.execute("UPDATE devices SET revoked = 1 WHERE id = ?1", [id])
                 .map(|n| n > 0)
                 .map_err(db),
         ),
-        Job::AddPurchase(purchase, _) => Outcome::Unit(add_purchase(t, purchase)),
+        Job::AddPurchase(purchase, _) => Outcome::Unit(add_purchase(t, purchase, ledgers)),
         Job::PutSettings(new, _) => {
-            let result = put_settings(t, new);
+            let result = put_settings(t, new, ledgers);
             if result.is_ok() {
                 *settings = Arc::new(Settings::clone(new));
             }
@@ -644,6 +657,7 @@ fn ingest_into(
     t: &Connection,
     ingest: &Ingest,
     settings: &Settings,
+    ledgers: &mut Ledgers,
 ) -> Result<IngestOutcome, StoreError> {
     let mut outcome = IngestOutcome::default();
     // Per product, the earliest start among the sessions this batch wrote.
@@ -708,15 +722,28 @@ fn ingest_into(
             &ingest.user,
             product,
             settings,
-            Cause::Sync,
-            ingest.at,
+            (Cause::Sync, ingest.at),
             Some((*since, &fresh)),
+            ledgers,
         )?;
     }
+    outcome.team_remaining = ledgers
+        .of(t, team_of(&settings.teams, &ingest.user))?
+        .remaining(ingest.at);
+    // Recorded to the minute: a user syncing every few seconds does not rewrite this
+    // table's page in every group (RFC 3339 in UTC sorts as text).
+    let stale = ingest.at - LAST_SYNC_RESOLUTION;
     t.prepare_cached(
-        "INSERT INTO users (user, last_sync) VALUES (?1, ?2) ON CONFLICT (user) DO UPDATE SET last_sync = excluded.last_sync",
+        "INSERT INTO users (user, last_sync) VALUES (?1, ?2)
+         ON CONFLICT (user) DO UPDATE SET last_sync = excluded.last_sync WHERE users.last_sync < ?3",
     )
-    .and_then(|mut put| put.execute(params![ingest.user, ingest.at.to_rfc3339()]))
+    .and_then(|mut put| {
+        put.execute(params![
+            ingest.user,
+            ingest.at.to_rfc3339(),
+            stale.to_rfc3339()
+        ])
+    })
     .map_err(db)?;
     Ok(outcome)
 }
@@ -837,14 +864,15 @@ fn resume_state(t: &Connection, user: &str, product: &str, at: i64) -> Result<Re
 /// With `since` (the earliest start a sync wrote), only the key's days from the resume
 /// point on are recomputed, from the sessions that start there or later: a year of
 /// history costs a sync nothing. Without it (an import), the whole key is.
+/// `(cause, at)`: why and when, for the ledger.
 fn recompute_key(
     t: &Connection,
     user: &str,
     product: &str,
     settings: &Settings,
-    cause: Cause,
-    at: DateTime<Utc>,
+    (cause, at): (Cause, DateTime<Utc>),
     since: Option<(i64, &Fresh<'_>)>,
+    ledgers: &mut Ledgers,
 ) -> Result<(), StoreError> {
     let no_fresh = Fresh::new();
     let (from, fresh) = match since {
@@ -918,7 +946,8 @@ fn recompute_key(
         user,
         product,
         at: &at,
-        ledger: None,
+        ledgers,
+        changed: Default::default(),
     };
     let mut put = t
         .prepare_cached(
@@ -977,8 +1006,30 @@ fn recompute_key(
     books.save()
 }
 
-/// Ledger bookings of one key's recomputation; the team's purchases are loaded only if
-/// something is booked.
+/// The teams' purchases and what each has paid for: what is committed plus the open
+/// transaction's changes. Owned by the writer, the only one that changes them; a team is
+/// loaded on first use, and everything is dropped when a transaction is rolled back.
+#[derive(Default)]
+struct Ledgers(HashMap<String, Ledger>);
+
+impl Ledgers {
+    fn of(&mut self, t: &Connection, team: &str) -> Result<&mut Ledger, StoreError> {
+        if !self.0.contains_key(team) {
+            let ledger = load_ledger(t, team)?;
+            self.0.insert(team.to_owned(), ledger);
+        }
+        self.0
+            .get_mut(team)
+            .ok_or_else(|| corrupt("ledger not loaded"))
+    }
+
+    /// Forgets what may include changes rolled back.
+    fn clear(&mut self) {
+        self.0.clear();
+    }
+}
+
+/// Ledger bookings of one key's recomputation.
 struct Books<'c> {
     t: &'c Connection,
     team: &'c str,
@@ -986,17 +1037,14 @@ struct Books<'c> {
     product: &'c str,
     /// When the entries are booked (RFC 3339).
     at: &'c str,
-    ledger: Option<Ledger>,
+    ledgers: &'c mut Ledgers,
+    /// Purchases whose use changed, to write back.
+    changed: std::collections::BTreeSet<String>,
 }
 
 impl Books<'_> {
     fn ledger(&mut self) -> Result<&mut Ledger, StoreError> {
-        if self.ledger.is_none() {
-            self.ledger = Some(load_ledger(self.t, self.team)?);
-        }
-        self.ledger
-            .as_mut()
-            .ok_or_else(|| corrupt("ledger not loaded"))
+        self.ledgers.of(self.t, self.team)
     }
 
     fn entry(
@@ -1041,6 +1089,7 @@ impl Books<'_> {
         let draw = self.ledger()?.draw(window_start, tokens);
         for (purchase, n) in &draw.parts {
             self.entry(day, start, Some(purchase), *n as i64, reason)?;
+            self.changed.insert(purchase.clone());
         }
         if draw.unfunded > 0 {
             self.entry(day, start, None, draw.unfunded as i64, reason)?;
@@ -1067,23 +1116,28 @@ impl Books<'_> {
         };
         for (purchase, day, tokens) in open {
             self.entry(&day, start, purchase.as_deref(), -tokens, reason)?;
-            if let Some(p) = &purchase {
-                self.ledger()?.give_back(p, tokens.max(0) as u64);
+            if let Some(p) = purchase {
+                self.ledger()?.give_back(&p, tokens.max(0) as u64);
+                self.changed.insert(p);
             }
         }
         Ok(())
     }
 
     /// Writes back what the purchases have paid for.
-    fn save(self) -> Result<(), StoreError> {
-        if let Some(ledger) = &self.ledger {
-            let mut put = self
-                .t
-                .prepare_cached("UPDATE purchases SET used = ?2 WHERE id = ?1")
-                .map_err(db)?;
-            for (id, used) in &ledger.used {
-                put.execute(params![id, *used as i64]).map_err(db)?;
-            }
+    fn save(mut self) -> Result<(), StoreError> {
+        if self.changed.is_empty() {
+            return Ok(());
+        }
+        let changed = std::mem::take(&mut self.changed);
+        let t = self.t;
+        let ledger = self.ledger()?;
+        let mut put = t
+            .prepare_cached("UPDATE purchases SET used = ?2 WHERE id = ?1")
+            .map_err(db)?;
+        for id in &changed {
+            let used = ledger.used.get(id).copied().unwrap_or(0);
+            put.execute(params![id, used as i64]).map_err(db)?;
         }
         Ok(())
     }
@@ -1125,16 +1179,23 @@ fn purchase_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<PurchaseRow> {
     Ok((purchase, r.get::<_, i64>(5)?.max(0) as u64))
 }
 
-fn add_purchase(t: &Connection, p: &Purchase) -> Result<(), StoreError> {
+fn add_purchase(t: &Connection, p: &Purchase, ledgers: &mut Ledgers) -> Result<(), StoreError> {
     t.execute(
         "INSERT INTO purchases (id, team, tokens, purchased_at, expires_at, used) VALUES (?1, ?2, ?3, ?4, ?5, 0)",
         params![p.id, p.team, p.tokens as i64, p.purchased_at.to_rfc3339(), p.expires_at.to_rfc3339()],
     )
     .map_err(db)?;
+    if let Some(ledger) = ledgers.0.get_mut(&p.team) {
+        ledger.purchases.push(p.clone());
+    }
     Ok(())
 }
 
-fn put_settings(t: &Connection, settings: &Settings) -> Result<(), StoreError> {
+fn put_settings(
+    t: &Connection,
+    settings: &Settings,
+    ledgers: &mut Ledgers,
+) -> Result<(), StoreError> {
     let mut put = t
         .prepare_cached("INSERT INTO settings (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = excluded.value")
         .map_err(db)?;
@@ -1173,9 +1234,9 @@ fn put_settings(t: &Connection, settings: &Settings) -> Result<(), StoreError> {
             &user,
             &product,
             settings,
-            Cause::Import,
-            Utc::now(),
+            (Cause::Import, Utc::now()),
             None,
+            ledgers,
         )?;
     }
     Ok(())
