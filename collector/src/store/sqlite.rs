@@ -1,10 +1,16 @@
 //! The SQLite store: WAL mode, versioned migrations, one writer thread with group commit.
 //!
-//! Every write goes to one thread that owns the write connection. It takes all jobs
-//! waiting in its queue, applies each inside its own savepoint of one transaction, and
-//! commits once: many syncs, one fsync (`synchronous = FULL`, so a commit is on disk
-//! before any of them is answered). Reads use a small pool of separate connections,
+//! Every write goes to one thread that owns the write connection. It takes the jobs
+//! waiting in its queue (up to 64), applies them in one transaction and
+//! commits once. The commit itself does not wait for the disk: a sync thread makes the
+//! log durable (one `fdatasync` for every commit waiting) and only then answers the
+//! group's jobs, while the writer already applies the next group — many syncs, one
+//! fsync, and no reply before its data is on disk. A checkpoint thread copies the log
+//! into the database file beside them. Reads use a small pool of separate connections,
 //! which WAL lets run beside the writer.
+//!
+//! The writer also owns the settings (so syncs and imports are priced in queue order)
+//! and the teams' purchase balances (so a sync's reminders need no read of their own).
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
@@ -238,6 +244,17 @@ impl SqliteStore {
                 .map_err(|e| StoreError::Database(format!("creating {}: {e}", dir.display())))?;
         }
         let mut conn = open(path)?;
+        // Durability below rests on the write-ahead log (commits are synced by syncing
+        // the log file): refuse to run on a database that is not in WAL mode.
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .map_err(db)?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(StoreError::Database(format!(
+                "{} is in journal mode {mode}, not WAL (is its file system a network or read-only one?)",
+                path.display()
+            )));
+        }
         migrate(&mut conn)?;
         // The writer revisits the recent pages of every active key: keep them in memory
         // rather than re-reading them from the OS on every group.
@@ -249,8 +266,8 @@ impl SqliteStore {
         // Commits are made durable by the sync thread (see `sync_loop`), not inside them.
         conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(db)?;
-        // Each job's savepoint keeps the pages it changes first in a statement journal:
-        // in memory, not in a temporary file written page by page.
+        // Statement journals and temporary b-trees in memory, not in temporary files
+        // written page by page.
         conn.pragma_update(None, "temp_store", "MEMORY")
             .map_err(db)?;
         conn.pragma_update(None, "journal_size_limit", WAL_LIMIT as i64)
