@@ -15,6 +15,7 @@
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::thread;
 
@@ -42,8 +43,11 @@ const READERS: usize = 4;
 const WRITER_CACHE_KIB: i64 = -(16 << 10);
 /// How stale a user's recorded last sync may get before a sync rewrites it.
 const LAST_SYNC_RESOLUTION: chrono::TimeDelta = chrono::TimeDelta::minutes(1);
-/// Write-ahead log size past which the writer makes sure the log starts over.
-const WAL_LIMIT: u64 = 64 << 20;
+/// Write-ahead log size past which the writer makes sure the log starts over. Each
+/// restart stalls the writer for a few syncs (~60-100 ms on the development VM), so the
+/// log is allowed to grow well past SQLite's default before it is made to start over
+/// (measured with sync_load: at 64 MiB it restarted twice a second under full load).
+const WAL_LIMIT: u64 = 256 << 20;
 /// How long the checkpoint thread lets commits accumulate before copying them.
 const CHECKPOINT_PAUSE: std::time::Duration = std::time::Duration::from_millis(200);
 
@@ -173,6 +177,9 @@ enum Reply {
     Ingest(
         oneshot::Sender<Result<IngestOutcome, StoreError>>,
         Result<IngestOutcome, StoreError>,
+        /// The applied ingest, freed where the answer is sent rather than on the
+        /// writer's thread (its memory came from a request's thread).
+        Box<Ingest>,
     ),
     Unit(
         oneshot::Sender<Result<(), StoreError>>,
@@ -189,7 +196,10 @@ impl Reply {
         let fail = |r: &Result<(), String>| r.clone().map_err(StoreError::Database);
         // A receiver that went away (client gone) needs no answer.
         match self {
-            Reply::Ingest(tx, r) => drop(tx.send(fail(commit).and(r))),
+            Reply::Ingest(tx, r, ingest) => {
+                drop(tx.send(fail(commit).and(r)));
+                drop(ingest);
+            }
             Reply::Unit(tx, r) => drop(tx.send(fail(commit).and(r))),
             Reply::Bool(tx, r) => drop(tx.send(fail(commit).and(r))),
         }
@@ -273,15 +283,19 @@ impl SqliteStore {
         conn.pragma_update(None, "journal_size_limit", WAL_LIMIT as i64)
             .map_err(db)?;
         let settings = Arc::new(read_settings(&conn)?);
-        let checkpointer = open(path)?;
-        let (ckpt_tx, ckpt_rx) = mpsc::channel();
-        let checkpoints = thread::Builder::new()
-            .name("daymeter-db-checkpoint".into())
-            .spawn(move || checkpoint_loop(checkpointer, ckpt_rx))
-            .map_err(|e| StoreError::Database(format!("starting the checkpoint thread: {e}")))?;
         let mut wal = path.as_os_str().to_owned();
         wal.push("-wal");
         let wal = PathBuf::from(wal);
+        let checkpointer = open(path)?;
+        let restart_due = Arc::new(AtomicBool::new(false));
+        let (ckpt_tx, ckpt_rx) = mpsc::channel();
+        let checkpoints = {
+            let (wal, restart_due) = (wal.clone(), restart_due.clone());
+            thread::Builder::new()
+                .name("daymeter-db-checkpoint".into())
+                .spawn(move || checkpoint_loop(checkpointer, ckpt_rx, &wal, &restart_due))
+                .map_err(|e| StoreError::Database(format!("starting the checkpoint thread: {e}")))?
+        };
         let (sync_tx, sync_rx) = mpsc::channel();
         let syncer = {
             let wal = wal.clone();
@@ -295,6 +309,7 @@ impl SqliteStore {
             settings,
             ledgers: Ledgers::default(),
             wal,
+            restart_due,
             syncer: Some((sync_tx, syncer)),
             checkpoints: Some((ckpt_tx, checkpoints)),
         };
@@ -380,6 +395,8 @@ struct Writer {
     ledgers: Ledgers,
     /// The write-ahead log, whose size tells whether it has been restarted lately.
     wal: PathBuf,
+    /// Set by the checkpoint thread when the log is long and has just been checkpointed.
+    restart_due: Arc<AtomicBool>,
     /// Committed groups' answers, to be sent once the log is on disk.
     syncer: Option<(mpsc::Sender<Vec<Reply>>, thread::JoinHandle<()>)>,
     /// Wakes the checkpoint thread after each commit.
@@ -511,16 +528,20 @@ impl Writer {
         self.after_commit();
     }
 
-    /// Wakes the checkpoint thread, and lets the log start over when it has grown past
-    /// [`WAL_LIMIT`]: SQLite restarts it at the next write only if every frame is
-    /// checkpointed, which a writer that is never idle would not otherwise wait for.
+    /// Wakes the checkpoint thread, and lets the log start over once it has grown past
+    /// [`WAL_LIMIT`]. SQLite restarts the log at a write only if every frame is
+    /// checkpointed, which never happens on its own while the writer is never idle: so
+    /// the writer checkpoints the rest itself, between two groups — right after a pass of
+    /// the checkpoint thread, when the rest is one group's frames (a checkpoint of the
+    /// whole log here stalled every group behind it by ~100 ms).
     fn after_commit(&mut self) {
         if let Some((tx, _)) = &self.checkpoints {
             let _ = tx.send(());
         }
-        let long = std::fs::metadata(&self.wal).is_ok_and(|m| m.len() > WAL_LIMIT);
-        if long && let Err(e) = checkpoint(&self.conn) {
-            tracing::warn!(error = %e, "checkpoint by the writer failed; retried after the next commit");
+        let due = self.restart_due.swap(false, Ordering::Relaxed)
+            || std::fs::metadata(&self.wal).is_ok_and(|m| m.len() > 4 * WAL_LIMIT);
+        if due && let Err(e) = checkpoint(&self.conn) {
+            tracing::warn!(error = %e, "checkpoint by the writer failed; retried after the next pass");
         }
     }
 }
@@ -567,13 +588,22 @@ fn sync_loop(wal: PathBuf, rx: mpsc::Receiver<Vec<Reply>>) {
 /// Copies committed pages from the log into the database file, off the writer's path.
 ///
 /// Woken after commits, it waits [`CHECKPOINT_PAUSE`] first so that a page written by
-/// several groups in a row is copied once. `PASSIVE`: it never blocks the writer.
-fn checkpoint_loop(conn: Connection, rx: mpsc::Receiver<()>) {
+/// several groups in a row is copied once. `PASSIVE`: it never blocks the writer. After
+/// a pass that leaves the log longer than [`WAL_LIMIT`], it asks the writer to finish
+/// the job so that the log can start over (see `Writer::after_commit`).
+fn checkpoint_loop(conn: Connection, rx: mpsc::Receiver<()>, wal: &Path, restart_due: &AtomicBool) {
     while rx.recv().is_ok() {
         thread::sleep(CHECKPOINT_PAUSE);
         while rx.try_recv().is_ok() {}
-        if let Err(e) = checkpoint(&conn) {
-            tracing::warn!(error = %e, "background checkpoint failed; retried after the next commit");
+        match checkpoint(&conn) {
+            Ok(()) => {
+                if std::fs::metadata(wal).is_ok_and(|m| m.len() > WAL_LIMIT) {
+                    restart_due.store(true, Ordering::Relaxed);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "background checkpoint failed; retried after the next commit");
+            }
         }
     }
 }
@@ -596,7 +626,7 @@ fn refuse(job: Job, e: &str) -> Reply {
         Err(StoreError::Database(e.to_owned()))
     }
     match job {
-        Job::Ingest(_, tx) => Reply::Ingest(tx, err(e)),
+        Job::Ingest(ingest, tx) => Reply::Ingest(tx, err(e), ingest),
         Job::AddDevice(_, tx) | Job::PutSettings(_, tx) | Job::AddPurchase(_, tx) => {
             Reply::Unit(tx, err(e))
         }
@@ -624,7 +654,7 @@ impl Outcome {
 /// A job's answer from what it did.
 fn answer((job, outcome): (Job, Outcome)) -> Reply {
     match (job, outcome) {
-        (Job::Ingest(_, tx), Outcome::Ingest(r)) => Reply::Ingest(tx, r),
+        (Job::Ingest(ingest, tx), Outcome::Ingest(r)) => Reply::Ingest(tx, r, ingest),
         (Job::Revoke(_, tx), Outcome::Bool(r)) => Reply::Bool(tx, r),
         (
             Job::AddDevice(_, tx) | Job::PutSettings(_, tx) | Job::AddPurchase(_, tx),
