@@ -109,15 +109,11 @@ impl Agent {
         zone: Option<LocalZone>,
     ) -> Result<Agent, RunError> {
         let client = Client::new(&config.collector_url, config.ca_file.as_deref())?;
-        let answer: Option<SyncAnswer> = journal
-            .cached(ANSWER_KEY)?
-            .and_then(|bytes| serde_json::from_slice(&bytes).ok());
-        let last_sync = journal
-            .cached(LAST_SYNC_KEY)?
-            .and_then(|b| String::from_utf8(b).ok())
-            .and_then(|s| DateTime::parse_from_rfc3339(&s).ok())
-            .map(|t| t.with_timezone(&Utc));
-        let revoked = journal.cached(REVOKED_KEY)?.is_some_and(|b| b == b"1");
+        let Remembered {
+            answer,
+            last_sync,
+            revoked,
+        } = Remembered::read(journal.as_ref())?;
         let enrolment = journal
             .enrolment()?
             .filter(|e| e.collector_url == config.collector_url);
@@ -458,21 +454,41 @@ impl Agent {
     }
 }
 
+/// What the journal remembers of the collector between runs.
+struct Remembered {
+    answer: Option<SyncAnswer>,
+    last_sync: Option<DateTime<Utc>>,
+    revoked: bool,
+}
+
+impl Remembered {
+    /// An unreadable cached value counts as absent: it is refreshed at the next sync.
+    fn read(journal: &dyn Journal) -> Result<Remembered, RunError> {
+        Ok(Remembered {
+            answer: journal
+                .cached(ANSWER_KEY)?
+                .and_then(|bytes| serde_json::from_slice(&bytes).ok()),
+            last_sync: journal
+                .cached(LAST_SYNC_KEY)?
+                .and_then(|b| String::from_utf8(b).ok())
+                .and_then(|s| DateTime::parse_from_rfc3339(&s).ok())
+                .map(|t| t.with_timezone(&Utc)),
+            revoked: journal.cached(REVOKED_KEY)?.is_some_and(|b| b == b"1"),
+        })
+    }
+}
+
 /// The status read straight from the journal, when no agent runs.
 pub fn offline_status(
     config: &Config,
     journal: &dyn Journal,
     now: DateTime<Utc>,
 ) -> Result<Status, RunError> {
-    let answer: Option<SyncAnswer> = journal
-        .cached(ANSWER_KEY)?
-        .and_then(|bytes| serde_json::from_slice(&bytes).ok());
-    let last_sync = journal
-        .cached(LAST_SYNC_KEY)?
-        .and_then(|b| String::from_utf8(b).ok())
-        .and_then(|s| DateTime::parse_from_rfc3339(&s).ok())
-        .map(|t| t.with_timezone(&Utc));
-    let revoked = journal.cached(REVOKED_KEY)?.is_some_and(|b| b == b"1");
+    let Remembered {
+        answer,
+        last_sync,
+        revoked,
+    } = Remembered::read(journal)?;
     let enrolment = journal.enrolment()?;
     let policy = answer
         .as_ref()
