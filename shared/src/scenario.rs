@@ -620,49 +620,77 @@ impl<'a> Scenario<'a> {
         w.write_all(frame::OPEN)?;
         let mut totals = Totals::default();
         let mut any = false;
-        for batch in self.keys.chunks(KEYS_PER_TASK * TASKS_PER_BATCH) {
-            let parts: Vec<(Vec<u8>, Totals)> = batch
-                .par_chunks(KEYS_PER_TASK)
-                .map_init(Scratch::default, |scratch, keys| {
-                    let mut buf = Vec::with_capacity(keys.len() * 4 * 180);
-                    let mut part = Totals::default();
-                    let mut writer = RowWriter::default();
-                    for key in keys {
-                        let (user, product) = self.owner(key);
-                        let pricing = pricing(&self.catalog, &held, user, product);
-                        self.walk_key(key, &rules, scratch);
-                        writer.key(user, product);
-                        scratch.days.clear();
-                        for window in &scratch.windows {
-                            let p = priced(window, &rules, &pricing);
-                            buf.extend_from_slice(frame::NEXT);
-                            writer.row(&mut buf, &p);
-                            part.tokens += p.tokens;
-                            scratch.days.push(p.day);
-                        }
-                        scratch.days.sort_unstable();
-                        scratch.days.dedup();
-                        part.days_used += scratch.days.len() as u64;
+        // Batches are formatted on a thread of their own while this one writes the
+        // previous batch: writing a hundred megabytes is serial work, and it no longer
+        // leaves the other cores waiting.
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<(Vec<u8>, Totals)>>(1);
+        let (rules, held) = (&rules, &held);
+        std::thread::scope(|scope| {
+            // `tx` moves in, so the channel closes when the last batch is sent.
+            scope.spawn(move || {
+                for batch in self.keys.chunks(KEYS_PER_TASK * TASKS_PER_BATCH) {
+                    let parts = batch
+                        .par_chunks(KEYS_PER_TASK)
+                        .map_init(Scratch::default, |scratch, keys| {
+                            self.format_keys(keys, rules, held, scratch)
+                        })
+                        .collect();
+                    if tx.send(parts).is_err() {
+                        return; // the writer stopped on an error
                     }
-                    (buf, part)
-                })
-                .collect();
-            for (buf, part) in parts {
-                totals = totals + part;
-                if buf.is_empty() {
-                    continue;
                 }
-                if any {
-                    w.write_all(&buf)?;
-                } else {
-                    w.write_all(frame::FIRST)?;
-                    w.write_all(&buf[frame::NEXT.len()..])?;
-                    any = true;
+            });
+            for parts in rx {
+                for (buf, part) in parts {
+                    totals = totals + part;
+                    if buf.is_empty() {
+                        continue;
+                    }
+                    if any {
+                        w.write_all(&buf)?;
+                    } else {
+                        w.write_all(frame::FIRST)?;
+                        w.write_all(&buf[frame::NEXT.len()..])?;
+                        any = true;
+                    }
                 }
             }
-        }
+            Ok::<(), io::Error>(())
+        })?;
         frame::close(w, any, &totals)?;
         Ok(totals)
+    }
+
+    /// Walks, prices and formats some keys: their rows (each led by a separator) and
+    /// totals.
+    fn format_keys<'s>(
+        &'s self,
+        keys: &[KeyRun],
+        rules: &Rules,
+        held: &FxHashMap<(&str, &str), Vec<&Entitlement>>,
+        scratch: &mut Scratch<'s>,
+    ) -> (Vec<u8>, Totals) {
+        let mut buf = Vec::with_capacity(keys.len() * 4 * 180);
+        let mut part = Totals::default();
+        let mut writer = RowWriter::default();
+        for key in keys {
+            let (user, product) = self.owner(key);
+            let pricing = pricing(&self.catalog, held, user, product);
+            self.walk_key(key, rules, scratch);
+            writer.key(user, product);
+            scratch.days.clear();
+            for window in &scratch.windows {
+                let p = priced(window, rules, &pricing);
+                buf.extend_from_slice(frame::NEXT);
+                writer.row(&mut buf, &p);
+                part.tokens += p.tokens;
+                scratch.days.push(p.day);
+            }
+            scratch.days.sort_unstable();
+            scratch.days.dedup();
+            part.days_used += scratch.days.len() as u64;
+        }
+        (buf, part)
     }
 
     /// Entitlements by (user, product).
@@ -886,48 +914,82 @@ fn resolve_copies(records: &[Vec<Checked<'_>>]) -> (Vec<bool>, Option<(usize, Re
         .collect();
     by_hash.par_sort_unstable();
     let record = |i: u32| &records[i as usize >> CHUNK_BITS][i as usize & (CHUNK - 1)];
+    // Runs of one hash with more than one member, found and settled on all cores: copies
+    // are few (a few percent of records), but settling them parses each copy again.
+    let n = by_hash.len();
+    let runs: Vec<usize> = (0..n)
+        .into_par_iter()
+        .with_min_len(1 << 14)
+        .filter(|&i| {
+            i + 1 < n
+                && by_hash[i + 1].0 == by_hash[i].0
+                && (i == 0 || by_hash[i - 1].0 != by_hash[i].0)
+        })
+        .collect();
+    let settled: Vec<(Vec<u32>, Option<(usize, RecordError)>)> = runs
+        .par_iter()
+        .with_min_len(256)
+        .map(|&run| {
+            let end = by_hash[run..]
+                .iter()
+                .position(|(h, _)| *h != by_hash[run].0)
+                .map_or(n, |len| run + len);
+            settle_copies(by_hash[run..end].iter().map(|(_, i)| *i), &record)
+        })
+        .collect();
     let mut lost = vec![false; total];
     let mut conflict: Option<(usize, RecordError)> = None;
-    let mut run = 0;
-    while run < by_hash.len() {
-        let mut end = run + 1;
-        while end < by_hash.len() && by_hash[end].0 == by_hash[run].0 {
-            end += 1;
+    for (losers, found) in settled {
+        for i in losers {
+            lost[i as usize] = true;
         }
-        if end - run > 1 {
-            // Same hash: group by the id itself (a collision splits a run), in file order.
-            let mut winners: Vec<(u32, Session<'_>)> = Vec::new();
-            for &(_, i) in &by_hash[run..end] {
-                let Some(s) = record(i).session() else {
-                    continue;
-                };
-                match winners.iter_mut().find(|(_, w)| w.id == s.id) {
-                    None => winners.push((i, s)),
-                    Some((w, winner)) => {
-                        if let Some(field) = s.conflict_with(winner) {
-                            if conflict.as_ref().is_none_or(|(at, _)| (i as usize) < *at) {
-                                let error = session_error(
-                                    i as usize,
-                                    Some(&s.id),
-                                    Problem::ConflictingCopies(field),
-                                );
-                                conflict = Some((i as usize, error));
-                            }
-                            lost[i as usize] = true;
-                        } else if s.copy_order(winner) == Ordering::Greater {
-                            lost[*w as usize] = true;
-                            *w = i;
-                            *winner = s;
-                        } else {
-                            lost[i as usize] = true;
-                        }
+        if let Some((at, error)) = found
+            && conflict.as_ref().is_none_or(|(first, _)| at < *first)
+        {
+            conflict = Some((at, error));
+        }
+    }
+    (lost, conflict)
+}
+
+/// Settles the records of one hash run (in file order): which lose to another copy of
+/// their id, and the first copy that conflicts with the one it met. A hash collision
+/// puts two ids in one run; they are told apart by the id itself.
+fn settle_copies<'r, 'a: 'r>(
+    members: impl Iterator<Item = u32>,
+    record: &impl Fn(u32) -> &'r Checked<'a>,
+) -> (Vec<u32>, Option<(usize, RecordError)>) {
+    let mut losers = Vec::new();
+    let mut conflict: Option<(usize, RecordError)> = None;
+    let mut winners: Vec<(u32, Session<'_>)> = Vec::new();
+    for i in members {
+        let Some(s) = record(i).session() else {
+            continue;
+        };
+        match winners.iter_mut().find(|(_, w)| w.id == s.id) {
+            None => winners.push((i, s)),
+            Some((w, winner)) => {
+                if let Some(field) = s.conflict_with(winner) {
+                    if conflict.is_none() {
+                        let error = session_error(
+                            i as usize,
+                            Some(&s.id),
+                            Problem::ConflictingCopies(field),
+                        );
+                        conflict = Some((i as usize, error));
                     }
+                    losers.push(i);
+                } else if s.copy_order(winner) == Ordering::Greater {
+                    losers.push(*w);
+                    *w = i;
+                    *winner = s;
+                } else {
+                    losers.push(i);
                 }
             }
         }
-        run = end;
     }
-    (lost, conflict)
+    (losers, conflict)
 }
 
 fn owner<'r>(c: &'r Checked<'_>) -> (&'r str, &'r str) {
@@ -977,16 +1039,36 @@ fn group(
             start = i;
         }
     }
-    // Check each run's strings: a run whose members differ is a hash collision and is
-    // re-sorted by the strings themselves (never expected, always handled).
-    let collided: Vec<usize> = runs
+    // Check each record's strings against its run's first: a run whose members differ
+    // is a hash collision and is re-sorted by the strings themselves (never expected,
+    // always handled). The records are read in file order, which memory serves far
+    // faster than visiting them run by run.
+    let first_of: FxHashMap<u64, u32> = runs
+        .iter()
+        .map(|r| (slots[r.start].key_hash, slots[r.start].index))
+        .collect();
+    let mut collided_hashes: Vec<u64> = records
         .par_iter()
         .enumerate()
+        .flat_map_iter(|(c, chunk)| {
+            let first_of = &first_of;
+            chunk.iter().enumerate().filter_map(move |(o, r)| {
+                let index = (c << CHUNK_BITS) + o;
+                let first = *first_of.get(&r.key_hash)?;
+                (!lost[index] && index as u32 != first && owner(record(first)) != owner(r))
+                    .then_some(r.key_hash)
+            })
+        })
+        .collect();
+    collided_hashes.sort_unstable();
+    collided_hashes.dedup();
+    let collided: Vec<usize> = runs
+        .iter()
+        .enumerate()
         .filter(|(_, r)| {
-            let first = owner(record(slots[r.start].index));
-            slots[(*r).clone()]
-                .iter()
-                .any(|s| owner(record(s.index)) != first)
+            collided_hashes
+                .binary_search(&slots[r.start].key_hash)
+                .is_ok()
         })
         .map(|(k, _)| k)
         .collect();
