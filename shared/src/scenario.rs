@@ -926,7 +926,7 @@ fn resolve_copies(records: &[Vec<Checked<'_>>]) -> (Vec<bool>, Option<(usize, Re
                 && (i == 0 || by_hash[i - 1].0 != by_hash[i].0)
         })
         .collect();
-    let settled: Vec<(Vec<u32>, Option<(usize, RecordError)>)> = runs
+    let settled: Vec<Settled> = runs
         .par_iter()
         .with_min_len(256)
         .map(|&run| {
@@ -952,13 +952,17 @@ fn resolve_copies(records: &[Vec<Checked<'_>>]) -> (Vec<bool>, Option<(usize, Re
     (lost, conflict)
 }
 
+/// What settling one run of copies gives: the records that lost, and the run's first
+/// conflicting copy (its place in the file and the error).
+type Settled = (Vec<u32>, Option<(usize, RecordError)>);
+
 /// Settles the records of one hash run (in file order): which lose to another copy of
 /// their id, and the first copy that conflicts with the one it met. A hash collision
 /// puts two ids in one run; they are told apart by the id itself.
 fn settle_copies<'r, 'a: 'r>(
     members: impl Iterator<Item = u32>,
     record: &impl Fn(u32) -> &'r Checked<'a>,
-) -> (Vec<u32>, Option<(usize, RecordError)>) {
+) -> Settled {
     let mut losers = Vec::new();
     let mut conflict: Option<(usize, RecordError)> = None;
     let mut winners: Vec<(u32, Session<'_>)> = Vec::new();
