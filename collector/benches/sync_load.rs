@@ -768,8 +768,13 @@ struct Server {
 
 impl Server {
     fn start(db: &Path, log: &Path) -> Result<Server> {
-        let bin = env!("CARGO_BIN_EXE_daymeter-collector");
-        let mut child = Command::new(bin)
+        // DAYMETER_BENCH_COLLECTOR runs another build of the collector (to compare two
+        // builds under one load generator); the default is this workspace's.
+        let bin = std::env::var_os("DAYMETER_BENCH_COLLECTOR").map_or_else(
+            || PathBuf::from(env!("CARGO_BIN_EXE_daymeter-collector")),
+            PathBuf::from,
+        );
+        let mut child = Command::new(&bin)
             .arg("serve")
             .arg("--listen")
             .arg("127.0.0.1:0")
@@ -782,7 +787,7 @@ impl Server {
             .stdout(Stdio::piped())
             .stderr(File::create(log)?)
             .spawn()
-            .with_context(|| format!("starting {bin}"))?;
+            .with_context(|| format!("starting {}", bin.display()))?;
         let mut stdout = BufReader::new(child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?);
         let mut line = String::new();
         stdout.read_line(&mut line)?;
