@@ -5,9 +5,13 @@
 //! caller's `classify`), remembering the answer by pid and process start time, so that
 //! once the machine is steady a poll costs one process listing plus a liveness check of
 //! the few processes that run products. On Linux that is `/proc` read directly
-//! ([`procfs`]; a full sysinfo refresh there costs several times a plain `/proc` walk);
-//! on Windows and macOS sysinfo (`sysinfo`).
+//! ([`procfs`]; a full sysinfo refresh there costs several times a plain `/proc` walk),
+//! told by the kernel's process events which pids changed where it may subscribe to
+//! them ([`connector`]), so that a steady poll lists nothing; on Windows and macOS
+//! sysinfo (`sysinfo`).
 
+#[cfg(target_os = "linux")]
+pub mod connector;
 #[cfg(target_os = "linux")]
 pub mod procfs;
 #[cfg(not(target_os = "linux"))]
@@ -42,12 +46,26 @@ pub struct Seen<'a> {
     pub args: &'a str,
 }
 
-/// This platform's process source: `/proc` on Linux, sysinfo elsewhere. Building it
-/// cannot fail; a source that cannot list processes says so at each poll.
+/// This platform's process source: on Linux process events with `/proc` as backstop
+/// where the kernel lets this process subscribe, `/proc` listed every poll where it does
+/// not (said once in the log); sysinfo elsewhere. Building it cannot fail; a source that
+/// cannot list processes says so at each poll.
 pub fn system() -> Box<dyn ProcessSource> {
     #[cfg(target_os = "linux")]
     {
-        Box::new(procfs::Procfs::new())
+        match connector::Connector::new() {
+            Ok(source) => {
+                tracing::debug!(
+                    "watching processes through the kernel's process events, listing /proc every {} polls as a backstop",
+                    connector::LIST_EVERY
+                );
+                Box::new(source)
+            }
+            Err(e) => {
+                tracing::info!("{e}; watching processes by listing /proc every poll");
+                Box::new(procfs::Procfs::new())
+            }
+        }
     }
     #[cfg(not(target_os = "linux"))]
     {

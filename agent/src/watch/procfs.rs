@@ -31,9 +31,10 @@
 //!   `exec`ed a product, keeps its old classification. Reuse needs the pid counter to
 //!   wrap around between two polls, so that window is tiny in practice.
 //!
-//! Not seen at all: an `exec` of a program whose name shares the launcher's first 15
-//! bytes (`comm` does not change), e.g. `acad.exe` re-executing itself with other
-//! arguments; the first classification stands.
+//! Not seen at all by listing: an `exec` of a program whose name shares the launcher's
+//! first 15 bytes (`comm` does not change), e.g. `acad.exe` re-executing itself with
+//! other arguments; the first classification stands (process events, below, do report
+//! it).
 //!
 //! Quiet polls skip the listing. Listing `/proc` is most of a poll's cost (the kernel
 //! walks its pid table and fills its dentry cache for every process), so each poll first
@@ -45,6 +46,14 @@
 //! next listing). A full listing still happens at least every [`LIST_AT_LEAST_EVERY`]
 //! polls. On a busy desktop that creates threads every second this saves little; on a
 //! quiet workstation it halves the poll.
+//!
+//! Told by process events, a poll needs no listing at all: where the kernel's process
+//! connector is available, [`super::connector`] hands each poll the pids that forked,
+//! `exec`ed or exited since the previous one (`Procfs::poll_changes`); a new pid is
+//! examined as if the listing had found it, an `exec` has the pid examined again at once
+//! (also when `comm` stays the same), a fork or an exit has its stat re-read, and every
+//! other known process is left alone except for the re-checks above. The listing then
+//! only runs when the connector asks for it, as a backstop.
 //!
 //! A pid that cannot be read (it exited mid-read, or the kernel refuses) is skipped for
 //! this poll or remembered as "not a product"; it never fails the poll. Only an
@@ -81,6 +90,17 @@ const DENTS_LEN: usize = 32 * 1024;
 /// beyond [`BUF_KEEP`] for a huge command line is given back after use.
 const BUF_START: usize = 4096;
 const BUF_KEEP: usize = 64 * 1024;
+
+/// What the kernel's process events said about a pid since the last poll (see
+/// `Procfs::poll_changes`). Ordered: when a pid has several, the larger one applies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Change {
+    /// A process with this pid was created or ended: its stat is read again (a new start
+    /// time means a new instance, a failed read or a zombie that it no longer runs).
+    Recheck,
+    /// The process `exec`ed: it is examined and classified again.
+    Exec,
+}
 
 /// The Linux [`ProcessSource`]: `/proc`, read incrementally (see the module notes).
 pub struct Procfs {
@@ -258,15 +278,60 @@ impl Procfs {
         Ok(())
     }
 
-    /// Re-reads a known entry's stat if it is due. Returns the entry to keep (possibly
-    /// re-examined), or `None` when the process is gone.
+    /// Fills `self.pids` with the known pids and the new ones among `changed` (both
+    /// ascending), without listing `/proc`.
+    fn pids_known_and(&mut self, changed: &[(u32, Change)]) {
+        self.pids.clear();
+        let mut known = self.known.iter().map(|e| e.pid).peekable();
+        let mut changed = changed.iter().map(|&(pid, _)| pid).peekable();
+        loop {
+            let next = match (known.peek(), changed.peek()) {
+                (Some(&k), Some(&c)) if k < c => known.next(),
+                (Some(&k), Some(&c)) if c < k => changed.next(),
+                (Some(_), Some(_)) => {
+                    changed.next();
+                    known.next()
+                }
+                (Some(_), None) => known.next(),
+                (None, Some(_)) => changed.next(),
+                (None, None) => return,
+            };
+            self.pids.extend(next);
+        }
+    }
+
+    /// A poll told by process events what changed since the previous one, instead of
+    /// finding out by listing `/proc`: `changed` holds, ascending and each pid once, the
+    /// pids the kernel reported as forked, `exec`ed or exited, and every other known pid
+    /// is taken to be as it was. `list`: list `/proc` as well (the caller's backstop
+    /// against lost events); the shortcut and the round-robin re-checks of [`poll`]
+    /// are not used, since events report what they are there to catch.
+    ///
+    /// [`poll`]: ProcessSource::poll
+    pub(crate) fn poll_changes(
+        &mut self,
+        changed: &[(u32, Change)],
+        list: bool,
+        classify: &dyn Fn(Seen<'_>) -> Option<String>,
+    ) -> io::Result<Vec<Running>> {
+        if list {
+            self.list()?;
+        } else {
+            self.pids_known_and(changed);
+        }
+        Ok(self.sweep(changed, 0, classify))
+    }
+
+    /// Re-reads a known entry's stat if it is due (`due`: its turn came, or the kernel
+    /// reported a change). Returns the entry to keep (possibly re-examined), or `None`
+    /// when the process is gone.
     fn revisit(
         &mut self,
         mut entry: Entry,
-        in_turn: bool,
+        due: Option<Change>,
         classify: &dyn Fn(Seen<'_>) -> Option<String>,
     ) -> Option<Entry> {
-        if entry.product.is_none() && !entry.fresh && !in_turn {
+        if entry.product.is_none() && !entry.fresh && due.is_none() {
             return Some(entry);
         }
         let stat = match read_stat(entry.pid, &mut self.buf) {
@@ -274,7 +339,7 @@ impl Procfs {
             Err(e) if gone(&e) => return None,
             Err(_) => return Some(entry),
         };
-        let execed = !entry.kernel && stat.comm != entry.comm;
+        let execed = due == Some(Change::Exec) || (!entry.kernel && stat.comm != entry.comm);
         if stat.started != entry.started || execed {
             return self.examine(entry.pid, stat, classify, true);
         }
@@ -345,22 +410,33 @@ impl Procfs {
     }
 }
 
-impl ProcessSource for Procfs {
-    fn poll(&mut self, classify: &dyn Fn(Seen<'_>) -> Option<String>) -> io::Result<Vec<Running>> {
-        self.pids_now()?;
+impl Procfs {
+    /// Merges this poll's pids (`self.pids`) with what is known: drops the pids no longer
+    /// there, examines the new ones, re-checks the known ones that are due — products,
+    /// fresh entries, the next `budget` in turn, and those `changed` names (ascending) —
+    /// and returns the products running.
+    fn sweep(
+        &mut self,
+        changed: &[(u32, Change)],
+        budget: usize,
+        classify: &dyn Fn(Seen<'_>) -> Option<String>,
+    ) -> Vec<Running> {
         let pids = std::mem::take(&mut self.pids);
         let mut old = std::mem::take(&mut self.known);
         let mut next = std::mem::take(&mut self.spare);
         next.clear();
         next.reserve(pids.len());
         let mut running = Vec::new();
-        let mut budget = self.recheck_per_poll;
+        let mut budget = budget;
         let mut last_in_turn = self.cursor;
         {
             let mut old = old.drain(..).peekable();
+            let mut changes = changed.iter().peekable();
             for &pid in &pids {
                 // Entries below this pid were not listed: those processes ended.
                 while old.next_if(|e| e.pid < pid).is_some() {}
+                while changes.next_if(|c| c.0 < pid).is_some() {}
+                let change = changes.next_if(|c| c.0 == pid).map(|c| c.1);
                 let entry = match old.next_if(|e| e.pid == pid) {
                     Some(entry) => {
                         let in_turn = budget > 0
@@ -371,7 +447,8 @@ impl ProcessSource for Procfs {
                             budget -= 1;
                             last_in_turn = pid;
                         }
-                        self.revisit(entry, in_turn, classify)
+                        let due = change.max(in_turn.then_some(Change::Recheck));
+                        self.revisit(entry, due, classify)
                     }
                     None => match read_stat(pid, &mut self.buf) {
                         Ok(stat) => self.examine(pid, stat, classify, true),
@@ -402,7 +479,14 @@ impl ProcessSource for Procfs {
         self.pids = pids;
         self.known = next;
         self.spare = old;
-        Ok(running)
+        running
+    }
+}
+
+impl ProcessSource for Procfs {
+    fn poll(&mut self, classify: &dyn Fn(Seen<'_>) -> Option<String>) -> io::Result<Vec<Running>> {
+        self.pids_now()?;
+        Ok(self.sweep(&[], self.recheck_per_poll, classify))
     }
 
     fn forget(&mut self) {
