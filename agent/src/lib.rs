@@ -3,10 +3,13 @@
 //!
 //! Map:
 //! - [`config`] — the agent's TOML configuration, environment overrides, default paths.
-//! - [`watch`] — which product processes run now: `/proc` read incrementally on Linux,
-//!   sysinfo on Windows and macOS, behind [`watch::ProcessSource`].
+//! - [`watch`] — which product processes run now: on Linux the kernel's process events
+//!   (netlink process connector) with an incremental `/proc` listing as backstop, or the
+//!   listing alone where events cannot be had; sysinfo on Windows and macOS; all behind
+//!   [`watch::ProcessSource`].
 //! - [`journal`] — every session, the device token and the collector's cached answers,
-//!   durable across crashes, behind [`journal::Journal`] (sled).
+//!   durable across crashes, behind [`journal::Journal`] (redb; sled behind the same
+//!   trait passed the same crash torture, see the README for the choice).
 //! - [`meter`] — turns what runs into opened, advanced and closed sessions.
 //! - [`sync`] — enrolment and `/v1/sync` with the collector, back-off while it is away.
 //! - [`status`] — `daymeter-agent status`, answered by the running agent over a local

@@ -313,11 +313,35 @@ fn id_hash(id: &str) -> u64 {
     h.finish()
 }
 
-fn check_chunk<'a>(base: usize, texts: &[&'a str]) -> ChunkOut<'a> {
+/// A record's text as the splitter found it: already a `str` (the general path, whose
+/// parser checked it), or bytes of one line, checked as UTF-8 here, on all cores, rather
+/// than by the splitter on one.
+trait RecordText<'a> {
+    fn text(&self) -> Option<&'a str>;
+}
+
+impl<'a> RecordText<'a> for &'a str {
+    fn text(&self) -> Option<&'a str> {
+        Some(self)
+    }
+}
+
+impl<'a> RecordText<'a> for &'a [u8] {
+    fn text(&self) -> Option<&'a str> {
+        std::str::from_utf8(self).ok()
+    }
+}
+
+fn check_chunk<'a, T: RecordText<'a>>(base: usize, texts: &[T]) -> ChunkOut<'a> {
     let mut zones = ZoneCache::new();
     let mut records = Vec::with_capacity(texts.len());
     for (offset, text) in texts.iter().enumerate() {
-        match check_session(text, &mut zones) {
+        let checked = match text.text() {
+            Some(text) => check_session(text, &mut zones),
+            // Not text: the general path parses the file and names the error.
+            None => Err((None, Problem::Malformed("not UTF-8".into()), true)),
+        };
+        match checked {
             Ok(c) => records.push(c),
             Err((id, problem, unparsable)) => {
                 let index = base + offset;
@@ -748,7 +772,7 @@ fn pricing<'e, 'k>(
 /// just past its `]`, and each line's session text. `None` when the array is not laid
 /// out that way (the caller then takes the general path). Nothing here is trusted: see
 /// [`Scenario::parse_by_lines`] for how the result is proven.
-fn split_lines(input: &[u8]) -> Option<(usize, usize, Vec<&str>)> {
+fn split_lines(input: &[u8]) -> Option<(usize, usize, Vec<&[u8]>)> {
     let key = memchr::memmem::find(input, b"\"sessions\"")?;
     let skip_ws = |mut p: usize| {
         while p < input.len() && input[p].is_ascii_whitespace() {
@@ -801,7 +825,7 @@ fn split_lines(input: &[u8]) -> Option<(usize, usize, Vec<&str>)> {
             if element.first() != Some(&b'{') {
                 return None;
             }
-            lines.push(std::str::from_utf8(element).ok()?);
+            lines.push(element);
             if closes {
                 let offset = element.as_ptr() as usize - input.as_ptr() as usize + element.len();
                 let close = offset + input[offset..end].iter().position(|b| *b == b']')?;
@@ -1261,5 +1285,19 @@ mod tests {
         );
         assert!(Scenario::parse_by_lines(text.as_bytes()).is_none());
         assert!(report(&text).contains("2026-03-05"));
+    }
+
+    #[test]
+    fn a_line_that_is_not_utf8_is_reported_by_the_general_path_with_its_place() {
+        let mut text = one_per_line(&[S1, S2], "\n]}").into_bytes();
+        let at = text.windows(3).position(|w| w == b"\"b\"").unwrap() + 1;
+        text[at] = 0xff; // session "b"'s id
+        assert!(matches!(
+            Scenario::parse_by_lines(&text),
+            None | Some(Err(_))
+        ));
+        let error = Scenario::parse(&text).unwrap_err().to_string();
+        // Bytes that are not text are a malformed document, placed by line and column.
+        assert!(error.contains("line 4 column 9"), "{error}");
     }
 }
