@@ -14,8 +14,10 @@
 //! (parse and validate, account, write) follows, so a regression can be placed. Goal on
 //! the 2-core development machine: 1,000,000 sessions/s end to end.
 
+mod machine;
 mod scenario_gen;
 
+use machine::{load_average, machine};
 use std::fs::{self, File};
 use std::io::{self, BufWriter};
 use std::path::{Path, PathBuf};
@@ -310,25 +312,4 @@ fn median_of(mut times: Vec<Duration>) -> Duration {
 
 fn mb(bytes: u64) -> f64 {
     bytes as f64 / 1e6
-}
-
-fn machine() -> (usize, String) {
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let model = fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|info| {
-            info.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, m)| m.trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown CPU".to_string());
-    (cores, model)
-}
-
-fn load_average() -> String {
-    fs::read_to_string("/proc/loadavg")
-        .ok()
-        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|| "n/a".to_string())
 }

@@ -27,6 +27,9 @@
 //! batches, p99 < 50 ms for both (anchor: aw-server-rust ingests 135,000–156,000 events/s
 //! in 50-event batches over 50 connections, p99 ~30 ms).
 
+mod machine;
+
+use machine::{load_average, machine};
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashSet};
 use std::fmt::Write as _;
@@ -1108,25 +1111,4 @@ fn fs_type(dir: &Path) -> String {
                 .map(|(_, kind)| kind.to_string())
         })
         .unwrap_or_else(|| "unknown file system".to_string())
-}
-
-fn machine() -> (usize, String) {
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let model = fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|info| {
-            info.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, m)| m.trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown CPU".to_string());
-    (cores, model)
-}
-
-fn load_average() -> String {
-    fs::read_to_string("/proc/loadavg")
-        .ok()
-        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|| "n/a".to_string())
 }
