@@ -12,7 +12,6 @@
 //! The writer also owns the settings (so syncs and imports are priced in queue order)
 //! and the teams' purchase balances (so a sync's reminders need no read of their own).
 
-use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -21,12 +20,18 @@ use std::thread;
 
 use chrono::{DateTime, NaiveDate, Utc};
 use daymeter_shared::accounting::{Resume, Span, WindowKind, walk_from};
+
+mod ids;
+mod tails;
+
 use daymeter_shared::entitlement::Pricing;
 use daymeter_shared::record::Problem;
 use daymeter_shared::session::{OwnedSession, Session};
 use daymeter_shared::time::Zone;
 use daymeter_shared::usage::{UsageDay, priced};
+use ids::{Ids, Lookup};
 use rusqlite::{Connection, OptionalExtension, params};
+use tails::{Drawn, StoredDay, StoredDays, Tail, Tails};
 use tokio::sync::oneshot;
 
 use daymeter_shared::ledger::{Ledger, Purchase, team_of};
@@ -169,6 +174,72 @@ UPDATE usage_days SET drawn = COALESCE((
 DROP INDEX ledger_by_window;
 DROP INDEX ledger_by_team;
 "#,
+    r#"
+-- Fewer pages written per sync. Every page a commit changes goes to the write-ahead
+-- log whole, and before this version a 50-session sync changed about 28 (2 KB of log
+-- per session): a page of each b-tree ordered by key or by id, for each key and each
+-- calendar day it touched.
+--
+-- Sessions in arrival order, with no index of their own: each sync appends its rows
+-- (one b-tree, written at its end) instead of inserting into three. The writer finds
+-- an id in memory (see `ids`), and a key's sessions through `session_runs`: one row per
+-- sync and product, naming the consecutive rows that sync added and how far they
+-- reach, ordered by user so that one sync's runs share a page. Measured (1M inserts,
+-- 1,000 per transaction, development VM): 2.6 µs per session for the table alone
+-- against 6.0 µs with the index by id and by key.
+CREATE TABLE sessions_arrived (
+    id TEXT NOT NULL,
+    user TEXT NOT NULL,
+    device TEXT NOT NULL,
+    product TEXT NOT NULL,
+    start_ns INTEGER NOT NULL,
+    end_ns INTEGER NOT NULL,
+    body TEXT NOT NULL
+);
+INSERT INTO sessions_arrived (id, user, device, product, start_ns, end_ns, body)
+    SELECT id, user, device, product, start_ns, end_ns, body FROM sessions
+    ORDER BY user, product, start_ns, id;
+DROP TABLE sessions;
+ALTER TABLE sessions_arrived RENAME TO sessions;
+-- first_row..=last_row: consecutive rows of one key; start_ns, end_ns: the earliest
+-- start and latest end among them.
+CREATE TABLE session_runs (
+    user TEXT NOT NULL,
+    product TEXT NOT NULL,
+    first_row INTEGER NOT NULL,
+    last_row INTEGER NOT NULL,
+    start_ns INTEGER NOT NULL,
+    end_ns INTEGER NOT NULL,
+    PRIMARY KEY (user, first_row)
+) WITHOUT ROWID;
+-- The sessions kept so far, in runs of 64 by start.
+INSERT INTO session_runs (user, product, first_row, last_row, start_ns, end_ns)
+    SELECT user, product, MIN(rowid), MAX(rowid), MIN(start_ns), MAX(end_ns) FROM (
+        SELECT rowid, user, product, start_ns, end_ns,
+               (row_number() OVER (PARTITION BY user, product ORDER BY rowid) - 1) / 64 AS chunk
+        FROM sessions)
+    GROUP BY user, product, chunk;
+-- Usage days by user, then window start: one sync's new days, whatever their product,
+-- are neighbours. The index by day is gone: listing days by date scans the table (the
+-- index took a page per calendar day a sync touched).
+CREATE TABLE usage_days_by_user (
+    user TEXT NOT NULL,
+    product TEXT NOT NULL,
+    window_start_ns INTEGER NOT NULL,
+    window_end_ns INTEGER NOT NULL,
+    day TEXT NOT NULL,
+    plan TEXT NOT NULL,
+    tokens INTEGER NOT NULL,
+    short_row INTEGER NOT NULL DEFAULT 0,
+    drawn TEXT NOT NULL DEFAULT '[]',
+    PRIMARY KEY (user, window_start_ns, product)
+) WITHOUT ROWID;
+INSERT INTO usage_days_by_user (user, product, window_start_ns, window_end_ns, day, plan, tokens, short_row, drawn)
+    SELECT user, product, window_start_ns, window_end_ns, day, plan, tokens, short_row, drawn FROM usage_days;
+DROP TABLE usage_days;
+ALTER TABLE usage_days_by_user RENAME TO usage_days;
+CREATE INDEX usage_days_short ON usage_days (user, product, window_start_ns) WHERE short_row = 1;
+"#,
 ];
 
 fn db(e: rusqlite::Error) -> StoreError {
@@ -301,6 +372,7 @@ impl SqliteStore {
         conn.pragma_update(None, "journal_size_limit", WAL_LIMIT as i64)
             .map_err(db)?;
         let settings = Arc::new(read_settings(&conn)?);
+        let ids = load_ids(&conn)?;
         let mut wal = path.as_os_str().to_owned();
         wal.push("-wal");
         let wal = PathBuf::from(wal);
@@ -324,8 +396,12 @@ impl SqliteStore {
         };
         let writer = Writer {
             conn,
-            settings,
-            ledgers: Ledgers::default(),
+            memory: Memory {
+                settings,
+                ledgers: Ledgers::default(),
+                ids,
+                tails: Tails::default(),
+            },
             wal,
             restart_due,
             syncer: Some((sync_tx, syncer)),
@@ -409,8 +485,7 @@ impl Drop for SqliteStore {
 /// settings, and the import reprices every key stored before it.
 struct Writer {
     conn: Connection,
-    settings: Arc<Settings>,
-    ledgers: Ledgers,
+    memory: Memory,
     /// The write-ahead log, whose size tells whether it has been restarted lately.
     wal: PathBuf,
     /// Set by the checkpoint thread when the log is long and has just been checkpointed.
@@ -451,7 +526,7 @@ impl Writer {
                 Err(_) => break,
             }
         }
-        let before = self.settings.clone();
+        let before = self.memory.settings.clone();
         let tx = match self.conn.transaction() {
             Ok(tx) => tx,
             Err(e) => {
@@ -465,7 +540,7 @@ impl Writer {
         };
         let mut outcomes = Vec::with_capacity(jobs.len());
         for job in &jobs {
-            let outcome = apply(&tx, job, &mut self.settings, &mut self.ledgers);
+            let outcome = apply(&tx, job, &mut self.memory);
             if outcome.failed() {
                 break;
             }
@@ -473,8 +548,7 @@ impl Writer {
         }
         if outcomes.len() < jobs.len() {
             drop(tx); // rolled back
-            self.settings = before;
-            self.ledgers.clear();
+            self.memory.rolled_back(before);
             tracing::warn!(
                 jobs = jobs.len(),
                 "a write failed; applying this group's writes one at a time"
@@ -486,13 +560,13 @@ impl Writer {
         }
         match tx.commit() {
             Ok(()) => {
+                self.memory.committed();
                 let replies = jobs.into_iter().zip(outcomes).map(answer).collect();
                 self.deliver(replies);
             }
             Err(e) => {
                 // The group's imports were rolled back with it.
-                self.settings = before;
-                self.ledgers.clear();
+                self.memory.rolled_back(before);
                 let e = e.to_string();
                 tracing::error!(error = %e, "database commit failed; the syncs in this group were not acknowledged and will be retried by their agents");
                 for job in jobs {
@@ -504,9 +578,9 @@ impl Writer {
 
     /// Applies one job in a transaction of its own.
     fn alone(&mut self, job: Job) {
-        let before = self.settings.clone();
+        let before = self.memory.settings.clone();
         let committed = self.conn.transaction().map_err(db).and_then(|tx| {
-            let outcome = apply(&tx, &job, &mut self.settings, &mut self.ledgers);
+            let outcome = apply(&tx, &job, &mut self.memory);
             if outcome.failed() {
                 return Ok(outcome); // dropping `tx` rolls it back
             }
@@ -514,17 +588,16 @@ impl Writer {
         });
         match committed {
             Ok(outcome) if !outcome.failed() => {
+                self.memory.committed();
                 let reply = answer((job, outcome));
                 self.deliver(vec![reply]);
             }
             Ok(outcome) => {
-                self.settings = before;
-                self.ledgers.clear();
+                self.memory.rolled_back(before);
                 answer((job, outcome)).send(&Ok(()));
             }
             Err(e) => {
-                self.settings = before;
-                self.ledgers.clear();
+                self.memory.rolled_back(before);
                 refuse(job, &e.to_string()).send(&Ok(()));
             }
         }
@@ -682,27 +755,84 @@ fn answer((job, outcome): (Job, Outcome)) -> Reply {
     }
 }
 
-/// Applies one job in the open transaction. A successful import replaces `settings`
+/// What the writer holds in memory beside its connection: the committed database plus
+/// the open transaction's changes.
+struct Memory {
+    settings: Arc<Settings>,
+    ledgers: Ledgers,
+    ids: Ids,
+    tails: Tails,
+}
+
+impl Memory {
+    /// The open transaction committed.
+    fn committed(&mut self) {
+        self.ids.commit();
+    }
+
+    /// The open transaction was rolled back: forget what it changed (`settings`: those
+    /// before it).
+    fn rolled_back(&mut self, settings: Arc<Settings>) {
+        self.settings = settings;
+        self.ledgers.clear();
+        self.ids.rollback();
+        self.tails.clear();
+    }
+}
+
+/// Every stored session id, for the writer's index.
+fn load_ids(conn: &Connection) -> Result<Ids, StoreError> {
+    let started = std::time::Instant::now();
+    let count: i64 = conn
+        .query_row("SELECT COUNT(*) FROM sessions", [], |r| r.get(0))
+        .map_err(db)?;
+    let mut ids = Ids::with_capacity(count.max(0) as usize);
+    let mut stmt = conn.prepare("SELECT rowid, id FROM sessions").map_err(db)?;
+    let mut find = conn
+        .prepare("SELECT id FROM sessions WHERE rowid = ?1")
+        .map_err(db)?;
+    let mut rows = stmt.query([]).map_err(db)?;
+    while let Some(r) = rows.next().map_err(db)? {
+        let row: i64 = r.get(0).map_err(db)?;
+        let id = r.get_ref(1).and_then(|v| Ok(v.as_str()?)).map_err(db)?;
+        if let Err(other) = ids.load(id, row, false) {
+            let other_id: String = find.query_row([other], |r| r.get(0)).map_err(db)?;
+            if other_id == id {
+                return Err(corrupt(format!(
+                    "session {id} is stored twice (rows {other} and {row})"
+                )));
+            }
+            let _ = ids.load(id, row, true);
+        }
+    }
+    tracing::info!(
+        sessions = ids.len(),
+        seconds = started.elapsed().as_secs_f64(),
+        "indexed the stored session ids"
+    );
+    Ok(ids)
+}
+
+/// Applies one job in the open transaction. A successful import replaces the settings
 /// for the jobs after it.
-fn apply(
-    t: &Connection,
-    job: &Job,
-    settings: &mut Arc<Settings>,
-    ledgers: &mut Ledgers,
-) -> Outcome {
+fn apply(t: &Connection, job: &Job, memory: &mut Memory) -> Outcome {
     match job {
-        Job::Ingest(ingest, _) => Outcome::Ingest(ingest_into(t, ingest, settings, ledgers)),
+        Job::Ingest(ingest, _) => Outcome::Ingest(ingest_into(t, ingest, memory)),
         Job::AddDevice(device, _) => Outcome::Unit(add_device(t, device)),
         Job::Revoke(id, _) => Outcome::Bool(
             t.execute("UPDATE devices SET revoked = 1 WHERE id = ?1", [id])
                 .map(|n| n > 0)
                 .map_err(db),
         ),
-        Job::AddPurchase(purchase, _) => Outcome::Unit(add_purchase(t, purchase, ledgers)),
+        Job::AddPurchase(purchase, _) => {
+            Outcome::Unit(add_purchase(t, purchase, &mut memory.ledgers))
+        }
         Job::PutSettings(new, _) => {
-            let result = put_settings(t, new, ledgers);
+            let result = put_settings(t, new, &mut memory.ledgers);
+            // Every key was recomputed from the database: the tails are stale.
+            memory.tails.clear();
             if result.is_ok() {
-                *settings = Arc::new(Settings::clone(new));
+                memory.settings = Arc::new(Settings::clone(new));
             }
             Outcome::Unit(result)
         }
@@ -721,79 +851,119 @@ fn add_device(t: &Connection, d: &Device) -> Result<(), StoreError> {
 fn ingest_into(
     t: &Connection,
     ingest: &Ingest,
-    settings: &Settings,
-    ledgers: &mut Ledgers,
+    memory: &mut Memory,
 ) -> Result<IngestOutcome, StoreError> {
-    let mut outcome = IngestOutcome::default();
-    // Per product, the earliest start among the sessions this batch wrote.
-    let mut touched: BTreeMap<&str, i64> = BTreeMap::new();
-    // The sessions this batch wrote, by id: recomputation takes them from here rather
-    // than reading back and parsing what was just stored.
-    let mut fresh: Fresh<'_> = HashMap::new();
-    // A new id (the usual case) is one insert; only a copy of a stored session is read.
+    let settings = memory.settings.clone();
+    let user = ingest.user.as_str();
+    let mut rejected: Vec<(usize, Problem)> = Vec::new();
+    // Per product: the earliest start among the sessions this sync wrote, those
+    // sessions, and the rows it added (one run: they are inserted product by product).
+    let mut touched: BTreeMap<&str, Touched<'_>> = BTreeMap::new();
+    let mut order: Vec<usize> = (0..ingest.sessions.len()).collect();
+    order.sort_by(|&a, &b| {
+        ingest.sessions[a]
+            .session
+            .product
+            .cmp(&ingest.sessions[b].session.product)
+    });
     let mut insert = t
         .prepare_cached(
-            "INSERT INTO sessions (id, user, device, product, start_ns, end_ns, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
-             ON CONFLICT (id) DO NOTHING",
+            "INSERT INTO sessions (id, user, device, product, start_ns, end_ns, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
         )
         .map_err(db)?;
     let mut find = t
-        .prepare_cached("SELECT body FROM sessions WHERE id = ?1")
+        .prepare_cached("SELECT id, body FROM sessions WHERE rowid = ?1")
         .map_err(db)?;
     let mut update = t
-        .prepare_cached("UPDATE sessions SET end_ns = ?2, body = ?3 WHERE id = ?1")
+        .prepare_cached("UPDATE sessions SET end_ns = ?2, body = ?3 WHERE rowid = ?1")
         .map_err(db)?;
-    for incoming in &ingest.sessions {
+    for i in order {
+        let incoming = &ingest.sessions[i];
         let s = &incoming.session;
-        let inserted = insert
-            .execute(params![
-                &*s.id,
-                ingest.user,
-                ingest.device,
-                &*s.product,
-                s.start_nanos(),
-                s.end_nanos(),
-                incoming.body
-            ])
-            .map_err(db)?
-            == 1;
-        let wrote = inserted || {
-            let body: String = find.query_row([&*s.id], |r| r.get(0)).map_err(db)?;
-            let old: Session<'_> = serde_json::from_str(&body).map_err(corrupt)?;
-            if let Some(field) = s.conflict_with(&old) {
-                outcome
-                    .rejected
-                    .push((s.id.to_string(), Problem::ConflictingCopies(field)));
-                continue;
-            }
-            let longer = s.copy_order(&old).is_gt();
-            if longer {
-                update
-                    .execute(params![&*s.id, s.end_nanos(), incoming.body])
+        // The stored copy of this id, if any; `taken`: its hash is another id's.
+        let (stored, taken) = match memory.ids.lookup(&s.id) {
+            Lookup::Absent => (None, false),
+            Lookup::Found(row) | Lookup::Check(row) => {
+                let (id, body): (String, String) = find
+                    .query_row([row], |r| Ok((r.get(0)?, r.get(1)?)))
                     .map_err(db)?;
+                if id == *s.id {
+                    (Some((row, body)), false)
+                } else {
+                    (None, true)
+                }
             }
-            longer
+        };
+        let key = touched.entry(&s.product).or_insert_with(|| Touched {
+            since: i64::MAX,
+            fresh: Vec::new(),
+            run: None,
+        });
+        let wrote = match stored {
+            None => {
+                insert
+                    .execute(params![
+                        &*s.id,
+                        user,
+                        ingest.device,
+                        &*s.product,
+                        s.start_nanos(),
+                        s.end_nanos(),
+                        incoming.body
+                    ])
+                    .map_err(db)?;
+                let row = t.last_insert_rowid();
+                memory.ids.insert(&s.id, row, taken);
+                key.add_row(t, user, &s.product, row, s)?;
+                true
+            }
+            Some((row, body)) => {
+                let old: Session<'_> = serde_json::from_str(&body).map_err(corrupt)?;
+                if let Some(field) = s.conflict_with(&old) {
+                    rejected.push((i, Problem::ConflictingCopies(field)));
+                    continue;
+                }
+                let longer = s.copy_order(&old).is_gt();
+                if longer {
+                    update
+                        .execute(params![row, s.end_nanos(), incoming.body])
+                        .map_err(db)?;
+                    key.extend_row(t, user, row, s.end_nanos())?;
+                }
+                longer
+            }
         };
         if wrote {
-            let since = touched.entry(&s.product).or_insert(i64::MAX);
-            *since = (*since).min(s.start_nanos());
-            fresh.insert(&s.id, incoming);
+            key.since = key.since.min(s.start_nanos());
+            key.fresh.push(incoming);
         }
-        outcome.accepted.push(s.id.to_string());
     }
-    for (product, since) in &touched {
-        recompute_key(
-            t,
-            &ingest.user,
-            product,
-            settings,
-            (Cause::Sync, ingest.at),
-            Some((*since, &fresh)),
-            ledgers,
-        )?;
+    for (product, key) in &mut touched {
+        key.close_run(t, user, product)?;
     }
-    outcome.team_remaining = ledgers
-        .of(t, team_of(&settings.teams, &ingest.user))?
+    for (product, key) in &touched {
+        if !key.fresh.is_empty() {
+            sync_key(
+                t, user, product, &settings, ingest.at, key.since, &key.fresh, memory,
+            )?;
+        }
+    }
+    let mut outcome = IngestOutcome::default();
+    let mut refused = rejected.iter().map(|(i, _)| *i).collect::<Vec<_>>();
+    refused.sort_unstable();
+    for (i, incoming) in ingest.sessions.iter().enumerate() {
+        if refused.binary_search(&i).is_err() {
+            outcome.accepted.push(incoming.session.id.to_string());
+        }
+    }
+    rejected.sort_by_key(|(i, _)| *i);
+    outcome.rejected = rejected
+        .into_iter()
+        .map(|(i, p)| (ingest.sessions[i].session.id.to_string(), p))
+        .collect();
+    outcome.team_remaining = memory
+        .ledgers
+        .of(t, team_of(&settings.teams, user))?
         .remaining(ingest.at);
     // Recorded to the minute: a user syncing every few seconds does not rewrite this
     // table's page in every group (RFC 3339 in UTC sorts as text).
@@ -802,96 +972,271 @@ fn ingest_into(
         "INSERT INTO users (user, last_sync) VALUES (?1, ?2)
          ON CONFLICT (user) DO UPDATE SET last_sync = excluded.last_sync WHERE users.last_sync < ?3",
     )
-    .and_then(|mut put| {
-        put.execute(params![
-            ingest.user,
-            ingest.at.to_rfc3339(),
-            stale.to_rfc3339()
-        ])
-    })
+    .and_then(|mut put| put.execute(params![user, ingest.at.to_rfc3339(), stale.to_rfc3339()]))
     .map_err(db)?;
     Ok(outcome)
 }
 
-/// Sessions written by the ingest being applied, by id, as stored.
-type Fresh<'i> = HashMap<&'i str, &'i Incoming>;
+/// What one sync did to one key.
+struct Touched<'i> {
+    /// The earliest start among the sessions it wrote.
+    since: i64,
+    /// The sessions it wrote (new, or longer copies).
+    fresh: Vec<&'i Incoming>,
+    /// The rows it added, not yet recorded in `session_runs`.
+    run: Option<Run>,
+}
 
-/// The key's sessions that start at or after `from`, each with its zone; those in
-/// `fresh` are taken from there. `from` is a resume point (or the beginning of time):
-/// no session that starts before it ends at or after it, so the index by end finds
-/// exactly these sessions.
-fn load_key<'i>(
+/// Consecutive rows of one key's sessions: `first..=last`, earliest start, latest end.
+#[derive(Clone, Copy)]
+struct Run {
+    first: i64,
+    last: i64,
+    start: i64,
+    end: i64,
+}
+
+impl Touched<'_> {
+    fn add_row(
+        &mut self,
+        t: &Connection,
+        user: &str,
+        product: &str,
+        row: i64,
+        s: &OwnedSession,
+    ) -> Result<(), StoreError> {
+        let (start, end) = (s.start_nanos(), s.end_nanos());
+        match &mut self.run {
+            Some(run) if run.last + 1 == row => {
+                run.last = row;
+                run.start = run.start.min(start);
+                run.end = run.end.max(end);
+            }
+            _ => {
+                self.close_run(t, user, product)?;
+                self.run = Some(Run {
+                    first: row,
+                    last: row,
+                    start,
+                    end,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// A stored session at `row` now ends at `end`: its run's latest end follows.
+    fn extend_row(
+        &mut self,
+        t: &Connection,
+        user: &str,
+        row: i64,
+        end: i64,
+    ) -> Result<(), StoreError> {
+        if let Some(run) = &mut self.run
+            && (run.first..=run.last).contains(&row)
+        {
+            run.end = run.end.max(end);
+            return Ok(());
+        }
+        t.prepare_cached(
+            // The user's runs partition their rows: the last one to start at or
+            // before `row` holds it.
+            "UPDATE session_runs SET end_ns = MAX(end_ns, ?3)
+             WHERE user = ?1 AND first_row = (
+               SELECT MAX(first_row) FROM session_runs WHERE user = ?1 AND first_row <= ?2)",
+        )
+        .and_then(|mut s| s.execute(params![user, row, end]))
+        .map_err(db)?;
+        Ok(())
+    }
+
+    fn close_run(&mut self, t: &Connection, user: &str, product: &str) -> Result<(), StoreError> {
+        if let Some(run) = self.run.take() {
+            t.prepare_cached(
+                "INSERT INTO session_runs (user, product, first_row, last_row, start_ns, end_ns)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    user, product, run.first, run.last, run.start, run.end
+                ])
+            })
+            .map_err(db)?;
+        }
+        Ok(())
+    }
+}
+
+/// Recomputes a key after a sync wrote `fresh` (the earliest of which starts at
+/// `since`): from its tail in memory, loaded first if it does not reach back to `since`.
+#[allow(clippy::too_many_arguments)]
+fn sync_key(
     t: &Connection,
     user: &str,
     product: &str,
-    from: i64,
-    fresh: &Fresh<'i>,
-) -> Result<Vec<(Cow<'i, OwnedSession>, Zone)>, StoreError> {
+    settings: &Settings,
+    at: DateTime<Utc>,
+    since: i64,
+    fresh: &[&Incoming],
+    memory: &mut Memory,
+) -> Result<(), StoreError> {
+    let Memory { tails, ledgers, .. } = memory;
+    let tail = match tails.covering(user, product, since) {
+        Some(tail) => {
+            tail.merge(fresh.iter().map(|i| (&i.session, i.zone)));
+            tail
+        }
+        None => {
+            let tail = load_tail(t, user, product, since, fresh)?;
+            tails.put(user, product, tail)
+        }
+    };
+    let from = tail.resume_point(since);
+    settle(
+        t,
+        user,
+        product,
+        settings,
+        (Cause::Sync, at),
+        tail,
+        from,
+        ledgers,
+    )?;
+    tail.trim();
+    Ok(())
+}
+
+/// The key's sessions that end at or after `bound`, each with its zone; those in
+/// `fresh` (written by the sync being applied) are taken from there rather than parsed.
+fn load_sessions(
+    t: &Connection,
+    user: &str,
+    product: &str,
+    bound: i64,
+    fresh: &HashMap<&str, &Incoming>,
+) -> Result<Vec<(OwnedSession, Zone)>, StoreError> {
+    let runs: Vec<(i64, i64)> = {
+        let mut stmt = t
+            .prepare_cached(
+                "SELECT first_row, last_row FROM session_runs
+                 WHERE user = ?1 AND product = ?2 AND end_ns >= ?3",
+            )
+            .map_err(db)?;
+        let rows = stmt
+            .query_map(params![user, product, bound], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .map_err(db)?;
+        rows.collect::<Result<_, _>>().map_err(db)?
+    };
     let mut stmt = t
         .prepare_cached(
-            "SELECT id, body FROM sessions INDEXED BY sessions_by_key_end
-             WHERE user = ?1 AND product = ?2 AND end_ns >= ?3 AND start_ns >= ?3",
+            "SELECT id, body FROM sessions WHERE rowid BETWEEN ?1 AND ?2 AND end_ns >= ?3",
         )
         .map_err(db)?;
-    let mut rows = stmt.query(params![user, product, from]).map_err(db)?;
     let mut out = Vec::new();
-    while let Some(row) = rows.next().map_err(db)? {
-        let id = row.get_ref(0).and_then(|v| Ok(v.as_str()?)).map_err(db)?;
-        if let Some(incoming) = fresh.get(id) {
-            out.push((Cow::Borrowed(&incoming.session), incoming.zone));
-            continue;
+    for (first, last) in runs {
+        let mut rows = stmt.query(params![first, last, bound]).map_err(db)?;
+        while let Some(row) = rows.next().map_err(db)? {
+            let id = row.get_ref(0).and_then(|v| Ok(v.as_str()?)).map_err(db)?;
+            if let Some(incoming) = fresh.get(id) {
+                out.push((incoming.session.clone(), incoming.zone));
+                continue;
+            }
+            let body = row.get_ref(1).and_then(|v| Ok(v.as_str()?)).map_err(db)?;
+            let session: Session<'_> = serde_json::from_str(body).map_err(corrupt)?;
+            let session = session.into_owned();
+            let zone = Zone::of(session.tz.as_deref(), &session.start).map_err(corrupt)?;
+            out.push((session, zone));
         }
-        let body = row.get_ref(1).and_then(|v| Ok(v.as_str()?)).map_err(db)?;
-        let session: Session<'_> = serde_json::from_str(body).map_err(corrupt)?;
-        let session = session.into_owned();
-        let zone = Zone::of(session.tz.as_deref(), &session.start).map_err(corrupt)?;
-        out.push((Cow::Owned(session), zone));
     }
     Ok(out)
 }
 
-/// A stored usage day: (window end, day, plan, tokens, count_free row), by window start,
-/// with what its ledger entries hold.
-type StoredDays = BTreeMap<i64, ((i64, String, String, i64, bool), Drawn)>;
+/// Loads a key's tail from the database for a change at `since` (`i64::MIN`: the
+/// whole key): from the resume point, pushed back past every session still open at
+/// `since`, so that no session before it reaches it.
+fn load_tail(
+    t: &Connection,
+    user: &str,
+    product: &str,
+    since: i64,
+    fresh: &[&Incoming],
+) -> Result<Tail, StoreError> {
+    let fresh: HashMap<&str, &Incoming> = fresh.iter().map(|i| (&*i.session.id, *i)).collect();
+    let mut bound = since;
+    let mut sessions = load_sessions(t, user, product, bound, &fresh)?;
+    let mut at = since;
+    loop {
+        let earlier = sessions
+            .iter()
+            .filter(|(s, _)| s.start_nanos() < at && s.end_nanos() >= at)
+            .map(|(s, _)| s.start_nanos())
+            .min();
+        let Some(earlier) = earlier else { break };
+        at = earlier;
+        if at < bound {
+            bound = at;
+            sessions = load_sessions(t, user, product, bound, &fresh)?;
+        }
+    }
+    sessions.retain(|(s, _)| s.start_nanos() >= at);
+    let base = if at == i64::MIN {
+        Resume::default()
+    } else {
+        resume_state(t, user, product, at)?
+    };
+    let days = stored_days(t, user, product, at)?;
+    Ok(Tail::new(at, base, sessions, days))
+}
 
-/// What a usage day's ledger entries hold now, by purchase (`None`: unfunded), as
-/// stored in its `drawn` column. Only nonzero holdings are listed.
-type Drawn = Vec<(Option<String>, i64)>;
+/// The key's stored usage days that start at or after `from`.
+fn stored_days(
+    t: &Connection,
+    user: &str,
+    product: &str,
+    from: i64,
+) -> Result<StoredDays, StoreError> {
+    let mut stmt = t
+        .prepare_cached(
+            "SELECT window_start_ns, window_end_ns, day, plan, tokens, short_row, drawn FROM usage_days
+             WHERE user = ?1 AND product = ?2 AND window_start_ns >= ?3",
+        )
+        .map_err(db)?;
+    let found = stmt
+        .query_map(params![user, product, from], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
+                r.get::<_, i64>(4)?,
+                r.get::<_, bool>(5)?,
+                r.get::<_, String>(6)?,
+            ))
+        })
+        .map_err(db)?;
+    let mut days = StoredDays::new();
+    for row in found {
+        let (start, end, day, plan, tokens, short, drawn) = row.map_err(db)?;
+        days.insert(
+            start,
+            StoredDay {
+                end,
+                day,
+                plan,
+                tokens,
+                short,
+                drawn: drawn_of(&drawn)?,
+            },
+        );
+    }
+    Ok(days)
+}
 
 fn drawn_of(text: &str) -> Result<Drawn, StoreError> {
     serde_json::from_str(text).map_err(corrupt)
-}
-
-/// A recomputed usage day.
-struct Row {
-    start: i64,
-    end: i64,
-    day: chrono::NaiveDate,
-    plan: daymeter_shared::entitlement::Plan,
-    tokens: u64,
-    short: bool,
-}
-
-/// The instant a key's walk can resume from for a change at `since`: pushed back past
-/// every session still open at (or ending exactly at) it, so that no session before the
-/// resume point reaches it (see `daymeter_shared::accounting::Resume`).
-fn resume_point(t: &Connection, user: &str, product: &str, since: i64) -> Result<i64, StoreError> {
-    let mut stmt = t
-        .prepare_cached(
-            // By end: only the sessions still open at `?3` are visited, not the key's
-            // history (on its own the planner picks the index by start).
-            "SELECT MIN(start_ns) FROM sessions INDEXED BY sessions_by_key_end
-             WHERE user = ?1 AND product = ?2 AND end_ns >= ?3 AND start_ns < ?3",
-        )
-        .map_err(db)?;
-    let mut at = since;
-    while let Some(earlier) = stmt
-        .query_row(params![user, product, at], |r| r.get::<_, Option<i64>>(0))
-        .map_err(db)?
-    {
-        at = earlier;
-    }
-    Ok(at)
 }
 
 /// The walk's state left by the stored usage days that start before `at`.
@@ -931,42 +1276,29 @@ fn resume_state(t: &Connection, user: &str, product: &str, at: i64) -> Result<Re
     Ok(resume)
 }
 
-/// Recomputes one key's usage days and writes the difference, booking it in the
-/// ledger: a changed or vanished day's entries are reversed, a new or changed day draws
-/// from its team's purchases.
-///
-/// With `since` (the earliest start a sync wrote), only the key's days from the resume
-/// point on are recomputed, from the sessions that start there or later: a year of
-/// history costs a sync nothing. Without it (an import), the whole key is.
-/// `(cause, at)`: why and when, for the ledger.
-fn recompute_key(
+/// Recomputes one key's usage days from `from` (a resume point of its tail) and writes
+/// the difference, booking it in the ledger: a changed or vanished day's entries are
+/// reversed, a new or changed day draws from its team's purchases. The tail's days
+/// follow. `(cause, at)`: why and when, for the ledger.
+#[allow(clippy::too_many_arguments)]
+fn settle(
     t: &Connection,
     user: &str,
     product: &str,
     settings: &Settings,
     (cause, at): (Cause, DateTime<Utc>),
-    since: Option<(i64, &Fresh<'_>)>,
+    tail: &mut Tail,
+    from: i64,
     ledgers: &mut Ledgers,
 ) -> Result<(), StoreError> {
-    let no_fresh = Fresh::new();
-    let (from, fresh) = match since {
-        Some((since, fresh)) => (resume_point(t, user, product, since)?, fresh),
-        None => (i64::MIN, &no_fresh),
-    };
-    let mut rows: Vec<Row> = Vec::new();
+    let mut rows: Vec<StoredDay> = Vec::new();
+    let mut starts: Vec<i64> = Vec::new();
     if let Some(entry) = settings.catalog.get(product) {
-        let resume = if from == i64::MIN {
-            Resume::default()
-        } else {
-            resume_state(t, user, product, from)?
-        };
-        let mut sessions = load_key(t, user, product, from, fresh)?;
-        sessions.sort_by(|(a, _), (b, _)| {
-            a.start_nanos()
-                .cmp(&b.start_nanos())
-                .then_with(|| a.id.cmp(&b.id))
-        });
-        let spans: Vec<Span<'_>> = sessions.iter().map(|(s, z)| Span::of(s, *z)).collect();
+        let resume = tail.resume_at(from);
+        let spans: Vec<Span<'_>> = tail.sessions[tail.first_from(from)..]
+            .iter()
+            .map(|(s, z)| Span::of(s, *z))
+            .collect();
         let rules = settings.policy.rules();
         let mut windows = Vec::new();
         walk_from(&spans, &rules, &resume, &mut windows);
@@ -979,40 +1311,20 @@ fn recompute_key(
             tokens_per_day: entry.tokens_per_day,
             entitlements: &held,
         };
-        rows.extend(windows.iter().map(|w| {
+        for w in &windows {
             let p = priced(w, &rules, &pricing);
-            Row {
-                start: w.start,
+            starts.push(w.start);
+            rows.push(StoredDay {
                 end: w.end,
-                day: p.day,
-                plan: p.plan,
-                tokens: p.tokens,
+                day: p.day.to_string(),
+                plan: p.plan.as_str().to_owned(),
+                tokens: p.tokens as i64,
                 short: w.kind == WindowKind::ShortFree,
-            }
-        }));
-    }
-    let mut stored: StoredDays = BTreeMap::new();
-    {
-        let mut stmt = t
-            .prepare_cached(
-                "SELECT window_start_ns, window_end_ns, day, plan, tokens, short_row, drawn FROM usage_days
-                 WHERE user = ?1 AND product = ?2 AND window_start_ns >= ?3",
-            )
-            .map_err(db)?;
-        let found = stmt
-            .query_map(params![user, product, from], |r| {
-                Ok((
-                    r.get(0)?,
-                    (r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?),
-                    r.get::<_, String>(6)?,
-                ))
-            })
-            .map_err(db)?;
-        for row in found {
-            let (k, v, drawn) = row.map_err(db)?;
-            stored.insert(k, (v, drawn_of(&drawn)?));
+                drawn: Drawn::new(),
+            });
         }
     }
+    let mut stored = tail.days.split_off(&from);
     let team = team_of(&settings.teams, user);
     let at = at.to_rfc3339();
     let mut books = Books {
@@ -1028,61 +1340,53 @@ fn recompute_key(
         .prepare_cached(
             "INSERT INTO usage_days (user, product, window_start_ns, window_end_ns, day, plan, tokens, short_row, drawn)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
-             ON CONFLICT (user, product, window_start_ns) DO UPDATE SET window_end_ns = excluded.window_end_ns,
+             ON CONFLICT (user, window_start_ns, product) DO UPDATE SET window_end_ns = excluded.window_end_ns,
                day = excluded.day, plan = excluded.plan, tokens = excluded.tokens, short_row = excluded.short_row,
                drawn = excluded.drawn",
         )
         .map_err(db)?;
-    for row in &rows {
-        let start = row.start;
-        let value = (
-            row.end,
-            row.day.to_string(),
-            row.plan.as_str().to_owned(),
-            row.tokens as i64,
-            row.short,
-        );
+    for (start, mut row) in starts.into_iter().zip(rows) {
         let before = stored.remove(&start);
-        if before.as_ref().is_some_and(|(v, _)| *v == value) {
+        if let Some(old) = before.as_ref().filter(|old| old.same_day(&row)) {
+            tail.days.insert(start, old.clone());
             continue;
         }
         let reason = match &before {
-            Some((old, drawn)) => {
+            Some(old) => {
                 let why = format!("day changed ({})", cause.as_str());
-                books.reverse(start, &old.1, drawn, &why)?;
+                books.reverse(start, &old.day, &old.drawn, &why)?;
                 format!("day recomputed ({})", cause.as_str())
             }
             None if cause == Cause::Sync => "usage".to_owned(),
             None => format!("day added ({})", cause.as_str()),
         };
-        let drawn = if row.tokens > 0 {
-            books.charge(
+        if row.tokens > 0 {
+            row.drawn = books.charge(
                 start,
-                &value.1,
+                &row.day,
                 DateTime::from_timestamp_nanos(start),
-                row.tokens,
+                row.tokens as u64,
                 &reason,
-            )?
-        } else {
-            Drawn::new()
-        };
-        let drawn = serde_json::to_string(&drawn).map_err(corrupt)?;
+            )?;
+        }
+        let drawn = serde_json::to_string(&row.drawn).map_err(corrupt)?;
         put.execute(params![
-            user, product, start, value.0, value.1, value.2, value.3, value.4, drawn
+            user, product, start, row.end, row.day, row.plan, row.tokens, row.short, drawn
         ])
         .map_err(db)?;
+        tail.days.insert(start, row);
     }
     let mut drop_row = t
         .prepare_cached(
             "DELETE FROM usage_days WHERE user = ?1 AND product = ?2 AND window_start_ns = ?3",
         )
         .map_err(db)?;
-    for (start, (old, drawn)) in &stored {
+    for (start, old) in &stored {
         drop_row
             .execute(params![user, product, start])
             .map_err(db)?;
         let why = format!("day removed ({})", cause.as_str());
-        books.reverse(*start, &old.1, drawn, &why)?;
+        books.reverse(*start, &old.day, &old.drawn, &why)?;
     }
     books.save()
 }
@@ -1298,21 +1602,24 @@ fn put_settings(
     .map_err(db)?;
     let keys: Vec<(String, String)> = {
         let mut stmt = t
-            .prepare("SELECT DISTINCT user, product FROM sessions")
+            .prepare("SELECT DISTINCT user, product FROM session_runs")
             .map_err(db)?;
         let rows = stmt
             .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
             .map_err(db)?;
         rows.collect::<Result<_, _>>().map_err(db)?
     };
+    let now = Utc::now();
     for (user, product) in keys {
-        recompute_key(
+        let mut tail = load_tail(t, &user, &product, i64::MIN, &[])?;
+        settle(
             t,
             &user,
             &product,
             settings,
-            (Cause::Import, Utc::now()),
-            None,
+            (Cause::Import, now),
+            &mut tail,
+            i64::MIN,
             ledgers,
         )?;
     }
@@ -1857,6 +2164,22 @@ mod tests {
         );
         let kept = store.sessions(SessionFilter::default()).await.unwrap();
         assert_eq!(kept.len(), 1, "the sessions are kept");
+        // The migrated session's id is known: a copy is a copy, another user's is a conflict.
+        let again = store.ingest(ingest_of(&kept)).await.unwrap();
+        assert_eq!(again.accepted.len(), 1);
+        let mut stolen = kept[0].clone();
+        stolen.user = Some("tom".into());
+        let with_zone = (
+            stolen.clone(),
+            Zone::of(stolen.tz.as_deref(), &stolen.start).unwrap(),
+        );
+        let theirs = Ingest::new("tom".into(), "ws-9".into(), [with_zone], Utc::now()).unwrap();
+        let refused = store.ingest(theirs).await.unwrap();
+        assert_eq!(refused.rejected.len(), 1, "{refused:?}");
+        let runs: i64 = look
+            .query_row("SELECT COUNT(*) FROM session_runs", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(runs, 1, "the migrated session is in a run of its key");
 
         let mut repriced = settings(Policy::default());
         if let Some(p) = repriced.catalog.get_mut("acad") {
@@ -1959,6 +2282,99 @@ mod tests {
             }
             let stored = store.usage_days(None, None).await.unwrap();
             assert_eq!(stored, replayed(&all, &settings), "{:?}", settings.policy);
+            store.close();
+            let _ = std::fs::remove_dir_all(path.parent().unwrap());
+        }
+    }
+
+    /// `session` still running halfway through: no end, last seen then.
+    fn running(s: &OwnedSession) -> OwnedSession {
+        let mut open = s.clone();
+        let end = s.end.unwrap();
+        open.end = None;
+        open.last_seen = Some(s.start + (end - s.start) / 2);
+        open
+    }
+
+    /// The writer's tails and id index against `replay`: shuffled batches of many sizes,
+    /// sessions first reported running and later closed, copies sent twice, and a
+    /// restart halfway (which empties the tails and rebuilds the index from the table).
+    #[tokio::test(flavor = "multi_thread")]
+    async fn tails_and_the_id_index_equal_replay_across_shuffles_copies_and_a_restart() {
+        let all = history();
+        for seed in 1..=4u64 {
+            let path = temp_db(&format!("tails-{seed}"));
+            let settings = settings(Policy::default());
+            let mut rng = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            let mut next = move |n: u64| {
+                rng ^= rng << 13;
+                rng ^= rng >> 7;
+                rng ^= rng << 17;
+                rng % n
+            };
+            // Mostly forward, with some sessions moved later, and a running copy of every
+            // fifth session sent somewhat before the closed one.
+            let mut sends: Vec<(u64, OwnedSession)> = Vec::new();
+            for (i, s) in all.iter().enumerate() {
+                let at = i as u64 * 10 + if next(6) == 0 { next(400) } else { 0 };
+                if i % 5 == 0 {
+                    sends.push((at.saturating_sub(15), running(s)));
+                }
+                sends.push((at, s.clone()));
+                if next(10) == 0 {
+                    sends.push((at + next(100), s.clone()));
+                }
+            }
+            sends.sort_by_key(|(at, _)| *at);
+            let mut store = SqliteStore::open(&path).unwrap();
+            store.put_settings(settings.clone()).await.unwrap();
+            let mut sent = 0;
+            let half = sends.len() / 2;
+            while sent < sends.len() {
+                if sent >= half && sent < half + 8 {
+                    store.close();
+                    drop(store);
+                    store = SqliteStore::open(&path).unwrap();
+                    sent = half + 8;
+                    // The batches that would have gone in between go now.
+                    let batch: Vec<_> = sends[half..half + 8]
+                        .iter()
+                        .map(|(_, s)| s.clone())
+                        .collect();
+                    let outcome = store.ingest(ingest_of(&batch)).await.unwrap();
+                    assert!(outcome.rejected.is_empty(), "{outcome:?}");
+                    continue;
+                }
+                let n = (1 + next(8) as usize).min(sends.len() - sent);
+                let batch: Vec<_> = sends[sent..sent + n]
+                    .iter()
+                    .map(|(_, s)| s.clone())
+                    .collect();
+                let outcome = store.ingest(ingest_of(&batch)).await.unwrap();
+                assert!(outcome.rejected.is_empty(), "seed {seed}: {outcome:?}");
+                assert_eq!(outcome.accepted.len(), n);
+                sent += n;
+            }
+            let stored = store.usage_days(None, None).await.unwrap();
+            assert_eq!(stored, replayed(&all, &settings), "seed {seed}");
+            let kept = store.sessions(SessionFilter::default()).await.unwrap();
+            assert_eq!(kept.len(), all.len(), "seed {seed}: each id stored once");
+            assert!(
+                kept.iter().all(|s| s.end.is_some()),
+                "seed {seed}: closed copies won"
+            );
+            let charged: i64 = stored.iter().map(|d| d.tokens as i64).sum();
+            let booked: i64 = store
+                .ledger(None)
+                .await
+                .unwrap()
+                .iter()
+                .map(|e| e.tokens)
+                .sum();
+            assert_eq!(
+                booked, charged,
+                "seed {seed}: the ledger holds the usage days"
+            );
             store.close();
             let _ = std::fs::remove_dir_all(path.parent().unwrap());
         }
