@@ -31,7 +31,7 @@ use daymeter_shared::time::Zone;
 use daymeter_shared::usage::{UsageDay, priced};
 use ids::{Ids, Lookup};
 use rusqlite::{Connection, OptionalExtension, params};
-use tails::{Drawn, StoredDay, StoredDays, Tail, Tails};
+use tails::{Drawn, Held, StoredDay, StoredDays, Tail, Tails};
 use tokio::sync::oneshot;
 
 use daymeter_shared::ledger::{Ledger, Purchase, team_of};
@@ -239,6 +239,25 @@ INSERT INTO usage_days_by_user (user, product, window_start_ns, window_end_ns, d
 DROP TABLE usage_days;
 ALTER TABLE usage_days_by_user RENAME TO usage_days;
 CREATE INDEX usage_days_short ON usage_days (user, product, window_start_ns) WHERE short_row = 1;
+-- The ledger without AUTOINCREMENT, which wrote `sqlite_sequence` on every entry: no
+-- entry is ever deleted, so the largest `seq` only grows and a plain rowid never
+-- hands out one again.
+CREATE TABLE ledger_appended (
+    seq INTEGER PRIMARY KEY,
+    at TEXT NOT NULL,
+    team TEXT NOT NULL,
+    user TEXT NOT NULL,
+    product TEXT NOT NULL,
+    day TEXT NOT NULL,
+    window_start_ns INTEGER NOT NULL,
+    purchase TEXT,
+    tokens INTEGER NOT NULL,
+    reason TEXT NOT NULL
+);
+INSERT INTO ledger_appended (seq, at, team, user, product, day, window_start_ns, purchase, tokens, reason)
+    SELECT seq, at, team, user, product, day, window_start_ns, purchase, tokens, reason FROM ledger;
+DROP TABLE ledger;
+ALTER TABLE ledger_appended RENAME TO ledger;
 "#,
 ];
 
@@ -1084,7 +1103,7 @@ fn sync_key(
     let Memory { tails, ledgers, .. } = memory;
     let tail = match tails.covering(user, product, since) {
         Some(tail) => {
-            tail.merge(fresh.iter().map(|i| (&i.session, i.zone)));
+            tail.merge(fresh.iter().map(|i| Held::of(&i.session, i.zone)));
             tail
         }
         None => {
@@ -1115,7 +1134,7 @@ fn load_sessions(
     product: &str,
     bound: i64,
     fresh: &HashMap<&str, &Incoming>,
-) -> Result<Vec<(OwnedSession, Zone)>, StoreError> {
+) -> Result<Vec<Held>, StoreError> {
     let runs: Vec<(i64, i64)> = {
         let mut stmt = t
             .prepare_cached(
@@ -1141,14 +1160,13 @@ fn load_sessions(
         while let Some(row) = rows.next().map_err(db)? {
             let id = row.get_ref(0).and_then(|v| Ok(v.as_str()?)).map_err(db)?;
             if let Some(incoming) = fresh.get(id) {
-                out.push((incoming.session.clone(), incoming.zone));
+                out.push(Held::of(&incoming.session, incoming.zone));
                 continue;
             }
             let body = row.get_ref(1).and_then(|v| Ok(v.as_str()?)).map_err(db)?;
             let session: Session<'_> = serde_json::from_str(body).map_err(corrupt)?;
-            let session = session.into_owned();
             let zone = Zone::of(session.tz.as_deref(), &session.start).map_err(corrupt)?;
-            out.push((session, zone));
+            out.push(Held::of(&session, zone));
         }
     }
     Ok(out)
@@ -1171,8 +1189,8 @@ fn load_tail(
     loop {
         let earlier = sessions
             .iter()
-            .filter(|(s, _)| s.start_nanos() < at && s.end_nanos() >= at)
-            .map(|(s, _)| s.start_nanos())
+            .filter(|s| s.start < at && s.end >= at)
+            .map(|s| s.start)
             .min();
         let Some(earlier) = earlier else { break };
         at = earlier;
@@ -1181,7 +1199,7 @@ fn load_tail(
             sessions = load_sessions(t, user, product, bound, &fresh)?;
         }
     }
-    sessions.retain(|(s, _)| s.start_nanos() >= at);
+    sessions.retain(|s| s.start >= at);
     let base = if at == i64::MIN {
         Resume::default()
     } else {
@@ -1297,7 +1315,7 @@ fn settle(
         let resume = tail.resume_at(from);
         let spans: Vec<Span<'_>> = tail.sessions[tail.first_from(from)..]
             .iter()
-            .map(|(s, z)| Span::of(s, *z))
+            .map(Held::span)
             .collect();
         let rules = settings.policy.rules();
         let mut windows = Vec::new();

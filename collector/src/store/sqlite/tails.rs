@@ -18,11 +18,12 @@
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
 
-use daymeter_shared::accounting::Resume;
-use daymeter_shared::session::OwnedSession;
+use daymeter_shared::accounting::{Resume, Span};
+use daymeter_shared::session::{Interval, Session};
 use daymeter_shared::time::Zone;
 
-/// Sessions a tail keeps once it trims itself (it trims at twice as many).
+/// Sessions a tail keeps once it trims itself (it trims at four times as many, so that
+/// trimming is not part of every sync).
 pub const KEEP: usize = 16;
 /// Keys whose tails are held.
 pub const MAX_KEYS: usize = 50_000;
@@ -60,6 +61,38 @@ pub type Drawn = Vec<(Option<String>, i64)>;
 /// Stored usage days by window start.
 pub type StoredDays = BTreeMap<i64, StoredDay>;
 
+/// What a tail keeps of a session: what the walk reads, and the id (copies replace it,
+/// and it breaks ties of start). A whole session would cost a clone of every field.
+#[derive(Debug, Clone)]
+pub struct Held {
+    pub id: Box<str>,
+    pub start: i64,
+    pub end: i64,
+    pub zone: Zone,
+    pub idle: Box<[Interval]>,
+}
+
+impl Held {
+    pub fn of(s: &Session<'_>, zone: Zone) -> Held {
+        Held {
+            id: (*s.id).into(),
+            start: s.start_nanos(),
+            end: s.end_nanos(),
+            zone,
+            idle: s.idle.as_slice().into(),
+        }
+    }
+
+    pub fn span(&self) -> Span<'_> {
+        Span {
+            start: self.start,
+            end: self.end,
+            zone: self.zone,
+            idle: &self.idle,
+        }
+    }
+}
+
 /// One key's sessions and usage days from `at` on.
 #[derive(Debug)]
 pub struct Tail {
@@ -68,20 +101,15 @@ pub struct Tail {
     /// The walk's state left by the days before `at`.
     pub base: Resume,
     /// Every session of the key that starts at or after `at`, by start then id.
-    pub sessions: Vec<(OwnedSession, Zone)>,
+    pub sessions: Vec<Held>,
     /// Every stored usage day of the key that starts at or after `at`.
     pub days: StoredDays,
     used: u64,
 }
 
 impl Tail {
-    pub fn new(
-        at: i64,
-        base: Resume,
-        mut sessions: Vec<(OwnedSession, Zone)>,
-        days: StoredDays,
-    ) -> Tail {
-        sessions.sort_by(|(a, _), (b, _)| by_start(a, b));
+    pub fn new(at: i64, base: Resume, mut sessions: Vec<Held>, days: StoredDays) -> Tail {
+        sessions.sort_by(by_start);
         Tail {
             at,
             base,
@@ -92,15 +120,15 @@ impl Tail {
     }
 
     /// Adds sessions that start at or after `at`, replacing stored copies of the same id.
-    pub fn merge<'s>(&mut self, fresh: impl IntoIterator<Item = (&'s OwnedSession, Zone)>) {
-        for (s, zone) in fresh {
-            if let Some(i) = self.sessions.iter().rposition(|(o, _)| o.id == s.id) {
-                self.sessions.remove(i);
+    pub fn merge(&mut self, fresh: impl IntoIterator<Item = Held>) {
+        for s in fresh {
+            // A copy has the same start (one that differs is refused as a conflict), so
+            // it sits exactly where the new one goes.
+            let at = self.sessions.partition_point(|o| by_start(o, &s).is_lt());
+            match self.sessions.get_mut(at) {
+                Some(o) if o.id == s.id => *o = s,
+                _ => self.sessions.insert(at, s),
             }
-            let at = self
-                .sessions
-                .partition_point(|(o, _)| by_start(o, s).is_lt());
-            self.sessions.insert(at, (s.clone(), zone));
         }
     }
 
@@ -112,9 +140,9 @@ impl Tail {
             let earlier = self
                 .sessions
                 .iter()
-                .take_while(|(s, _)| s.start_nanos() < point)
-                .filter(|(s, _)| s.end_nanos() >= point)
-                .map(|(s, _)| s.start_nanos())
+                .take_while(|s| s.start < point)
+                .filter(|s| s.end >= point)
+                .map(|s| s.start)
                 .min();
             match earlier {
                 Some(e) => point = e,
@@ -139,17 +167,16 @@ impl Tail {
 
     /// Index of the first session that starts at or after `from`.
     pub fn first_from(&self, from: i64) -> usize {
-        self.sessions
-            .partition_point(|(s, _)| s.start_nanos() < from)
+        self.sessions.partition_point(|s| s.start < from)
     }
 
-    /// Moves `at` forward once the tail holds twice [`KEEP`] sessions, to a resume point
-    /// before its last [`KEEP`]; the days before it go into `base`.
+    /// Moves `at` forward once the tail holds four times [`KEEP`] sessions, to a resume
+    /// point before its last [`KEEP`]; the days before it go into `base`.
     pub fn trim(&mut self) {
-        if self.sessions.len() < 2 * KEEP {
+        if self.sessions.len() < 4 * KEEP {
             return;
         }
-        let candidate = self.sessions[self.sessions.len() - KEEP].0.start_nanos();
+        let candidate = self.sessions[self.sessions.len() - KEEP].start;
         let at = self.resume_point(candidate);
         if at <= self.at {
             return;
@@ -162,10 +189,8 @@ impl Tail {
     }
 }
 
-fn by_start(a: &OwnedSession, b: &OwnedSession) -> std::cmp::Ordering {
-    a.start_nanos()
-        .cmp(&b.start_nanos())
-        .then_with(|| a.id.cmp(&b.id))
+fn by_start(a: &Held, b: &Held) -> std::cmp::Ordering {
+    a.start.cmp(&b.start).then_with(|| a.id.cmp(&b.id))
 }
 
 /// The tails of the keys synced lately, by user then product.
