@@ -49,12 +49,17 @@ pub struct Session<'a> {
         skip_serializing_if = "Option::is_none"
     )]
     pub version: Option<Cow<'a, str>>,
+    #[serde(serialize_with = "crate::time::instant_text::one")]
     pub start: Instant,
     /// Absent while the product runs.
-    #[serde(default)]
+    #[serde(default, serialize_with = "crate::time::instant_text::option")]
     pub end: Option<Instant>,
     /// Bounds a running session; informational once `end` is set.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "crate::time::instant_text::option"
+    )]
     pub last_seen: Option<Instant>,
     /// IANA zone of the device when the session started.
     #[serde(
@@ -65,10 +70,18 @@ pub struct Session<'a> {
     )]
     pub tz: Option<Cow<'a, str>>,
     /// Sleep intervals (informational; the engine never reads them).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        serialize_with = "crate::time::instant_text::intervals"
+    )]
     pub suspended: Vec<Interval>,
     /// Final idle intervals, suspends folded in; read under `rollover = active`.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        serialize_with = "crate::time::instant_text::intervals"
+    )]
     pub idle: Vec<Interval>,
 }
 

@@ -684,3 +684,21 @@ fn check_invariants(w: &World, report: &Report<'_>) -> Result<(), TestCaseError>
     }
     Ok(())
 }
+
+proptest! {
+    /// Sessions are stored as their serde JSON: the hand-written instant text must be
+    /// exactly chrono's, whatever the fraction and offset.
+    #[test]
+    fn instants_are_written_as_chrono_writes_them(
+        secs in -62_000_000_000i64..260_000_000_000,
+        nanos in prop_oneof![Just(0u32), (0u32..1000).prop_map(|m| m * 1_000_000), (0u32..1_000_000).prop_map(|u| u * 1000), 0u32..1_000_000_000],
+        offset_minutes in -18 * 60 + 1..18 * 60i32,
+        offset_seconds in prop_oneof![9 => Just(0i32), 1 => 1..59i32],
+    ) {
+        let offset = FixedOffset::east_opt(offset_minutes * 60 + offset_seconds.min(59) * offset_minutes.signum().max(1)).unwrap();
+        let instant = DateTime::from_timestamp(secs, nanos).unwrap().with_timezone(&offset);
+        let ours = daymeter_shared::time::with_instant_text(&instant, str::to_owned);
+        let theirs = serde_json::to_value(instant).unwrap();
+        prop_assert_eq!(Some(ours.as_str()), theirs.as_str());
+    }
+}
