@@ -9,8 +9,10 @@
 //! into the database file beside them. Reads use a small pool of separate connections,
 //! which WAL lets run beside the writer.
 //!
-//! The writer also owns the settings (so syncs and imports are priced in queue order)
-//! and the teams' purchase balances (so a sync's reminders need no read of their own).
+//! The writer also owns the settings (so syncs and imports are priced in queue order),
+//! the teams' purchase balances (so a sync's reminders need no read of their own), every
+//! stored session id (`ids`) and each recently synced key's tail (`tails`), so that a
+//! sync reads nothing back from the database.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
