@@ -188,12 +188,7 @@ pub fn with_utc_text<R>(dt: &DateTime<Utc>, f: impl FnOnce(&str) -> R) -> R {
         return f(&dt.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
     }
     let mut b = *b"0000-00-00T00:00:00Z";
-    put4(&mut b[0..4], year as u32);
-    put2(&mut b[5..7], dt.month());
-    put2(&mut b[8..10], dt.day());
-    put2(&mut b[11..13], dt.hour());
-    put2(&mut b[14..16], dt.minute());
-    put2(&mut b[17..19], dt.second());
+    put_date_time(&mut b, dt);
     f(std::str::from_utf8(&b).unwrap_or_default())
 }
 
@@ -228,12 +223,7 @@ pub fn with_instant_text<R>(i: &Instant, f: impl FnOnce(&str) -> R) -> R {
     }
     let mut b = [0u8; 35];
     b[..19].copy_from_slice(b"0000-00-00T00:00:00");
-    put4(&mut b[0..4], year as u32);
-    put2(&mut b[5..7], local.month());
-    put2(&mut b[8..10], local.day());
-    put2(&mut b[11..13], local.hour());
-    put2(&mut b[14..16], local.minute());
-    put2(&mut b[17..19], local.second());
+    put_date_time(&mut b, &local);
     let mut n = 19;
     let (digits, fraction) = match nanos {
         0 => (0, 0),
@@ -302,6 +292,17 @@ pub mod instant_text {
         }
         seq.end()
     }
+}
+
+/// Writes `YYYY-MM-DDTHH:MM:SS` over the first 19 bytes of `b`, which holds its
+/// separators already (the year is known to be in 0–9999).
+fn put_date_time(b: &mut [u8], t: &(impl Datelike + Timelike)) {
+    put4(&mut b[0..4], t.year() as u32);
+    put2(&mut b[5..7], t.month());
+    put2(&mut b[8..10], t.day());
+    put2(&mut b[11..13], t.hour());
+    put2(&mut b[14..16], t.minute());
+    put2(&mut b[17..19], t.second());
 }
 
 fn put2(b: &mut [u8], v: u32) {

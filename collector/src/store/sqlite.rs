@@ -876,7 +876,9 @@ fn ingest_into(
 ) -> Result<IngestOutcome, StoreError> {
     let settings = memory.settings.clone();
     let user = ingest.user.as_str();
-    let mut rejected: Vec<(usize, Problem)> = Vec::new();
+    // Each session's refusal, by its place in the sync (sessions are applied in
+    // product order, answered in the order sent).
+    let mut refused: Vec<Option<Problem>> = ingest.sessions.iter().map(|_| None).collect();
     // Per product: the earliest start among the sessions this sync wrote, those
     // sessions, and the rows it added (one run: they are inserted product by product).
     let mut touched: BTreeMap<&str, Touched<'_>> = BTreeMap::new();
@@ -941,7 +943,7 @@ fn ingest_into(
             Some((row, body)) => {
                 let old: Session<'_> = serde_json::from_str(&body).map_err(corrupt)?;
                 if let Some(field) = s.conflict_with(&old) {
-                    rejected.push((i, Problem::ConflictingCopies(field)));
+                    refused[i] = Some(Problem::ConflictingCopies(field));
                     continue;
                 }
                 let longer = s.copy_order(&old).is_gt();
@@ -970,18 +972,13 @@ fn ingest_into(
         }
     }
     let mut outcome = IngestOutcome::default();
-    let mut refused = rejected.iter().map(|(i, _)| *i).collect::<Vec<_>>();
-    refused.sort_unstable();
-    for (i, incoming) in ingest.sessions.iter().enumerate() {
-        if refused.binary_search(&i).is_err() {
-            outcome.accepted.push(incoming.session.id.to_string());
+    for (incoming, problem) in ingest.sessions.iter().zip(refused) {
+        let id = incoming.session.id.to_string();
+        match problem {
+            None => outcome.accepted.push(id),
+            Some(p) => outcome.rejected.push((id, p)),
         }
     }
-    rejected.sort_by_key(|(i, _)| *i);
-    outcome.rejected = rejected
-        .into_iter()
-        .map(|(i, p)| (ingest.sessions[i].session.id.to_string(), p))
-        .collect();
     outcome.team_remaining = memory
         .ledgers
         .of(t, team_of(&settings.teams, user))?
