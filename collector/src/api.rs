@@ -155,8 +155,17 @@ fn json_response<T: Serialize>(value: &T) -> Response {
     }
 }
 
+/// How much of an oversized body is still read (and dropped) before the 413 is sent.
+///
+/// A reply sent while the client is still sending, followed by closing the connection,
+/// reaches the client as a reset instead of the 413 (the unread bytes make the kernel
+/// abort the connection): an agent would then retry a batch it should split. Bodies
+/// declared larger than this are refused at once.
+const DRAIN_LIMIT: usize = 8 << 20;
+
 /// Reads a body up to [`MAX_BODY`]; larger is 413 before anything is parsed.
 async fn read_body(headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
+    use http_body_util::BodyExt;
     let too_large = || {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -168,12 +177,34 @@ async fn read_body(headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok());
-    if declared.is_some_and(|n| n > MAX_BODY) {
+    if declared.is_some_and(|n| n > DRAIN_LIMIT) {
         return Err(too_large());
     }
-    axum::body::to_bytes(body, MAX_BODY)
-        .await
-        .map_err(|_| too_large())
+    let mut body = body;
+    let mut kept = Vec::with_capacity(declared.unwrap_or(0).min(MAX_BODY));
+    let mut seen = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_body",
+                format!("reading the request body: {e}"),
+            )
+        })?;
+        let Ok(data) = frame.into_data() else {
+            continue; // trailers
+        };
+        seen += data.len();
+        if seen <= MAX_BODY {
+            kept.extend_from_slice(&data);
+        } else if seen > DRAIN_LIMIT {
+            break;
+        }
+    }
+    if seen > MAX_BODY {
+        return Err(too_large());
+    }
+    Ok(Bytes::from(kept))
 }
 
 fn parse_json<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, ApiError> {
