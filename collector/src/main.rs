@@ -8,6 +8,14 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use daymeter_collector::config::ServeArgs;
 
+/// mimalloc rather than glibc's allocator: measured with sync_load, the writer and the
+/// request threads spent 7-11 % of their time in glibc's malloc and free (many small
+/// short-lived allocations, freed on other threads than the one that made them); with
+/// mimalloc the collector used 5-15 % less CPU per session (A/B, same machine).
+#[cfg(target_os = "linux")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// daymeter's collector: authoritative day and token accounting.
 #[derive(Parser)]
 #[command(name = "daymeter-collector", version, about)]
