@@ -45,10 +45,17 @@ fn main() -> ExitCode {
         Command::Replay { file } => daymeter_collector::replay::run(&file),
         Command::Serve(args) => {
             init_logs();
-            let runtime = match tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-            {
+            let mut runtime = tokio::runtime::Builder::new_multi_thread();
+            // Every sync waits for the one database writer thread: the request threads
+            // leave it a core of its own. Measured with sync_load on 2 cores (one request
+            // thread instead of two, A/B, four pairs): 10 % more sessions/s with
+            // 50-session batches, 16 % more with 5-session batches, and a lower p99.
+            // TOKIO_WORKER_THREADS still decides when set.
+            if std::env::var_os("TOKIO_WORKER_THREADS").is_none() {
+                let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+                runtime.worker_threads(cores.saturating_sub(1).max(1));
+            }
+            let runtime = match runtime.enable_all().build() {
                 Ok(rt) => rt,
                 Err(e) => {
                     eprintln!("daymeter-collector: starting the runtime: {e}");
