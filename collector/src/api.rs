@@ -28,7 +28,7 @@ use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
 use crate::auth::{Secret, new_token, same_hash, token_hash};
-use crate::store::{Device, Ingest, SessionFilter, Settings, Store, StoreError};
+use crate::store::{Device, Incoming, Ingest, SessionFilter, Settings, Store, StoreError};
 
 /// Largest request body (spec: over 1 MiB is 413).
 pub const MAX_BODY: usize = 1 << 20;
@@ -378,7 +378,11 @@ async fn sync<S: Store>(
             Ok((mut session, zone)) => {
                 session.user = Some(Cow::Owned(req.user.to_string()));
                 session.device = Some(Cow::Owned(device.id.clone()));
-                good.push((session.into_owned(), zone));
+                good.push(Incoming {
+                    session: session.into_owned(),
+                    zone,
+                    body: raw.get().to_owned(),
+                });
             }
             Err((id, problem)) => rejected.push(Rejected {
                 error: error_object(problem.code(), &problem.to_string(), problem.field()),
@@ -392,7 +396,7 @@ async fn sync<S: Store>(
     // running: it ends at the session's last_seen).
     let open: Vec<(String, bool)> = good
         .iter()
-        .map(|(s, _)| s)
+        .map(|i| &i.session)
         .filter(|s| s.end.is_none())
         .map(|s| {
             (
@@ -403,7 +407,7 @@ async fn sync<S: Store>(
             )
         })
         .collect();
-    let ingest = Ingest::new(req.user.to_string(), device.id.clone(), good, now)?;
+    let ingest = Ingest::received(req.user.to_string(), device.id.clone(), good, now);
     let outcome = state.store.ingest(ingest).await?;
     let team_remaining = outcome.team_remaining;
     for (id, problem) in outcome.rejected {

@@ -28,8 +28,8 @@ mod tails;
 
 use daymeter_shared::entitlement::Pricing;
 use daymeter_shared::record::Problem;
-use daymeter_shared::session::{OwnedSession, Session};
-use daymeter_shared::time::Zone;
+use daymeter_shared::session::{OwnedSession, RawSession, Session};
+use daymeter_shared::time::{Zone, ZoneCache};
 use daymeter_shared::usage::{UsageDay, priced};
 use ids::{Ids, Lookup};
 use rusqlite::{Connection, OptionalExtension, params};
@@ -73,7 +73,8 @@ CREATE TABLE devices (
     enrolled_at TEXT NOT NULL,
     revoked INTEGER NOT NULL DEFAULT 0
 );
--- body: the session as received (wire JSON with user and device), offsets kept.
+-- body: the session as received, offsets kept (before version 7 of the collector:
+-- serialized again, with user and device; both forms read back alike).
 CREATE TABLE sessions (
     id TEXT PRIMARY KEY,
     user TEXT NOT NULL,
@@ -272,6 +273,20 @@ fn db(e: rusqlite::Error) -> StoreError {
 
 fn corrupt(e: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(e.to_string())
+}
+
+/// A stored session's body read back through the parser and checks it passed when it
+/// arrived (so that whatever was accepted reads back alike), with its zone. User and
+/// device are the row's, not the body's: the wire record carries neither.
+fn read_back<'b>(
+    body: &'b str,
+    row: i64,
+    zones: &mut ZoneCache,
+) -> Result<(Session<'b>, Zone), StoreError> {
+    let raw: RawSession<'b> = serde_json::from_str(body)
+        .map_err(|e| corrupt(format!("stored session at row {row}: {e}")))?;
+    raw.check(zones)
+        .map_err(|p| corrupt(format!("stored session at row {row}: {p}")))
 }
 
 enum Job {
@@ -948,36 +963,44 @@ fn ingest_into(
     // Per product: the earliest start among the sessions this sync wrote, those
     // sessions, and the rows it added (one run: they are inserted product by product).
     let mut touched: BTreeMap<&str, Touched<'_>> = BTreeMap::new();
-    let mut order: Vec<usize> = (0..ingest.sessions.len()).collect();
-    order.sort_by(|&a, &b| {
-        ingest.sessions[a]
-            .session
-            .product
-            .cmp(&ingest.sessions[b].session.product)
-    });
+    // Product by product (a sync names few of them: their ranks, not their names, are
+    // compared in the sort).
+    let mut products: Vec<&str> = Vec::new();
+    for incoming in &ingest.sessions {
+        if !products.contains(&&*incoming.session.product) {
+            products.push(&incoming.session.product);
+        }
+    }
+    products.sort_unstable();
+    let rank = |i: usize| {
+        let p = &*ingest.sessions[i].session.product;
+        products.iter().position(|q| *q == p).unwrap_or(usize::MAX)
+    };
+    let mut order: Vec<(usize, usize)> = (0..ingest.sessions.len()).map(|i| (rank(i), i)).collect();
+    order.sort_unstable();
     let mut insert = t
         .prepare_cached(
             "INSERT INTO sessions (id, user, device, product, start_ns, end_ns, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
         )
         .map_err(db)?;
     let mut find = t
-        .prepare_cached("SELECT id, body FROM sessions WHERE rowid = ?1")
+        .prepare_cached("SELECT id, user, device, body FROM sessions WHERE rowid = ?1")
         .map_err(db)?;
     let mut update = t
         .prepare_cached("UPDATE sessions SET end_ns = ?2, body = ?3 WHERE rowid = ?1")
         .map_err(db)?;
-    for i in order {
+    for (_, i) in order {
         let incoming = &ingest.sessions[i];
         let s = &incoming.session;
         // The stored copy of this id, if any; `taken`: its hash is another id's.
         let (stored, taken) = match memory.ids.lookup(&s.id) {
             Lookup::Absent => (None, false),
             Lookup::Found(row) | Lookup::Check(row) => {
-                let (id, body): (String, String) = find
-                    .query_row([row], |r| Ok((r.get(0)?, r.get(1)?)))
+                let (id, owner, on, body): (String, String, String, String) = find
+                    .query_row([row], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
                     .map_err(db)?;
                 if id == *s.id {
-                    (Some((row, body)), false)
+                    (Some((row, owner, on, body)), false)
                 } else {
                     (None, true)
                 }
@@ -1006,8 +1029,10 @@ fn ingest_into(
                 key.add_row(t, user, &s.product, row, s)?;
                 true
             }
-            Some((row, body)) => {
-                let old: Session<'_> = serde_json::from_str(&body).map_err(corrupt)?;
+            Some((row, owner, on, body)) => {
+                let (mut old, _) = read_back(&body, row, &mut ZoneCache::new())?;
+                old.user = Some(owner.into());
+                old.device = Some(on.into());
                 if let Some(field) = s.conflict_with(&old) {
                     refused[i] = Some(Problem::ConflictingCopies(field));
                     continue;
@@ -1216,9 +1241,10 @@ fn load_sessions(
     };
     let mut stmt = t
         .prepare_cached(
-            "SELECT id, body FROM sessions WHERE rowid BETWEEN ?1 AND ?2 AND end_ns >= ?3",
+            "SELECT id, body, rowid FROM sessions WHERE rowid BETWEEN ?1 AND ?2 AND end_ns >= ?3",
         )
         .map_err(db)?;
+    let mut zones = ZoneCache::new();
     let mut out = Vec::new();
     for (first, last) in runs {
         let mut rows = stmt.query(params![first, last, bound]).map_err(db)?;
@@ -1229,8 +1255,7 @@ fn load_sessions(
                 continue;
             }
             let body = row.get_ref(1).and_then(|v| Ok(v.as_str()?)).map_err(db)?;
-            let session: Session<'_> = serde_json::from_str(body).map_err(corrupt)?;
-            let zone = Zone::of(session.tz.as_deref(), &session.start).map_err(corrupt)?;
+            let (session, zone) = read_back(body, row.get(2).map_err(db)?, &mut zones)?;
             out.push(Held::of(&session, zone));
         }
     }
@@ -1848,15 +1873,22 @@ impl Store for SqliteStore {
             let to = filter.to.and_then(|d| d.succ_opt()).map_or(i64::MAX, day_start_ns);
             let mut stmt = c
                 .prepare(
-                    "SELECT body FROM sessions WHERE (?1 IS NULL OR user = ?1) AND (?2 IS NULL OR product = ?2)
+                    "SELECT rowid, user, device, body FROM sessions WHERE (?1 IS NULL OR user = ?1) AND (?2 IS NULL OR product = ?2)
                      AND start_ns < ?4 AND end_ns >= ?3 ORDER BY user, product, start_ns, id",
                 )
                 .map_err(db)?;
-            let rows = stmt.query_map(params![filter.user, filter.product, from, to], |r| r.get::<_, String>(0)).map_err(db)?;
+            let rows = stmt
+                .query_map(params![filter.user, filter.product, from, to], |r| {
+                    Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, String>(3)?))
+                })
+                .map_err(db)?;
+            let mut zones = ZoneCache::new();
             let mut out = Vec::new();
-            for body in rows {
-                let body = body.map_err(db)?;
-                let s: Session<'_> = serde_json::from_str(&body).map_err(corrupt)?;
+            for row in rows {
+                let (row, user, device, body) = row.map_err(db)?;
+                let (mut s, _) = read_back(&body, row, &mut zones)?;
+                s.user = Some(user.into());
+                s.device = Some(device.into());
                 out.push(s.into_owned());
             }
             Ok(out)
@@ -2297,6 +2329,61 @@ mod tests {
             vec![(Some("p1".into()), 4), (None, 6)]
         );
         store.close();
+    }
+
+    /// The stored body is the record as the agent sent it (spacing, field order and
+    /// offsets); user and device come back from the row, and a longer copy sent later
+    /// replaces the body whole.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_session_is_stored_as_received_and_read_back_with_its_user_and_device() {
+        let path = temp_db("as-received");
+        let store = SqliteStore::open(&path).unwrap();
+        store
+            .put_settings(settings(Policy::default()))
+            .await
+            .unwrap();
+        let received = |end: &str| {
+            let text = format!(
+                r#"{{ "product" : "acad", "id": "0193-r", "start": "2026-02-02T14:15:00+05:45",
+                     "end": "{end}", "tz": "Asia/Kathmandu", "extra": [1, 2] }}"#
+            );
+            let raw: RawSession<'_> = serde_json::from_str(&text).unwrap();
+            let (mut session, zone) = raw.check(&mut ZoneCache::new()).unwrap();
+            session.user = Some("sophie".into());
+            session.device = Some("ws-1".into());
+            let session = session.into_owned();
+            (
+                Incoming {
+                    session,
+                    zone,
+                    body: text,
+                },
+                end.to_owned(),
+            )
+        };
+        for end in ["2026-02-02T15:00:00+05:45", "2026-02-02T16:00:00+05:45"] {
+            let (incoming, _) = received(end);
+            let ingest =
+                Ingest::received("sophie".into(), "ws-1".into(), vec![incoming], Utc::now());
+            let outcome = store.ingest(ingest).await.unwrap();
+            assert_eq!(outcome.accepted, ["0193-r"]);
+        }
+        let listed = store.sessions(SessionFilter::default()).await.unwrap();
+        assert_eq!(listed.len(), 1);
+        let s = &listed[0];
+        assert_eq!(s.user.as_deref(), Some("sophie"));
+        assert_eq!(s.device.as_deref(), Some("ws-1"));
+        assert_eq!(s.start.to_rfc3339(), "2026-02-02T14:15:00+05:45");
+        assert_eq!(
+            s.end.map(|e| e.to_rfc3339()).as_deref(),
+            Some("2026-02-02T16:00:00+05:45")
+        );
+        store.close();
+        let conn = Connection::open(&path).unwrap();
+        let body: String = conn
+            .query_row("SELECT body FROM sessions", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(body, received("2026-02-02T16:00:00+05:45").0.body);
     }
 
     #[tokio::test(flavor = "multi_thread")]
