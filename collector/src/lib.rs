@@ -7,10 +7,12 @@
 //! - [`store`] — the storage trait and its SQLite implementation.
 //! - [`auth`] — device tokens, secrets, constant-time comparison.
 //! - [`config`] — flags, environment, config file, generated dev config.
+//! - [`priority`] — the database writer first: request threads run nicer.
 
 pub mod api;
 pub mod auth;
 pub mod config;
+pub mod priority;
 pub mod replay;
 pub mod serve;
 pub mod store;

@@ -55,6 +55,12 @@ fn main() -> ExitCode {
                 let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
                 runtime.worker_threads(cores.saturating_sub(1).max(1));
             }
+            // The writer first (see `priority`).
+            runtime.on_thread_start(|| {
+                daymeter_collector::priority::lower_this_thread(
+                    daymeter_collector::priority::BACKGROUND,
+                );
+            });
             let runtime = match runtime.enable_all().build() {
                 Ok(rt) => rt,
                 Err(e) => {

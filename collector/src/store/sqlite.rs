@@ -757,6 +757,7 @@ fn checkpoint_loop(
     rx: mpsc::Receiver<()>,
     restart_due: &AtomicBool,
 ) {
+    crate::priority::lower_this_thread(crate::priority::BACKGROUND);
     let frame = conn
         .query_row("PRAGMA page_size", [], |r| r.get::<_, i64>(0))
         .map_or(4096 + 24, |page| page + 24);
