@@ -38,7 +38,6 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use machine::{load_average, machine};
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashSet};
-use std::fmt::Write as _;
 use std::fs::{self, File};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -48,7 +47,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
-use chrono::{DateTime, Datelike, NaiveDate, NaiveDateTime, TimeDelta, Utc, Weekday};
+use chrono::{DateTime, Datelike, FixedOffset, NaiveDate, NaiveDateTime, TimeDelta, Utc, Weekday};
 use chrono_tz::{Europe::Berlin, Tz};
 use rusqlite::{Connection, OpenFlags};
 use serde::Deserialize;
@@ -514,6 +513,7 @@ struct Agent {
     rng: u64,
     /// Where the user's working history continues (Berlin wall clock).
     cursor: NaiveDateTime,
+    zone: BerlinClock,
     seq: u64,
     acked: u64,
 }
@@ -577,6 +577,7 @@ impl Agent {
                 .and_then(|d| d.and_hms_opt(7, 30, 0))
                 .ok_or_else(|| anyhow!("start date"))?
                 + TimeDelta::minutes(jitter as i64),
+            zone: BerlinClock::default(),
             seq: 0,
             acked: 0,
         })
@@ -587,12 +588,11 @@ impl Agent {
     fn batch(&mut self, n: usize) -> (String, Vec<String>) {
         let mut body = String::with_capacity(64 + n * 330);
         let mut ids = Vec::with_capacity(n);
-        let _ = write!(
-            body,
-            r#"{{"user":"{}","agent_time":"{}","sessions":["#,
-            self.user,
-            Utc::now().format("%Y-%m-%dT%H:%M:%SZ")
-        );
+        body.push_str(r#"{"user":""#);
+        body.push_str(&self.user);
+        body.push_str(r#"","agent_time":""#);
+        stamp(&mut body, &Utc::now().fixed_offset());
+        body.push_str(r#"","sessions":["#);
         for i in 0..n {
             if i > 0 {
                 body.push(',');
@@ -625,31 +625,45 @@ impl Agent {
             }
             _ => 15 + (r >> 8) % 225,
         };
-        let start = berlin(self.cursor);
-        let end = start + TimeDelta::minutes(minutes as i64);
+        let start = self.zone.at(self.cursor);
+        let end = self.zone.after(start, minutes as i64);
         self.seq += 1;
         let ms = start.timestamp_millis() as u64;
         // UUID v7 layout: start in ms, then the agent and a counter (unique per run).
-        let id = format!(
-            "{:08x}-{:04x}-7{:03x}-{:04x}-{:012x}",
-            ms >> 16,
-            ms & 0xffff,
-            self.index & 0xfff,
-            0x8000 | ((self.seq >> 48) & 0x3fff),
-            self.seq & 0xffff_ffff_ffff
-        );
-        let _ = write!(
-            out,
-            r#"{{"id":"{id}","product":"{product}","version":"2026","start":"{}","end":"{}","last_seen":"{}","tz":"Europe/Berlin","suspended":[],"idle":["#,
-            stamp(&start),
-            stamp(&end),
-            stamp(&end),
-        );
+        let mut id = String::with_capacity(36);
+        hex(&mut id, ms >> 16, 8);
+        id.push('-');
+        hex(&mut id, ms & 0xffff, 4);
+        id.push_str("-7");
+        hex(&mut id, self.index as u64 & 0xfff, 3);
+        id.push('-');
+        hex(&mut id, 0x8000 | ((self.seq >> 48) & 0x3fff), 4);
+        id.push('-');
+        hex(&mut id, self.seq & 0xffff_ffff_ffff, 12);
+        out.push_str(r#"{"id":""#);
+        out.push_str(&id);
+        out.push_str(r#"","product":""#);
+        out.push_str(product);
+        out.push_str(r#"","version":"2026","start":""#);
+        stamp(out, &start);
+        out.push_str(r#"","end":""#);
+        stamp(out, &end);
+        out.push_str(r#"","last_seen":""#);
+        stamp(out, &end);
+        out.push_str(r#"","tz":"Europe/Berlin","suspended":[],"idle":["#);
         // A quarter of the longer sessions sat idle for a while.
         if minutes >= 60 && next(&mut self.rng).is_multiple_of(4) {
-            let from = start + TimeDelta::minutes(20 + (next(&mut self.rng) % 20) as i64);
-            let to = from + TimeDelta::minutes(15 + (next(&mut self.rng) % 30) as i64);
-            let _ = write!(out, r#"["{}","{}"]"#, stamp(&from), stamp(&to.min(end)));
+            let from = self
+                .zone
+                .after(start, 20 + (next(&mut self.rng) % 20) as i64);
+            let to = self
+                .zone
+                .after(from, 15 + (next(&mut self.rng) % 30) as i64);
+            out.push_str("[\"");
+            stamp(out, &from);
+            out.push_str("\",\"");
+            stamp(out, &to.min(end));
+            out.push_str("\"]");
         }
         out.push_str("]}");
         let gap = 2 + next(&mut self.rng) % 45;
@@ -735,19 +749,65 @@ fn berlin(local: NaiveDateTime) -> DateTime<Tz> {
         .unwrap_or_else(|| Berlin.from_utc_datetime(&local))
 }
 
-/// RFC 3339 with the offset in force: `2026-03-02T09:15:00+01:00`.
-fn stamp(t: &DateTime<Tz>) -> Stamp {
-    Stamp(t.fixed_offset())
+/// Appends an instant as the agent writes it (RFC 3339 with the offset in force:
+/// `2026-03-02T09:15:00+01:00`), through the shared formatter: the generator shares the
+/// collector's cores, and chrono's format strings were a third of its time.
+fn stamp(out: &mut String, t: &DateTime<FixedOffset>) {
+    daymeter_shared::time::with_instant_text(t, |text| out.push_str(text));
 }
 
-/// An instant as the agent writes it (RFC 3339 with its offset), through the shared
-/// formatter: the generator shares the collector's cores, and chrono's format strings
-/// were a third of its time.
-struct Stamp(DateTime<chrono::FixedOffset>);
+/// `value` as `digits` lowercase hex digits.
+fn hex(out: &mut String, value: u64, digits: u32) {
+    for k in (0..digits).rev() {
+        let nibble = ((value >> (4 * k)) & 0xf) as u32;
+        out.push(char::from_digit(nibble, 16).unwrap_or('0'));
+    }
+}
 
-impl std::fmt::Display for Stamp {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        daymeter_shared::time::with_instant_text(&self.0, |t| f.write_str(t))
+/// Berlin's offsets, looked up once per local date: a session's instants are in the
+/// offset in force at each of them, as an agent writes them, without asking chrono-tz
+/// for every instant (its lookups were a tenth of the generator's time).
+#[derive(Default)]
+struct BerlinClock {
+    /// The last local date looked up and its offsets at its start and end (they differ
+    /// on the two days a year the clocks change).
+    day: Option<(NaiveDate, FixedOffset, FixedOffset)>,
+}
+
+impl BerlinClock {
+    /// A Berlin wall-clock time as an instant.
+    fn at(&mut self, local: NaiveDateTime) -> DateTime<FixedOffset> {
+        let date = local.date();
+        let (first, last) = match self.day {
+            Some((d, first, last)) if d == date => (first, last),
+            _ => {
+                let offset = |t: NaiveDateTime| *berlin(t).offset();
+                let first = chrono::Offset::fix(&offset(date.and_time(chrono::NaiveTime::MIN)));
+                let last = date
+                    .and_hms_opt(23, 59, 59)
+                    .map_or(first, |t| chrono::Offset::fix(&offset(t)));
+                self.day = Some((date, first, last));
+                (first, last)
+            }
+        };
+        if first == last {
+            return DateTime::from_naive_utc_and_offset(local - first, first);
+        }
+        berlin(local).fixed_offset()
+    }
+
+    /// `minutes` after `t`, in the offset in force then.
+    fn after(&mut self, t: DateTime<FixedOffset>, minutes: i64) -> DateTime<FixedOffset> {
+        let utc = t.naive_utc() + TimeDelta::minutes(minutes);
+        let guess = utc + *t.offset();
+        let at = self.at(guess);
+        if at.naive_utc() == utc {
+            at
+        } else {
+            // Across a change of the clocks: the offset in force at that instant.
+            use chrono::TimeZone;
+            Berlin.from_utc_datetime(&utc).fixed_offset()
+        }
     }
 }
 

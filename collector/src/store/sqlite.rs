@@ -267,6 +267,30 @@ INSERT INTO ledger_appended (seq, at, team, user, product, day, window_start_ns,
 DROP TABLE ledger;
 ALTER TABLE ledger_appended RENAME TO ledger;
 "#,
+    r#"
+-- The ledger in batches: the entries one recomputation books for one key (a sync's
+-- new days, an import's reversals and re-bookings) go in one row, numbered from its
+-- `seq` on; `entries` is a JSON array of [day, window_start_ns, purchase or null,
+-- tokens, reason]. Measured (sync_load 50x50): inserting an entry per day, about 20
+-- per 50-session sync, took a sixth of the writer's time; a row per key and sync is
+-- a tenth of the rows. The view `ledger` shows the entries one by one as before.
+CREATE TABLE ledger_batches (
+    seq INTEGER PRIMARY KEY,
+    at TEXT NOT NULL,
+    team TEXT NOT NULL,
+    user TEXT NOT NULL,
+    product TEXT NOT NULL,
+    entries TEXT NOT NULL
+);
+INSERT INTO ledger_batches (seq, at, team, user, product, entries)
+    SELECT seq, at, team, user, product, json_array(json_array(day, window_start_ns, purchase, tokens, reason))
+    FROM ledger ORDER BY seq;
+DROP TABLE ledger;
+CREATE VIEW ledger (seq, at, team, user, product, day, window_start_ns, purchase, tokens, reason) AS
+    SELECT b.seq + e.key, b.at, b.team, b.user, b.product, e.value ->> 0, e.value ->> 1,
+           e.value ->> 2, e.value ->> 3, e.value ->> 4
+    FROM ledger_batches AS b, json_each(b.entries) AS e;
+"#,
 ];
 
 fn db(e: rusqlite::Error) -> StoreError {
@@ -1488,7 +1512,8 @@ fn settle(
     let at = at.to_rfc3339();
     let mut books = Books {
         t,
-        add: None,
+        entries: Vec::new(),
+        booked: 0,
         team,
         user,
         product,
@@ -1555,31 +1580,55 @@ fn settle(
 /// transaction's changes. Owned by the writer, the only one that changes them; a team is
 /// loaded on first use, and everything is dropped when a transaction is rolled back.
 #[derive(Default)]
-struct Ledgers(HashMap<String, Ledger>);
+struct Ledgers {
+    teams: HashMap<String, Ledger>,
+    /// The seq of the next ledger entry; read from the database at first use.
+    next_seq: Option<i64>,
+}
 
 impl Ledgers {
     fn of(&mut self, t: &Connection, team: &str) -> Result<&mut Ledger, StoreError> {
-        if !self.0.contains_key(team) {
+        if !self.teams.contains_key(team) {
             let ledger = load_ledger(t, team)?;
-            self.0.insert(team.to_owned(), ledger);
+            self.teams.insert(team.to_owned(), ledger);
         }
-        self.0
+        self.teams
             .get_mut(team)
             .ok_or_else(|| corrupt("ledger not loaded"))
     }
 
+    /// Takes `n` ledger seqs: the first of them.
+    fn take_seqs(&mut self, t: &Connection, n: i64) -> Result<i64, StoreError> {
+        let next = match self.next_seq {
+            Some(next) => next,
+            None => t
+                .query_row(
+                    "SELECT seq + json_array_length(entries) FROM ledger_batches ORDER BY seq DESC LIMIT 1",
+                    [],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(db)?
+                .unwrap_or(1),
+        };
+        self.next_seq = Some(next + n);
+        Ok(next)
+    }
+
     /// Forgets what may include changes rolled back.
     fn clear(&mut self) {
-        self.0.clear();
+        self.teams.clear();
+        self.next_seq = None;
     }
 }
 
 /// Ledger bookings of one key's recomputation.
 struct Books<'c> {
     t: &'c Connection,
-    /// The ledger's insert, prepared at the first entry (taking it from the statement
-    /// cache for every entry was a twentieth of the writer's time).
-    add: Option<rusqlite::CachedStatement<'c>>,
+    /// The entries booked so far, as the JSON array `ledger_batches.entries` holds.
+    entries: Vec<u8>,
+    /// How many.
+    booked: i64,
     team: &'c str,
     user: &'c str,
     product: &'c str,
@@ -1595,6 +1644,7 @@ impl Books<'_> {
         self.ledgers.of(self.t, self.team)
     }
 
+    /// Books an entry; [`Books::save`] writes them all in one batch.
     fn entry(
         &mut self,
         day: &str,
@@ -1603,29 +1653,11 @@ impl Books<'_> {
         tokens: i64,
         reason: &str,
     ) -> Result<(), StoreError> {
-        let add = match &mut self.add {
-            Some(add) => add,
-            None => self.add.insert(
-                self.t
-                    .prepare_cached(
-                        "INSERT INTO ledger (at, team, user, product, day, window_start_ns, purchase, tokens, reason)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-                    )
-                    .map_err(db)?,
-            ),
-        };
-        add.execute(params![
-            self.at,
-            self.team,
-            self.user,
-            self.product,
-            day,
-            start,
-            purchase,
-            tokens,
-            reason
-        ])
-        .map_err(db)?;
+        self.entries
+            .push(if self.booked == 0 { b'[' } else { b',' });
+        serde_json::to_writer(&mut self.entries, &(day, start, purchase, tokens, reason))
+            .map_err(corrupt)?;
+        self.booked += 1;
         Ok(())
     }
 
@@ -1672,8 +1704,22 @@ impl Books<'_> {
         Ok(())
     }
 
-    /// Writes back what the purchases have paid for.
+    /// Writes the booked entries (one batch) and what the purchases have paid for.
     fn save(mut self) -> Result<(), StoreError> {
+        if self.booked > 0 {
+            self.entries.push(b']');
+            // Bound as text: SQLite's JSON functions read a blob as its binary JSON.
+            let entries = std::str::from_utf8(&self.entries).map_err(corrupt)?;
+            let seq = self.ledgers.take_seqs(self.t, self.booked)?;
+            self.t
+                .prepare_cached(
+                    "INSERT INTO ledger_batches (seq, at, team, user, product, entries) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                )
+                .and_then(|mut add| {
+                    add.execute(params![seq, self.at, self.team, self.user, self.product, entries])
+                })
+                .map_err(db)?;
+        }
         if self.changed.is_empty() {
             return Ok(());
         }
@@ -1733,7 +1779,7 @@ fn add_purchase(t: &Connection, p: &Purchase, ledgers: &mut Ledgers) -> Result<(
         params![p.id, p.team, p.tokens as i64, p.purchased_at.to_rfc3339(), p.expires_at.to_rfc3339()],
     )
     .map_err(db)?;
-    if let Some(ledger) = ledgers.0.get_mut(&p.team) {
+    if let Some(ledger) = ledgers.teams.get_mut(&p.team) {
         ledger.purchases.push(p.clone());
     }
     Ok(())
@@ -2518,6 +2564,57 @@ mod tests {
             replayed(&everything, &settings)
         );
         store.close();
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    }
+
+    /// Ledger entries are written a batch per recomputed key and read one by one,
+    /// numbered without a gap across syncs, an import and a restart.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn ledger_entries_are_numbered_one_by_one_across_batches_and_a_restart() {
+        let all = history();
+        let path = temp_db("ledger-batches");
+        let mut store = SqliteStore::open(&path).unwrap();
+        store
+            .put_settings(settings(Policy::default()))
+            .await
+            .unwrap();
+        let (first, rest) = all.split_at(40);
+        for batch in first.chunks(5) {
+            store.ingest(ingest_of(batch)).await.unwrap();
+        }
+        store.close();
+        drop(store);
+        store = SqliteStore::open(&path).unwrap();
+        for batch in rest.chunks(7) {
+            store.ingest(ingest_of(batch)).await.unwrap();
+        }
+        let mut repriced = settings(Policy::default());
+        if let Some(p) = repriced.catalog.get_mut("acad") {
+            p.tokens_per_day = 9;
+        }
+        store.put_settings(repriced).await.unwrap();
+        let entries = store.ledger(None).await.unwrap();
+        let seqs: Vec<i64> = entries.iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, (1..=entries.len() as i64).collect::<Vec<_>>());
+        assert!(entries.iter().any(|e| e.reason.starts_with("day changed")));
+        let charged: i64 = store
+            .usage_days(None, None)
+            .await
+            .unwrap()
+            .iter()
+            .map(|d| d.tokens as i64)
+            .sum();
+        assert_eq!(entries.iter().map(|e| e.tokens).sum::<i64>(), charged);
+        store.close();
+        let conn = Connection::open(&path).unwrap();
+        let batches: i64 = conn
+            .query_row("SELECT COUNT(*) FROM ledger_batches", [], |r| r.get(0))
+            .unwrap();
+        assert!(
+            batches < entries.len() as i64 / 2,
+            "{batches} batches for {} entries",
+            entries.len()
+        );
         let _ = std::fs::remove_dir_all(path.parent().unwrap());
     }
 
