@@ -29,7 +29,7 @@ mod tails;
 
 use daymeter_shared::entitlement::Pricing;
 use daymeter_shared::record::Problem;
-use daymeter_shared::session::{OwnedSession, RawSession, Session};
+use daymeter_shared::session::{RawSession, Session};
 use daymeter_shared::time::{Zone, ZoneCache};
 use daymeter_shared::usage::{UsageDay, priced};
 use ids::{Ids, Lookup};
@@ -41,8 +41,8 @@ use tokio::sync::oneshot;
 use daymeter_shared::ledger::{Ledger, Purchase, team_of};
 
 use super::{
-    Balance, Cause, Device, Incoming, Ingest, IngestOutcome, LedgerEntry, PurchaseState,
-    SessionFilter, Settings, Store, StoreError, StoredSession,
+    Balance, Cause, Device, Ingest, IngestOutcome, LedgerEntry, PurchaseState, SessionFilter,
+    Settings, Store, StoreError, StoredSession,
 };
 
 /// Most jobs committed together; bounds the time the first of them waits.
@@ -1000,7 +1000,7 @@ fn ingest_into(
     let mut refused: Vec<Option<Problem>> = ingest.sessions.iter().map(|_| None).collect();
     // Per product: the earliest start among the sessions this sync wrote, those
     // sessions, and the rows it added (one run: they are inserted product by product).
-    let mut touched: BTreeMap<&str, Touched<'_>> = BTreeMap::new();
+    let mut touched: BTreeMap<&str, Touched> = BTreeMap::new();
     // Product by product (a sync names few of them: their ranks, not their names, are
     // compared in the sort).
     let mut products: Vec<&str> = Vec::new();
@@ -1021,6 +1021,11 @@ fn ingest_into(
             "INSERT INTO sessions (id, user, device, product, start_ns, end_ns, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
         )
         .map_err(db)?;
+    // Bindings last until rebound (the statement cache clears them when it gets the
+    // statement back).
+    insert.raw_bind_parameter(2, user).map_err(db)?;
+    insert.raw_bind_parameter(3, &ingest.device).map_err(db)?;
+    let mut bound_product: Option<&str> = None;
     let mut find = t
         .prepare_cached("SELECT id, user, device, body FROM sessions WHERE rowid = ?1")
         .map_err(db)?;
@@ -1031,7 +1036,8 @@ fn ingest_into(
         let incoming = &ingest.sessions[i];
         let s = &incoming.session;
         // The stored copy of this id, if any; `taken`: its hash is another id's.
-        let (stored, taken) = match memory.ids.lookup(&s.id) {
+        let (found, slot) = memory.ids.find(&s.id);
+        let (stored, taken) = match found {
             Lookup::Absent => (None, false),
             Lookup::Found(row) | Lookup::Check(row) => {
                 let (id, owner, on, body): (String, String, String, String) = find
@@ -1044,6 +1050,9 @@ fn ingest_into(
                 }
             }
         };
+        // Once per session: chrono's conversion to nanoseconds was a twentieth of the
+        // writer's instructions when each use made it again.
+        let (start, end) = (s.start_nanos(), s.end_nanos());
         let key = touched.entry(&s.product).or_insert_with(|| Touched {
             since: i64::MAX,
             fresh: Vec::new(),
@@ -1051,20 +1060,20 @@ fn ingest_into(
         });
         let wrote = match stored {
             None => {
-                insert
-                    .execute(params![
-                        &*s.id,
-                        user,
-                        ingest.device,
-                        &*s.product,
-                        s.start_nanos(),
-                        s.end_nanos(),
-                        incoming.body
-                    ])
-                    .map_err(db)?;
+                // User and device are bound once (see below); SQLite copies every text
+                // bound, and text binding was an eighth of the writer's instructions.
+                if bound_product != Some(&*s.product) {
+                    insert.raw_bind_parameter(4, &*s.product).map_err(db)?;
+                    bound_product = Some(&s.product);
+                }
+                insert.raw_bind_parameter(1, &*s.id).map_err(db)?;
+                insert.raw_bind_parameter(5, start).map_err(db)?;
+                insert.raw_bind_parameter(6, end).map_err(db)?;
+                insert.raw_bind_parameter(7, &incoming.body).map_err(db)?;
+                insert.raw_execute().map_err(db)?;
                 let row = t.last_insert_rowid();
-                memory.ids.insert(&s.id, row, taken);
-                key.add_row(&mut memory.runs, user, &s.product, row, s);
+                memory.ids.insert_at(&s.id, slot, row, taken);
+                key.add_row(&mut memory.runs, user, &s.product, row, (start, end));
                 true
             }
             Some((row, owner, on, body)) => {
@@ -1078,25 +1087,25 @@ fn ingest_into(
                 let longer = s.copy_order(&old).is_gt();
                 if longer {
                     update
-                        .execute(params![row, s.end_nanos(), incoming.body])
+                        .execute(params![row, end, incoming.body])
                         .map_err(db)?;
-                    key.extend_row(t, &mut memory.runs, user, row, s.end_nanos())?;
+                    key.extend_row(t, &mut memory.runs, user, row, end)?;
                 }
                 longer
             }
         };
         if wrote {
-            key.since = key.since.min(s.start_nanos());
-            key.fresh.push(incoming);
+            key.since = key.since.min(start);
+            key.fresh.push(Held::with(s, start, end, incoming.zone));
         }
     }
     for (product, key) in &mut touched {
         key.close_run(&mut memory.runs, user, product);
     }
-    for (product, key) in &touched {
+    for (product, key) in touched {
         if !key.fresh.is_empty() {
             sync_key(
-                t, user, product, &settings, ingest.at, key.since, &key.fresh, memory,
+                t, user, product, &settings, ingest.at, key.since, key.fresh, memory,
             )?;
         }
     }
@@ -1125,18 +1134,24 @@ fn ingest_into(
 }
 
 /// What one sync did to one key.
-struct Touched<'i> {
+struct Touched {
     /// The earliest start among the sessions it wrote.
     since: i64,
-    /// The sessions it wrote (new, or longer copies).
-    fresh: Vec<&'i Incoming>,
+    /// The sessions it wrote (new, or longer copies), as a tail holds them.
+    fresh: Vec<Held>,
     /// The rows it added, not yet handed to the writer's held runs.
     run: Option<Run>,
 }
 
-impl Touched<'_> {
-    fn add_row(&mut self, runs: &mut Runs, user: &str, product: &str, row: i64, s: &OwnedSession) {
-        let (start, end) = (s.start_nanos(), s.end_nanos());
+impl Touched {
+    fn add_row(
+        &mut self,
+        runs: &mut Runs,
+        user: &str,
+        product: &str,
+        row: i64,
+        (start, end): (i64, i64),
+    ) {
         match &mut self.run {
             Some(run) if run.last + 1 == row => {
                 run.last = row;
@@ -1253,7 +1268,7 @@ fn sync_key(
     settings: &Settings,
     at: DateTime<Utc>,
     since: i64,
-    fresh: &[&Incoming],
+    fresh: Vec<Held>,
     memory: &mut Memory,
 ) -> Result<(), StoreError> {
     let Memory {
@@ -1264,11 +1279,11 @@ fn sync_key(
     } = memory;
     let tail = match tails.covering(user, product, since) {
         Some(tail) => {
-            tail.merge(fresh.iter().map(|i| Held::of(&i.session, i.zone)));
+            tail.merge(fresh);
             tail
         }
         None => {
-            let tail = load_tail(t, runs, user, product, since, fresh)?;
+            let tail = load_tail(t, runs, user, product, since, &fresh)?;
             tails.put(user, product, tail)
         }
     };
@@ -1295,7 +1310,7 @@ fn load_sessions(
     user: &str,
     product: &str,
     bound: i64,
-    fresh: &HashMap<&str, &Incoming>,
+    fresh: &HashMap<&str, &Held>,
 ) -> Result<Vec<Held>, StoreError> {
     let mut runs: Vec<(i64, i64)> = {
         let mut stmt = t
@@ -1324,8 +1339,8 @@ fn load_sessions(
         let mut rows = stmt.query(params![first, last, bound]).map_err(db)?;
         while let Some(row) = rows.next().map_err(db)? {
             let id = row.get_ref(0).and_then(|v| Ok(v.as_str()?)).map_err(db)?;
-            if let Some(incoming) = fresh.get(id) {
-                out.push(Held::of(&incoming.session, incoming.zone));
+            if let Some(held) = fresh.get(id) {
+                out.push(Held::clone(held));
                 continue;
             }
             let body = row.get_ref(1).and_then(|v| Ok(v.as_str()?)).map_err(db)?;
@@ -1345,9 +1360,9 @@ fn load_tail(
     user: &str,
     product: &str,
     since: i64,
-    fresh: &[&Incoming],
+    fresh: &[Held],
 ) -> Result<Tail, StoreError> {
-    let fresh: HashMap<&str, &Incoming> = fresh.iter().map(|i| (&*i.session.id, *i)).collect();
+    let fresh: HashMap<&str, &Held> = fresh.iter().map(|h| (&*h.id, h)).collect();
     let mut bound = since;
     let mut sessions = load_sessions(t, held, user, product, bound, &fresh)?;
     let mut at = since;
@@ -1499,7 +1514,7 @@ fn settle(
             starts.push(w.start);
             rows.push(StoredDay {
                 end: w.end,
-                day: p.day.to_string(),
+                day: daymeter_shared::time::date_text(p.day),
                 plan: p.plan.as_str().to_owned(),
                 tokens: p.tokens as i64,
                 short: w.kind == WindowKind::ShortFree,
@@ -1530,6 +1545,8 @@ fn settle(
                drawn = excluded.drawn",
         )
         .map_err(db)?;
+    put.raw_bind_parameter(1, user).map_err(db)?;
+    put.raw_bind_parameter(2, product).map_err(db)?;
     for (start, mut row) in starts.into_iter().zip(rows) {
         let before = stored.remove(&start);
         if let Some(old) = before.as_ref().filter(|old| old.same_day(&row)) {
@@ -1555,10 +1572,15 @@ fn settle(
             )?;
         }
         let drawn = serde_json::to_string(&row.drawn).map_err(corrupt)?;
-        put.execute(params![
-            user, product, start, row.end, row.day, row.plan, row.tokens, row.short, drawn
-        ])
-        .map_err(db)?;
+        // User and product are bound once, before the loop.
+        put.raw_bind_parameter(3, start).map_err(db)?;
+        put.raw_bind_parameter(4, row.end).map_err(db)?;
+        put.raw_bind_parameter(5, &row.day).map_err(db)?;
+        put.raw_bind_parameter(6, &row.plan).map_err(db)?;
+        put.raw_bind_parameter(7, row.tokens).map_err(db)?;
+        put.raw_bind_parameter(8, row.short).map_err(db)?;
+        put.raw_bind_parameter(9, &drawn).map_err(db)?;
+        put.raw_execute().map_err(db)?;
         tail.days.insert(start, row);
     }
     let mut drop_row = t
@@ -2171,8 +2193,10 @@ impl Store for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::Incoming;
     use daymeter_shared::catalog::Product;
     use daymeter_shared::policy::{Rollover, ShortSessions};
+    use daymeter_shared::session::OwnedSession;
     use daymeter_shared::session::RawSession;
     use daymeter_shared::time::ZoneCache;
 

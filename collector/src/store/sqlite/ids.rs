@@ -39,6 +39,10 @@ enum Added {
     Text(Box<str>),
 }
 
+/// An id's place in the index by hash.
+#[derive(Clone, Copy)]
+pub struct Slot(u64);
+
 /// What the index knows about an id before the stored row is read.
 pub enum Lookup {
     /// No session has this id.
@@ -65,31 +69,45 @@ impl Ids {
         self.by_hash.len() + self.collided.len()
     }
 
-    /// Where `id` may be. `Check(row)`: if the row holds another id, `id` is absent and
-    /// its hash is taken.
-    pub fn lookup(&self, id: &str) -> Lookup {
+    /// Where `id` may be, and its slot for [`Ids::insert_at`]. `Check(row)`: if the row
+    /// holds another id, `id` is absent and its hash is taken. The slot keeps the id's
+    /// hash, so that a new id is hashed once (hashing was a fourteenth of the writer's
+    /// instructions when its lookup and its insert each hashed it).
+    pub fn find(&self, id: &str) -> (Lookup, Slot) {
+        let slot = Slot(self.hash(id));
         if !self.collided.is_empty()
             && let Some(&row) = self.collided.get(id)
         {
-            return Lookup::Found(row);
+            return (Lookup::Found(row), slot);
         }
-        match self.by_hash.get(&self.hash(id)) {
-            None => Lookup::Absent,
-            Some(&row) => Lookup::Check(row),
+        match self.by_hash.get(&slot.0) {
+            None => (Lookup::Absent, slot),
+            Some(&row) => (Lookup::Check(row), slot),
         }
     }
 
-    /// Records a new id at `row`. `hash_taken`: the id's hash slot holds another id (a
-    /// [`Lookup::Check`] whose row held a different id).
-    pub fn insert(&mut self, id: &str, row: Row, hash_taken: bool) {
+    /// Records a new id at `row`, in the slot [`Ids::find`] gave for it. `hash_taken`:
+    /// the id's hash slot holds another id (a [`Lookup::Check`] whose row held a
+    /// different id).
+    pub fn insert_at(&mut self, id: &str, slot: Slot, row: Row, hash_taken: bool) {
         if hash_taken {
             self.collided.insert(id.into(), row);
             self.journal.push(Added::Text(id.into()));
         } else {
-            let h = self.hash(id);
-            self.by_hash.insert(h, row);
-            self.journal.push(Added::Hash(h));
+            self.by_hash.insert(slot.0, row);
+            self.journal.push(Added::Hash(slot.0));
         }
+    }
+
+    #[cfg(test)]
+    fn lookup(&self, id: &str) -> Lookup {
+        self.find(id).0
+    }
+
+    #[cfg(test)]
+    fn insert(&mut self, id: &str, row: Row, hash_taken: bool) {
+        let (_, slot) = self.find(id);
+        self.insert_at(id, slot, row, hash_taken);
     }
 
     /// Records an id read from the database when the store opens (no journal).

@@ -74,10 +74,15 @@ pub struct Held {
 
 impl Held {
     pub fn of(s: &Session<'_>, zone: Zone) -> Held {
+        Held::with(s, s.start_nanos(), s.end_nanos(), zone)
+    }
+
+    /// `s`, whose start and end on the engine's time line are known already.
+    pub fn with(s: &Session<'_>, start: i64, end: i64, zone: Zone) -> Held {
         Held {
             id: (*s.id).into(),
-            start: s.start_nanos(),
-            end: s.end_nanos(),
+            start,
+            end,
             zone,
             idle: s.idle.as_slice().into(),
         }
