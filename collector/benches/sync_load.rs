@@ -401,7 +401,18 @@ async fn phase(
     batch: usize,
     length: Duration,
 ) -> (Vec<Agent>, PhaseStats) {
-    let url: Arc<str> = format!("{base}/v1/sync").into();
+    // Parsed once: reqwest parses a URL given as text on every request.
+    let url = match reqwest::Url::parse(&format!("{base}/v1/sync")) {
+        Ok(url) => url,
+        Err(e) => {
+            let stats = PhaseStats {
+                errors: 1,
+                first_error: Some(format!("sync URL: {e}")),
+                ..PhaseStats::default()
+            };
+            return (agents, stats);
+        }
+    };
     let start = Instant::now();
     let deadline = start + length;
     let tasks: Vec<_> = agents
@@ -696,10 +707,10 @@ impl Agent {
     }
 
     /// POST /v1/sync; Ok once the reply is 200 and every id is in `accepted`.
-    async fn sync(&self, url: &str, body: String, ids: &[String]) -> Result<()> {
+    async fn sync(&self, url: &reqwest::Url, body: String, ids: &[String]) -> Result<()> {
         let reply = self
             .client
-            .post(url)
+            .post(url.clone())
             .bearer_auth(&self.token)
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .body(body)

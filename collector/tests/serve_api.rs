@@ -1025,7 +1025,8 @@ async fn a_session_of_an_unknown_product_is_stored_and_counted_once_the_product_
         ),
     ];
     let batch: Vec<Value> = known.iter().chain(&unknown).cloned().collect();
-    c.api.sync_all(&device, "sophie", &batch).await;
+    let answer = c.api.sync_all(&device, "sophie", &batch).await;
+    assert!(answer["catalog"].get("inventor").is_none(), "{answer}");
 
     let stored: BTreeSet<String> = c.api.stored().await.iter().map(id_of).collect();
     assert_eq!(stored, batch.iter().map(id_of).collect::<BTreeSet<_>>());
@@ -1045,6 +1046,13 @@ async fn a_session_of_an_unknown_product_is_stored_and_counted_once_the_product_
     merged["catalog"]["inventor"] = added["catalog"]["inventor"].clone();
     let owned_all: Vec<Value> = batch.iter().map(|b| owned(b, "sophie", &device)).collect();
     let report = assert_usage_is_replay(&c.api, &merged, &owned_all).await;
+    // The next sync's answer names the new product (its catalog is the new settings').
+    let answer = c.api.sync_all(&device, "sophie", &batch).await;
+    assert_eq!(
+        answer["catalog"]["inventor"]["tokens_per_day"], 8,
+        "{answer}"
+    );
+    assert_eq!(answer["catalog"], merged["catalog"], "{answer}");
     let inventor_days = report["usage_days"]
         .as_array()
         .unwrap()
