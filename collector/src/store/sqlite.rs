@@ -2726,6 +2726,58 @@ mod tests {
         store.close();
     }
 
+    /// A sync of more sessions than a batch holds, naming one id twice (the running
+    /// copy, then the closed one) and repeating an id stored earlier: every id is stored
+    /// once, as its longer copy, across batches and a restart.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn an_id_sent_twice_in_one_sync_is_stored_once_as_its_longer_copy() {
+        let path = temp_db("twice");
+        let settings = settings(Policy::default());
+        let mut store = SqliteStore::open(&path).unwrap();
+        store.put_settings(settings.clone()).await.unwrap();
+        let all = history();
+        let (first, rest) = all.split_at(5);
+        store.ingest(ingest_of(first)).await.unwrap();
+        let mut sync: Vec<OwnedSession> = rest[..BATCH_MAX + 8].to_vec();
+        let running = |s: &OwnedSession| {
+            let mut r = s.clone();
+            r.end = Some(r.start + chrono::TimeDelta::minutes(1));
+            r
+        };
+        // Closed copy in a later batch than its running copy, then in the same one
+        // (not written yet when the closed copy comes).
+        let (a, b) = (running(&sync[BATCH_MAX + 2]), running(&sync[BATCH_MAX + 6]));
+        sync.insert(3, a);
+        sync.insert(BATCH_MAX + 3, b);
+        sync.push(first[1].clone());
+        let outcome = store.ingest(ingest_of(&sync)).await.unwrap();
+        assert_eq!(outcome.accepted.len(), sync.len());
+        assert!(outcome.rejected.is_empty());
+        let mut expected: Vec<OwnedSession> = first.to_vec();
+        expected.extend_from_slice(&rest[..BATCH_MAX + 8]);
+        for _ in 0..2 {
+            let listed = store.sessions(SessionFilter::default()).await.unwrap();
+            let mut ids: Vec<&str> = listed.iter().map(|s| &*s.id).collect();
+            ids.sort_unstable();
+            ids.dedup();
+            assert_eq!((listed.len(), ids.len()), (expected.len(), expected.len()));
+            for s in &expected {
+                let stored = listed.iter().find(|l| l.id == s.id).unwrap();
+                assert_eq!(stored.end, s.end, "{}", s.id);
+            }
+            assert_eq!(
+                store.usage_days(None, None).await.unwrap(),
+                replayed(&expected, &settings)
+            );
+            store.close();
+            drop(store);
+            store = SqliteStore::open(&path).unwrap();
+            // After the restart, the ids come back from the batches: nothing is new.
+            let again = store.ingest(ingest_of(&sync)).await.unwrap();
+            assert_eq!(again.accepted.len(), sync.len());
+        }
+    }
+
     /// The stored body is the record as the agent sent it (spacing, field order and
     /// offsets); user and device come back from the row, and a longer copy sent later
     /// replaces the body whole.
