@@ -20,15 +20,14 @@ use daymeter_shared::entitlement::{Entitlement, Pricing};
 use daymeter_shared::ledger::{DEFAULT_TEAM, Purchase, Team, default_expiry};
 use daymeter_shared::policy::Policy;
 use daymeter_shared::record::Problem;
-use daymeter_shared::session::RawSession;
 use daymeter_shared::time::ZoneCache;
 use daymeter_shared::usage::{Report, Totals};
 use serde::{Deserialize, Serialize};
-use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
 use crate::auth::{Secret, new_token, same_hash, token_hash};
 use crate::store::{Device, Incoming, Ingest, SessionFilter, Settings, Store, StoreError};
+use crate::sync_body::{self, BodyError};
 
 /// Largest request body (spec: over 1 MiB is 413).
 pub const MAX_BODY: usize = 1 << 20;
@@ -351,17 +350,6 @@ async fn enroll<S: Store>(
     ))
 }
 
-#[derive(Deserialize)]
-struct SyncRequest<'a> {
-    #[serde(borrow)]
-    user: Cow<'a, str>,
-    #[serde(default)]
-    #[allow(dead_code)]
-    agent_time: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    sessions: Vec<&'a RawValue>,
-}
-
 #[derive(Serialize)]
 struct Rejected {
     id: Option<String>,
@@ -375,15 +363,26 @@ async fn sync<S: Store>(
 ) -> Result<Response, ApiError> {
     let device = device_of(&state, &headers)?;
     let bytes = read_body(&headers, body).await?;
-    let req: SyncRequest<'_> = parse_json(&bytes)?;
-    if req.sessions.len() > MAX_SESSIONS {
-        return Err(ApiError::new(
+    let text = std::str::from_utf8(&bytes).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_json",
+            format!("body is not the expected JSON: {e}"),
+        )
+    })?;
+    let req = sync_body::read(text, MAX_SESSIONS).map_err(|e| match e {
+        BodyError::TooMany(_) => ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "too_many_sessions",
-            format!("over {MAX_SESSIONS} sessions in one sync"),
+            e.to_string(),
         )
-        .field("sessions"));
-    }
+        .field("sessions"),
+        BodyError::Json(m) => ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_json",
+            format!("body is not the expected JSON: {m}"),
+        ),
+    })?;
     if req.user.is_empty() {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -395,15 +394,14 @@ async fn sync<S: Store>(
     let mut zones = ZoneCache::new();
     let mut good = Vec::with_capacity(req.sessions.len());
     let mut rejected = Vec::new();
-    for raw in &req.sessions {
-        let parsed: Result<RawSession<'_>, _> = serde_json::from_str(raw.get());
-        let checked = match parsed {
+    for element in req.sessions {
+        let checked = match element.parsed {
             Ok(r) => {
                 let id = r.id.as_deref().map(str::to_owned);
                 r.check(&mut zones).map_err(|p| (id, p))
             }
             Err(e) => {
-                let id = serde_json::from_str::<daymeter_shared::session::IdOnly<'_>>(raw.get())
+                let id = serde_json::from_str::<daymeter_shared::session::IdOnly<'_>>(element.text)
                     .ok()
                     .and_then(|i| i.id)
                     .map(|c| c.into_owned());
@@ -417,7 +415,7 @@ async fn sync<S: Store>(
                 good.push(Incoming {
                     session: session.into_owned(),
                     zone,
-                    body: raw.get().to_owned(),
+                    body: element.text.to_owned(),
                 });
             }
             Err((id, problem)) => rejected.push(Rejected {

@@ -4,6 +4,7 @@
 //! - [`replay`] — `daymeter-collector replay FILE|-`: accounting without a server.
 //! - [`serve`] — `daymeter-collector serve`: the HTTP server until SIGTERM.
 //! - [`api`] — the protocol's endpoints and error object.
+//! - [`sync_body`] — a sync's body read in one pass (sessions parsed and as received).
 //! - [`store`] — the storage trait and its SQLite implementation.
 //! - [`auth`] — device tokens, secrets, constant-time comparison.
 //! - [`config`] — flags, environment, config file, generated dev config.
@@ -16,3 +17,4 @@ pub mod priority;
 pub mod replay;
 pub mod serve;
 pub mod store;
+pub mod sync_body;
