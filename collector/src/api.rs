@@ -16,7 +16,7 @@ use axum::routing::{get, post};
 use chrono::{DateTime, NaiveDate, Utc};
 use daymeter_shared::catalog::Product;
 use daymeter_shared::clock::Clock;
-use daymeter_shared::entitlement::{Entitlement, Pricing};
+use daymeter_shared::entitlement::{Entitlement, Plan, Pricing};
 use daymeter_shared::ledger::{DEFAULT_TEAM, Purchase, Team, default_expiry};
 use daymeter_shared::policy::Policy;
 use daymeter_shared::record::Problem;
@@ -489,10 +489,10 @@ struct SyncResponse<'a> {
     accepted: &'a [String],
     rejected: &'a [Rejected],
     catalog: &'a serde_json::value::RawValue,
-    entitlements: Vec<Value>,
+    entitlements: Vec<EntitlementNow<'a>>,
     grace_until: Grace,
-    open_windows: &'a [Value],
-    reminders: &'a [Value],
+    open_windows: &'a [OpenWindow],
+    reminders: &'a [Reminder<'a>],
     policy: &'a serde_json::value::RawValue,
 }
 
@@ -507,7 +507,19 @@ fn stamp(t: DateTime<Utc>) -> String {
 }
 
 /// The user's plan and rate for every catalog product, now.
-fn entitlements_of(settings: &Settings, user: &str, now: DateTime<Utc>) -> Vec<Value> {
+/// A product's plan and daily rate for the user now, as the sync answer lists them.
+#[derive(Serialize)]
+struct EntitlementNow<'a> {
+    product: &'a str,
+    plan: Plan,
+    tokens_per_day: u64,
+}
+
+fn entitlements_of<'s>(
+    settings: &'s Settings,
+    user: &str,
+    now: DateTime<Utc>,
+) -> Vec<EntitlementNow<'s>> {
     let t = now.timestamp_nanos_opt().unwrap_or_default();
     settings
         .catalog
@@ -518,14 +530,30 @@ fn entitlements_of(settings: &Settings, user: &str, now: DateTime<Utc>) -> Vec<V
                 .iter()
                 .filter(|e| e.user == user && &e.product == id)
                 .collect();
-            let (plan, tokens) = Pricing {
+            let (plan, tokens_per_day) = Pricing {
                 tokens_per_day: product.tokens_per_day,
                 entitlements: &held,
             }
             .at(t);
-            json!({ "product": id, "plan": plan, "tokens_per_day": tokens })
+            EntitlementNow {
+                product: id,
+                plan,
+                tokens_per_day,
+            }
         })
         .collect()
+}
+
+/// The current window of a product the user has running.
+#[derive(Serialize)]
+struct OpenWindow {
+    product: String,
+    window_start: String,
+    window_end: String,
+    /// Tokens the next window will cost if the product is still open when this one ends.
+    next_tokens: u64,
+    #[serde(skip)]
+    end: DateTime<Utc>,
 }
 
 /// The current window of each product the user has running.
@@ -535,7 +563,7 @@ async fn open_windows<S: Store>(
     user: &str,
     open: &[(String, bool)],
     now: DateTime<Utc>,
-) -> Result<Vec<Value>, ApiError> {
+) -> Result<Vec<OpenWindow>, ApiError> {
     let products: Vec<&str> = open.iter().map(|(p, _)| p.as_str()).collect();
     if products.is_empty() {
         return Ok(Vec::new());
@@ -562,60 +590,83 @@ async fn open_windows<S: Store>(
             }
             .at(row.window_end.timestamp_nanos_opt().unwrap_or_default())
             .1;
-            out.push(json!({ "product": row.product, "window_start": stamp(row.window_start), "window_end": stamp(row.window_end), "next_tokens": next }));
+            out.push(OpenWindow {
+                product: row.product.to_string(),
+                window_start: stamp(row.window_start),
+                window_end: stamp(row.window_end),
+                next_tokens: next,
+                end: row.window_end,
+            });
         }
     }
     Ok(out)
 }
 
+/// A reminder in the sync answer (spec/protocol.md), with the text the agent shows.
+#[derive(Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+enum Reminder<'a> {
+    WindowRollover {
+        product: &'a str,
+        at: String,
+        window_end: String,
+        tokens: u64,
+        text: String,
+    },
+    InsufficientBalance {
+        product: &'a str,
+        balance: u64,
+        tokens_per_day: u64,
+        text: String,
+    },
+}
+
 /// Reminders due now: a running product sitting idle whose window ends within
 /// `remind_before` (closing it saves the next window's tokens), and Flex products the
 /// team's balance (`remaining`) can no longer pay a day of.
-fn reminders(
+fn reminders<'a>(
     settings: &Settings,
-    entitlements: &[Value],
+    entitlements: &[EntitlementNow<'a>],
     open: &[(String, bool)],
-    windows: &[Value],
+    windows: &'a [OpenWindow],
     remaining: u64,
     now: DateTime<Utc>,
-) -> Vec<Value> {
+) -> Vec<Reminder<'a>> {
     let mut out = Vec::new();
     let lead = chrono::TimeDelta::from_std(settings.policy.remind_before).unwrap_or_default();
     for w in windows {
-        let product = w["product"].as_str().unwrap_or_default();
+        let product = w.product.as_str();
         let idle = open.iter().any(|(p, idle)| p == product && *idle);
-        let end = w["window_end"]
-            .as_str()
-            .and_then(|e| DateTime::parse_from_rfc3339(e).ok())
-            .map(|e| e.to_utc());
-        if let Some(end) = end
-            && idle
-            && now >= end - lead
-        {
+        if idle && now >= w.end - lead {
             let name = settings
                 .catalog
                 .get(product)
                 .and_then(|p| p.name.clone())
                 .unwrap_or_else(|| product.to_owned());
-            let tokens = w["next_tokens"].as_u64().unwrap_or(0);
-            out.push(json!({
-                "kind": "window_rollover", "product": product, "at": stamp(end - lead), "window_end": stamp(end), "tokens": tokens,
-                "text": format!("{name} has been idle and its day ends at {}. Close it now to avoid being charged {tokens} tokens for another day.", stamp(end)),
-            }));
+            let tokens = w.next_tokens;
+            out.push(Reminder::WindowRollover {
+                product,
+                at: stamp(w.end - lead),
+                window_end: w.window_end.clone(),
+                tokens,
+                text: format!("{name} has been idle and its day ends at {}. Close it now to avoid being charged {tokens} tokens for another day.", w.window_end),
+            });
         }
     }
     for e in entitlements {
-        let rate = e["tokens_per_day"].as_u64().unwrap_or(0);
-        if e["plan"] != "flex" || rate == 0 {
+        let rate = e.tokens_per_day;
+        if e.plan != Plan::Flex || rate == 0 {
             continue;
         }
         let balance = remaining;
         if balance < rate {
-            let product = e["product"].as_str().unwrap_or_default();
-            out.push(json!({
-                "kind": "insufficient_balance", "product": product, "balance": balance, "tokens_per_day": rate,
-                "text": format!("Your team has {balance} tokens left; a day of {product} costs {rate}. Launching it will be refused until tokens are added."),
-            }));
+            let product = e.product;
+            out.push(Reminder::InsufficientBalance {
+                product,
+                balance,
+                tokens_per_day: rate,
+                text: format!("Your team has {balance} tokens left; a day of {product} costs {rate}. Launching it will be refused until tokens are added."),
+            });
         }
     }
     out

@@ -1893,6 +1893,81 @@ async fn usage_days_without_from_or_to_list_every_day() {
     }
 }
 
+/// A running product's window is in `open_windows` (its end and what the next window
+/// costs); sitting idle within `remind_before` of the window's end, it gets a
+/// `window_rollover` reminder, and not while it is in use or when its end is further off.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_idle_running_product_near_its_window_end_gets_a_window_rollover_reminder() {
+    let s = json!({
+        "catalog": { "acad": { "name": "AutoCAD", "tokens_per_day": 7 } },
+        "entitlements": [],
+        "policy": { "window": "24h", "min_session": "5m", "remind_before": "1h" },
+    });
+    let (_dir, c) = collector_with("rollover", &s).await;
+    let device = c.api.enroll("ws-rollover").await;
+    let now = Utc::now();
+    let at = |minutes: i64| stamp(now + chrono::TimeDelta::minutes(minutes), None);
+    // Started 23.5 h ago: its window ends in about 30 minutes.
+    let running = |id: &str, idle_until_last_seen: bool| {
+        let idle_to = if idle_until_last_seen {
+            at(-1)
+        } else {
+            at(-30)
+        };
+        json!({
+            "id": id, "product": "acad", "version": "2026",
+            "start": at(-23 * 60 - 30), "last_seen": at(-1),
+            "idle": [[at(-120), idle_to]],
+        })
+    };
+    let rollovers = |answer: &Value| -> Vec<Value> {
+        answer["reminders"]
+            .as_array()
+            .expect("reminders list")
+            .iter()
+            .filter(|r| r["kind"] == "window_rollover")
+            .cloned()
+            .collect()
+    };
+
+    let busy = c
+        .api
+        .sync_all(&device, "ana", &[running("r-1", false)])
+        .await;
+    let windows = busy["open_windows"].as_array().expect("open_windows list");
+    assert_eq!(windows.len(), 1, "{busy}");
+    assert_eq!(windows[0]["product"], "acad");
+    assert_eq!(windows[0]["next_tokens"], 7);
+    let end = DateTime::parse_from_rfc3339(windows[0]["window_end"].as_str().unwrap()).unwrap();
+    let left = end.to_utc() - now;
+    assert!(
+        left > chrono::TimeDelta::minutes(25) && left < chrono::TimeDelta::minutes(35),
+        "window end {end}, now {now}"
+    );
+    assert!(rollovers(&busy).is_empty(), "in use: {}", busy["reminders"]);
+
+    let idle = c
+        .api
+        .sync_all(&device, "ana", &[running("r-1", true)])
+        .await;
+    let due = rollovers(&idle);
+    assert_eq!(due.len(), 1, "{}", idle["reminders"]);
+    assert_eq!(due[0]["product"], "acad");
+    assert_eq!(due[0]["tokens"], 7);
+    assert_eq!(due[0]["window_end"], windows[0]["window_end"]);
+    let text = due[0]["text"].as_str().unwrap();
+    assert!(text.starts_with("AutoCAD has been idle"), "{text}");
+
+    // Idle, but its window ends in more than an hour: nothing due yet.
+    let fresh = json!({
+        "id": "r-2", "product": "acad", "version": "2026",
+        "start": at(-120), "last_seen": at(-1), "idle": [[at(-60), at(-1)]],
+    });
+    let early = c.api.sync_all(&device, "bo", &[fresh]).await;
+    assert_eq!(early["open_windows"].as_array().unwrap().len(), 1);
+    assert!(rollovers(&early).is_empty(), "{}", early["reminders"]);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn teams_survive_a_restart() {
     let s = json!({
