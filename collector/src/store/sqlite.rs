@@ -503,6 +503,7 @@ impl SqliteStore {
                 tails: Tails::default(),
                 next_row: None,
                 batch: Batch::new(),
+                last_syncs: HashMap::new(),
             },
             wal,
             restart_due,
@@ -934,6 +935,8 @@ struct Memory {
     next_row: Option<i64>,
     /// The buffer each sync builds its batches in.
     batch: Batch,
+    /// Each user's last sync as this writer last recorded it in `users`.
+    last_syncs: HashMap<String, DateTime<Utc>>,
 }
 
 impl Memory {
@@ -949,6 +952,7 @@ impl Memory {
         self.settings = settings;
         self.ledgers.clear();
         self.next_row = None;
+        self.last_syncs.clear();
         self.ids.rollback();
         self.runs.rollback();
         self.tails.clear();
@@ -1268,12 +1272,20 @@ fn ingest_into(
         .ledgers
         .of(t, team_of(&settings.teams, user))?
         .remaining(ingest.at);
+    // The statement below changes nothing while the recorded last sync is this recent:
+    // skipped then (it was a twentieth of a 5-session sync's writer instructions).
     let stale = ingest.at - LAST_SYNC_RESOLUTION;
-    let mut touch = hot.take(Sql::TouchUser)?;
-    touch
-        .execute(params![user, ingest.at.to_rfc3339(), stale.to_rfc3339()])
-        .map_err(db)?;
-    hot.give_back(Sql::TouchUser, touch);
+    if memory.last_syncs.get(user).is_none_or(|at| *at < stale) {
+        let mut touch = hot.take(Sql::TouchUser)?;
+        let changed = touch
+            .execute(params![user, ingest.at.to_rfc3339(), stale.to_rfc3339()])
+            .map_err(db)?;
+        hot.give_back(Sql::TouchUser, touch);
+        // Unchanged: what is recorded is recent, but not known here.
+        if changed > 0 {
+            memory.last_syncs.insert(user.to_owned(), ingest.at);
+        }
+    }
     Ok(outcome)
 }
 
@@ -2724,6 +2736,39 @@ mod tests {
             vec![(Some("p1".into()), 4), (None, 6)]
         );
         store.close();
+    }
+
+    /// A user's last sync is recorded to the minute: a sync less than a minute after
+    /// the recorded one leaves it, a later one moves it, also after a restart.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn last_sync_is_recorded_to_the_minute() {
+        let path = temp_db("last-sync");
+        let t0 = Utc::now();
+        let at = |secs: i64| t0 + chrono::TimeDelta::seconds(secs);
+        let sync = |secs: i64| {
+            Ingest::new("sophie".into(), "ws-1".into(), std::iter::empty(), at(secs)).unwrap()
+        };
+        let mut store = SqliteStore::open(&path).unwrap();
+        assert_eq!(store.last_sync("sophie".into()).await.unwrap(), None);
+        for (secs, recorded) in [(0, 0), (30, 0), (59, 0), (61, 61), (90, 61)] {
+            store.ingest(sync(secs)).await.unwrap();
+            assert_eq!(
+                store.last_sync("sophie".into()).await.unwrap(),
+                Some(at(recorded)),
+                "after a sync at +{secs} s"
+            );
+        }
+        store.close();
+        drop(store);
+        store = SqliteStore::open(&path).unwrap();
+        for (secs, recorded) in [(100, 61), (125, 125)] {
+            store.ingest(sync(secs)).await.unwrap();
+            assert_eq!(
+                store.last_sync("sophie".into()).await.unwrap(),
+                Some(at(recorded)),
+                "after a restart and a sync at +{secs} s"
+            );
+        }
     }
 
     /// A sync of more sessions than a batch holds, naming one id twice (the running
