@@ -49,6 +49,9 @@ use super::{
 
 /// Most jobs committed together; bounds the time the first of them waits.
 const MAX_GROUP: usize = 64;
+/// A group of writes taking this long is logged (with where its time went): every sync
+/// queued behind it waited as long.
+const SLOW_GROUP: std::time::Duration = std::time::Duration::from_millis(100);
 const READERS: usize = 4;
 /// The writer connection's page cache, in KiB (SQLite's `cache_size` when negative).
 const WRITER_CACHE_KIB: i64 = -(16 << 10);
@@ -629,6 +632,7 @@ impl Writer {
                 Err(_) => break,
             }
         }
+        let started = std::time::Instant::now();
         let before = self.memory.settings.clone();
         let tx = match self.conn.transaction() {
             Ok(tx) => tx,
@@ -651,6 +655,7 @@ impl Writer {
             outcomes.push(outcome);
         }
         drop(hot);
+        let applied = started.elapsed();
         let mut failed = outcomes.len() < jobs.len();
         if !failed && let Err(e) = flush_if_due(&tx, &mut self.memory.runs) {
             tracing::warn!(error = %e, "writing out the held session runs failed");
@@ -668,11 +673,28 @@ impl Writer {
             }
             return;
         }
+        let flushed = started.elapsed();
         match tx.commit() {
             Ok(()) => {
+                let committed = started.elapsed();
                 self.memory.committed();
+                let count = jobs.len();
                 let replies = jobs.into_iter().zip(outcomes).map(answer).collect();
-                self.deliver(replies);
+                let checkpointed = self.deliver(replies);
+                let took = started.elapsed();
+                if took >= SLOW_GROUP {
+                    let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
+                    tracing::warn!(
+                        jobs = count,
+                        ms = ms(took),
+                        applying_ms = ms(applied),
+                        writing_runs_ms = ms(flushed - applied),
+                        commit_ms = ms(committed - flushed),
+                        checkpoint_ms = ms(took - committed),
+                        checkpointed,
+                        "a group of writes was slow; the syncs behind it waited"
+                    );
+                }
             }
             Err(e) => {
                 // The group's imports were rolled back with it.
@@ -701,7 +723,7 @@ impl Writer {
             Ok(outcome) if !outcome.failed() => {
                 self.memory.committed();
                 let reply = answer((job, outcome));
-                self.deliver(vec![reply]);
+                let _ = self.deliver(vec![reply]);
             }
             Ok(outcome) => {
                 self.memory.rolled_back(before);
@@ -714,8 +736,8 @@ impl Writer {
         }
     }
 
-    /// Hands committed answers to the syncer.
-    fn deliver(&mut self, replies: Vec<Reply>) {
+    /// Hands committed answers to the syncer; true if the writer then checkpointed.
+    fn deliver(&mut self, replies: Vec<Reply>) -> bool {
         let queued = match &self.syncer {
             Some((tx, _)) => tx.send(replies).map_err(|e| e.0),
             None => Err(replies),
@@ -727,7 +749,7 @@ impl Writer {
                 reply.send(&e);
             }
         }
-        self.after_commit();
+        self.after_commit()
     }
 
     /// Wakes the checkpoint thread, and lets the log start over once it has grown past
@@ -737,7 +759,7 @@ impl Writer {
     /// thread has left little to copy (a checkpoint of the whole log here stalled every
     /// group behind it by ~100 ms). A log four times the limit (the checkpoint thread
     /// cannot keep up) is checkpointed here whatever it costs.
-    fn after_commit(&mut self) {
+    fn after_commit(&mut self) -> bool {
         if let Some((tx, _)) = &self.checkpoints {
             let _ = tx.send(());
         }
@@ -746,6 +768,7 @@ impl Writer {
         if due && let Err(e) = checkpoint(&self.conn) {
             tracing::warn!(error = %e, "checkpoint by the writer failed; retried after the next pass");
         }
+        due
     }
 }
 
@@ -765,6 +788,7 @@ fn sync_loop(wal: PathBuf, rx: mpsc::Receiver<Vec<Reply>>) {
         while let Ok(more) = rx.try_recv() {
             groups.push(more);
         }
+        let started = std::time::Instant::now();
         let synced = match &file {
             Some(f) => f.sync_data(),
             None => std::fs::OpenOptions::new()
@@ -775,6 +799,14 @@ fn sync_loop(wal: PathBuf, rx: mpsc::Receiver<Vec<Reply>>) {
                     file = Some(f);
                 }),
         };
+        let took = started.elapsed();
+        if took >= SLOW_GROUP {
+            tracing::warn!(
+                ms = took.as_secs_f64() * 1e3,
+                commits = groups.len(),
+                "syncing the write-ahead log to disk was slow; the syncs it covers waited"
+            );
+        }
         let result = synced.map_err(|e| format!("syncing {}: {e}", wal.display()));
         if let Err(e) = &result {
             tracing::error!(error = %e, "the write-ahead log could not be synced; no more writes are acknowledged until the collector restarts");
