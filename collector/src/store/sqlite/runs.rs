@@ -10,7 +10,7 @@
 //!
 //! Nothing is lost in a crash: `session_runs` covers every session row up to its
 //! largest `last_row`, and the rows after it (the runs held here when the process
-//! stopped) are gathered again from the `sessions` table when the store opens
+//! stopped) are gathered again from the session batches when the store opens
 //! ([`Runs::gather`]). Changes are journaled until the transaction that made them
 //! commits, so that a rolled-back group leaves no run naming rows that were never
 //! written, and a rolled-back flush gives its runs back.
