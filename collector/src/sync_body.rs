@@ -307,6 +307,73 @@ mod tests {
         }
     }
 
+    /// Any JSON value, as text with optional spacing.
+    fn json_text() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            Just("null".to_owned()),
+            any::<i32>().prop_map(|n| n.to_string()),
+            "[a-z\\\"\\]\\[{},: é]{0,12}".prop_map(|s| serde_json::to_string(&s).unwrap()),
+        ];
+        leaf.prop_recursive(3, 24, 4, |inner| {
+            let space = prop_oneof![Just(""), Just(" "), Just("\n  ")];
+            prop_oneof![
+                (prop::collection::vec(inner.clone(), 0..4), space.clone())
+                    .prop_map(|(items, sp)| format!("[{sp}{}{sp}]", items.join(&format!(",{sp}")))),
+                (prop::collection::vec(("[a-z]{1,6}", inner), 0..4), space).prop_map(
+                    |(fields, sp)| {
+                        let fields: Vec<String> = fields
+                            .into_iter()
+                            .map(|(k, v)| format!("{sp}\"{k}\"{sp}:{sp}{v}"))
+                            .collect();
+                        format!("{{{}{sp}}}", fields.join(","))
+                    }
+                ),
+            ]
+        })
+    }
+
+    #[derive(serde::Deserialize)]
+    struct BySerde<'a> {
+        #[serde(borrow)]
+        user: Cow<'a, str>,
+        #[serde(borrow, default)]
+        sessions: Vec<&'a serde_json::value::RawValue>,
+    }
+
+    proptest::proptest! {
+        /// Whatever the elements and the spacing, the sessions' texts are what serde_json's
+        /// raw values give, and a body serde_json refuses is refused.
+        #[test]
+        fn element_texts_equal_serde_jsons_raw_values(
+            elements in proptest::collection::vec(json_text(), 0..6),
+            space in "[ \n\t]{0,2}",
+            user_first in proptest::bool::ANY,
+            cut in proptest::option::of(0usize..200),
+        ) {
+            let list = format!("[{space}{}{space}]", elements.join(&format!("{space},{space}")));
+            let mut body = if user_first {
+                format!("{{{space}\"user\":\"u\",\"sessions\":{space}{list}}}")
+            } else {
+                format!("{{\"sessions\":{list},{space}\"user\"{space}:\"u\"{space}}}")
+            };
+            if let Some(cut) = cut.filter(|c| *c < body.len() && body.is_char_boundary(*c)) {
+                body.truncate(cut);
+            }
+            let ours = read(&body, 500);
+            match serde_json::from_str::<BySerde<'_>>(&body) {
+                Ok(theirs) => {
+                    let ours = ours.unwrap();
+                    proptest::prop_assert_eq!(&ours.user, &theirs.user);
+                    let texts: Vec<&str> = ours.sessions.iter().map(|e| e.text).collect();
+                    let raw: Vec<&str> = theirs.sessions.iter().map(|r| r.get()).collect();
+                    proptest::prop_assert_eq!(texts, raw);
+                }
+                Err(_) => proptest::prop_assert!(ours.is_err(), "{body}"),
+            }
+        }
+    }
+
     #[test]
     fn more_sessions_than_allowed_is_too_many() {
         let body = r#"{"user":"u","sessions":[{},{},{}]}"#;
