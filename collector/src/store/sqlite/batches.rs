@@ -21,12 +21,18 @@
 pub const BATCH_MAX: usize = 32;
 
 /// The sessions of one batch, as stored.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Batch {
-    /// `[body,body,…]`, the bodies as received.
+    /// `[body,body,…]`, the bodies as received (`[]` when empty).
     bodies: String,
     /// Where each body ends in `bodies` (exclusive), big-endian u32.
     ends: Vec<u8>,
+}
+
+impl Default for Batch {
+    fn default() -> Batch {
+        Batch::new()
+    }
 }
 
 /// A batch whose `ends` do not describe its `bodies`.
@@ -37,7 +43,7 @@ pub struct Malformed(&'static str);
 impl Batch {
     pub fn new() -> Batch {
         Batch {
-            bodies: String::from("["),
+            bodies: String::from("[]"),
             ends: Vec::new(),
         }
     }
@@ -92,8 +98,8 @@ impl Batch {
 
     /// Appends a body (a JSON value).
     pub fn push(&mut self, body: &str) {
+        self.bodies.pop(); // the closing `]`
         if !self.is_empty() {
-            self.bodies.truncate(self.bodies.len() - 1);
             self.bodies.push(',');
         }
         self.bodies.push_str(body);
@@ -119,7 +125,7 @@ impl Batch {
 
     /// The `bodies` column.
     pub fn bodies(&self) -> &str {
-        if self.is_empty() { "[]" } else { &self.bodies }
+        &self.bodies
     }
 
     /// The `ends` column.
@@ -130,7 +136,7 @@ impl Batch {
     /// Empties the batch for reuse.
     pub fn clear(&mut self) {
         self.bodies.clear();
-        self.bodies.push('[');
+        self.bodies.push_str("[]");
         self.ends.clear();
     }
 }
@@ -192,6 +198,37 @@ mod tests {
         let mut twice = b.ends().to_vec();
         twice.extend_from_slice(&1u32.to_be_bytes());
         assert!(Batch::from_stored(b.bodies().to_owned(), twice).is_err());
+    }
+
+    proptest::proptest! {
+        /// Any pushes and replacements: the batch holds what a list would, its bodies are
+        /// that list as a JSON array, and it reads back whole from its two columns.
+        #[test]
+        fn a_batch_holds_what_was_pushed_and_replaced(
+            ops in proptest::collection::vec(
+                (proptest::bool::ANY, 0usize..40, "[a-zé \"\\\\]{0,20}"),
+                0..60,
+            ),
+        ) {
+            let mut batch = Batch::new();
+            let mut model: Vec<String> = Vec::new();
+            for (push, at, text) in ops {
+                let body = serde_json::to_string(&serde_json::json!({ "t": text })).unwrap();
+                if push || model.is_empty() {
+                    batch.push(&body);
+                    model.push(body);
+                } else {
+                    let at = at % model.len();
+                    proptest::prop_assert!(batch.replace(at, &body));
+                    model[at] = body;
+                }
+            }
+            proptest::prop_assert_eq!(batch.iter().collect::<Vec<_>>(), model.iter().map(String::as_str).collect::<Vec<_>>());
+            let values: Vec<serde_json::Value> = serde_json::from_str(batch.bodies()).unwrap();
+            proptest::prop_assert_eq!(values.len(), model.len());
+            let again = Batch::from_stored(batch.bodies().to_owned(), batch.ends().to_vec()).unwrap();
+            proptest::prop_assert_eq!(again, batch);
+        }
     }
 
     #[test]
