@@ -92,10 +92,11 @@ pub fn read(text: &str, max_sessions: usize) -> Result<SyncBody<'_>, BodyError> 
             match c.next_byte() {
                 Some(b',') => continue,
                 Some(b'}') => break,
-                _ => {
-                    c.pos = c.pos.saturating_sub(1);
+                Some(_) => {
+                    c.pos -= 1; // back to the byte taken, to name it
                     return Err(c.refuse("`,` or `}` after a value"));
                 }
+                None => return Err(c.refuse("`,` or `}` after a value")),
             }
         }
     }
@@ -204,10 +205,11 @@ impl<'a> Cursor<'a> {
             match self.next_byte() {
                 Some(b',') => continue,
                 Some(b']') => return Ok(out),
-                _ => {
-                    self.pos = self.pos.saturating_sub(1);
+                Some(_) => {
+                    self.pos -= 1; // back to the byte taken, to name it
                     return Err(self.refuse("`,` or `]` after a session"));
                 }
+                None => return Err(self.refuse("`,` or `]` after a session")),
             }
         }
     }
