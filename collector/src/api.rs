@@ -243,13 +243,16 @@ async fn read_body(headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
 }
 
 fn parse_json<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(bytes).map_err(|e| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "bad_json",
-            format!("body is not the expected JSON: {e}"),
-        )
-    })
+    serde_json::from_slice(bytes).map_err(bad_json)
+}
+
+/// The 400 for a body that is not the JSON an endpoint expects.
+fn bad_json(detail: impl std::fmt::Display) -> ApiError {
+    ApiError::new(
+        StatusCode::BAD_REQUEST,
+        "bad_json",
+        format!("body is not the expected JSON: {detail}"),
+    )
 }
 
 fn bearer(headers: &HeaderMap) -> Option<&str> {
@@ -363,13 +366,7 @@ async fn sync<S: Store>(
 ) -> Result<Response, ApiError> {
     let device = device_of(&state, &headers)?;
     let bytes = read_body(&headers, body).await?;
-    let text = std::str::from_utf8(&bytes).map_err(|e| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "bad_json",
-            format!("body is not the expected JSON: {e}"),
-        )
-    })?;
+    let text = std::str::from_utf8(&bytes).map_err(bad_json)?;
     let req = sync_body::read(text, MAX_SESSIONS).map_err(|e| match e {
         BodyError::TooMany(_) => ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -377,11 +374,7 @@ async fn sync<S: Store>(
             e.to_string(),
         )
         .field("sessions"),
-        BodyError::Json(m) => ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "bad_json",
-            format!("body is not the expected JSON: {m}"),
-        ),
+        BodyError::Json(m) => bad_json(m),
     })?;
     if req.user.is_empty() {
         return Err(ApiError::new(

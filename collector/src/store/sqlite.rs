@@ -1009,14 +1009,13 @@ fn load_ids(conn: &Connection) -> Result<Ids, StoreError> {
     let mut rows = stmt.query([]).map_err(db)?;
     while let Some(r) = rows.next().map_err(db)? {
         let first: i64 = r.get(0).map_err(db)?;
-        let batch = Batch::from_stored(r.get(1).map_err(db)?, r.get(2).map_err(db)?)
-            .map_err(|e| corrupt(format!("batch at {first}: {e}")))?;
+        let batch = stored_batch(first, r.get(1).map_err(db)?, r.get(2).map_err(db)?)?;
         for (row, body) in (first..).zip(batch.iter()) {
             let id = stored_id(body, row)?;
             if let Err(other) = ids.load(&id, row, false) {
                 let (at, _, _, theirs) = find_batch(&mut find, other)?;
                 let other_id = theirs
-                    .get(usize::try_from(other - at).unwrap_or(usize::MAX))
+                    .session(at, other)
                     .map(|b| stored_id(b, other))
                     .transpose()?;
                 if other_id.as_deref() == Some(&*id) {
@@ -1206,12 +1205,11 @@ fn ingest_into(
                     pending.write(&mut insert)?;
                 }
                 let (first, owner, on, batch) = find_batch(&mut find, row)?;
-                let place = usize::try_from(row - first).unwrap_or(usize::MAX);
-                let body = batch.get(place).ok_or_else(|| {
+                let body = batch.session(first, row).ok_or_else(|| {
                     corrupt(format!("session {row} is not in its batch at {first}"))
                 })?;
                 if stored_id(body, row)? == *s.id {
-                    (Some((row, first, owner, on, batch, place)), false)
+                    (Some((row, first, owner, on, batch)), false)
                 } else {
                     (None, true)
                 }
@@ -1246,9 +1244,9 @@ fn ingest_into(
                 key.add_row(&mut memory.runs, user, &s.product, row, (start, end));
                 true
             }
-            Some((row, first, owner, on, mut batch, place)) => {
+            Some((row, first, owner, on, mut batch)) => {
                 let longer = {
-                    let body = batch.get(place).unwrap_or_default();
+                    let body = batch.session(first, row).unwrap_or_default();
                     let (mut old, _) = read_back(body, row, &mut ZoneCache::new())?;
                     old.user = Some(owner.into());
                     old.device = Some(on.into());
@@ -1259,7 +1257,7 @@ fn ingest_into(
                     s.copy_order(&old).is_gt()
                 };
                 if longer {
-                    batch.replace(place, &incoming.body);
+                    batch.replace((row - first) as usize, &incoming.body);
                     update
                         .execute(params![first, batch.bodies(), batch.ends()])
                         .map_err(db)?;
@@ -1359,9 +1357,12 @@ fn find_batch(
             Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
         })
         .map_err(db)?;
-    let batch =
-        Batch::from_stored(bodies, ends).map_err(|e| corrupt(format!("batch at {first}: {e}")))?;
-    Ok((first, user, device, batch))
+    Ok((first, user, device, stored_batch(first, bodies, ends)?))
+}
+
+/// A batch as read from its row, checked (see [`Batch::from_stored`]).
+fn stored_batch(first: i64, bodies: String, ends: Vec<u8>) -> Result<Batch, StoreError> {
+    Batch::from_stored(bodies, ends).map_err(|e| corrupt(format!("batch at {first}: {e}")))
 }
 
 /// The id of a stored session body.
@@ -1517,8 +1518,7 @@ fn gather_runs(conn: &Connection) -> Result<Runs, StoreError> {
         let first: i64 = r.get(0).map_err(db)?;
         let user: String = r.get(1).map_err(db)?;
         let product: String = r.get(2).map_err(db)?;
-        let batch = Batch::from_stored(r.get(3).map_err(db)?, r.get(4).map_err(db)?)
-            .map_err(|e| corrupt(format!("batch at {first}: {e}")))?;
+        let batch = stored_batch(first, r.get(3).map_err(db)?, r.get(4).map_err(db)?)?;
         for (row, body) in (first..).zip(batch.iter()) {
             if row <= covered {
                 continue;
@@ -1622,9 +1622,7 @@ fn load_sessions(
         let mut rows = stmt.query(params![first, last]).map_err(db)?;
         while let Some(r) = rows.next().map_err(db)? {
             let at: i64 = r.get(0).map_err(db)?;
-            let bodies = r.get_ref(1).and_then(|v| Ok(v.as_str()?)).map_err(db)?;
-            let batch = Batch::from_stored(bodies.to_owned(), r.get(2).map_err(db)?)
-                .map_err(|e| corrupt(format!("batch at {at}: {e}")))?;
+            let batch = stored_batch(at, r.get(1).map_err(db)?, r.get(2).map_err(db)?)?;
             for (row, body) in (at..).zip(batch.iter()) {
                 if !(first..=last).contains(&row) {
                     continue;
@@ -2308,8 +2306,7 @@ impl Store for SqliteStore {
                 let first: i64 = r.get(0).map_err(db)?;
                 let user: String = r.get(1).map_err(db)?;
                 let device: String = r.get(2).map_err(db)?;
-                let batch = Batch::from_stored(r.get(3).map_err(db)?, r.get(4).map_err(db)?)
-                    .map_err(|e| corrupt(format!("batch at {first}: {e}")))?;
+                let batch = stored_batch(first, r.get(3).map_err(db)?, r.get(4).map_err(db)?)?;
                 for (row, body) in (first..).zip(batch.iter()) {
                     let (mut s, _) = read_back(body, row, &mut zones)?;
                     if s.start_nanos() >= to || s.end_nanos() < from {

@@ -91,6 +91,11 @@ impl Batch {
         (i < self.len()).then(|| &self.bodies[self.start(i)..self.end(i)])
     }
 
+    /// The body of session `row`, in a batch whose first session is `first`.
+    pub fn session(&self, first: i64, row: i64) -> Option<&str> {
+        self.get(usize::try_from(row.checked_sub(first)?).ok()?)
+    }
+
     /// Every body, in order.
     pub fn iter(&self) -> impl Iterator<Item = &str> {
         (0..self.len()).map(|i| &self.bodies[self.start(i)..self.end(i)])
