@@ -178,11 +178,22 @@ impl RedbJournal {
 }
 
 /// Opens (creating or repairing) the database file.
+///
+/// redb's own lock on the file is a second guard behind the directory lock, and another
+/// process can hold it while the directory lock is free: a child forked by this process
+/// holds a copy of every descriptor from its fork to its exec, and the exec closes them
+/// one by one. That is [`JournalError::InUse`], which the callers that retry wait out,
+/// not a storage error.
 fn open_file(path: &Path) -> Result<::redb::Database, JournalError> {
     ::redb::Database::builder()
         .set_cache_size(CACHE_BYTES)
         .create(path)
-        .map_err(|e| storage(path, "cannot open", e))
+        .map_err(|e| match e {
+            ::redb::DatabaseError::DatabaseAlreadyOpen => JournalError::InUse {
+                dir: path.parent().unwrap_or(path).to_owned(),
+            },
+            e => storage(path, "cannot open", e),
+        })
 }
 
 impl Shared {

@@ -67,7 +67,7 @@ impl SledJournal {
             .mode(sled::Mode::LowSpace)
             .flush_every_ms(Some(FLUSH_EVERY_MS))
             .open()
-            .map_err(|e| storage(path, "cannot open", e))?;
+            .map_err(|e| open_error(path, e))?;
         let sessions = db
             .open_tree(SESSIONS_TREE)
             .map_err(|e| storage(path, "cannot open the sessions of", e))?;
@@ -164,6 +164,31 @@ impl Journal for SledJournal {
             .insert(key.as_bytes(), value)
             .map_err(|e| self.storage("cannot write to the cache of", e))?;
         self.flush_db()
+    }
+}
+
+/// sled's failure to open, with its lock conflict told apart as [`JournalError::InUse`].
+///
+/// sled's lock on its own file is a second guard behind the directory lock, and another
+/// process can hold it while the directory lock is free: a child forked by this process
+/// (the agent's tests start many) holds a copy of every descriptor from its fork to its
+/// exec, and the exec closes them one by one, so for a moment the child may still hold
+/// sled's lock when the directory lock is already free again. Reported as `InUse`, that
+/// moment is waited out by the callers that retry (`daymeter-agent` and the tests);
+/// reported as a storage error, it failed a test now and then. sled 0.34 has no typed
+/// variant for it: an `Io` error of kind `Other` whose text begins "could not acquire
+/// lock" (its `Config::try_lock`), which is what is matched.
+fn open_error(dir: &Path, e: sled::Error) -> JournalError {
+    match &e {
+        sled::Error::Io(io)
+            if io.kind() == std::io::ErrorKind::Other
+                && io.to_string().starts_with("could not acquire lock") =>
+        {
+            JournalError::InUse {
+                dir: dir.to_owned(),
+            }
+        }
+        _ => storage(dir, "cannot open", e),
     }
 }
 
