@@ -10,6 +10,15 @@
 //! ([`JournalError::Damaged`]): a command someone runs to look should not rearrange the
 //! files an agent about to start will heal anyway.
 //!
+//! What counts as damage: what the database cannot open or read without losing a
+//! record. redb's integrity check on open verifies every page of its committed trees
+//! and rebuilds the allocator state from them, exactly as after a crash, so damage to
+//! free pages or to that state (it made the old plain open fail or panic) is repaired
+//! in place with nothing lost, and nothing is moved aside. sled's recovery is weaker:
+//! it stops reading its log at the first bad segment and opens without an error, so
+//! what it drops that way gives no signal to heal on (`tests/journal_heal.rs` prints
+//! how much); one more reason the agent keeps to redb.
+//!
 //! What "salvaged" means, and why:
 //! - **Through the database first.** The damaged copy is opened without being changed
 //!   (redb read-only; sled, which has no read-only open and rewrites the log it

@@ -22,6 +22,8 @@
 //!   both trees, all under `catch_unwind`: sled panics on some damage) and are
 //!   [`JournalError::Damaged`]; [`SledJournal::open_healing`] moves `sled/` aside and
 //!   starts afresh with what can be salvaged, as redb's journal does (`journal/heal.rs`).
+//!   Damage sled's recovery does not report (it stops reading its log at the first bad
+//!   segment and opens anyway) loses what follows it silently: sled gives no signal.
 
 use std::path::Path;
 
