@@ -226,9 +226,9 @@ impl RedbJournal {
 /// and reads both tables through, so that a damaged file is found here, as
 /// [`JournalError::Damaged`], rather than by a panic in the middle of the agent's work.
 ///
-/// The check costs one read of the whole file and one commit per open; the agent opens
-/// its journal once per start, and the file holds a few hundred KiB (8.6 MiB at 10k
-/// sessions). redb panics on some damage where a debug build asserts and on some pages
+/// The check costs one read of the whole file and one commit per open: a reopen of 10k
+/// sessions (8.6 MiB) took 5.7 ms instead of 0.3 ms in a release build, peak RSS
+/// unchanged; the agent opens its journal once per start. redb panics on some damage where a debug build asserts and on some pages
 /// it cannot parse, hence [`heal::catch`].
 ///
 /// redb's own lock on the file is a second guard behind the directory lock, and another
