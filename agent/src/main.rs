@@ -96,13 +96,15 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
+/// The agent's journal, healed if damaged (moved aside, salvaged, started afresh) so
+/// that metering never waits for a repair.
 fn open_journal(config: &Config) -> anyhow::Result<DefaultJournal> {
     let dir = config.journal_dir();
     // `status` and `enroll` without a running agent hold the journal for a moment; an
     // agent starting at that moment waits for them rather than failing.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
-        match DefaultJournal::open(&dir) {
+        match DefaultJournal::open_healing(&dir) {
             Err(JournalError::InUse { .. }) if std::time::Instant::now() < deadline => {
                 std::thread::sleep(std::time::Duration::from_millis(100));
             }
@@ -161,7 +163,8 @@ enum Reach {
 }
 
 /// Asks the running agent `command`, or opens the journal when none runs. An agent
-/// that is starting holds the journal before its socket is up: keep trying both.
+/// that is starting holds the journal before its socket is up: keep trying both. A
+/// damaged journal is reported, not healed: the agent heals it when it starts.
 fn reach(config: &Config, command: &str) -> anyhow::Result<Reach> {
     let dir = config.journal_dir();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);

@@ -31,6 +31,9 @@ trait Backend: Journal + Sized {
     fn strict(&self) -> Result<Vec<Tracked>, JournalError>;
     /// Writes raw bytes as a session record, straight into the closed database.
     fn inject(dir: &Path, key: &str, value: &[u8]);
+    /// Opens the database itself, bypassing the journal (and its directory lock), and
+    /// holds it, with its own lock, until the value drops.
+    fn hold_database(dir: &Path) -> Box<dyn std::any::Any>;
 }
 
 impl Backend for RedbJournal {
@@ -53,6 +56,10 @@ impl Backend for RedbJournal {
             .unwrap();
         txn.commit().unwrap();
     }
+    fn hold_database(dir: &Path) -> Box<dyn std::any::Any> {
+        let path = dir.join(daymeter_agent::journal::redb::DB_FILE);
+        Box::new(retrying(|| redb::Database::create(&path)))
+    }
 }
 
 impl Backend for SledJournal {
@@ -74,11 +81,16 @@ impl Backend for SledJournal {
             .unwrap();
         db.flush().unwrap();
     }
+    fn hold_database(dir: &Path) -> Box<dyn std::any::Any> {
+        let path = dir.join(daymeter_agent::journal::sled::DB_DIR);
+        Box::new(retrying(|| sled::open(&path)))
+    }
 }
 
 /// Opens the journal, waiting out a child process that another test is starting: from
 /// its fork to its exec the child holds copies of every descriptor of this process,
-/// journal locks included.
+/// journal locks included (the directory's and the database's own, both reported as
+/// `InUse`: see [`the_databases_own_lock_held_elsewhere_is_in_use`]).
 fn open<J: Backend>(dir: &Path) -> J {
     retrying(|| match J::open(dir) {
         Err(e @ JournalError::InUse { .. }) => Err(e),
@@ -564,6 +576,19 @@ fn second_open_fails_saying_another_agent_runs<J: Backend>() {
     open::<J>(dir.path());
 }
 
+/// The state a child between its fork and its exec can leave for a moment: the
+/// directory lock free, the database's own lock still held. That is "in use" (which
+/// callers wait out), not a storage error (which they do not): sled's lock error was
+/// once reported as storage and failed `cached_values_round_trip_and_survive_reopen`.
+fn the_databases_own_lock_held_elsewhere_is_in_use<J: Backend>() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(open::<J>(dir.path()));
+    let holder = J::hold_database(dir.path());
+    assert_in_use(J::open(dir.path()));
+    drop(holder);
+    open::<J>(dir.path());
+}
+
 fn a_damaged_record_is_skipped_and_named<J: Backend>() {
     let dir = tempfile::tempdir().unwrap();
     let good = [
@@ -640,6 +665,10 @@ macro_rules! contracts {
             #[test]
             fn second_open_fails_saying_another_agent_runs() {
                 super::second_open_fails_saying_another_agent_runs::<$backend>();
+            }
+            #[test]
+            fn the_databases_own_lock_held_elsewhere_is_in_use() {
+                super::the_databases_own_lock_held_elsewhere_is_in_use::<$backend>();
             }
             #[test]
             fn a_damaged_record_is_skipped_and_named() {

@@ -89,6 +89,22 @@ impl Backend for SledJournal {
     }
 }
 
+/// Opens the journal, waiting (5 s at most) while it is in use. With `--include-ignored`
+/// both tortures run at once in this binary, and a writer one of them starts holds
+/// copies of every descriptor of this process from its fork to its exec, the other
+/// torture's journal locks included: for that moment the journal is in use.
+fn open_waiting<J: Backend>(dir: &Path) -> Result<J, JournalError> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match J::open(dir) {
+            Err(JournalError::InUse { .. }) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            other => return other,
+        }
+    }
+}
+
 /// xorshift64*: reproducible from the printed seed, no dependency.
 struct Rng(u64);
 
@@ -205,7 +221,7 @@ fn write_until_killed<J: Backend>(
     say: &dyn Fn(String),
 ) -> Result<(), Box<dyn std::error::Error>> {
     let mut rng = Rng(seed);
-    let journal = J::open(dir)?;
+    let journal = open_waiting::<J>(dir)?;
     let mut open: Vec<(String, u64)> = Vec::new();
     let mut closed: Vec<String> = Vec::new();
     for t in journal.strict()? {
@@ -338,7 +354,7 @@ impl Model {
 
     /// Checks the journal on disk against everything reported so far.
     fn check<J: Backend>(&mut self, dir: &Path) -> Result<usize, String> {
-        let journal = J::open(dir).map_err(|e| format!("reopen: {e}"))?;
+        let journal = open_waiting::<J>(dir).map_err(|e| format!("reopen: {e}"))?;
         let on_disk = journal.strict().map_err(|e| format!("read back: {e}"))?;
         let mut problems = Vec::new();
         for pair in on_disk.windows(2) {
@@ -566,7 +582,9 @@ fn torture<J: Backend>() {
             }
         }
     }
-    let size = J::open(&dir).and_then(|j| j.size_on_disk()).unwrap_or(0);
+    let size = open_waiting::<J>(&dir)
+        .and_then(|j| j.size_on_disk())
+        .unwrap_or(0);
     eprintln!(
         "journal torture ({}): {kills} kills in {:.1} s, {} confirmed writes, {live} sessions \
          on disk, {size} bytes, {} failures",

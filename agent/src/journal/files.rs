@@ -258,7 +258,7 @@ fn lock_dir(dir: &Path) -> Result<File, JournalError> {
 
 /// Makes a rename or removal in `dir` durable (Unix; elsewhere the rename is as durable
 /// as the system makes it).
-fn sync_dir(dir: &Path) -> Result<(), JournalError> {
+pub(crate) fn sync_dir(dir: &Path) -> Result<(), JournalError> {
     #[cfg(unix)]
     File::open(dir)
         .and_then(|d| d.sync_all())

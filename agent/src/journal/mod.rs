@@ -8,8 +8,12 @@
 //! `last_seen` progress is written lazily ([`Durability::Lazy`]) and flushed by the
 //! caller at least every 30 s, because an fsync per poll would cost more CPU than the
 //! whole rest of the agent.
+//!
+//! A damaged database does not stop metering: the agent's `run` moves it aside, starts a
+//! fresh one and carries over what can still be read (`heal.rs` says what and why).
 
 mod files;
+mod heal;
 pub mod redb;
 pub mod sled;
 
@@ -86,6 +90,17 @@ pub enum JournalError {
     InUse { dir: std::path::PathBuf },
     #[error("journal record {key}: {reason}")]
     Corrupt { key: String, reason: String },
+    /// The database itself is damaged: it does not open, fails its checksums, is not a
+    /// database, or its library panicked reading it. `daymeter-agent run` heals it
+    /// (moves it aside, salvages, starts afresh); other commands report this.
+    #[error(
+        "the journal {} is damaged ({reason}); `daymeter-agent run` moves it aside, salvages what it can and starts a fresh journal",
+        path.display()
+    )]
+    Damaged {
+        path: std::path::PathBuf,
+        reason: String,
+    },
     #[error("journal file {path}: {source}")]
     Io {
         path: std::path::PathBuf,

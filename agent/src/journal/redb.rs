@@ -28,8 +28,13 @@
 //! - **Bad records**: [`Journal::sessions`] skips a record that does not decode, with a
 //!   `tracing::warn!` naming its key, so that one damaged record cannot stop the agent;
 //!   the record stays on disk for inspection. [`RedbJournal::sessions_strict`] fails on
-//!   it instead. Damage to redb's own pages fails its checksums and is reported as
-//!   [`JournalError::Storage`].
+//!   it instead.
+//! - **A damaged file** (redb's own pages: checksums that fail, a cut or overwritten
+//!   file) is found when the journal opens, by redb's integrity check and a walk of both
+//!   tables, and is [`JournalError::Damaged`]; [`RedbJournal::open_healing`], the
+//!   agent's open, moves it aside and starts afresh with what can be salvaged
+//!   (`journal/heal.rs`). The check reads the whole file and commits once per open: the
+//!   agent opens the journal once per start, and a plain open may panic on such a file.
 //! - **After a failed write** (a full disk, an I/O error) redb refuses further writes
 //!   until the file is reopened, which repairs it. The journal marks itself broken and
 //!   reopens the file on its next use, so the agent's retries succeed once the disk has
@@ -45,7 +50,8 @@ use std::time::Duration;
 
 use ::redb::{ReadableDatabase, ReadableTable, TableDefinition};
 
-use super::files::{JournalDir, decode_all, encode_session};
+use super::files::{JournalDir, decode_all, decode_session, encode_session};
+use super::heal::{self, OnDamage, Salvage};
 use super::{Durability, Enrolment, Journal, JournalError, Tracked};
 
 /// redb's page cache, in bytes.
@@ -100,11 +106,32 @@ impl RedbJournal {
     /// agent did not close it (a crash or a power loss).
     ///
     /// Fails with [`JournalError::InUse`] ("another daymeter-agent is probably running")
-    /// when another process (or another `open` in this one) has the journal open.
+    /// when another process (or another `open` in this one) has the journal open, and
+    /// with [`JournalError::Damaged`] when the file is damaged: it is left as it is.
     pub fn open(dir: &Path) -> Result<Self, JournalError> {
+        Self::open_with(dir, OnDamage::Report)
+    }
+
+    /// Like [`RedbJournal::open`], but a damaged file is healed rather than reported:
+    /// moved aside as `journal.redb.damaged-<UTC time>`, replaced by a fresh file, and
+    /// what can still be read carried over (see `journal/heal.rs`). The agent's `run`
+    /// opens its journal this way so that metering never waits for someone to repair it.
+    pub fn open_healing(dir: &Path) -> Result<Self, JournalError> {
+        Self::open_with(dir, OnDamage::Heal)
+    }
+
+    fn open_with(dir: &Path, on_damage: OnDamage) -> Result<Self, JournalError> {
         let dir = JournalDir::lock(dir)?;
         let path = dir.path().join(DB_FILE);
-        let db = open_file(&path)?;
+        let (db, healed) = match open_checked(&path) {
+            Err(JournalError::Damaged { reason, .. }) if on_damage == OnDamage::Heal => {
+                let aside = heal::move_aside(&path)?;
+                let db = open_checked(&path)?;
+                let salvage = heal::salvage(&aside, |found| read_damaged(&aside, found));
+                (db, Some((aside, reason, salvage)))
+            }
+            opened => (opened?, None),
+        };
         let shared = Arc::new(Shared {
             db: RwLock::new(Some(db)),
             path,
@@ -114,14 +141,32 @@ impl RedbJournal {
             wake: Condvar::new(),
         });
         // Both tables exist from the first open on, so readers never meet a missing one;
-        // created in a write transaction only when missing, which spares every later
-        // open an fsync.
+        // created in a write transaction only when missing, which spares an fsync to
+        // every open but the first.
         if !shared.tables_exist()? {
             shared.write(Durability::Flush, |txn| {
                 txn.open_table(SESSIONS)?;
                 txn.open_table(CACHE)?;
                 Ok(())
             })?;
+        }
+        if let Some((aside, cause, salvage)) = healed {
+            shared.write(Durability::Flush, |txn| {
+                let mut sessions = txn.open_table(SESSIONS)?;
+                for tracked in &salvage.sessions {
+                    // Encoding what was just decoded cannot fail; a record that did is
+                    // left out rather than the whole salvage.
+                    if let Ok(value) = encode_session(tracked) {
+                        sessions.insert(tracked.session.id.as_ref(), value.as_slice())?;
+                    }
+                }
+                let mut cache = txn.open_table(CACHE)?;
+                for (key, value) in &salvage.cached {
+                    cache.insert(key.as_str(), value.as_slice())?;
+                }
+                Ok(())
+            })?;
+            heal::log_healed(&shared.path, &aside, &cause, &salvage);
         }
         let flusher = {
             let shared = Arc::clone(&shared);
@@ -177,12 +222,121 @@ impl RedbJournal {
     }
 }
 
-/// Opens (creating or repairing) the database file.
-fn open_file(path: &Path) -> Result<::redb::Database, JournalError> {
-    ::redb::Database::builder()
+/// Opens (creating or repairing) the database file, checking every page of its trees,
+/// and reads both tables through, so that a damaged file is found here, as
+/// [`JournalError::Damaged`], rather than by a panic in the middle of the agent's work.
+///
+/// The check costs one read of the whole file and one commit per open: a reopen of 10k
+/// sessions (8.6 MiB) took 5.7 ms instead of 0.3 ms in a release build, peak RSS
+/// unchanged; the agent opens its journal once per start. redb panics on some damage where a debug build asserts and on some pages
+/// it cannot parse, hence [`heal::catch`].
+///
+/// redb's own lock on the file is a second guard behind the directory lock, and another
+/// process can hold it while the directory lock is free: a child forked by this process
+/// holds a copy of every descriptor from its fork to its exec, and the exec closes them
+/// one by one. That is [`JournalError::InUse`], which the callers that retry wait out,
+/// not a storage error.
+fn open_checked(path: &Path) -> Result<::redb::Database, JournalError> {
+    let db = open_file(path, true)?;
+    match heal::catch(|| walk(&db)) {
+        Ok(Ok(())) => Ok(db),
+        Ok(Err(e)) => Err(damaged(path, e)),
+        Err(panic) => Err(damaged(path, format!("redb panicked reading it: {panic}"))),
+    }
+}
+
+/// Opens (creating or repairing) the database file; with `check_integrity`, checking
+/// every page of its trees first.
+fn open_file(path: &Path, check_integrity: bool) -> Result<::redb::Database, JournalError> {
+    let opened = heal::catch(|| {
+        ::redb::Database::builder()
+            .set_cache_size(CACHE_BYTES)
+            .set_check_integrity_on_open(check_integrity)
+            .create(path)
+    });
+    match opened {
+        Ok(Ok(db)) => Ok(db),
+        Ok(Err(::redb::DatabaseError::DatabaseAlreadyOpen)) => Err(JournalError::InUse {
+            dir: path.parent().unwrap_or(path).to_owned(),
+        }),
+        Ok(Err(e)) if is_damage(&e) => Err(damaged(path, e)),
+        Ok(Err(e)) => Err(storage(path, "cannot open", e)),
+        Err(panic) => Err(damaged(path, format!("redb panicked opening it: {panic}"))),
+    }
+}
+
+/// Reads every record of both tables (those that exist), decoding nothing.
+fn walk(db: &::redb::Database) -> Result<(), ::redb::Error> {
+    let txn = db.begin_read()?;
+    for table in [SESSIONS, CACHE] {
+        match txn.open_table(table) {
+            Ok(table) => {
+                for record in table.iter()? {
+                    record?;
+                }
+            }
+            Err(::redb::TableError::TableDoesNotExist(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// Whether redb's refusal means the file is damaged, rather than that the disk failed
+/// or the format is another redb's (those are reported, never healed: moving a file
+/// aside would not fix the disk, and would hide a journal a newer agent can read).
+fn is_damage(e: &::redb::DatabaseError) -> bool {
+    match e {
+        ::redb::DatabaseError::Storage(::redb::StorageError::Corrupted(_)) => true,
+        // "Not a redb database", or a header cut short.
+        ::redb::DatabaseError::Storage(::redb::StorageError::Io(io)) => matches!(
+            io.kind(),
+            std::io::ErrorKind::InvalidData | std::io::ErrorKind::UnexpectedEof
+        ),
+        _ => false,
+    }
+}
+
+/// What the damaged copy at `aside` still gives through redb, opened read-only so
+/// that the copy stays as it was found. The cache is read even when the sessions' walk
+/// fails, and the other way round.
+fn read_damaged(aside: &Path, found: &mut Salvage) -> Result<(), String> {
+    let db = ::redb::Database::builder()
         .set_cache_size(CACHE_BYTES)
-        .create(path)
-        .map_err(|e| storage(path, "cannot open", e))
+        .open_read_only(aside)
+        .map_err(|e| e.to_string())?;
+    let txn = db.begin_read().map_err(|e| e.to_string())?;
+    let cached = heal::catch(|| -> Result<(), ::redb::Error> {
+        for record in txn.open_table(CACHE)?.iter()? {
+            let (key, value) = record?;
+            found
+                .cached
+                .push((key.value().to_owned(), value.value().to_vec()));
+        }
+        Ok(())
+    });
+    if let Err(e) = cached.map(|r| r.map_err(|e| e.to_string())) {
+        tracing::warn!(damaged_copy = %aside.display(), error = %e, "cached values of the damaged journal partly lost; the next sync brings them back");
+    }
+    let sessions = &mut found.sessions;
+    heal::catch(|| -> Result<(), ::redb::Error> {
+        for record in txn.open_table(SESSIONS)?.iter()? {
+            let (key, value) = record?;
+            // A record that does not decode is skipped, as `sessions` does.
+            if let Ok(tracked) = decode_session(key.value().as_bytes(), value.value()) {
+                sessions.push(tracked);
+            }
+        }
+        Ok(())
+    })?
+    .map_err(|e| e.to_string())
+}
+
+fn damaged(path: &Path, reason: impl Display) -> JournalError {
+    JournalError::Damaged {
+        path: path.to_owned(),
+        reason: reason.to_string(),
+    }
 }
 
 impl Shared {
@@ -225,9 +379,11 @@ impl Shared {
             // Another thread reopened it while this one waited.
             return Ok(());
         }
-        // The old handle goes first: it holds redb's lock on the file.
+        // The old handle goes first: it holds redb's lock on the file. The file was
+        // whole when the journal opened: only redb's own repair is needed, not the full
+        // check, whose commit could fail again on the disk that is still full.
         drop(db.take());
-        *db = Some(open_file(&self.path)?);
+        *db = Some(open_file(&self.path, false)?);
         self.broken.store(false, Ordering::SeqCst);
         tracing::info!(path = %self.path.display(), "journal reopened after a failed write");
         Ok(())
