@@ -428,8 +428,9 @@ impl Agent {
         state.answer = Some(answer);
     }
 
-    /// The status the running agent reports.
-    pub fn status(&self) -> Status {
+    /// The status the running agent reports: every session, or with `only_owner` the
+    /// sessions of that account's processes.
+    pub fn status(&self, only_owner: Option<u32>) -> Status {
         let now = self.clock.now();
         let state = self.state();
         let sessions: Vec<&Tracked> = state.meter.open().chain(state.meter.closed()).collect();
@@ -445,6 +446,7 @@ impl Agent {
             answer: state.answer.as_ref(),
             policy: &state.policy,
             sessions: &sessions,
+            only_owner,
         })
     }
 }
@@ -503,6 +505,7 @@ pub fn offline_status(
         answer: answer.as_ref(),
         policy: &policy,
         sessions: &sessions,
+        only_owner: None,
     }))
 }
 
