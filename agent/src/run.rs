@@ -79,6 +79,9 @@ pub struct Agent {
     state: Mutex<State>,
     /// Wakes the syncer: a session opened or closed, or `enroll` was asked for.
     sync_now: Notify,
+    /// Held by an enrolment from reading the previous enrolment to storing the new one:
+    /// two at once would send the same proof, and the loser would enrol as a new device.
+    enrolling: tokio::sync::Mutex<()>,
     stopping: AtomicBool,
 }
 
@@ -151,6 +154,7 @@ impl Agent {
             }),
             config,
             sync_now: Notify::new(),
+            enrolling: tokio::sync::Mutex::new(()),
             stopping: AtomicBool::new(false),
         })
     }
@@ -324,6 +328,7 @@ impl Agent {
             .enrollment_secret
             .clone()
             .ok_or(RunError::NoSecret)?;
+        let _one_at_a_time = self.enrolling.lock().await;
         let previous = self.state().enrolment.clone();
         let enrolment = enroll_keeping(&self.client, secret.expose(), previous.as_ref()).await?;
         self.journal.set_enrolment(Some(&enrolment))?;

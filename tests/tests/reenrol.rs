@@ -37,6 +37,23 @@ async fn sessions_where(c: &Collector, user: &str, pred: impl Fn(&[Value]) -> bo
     .await
 }
 
+/// `daymeter-agent enroll`, as an admin runs it; its output line.
+fn enroll(config: &std::path::Path) -> String {
+    let out = std::process::Command::new(agent_bin())
+        .args(["enroll", "--config"])
+        .arg(config)
+        .env("DAYMETER_LOG", "error")
+        .output()
+        .expect("daymeter-agent enroll");
+    let stdout = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_product_running_through_a_revocation_and_enroll_ends_once_under_the_same_device() {
     let dir = tempfile::tempdir().expect("scratch folder");
@@ -69,21 +86,23 @@ async fn a_product_running_through_a_revocation_and_enroll_ends_once_under_the_s
         .expect("last_seen")
         .to_owned();
 
-    let out = std::process::Command::new(agent_bin())
-        .args(["enroll", "--config"])
-        .arg(&config)
-        .env("DAYMETER_LOG", "error")
-        .output()
-        .expect("daymeter-agent enroll");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(stdout.trim(), format!("enrolled as device {device}"));
+    assert_eq!(enroll(&config), format!("enrolled as device {device}"));
     let after = status_where(&config, "enrolled again", |s| s["revoked"] == false);
     assert_eq!(after["device_id"], json!(device), "the device keeps its id");
+
+    // Two `enroll`s at once: the agent takes them one after the other, each proving the
+    // device with the token the one before got, so neither makes a new device.
+    let (a, b) = std::thread::scope(|s| {
+        let a = s.spawn(|| enroll(&config));
+        let b = s.spawn(|| enroll(&config));
+        (a.join(), b.join())
+    });
+    for out in [a, b] {
+        assert_eq!(
+            out.expect("an enroll thread"),
+            format!("enrolled as device {device}")
+        );
+    }
 
     // The product keeps running a little, then stops: its real end arrives.
     tokio::time::sleep(Duration::from_millis(1500)).await;
