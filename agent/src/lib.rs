@@ -14,7 +14,8 @@
 //! - [`sync`] — enrolment and `/v1/sync` with the collector, back-off while it is away.
 //! - [`status`] — `daymeter-agent status`, answered by the running agent over a local
 //!   socket or read from the journal.
-//! - [`status_socket`] — the local socket the running agent answers on.
+//! - [`status_socket`] — the local socket the running agent answers on, each request
+//!   authorised by the caller's credentials (Unix code in its own module).
 //! - [`run`] — the service loop that ties them together.
 
 pub mod config;

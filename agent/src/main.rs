@@ -212,7 +212,13 @@ fn status(path: &Path, json: bool) -> anyhow::Result<()> {
     let config = Config::load(path)?;
     let status: Status = match reach(&config, "status")? {
         Reach::Agent(answer) => {
-            serde_json::from_str(&answer).context("the running agent's answer")?
+            let value: serde_json::Value =
+                serde_json::from_str(&answer).context("the running agent's answer")?;
+            // A refusal or an error is an object of its own, not a status.
+            if let Some(error) = value.get("error").and_then(|e| e.as_str()) {
+                bail!("the running agent answered: {error}");
+            }
+            serde_json::from_value(value).context("the running agent's answer")?
         }
         Reach::Journal(journal) => offline_status(&config, &journal, SystemClock.now())?,
     };

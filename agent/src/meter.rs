@@ -129,6 +129,7 @@ impl Meter {
                     let t = Tracked {
                         session: self.new_session(&r.product, at, now),
                         process: r.key,
+                        owner: r.owner,
                         stage: Stage::Open,
                     };
                     changes.push(Change::Opened(t.clone()));
@@ -233,6 +234,7 @@ mod tests {
         Running {
             key: ProcessKey { pid, started: 100 },
             product: product.into(),
+            owner: None,
         }
     }
 

@@ -79,6 +79,9 @@ pub struct Agent {
     state: Mutex<State>,
     /// Wakes the syncer: a session opened or closed, or `enroll` was asked for.
     sync_now: Notify,
+    /// Held by an enrolment from reading the previous enrolment to storing the new one:
+    /// two at once would send the same proof, and the loser would enrol as a new device.
+    enrolling: tokio::sync::Mutex<()>,
     stopping: AtomicBool,
 }
 
@@ -151,6 +154,7 @@ impl Agent {
             }),
             config,
             sync_now: Notify::new(),
+            enrolling: tokio::sync::Mutex::new(()),
             stopping: AtomicBool::new(false),
         })
     }
@@ -304,33 +308,29 @@ impl Agent {
         }
     }
 
+    /// Records a revocation (or its end). The revoked enrolment is kept, owner-only in
+    /// the journal like any enrolment: its token is the proof with which the next
+    /// `daymeter-agent enroll` keeps the device id. The revoked flag alone stops syncs.
     fn set_revoked(&self, revoked: bool) {
         self.state().revoked = revoked;
         let value: &[u8] = if revoked { b"1" } else { b"0" };
         if let Err(e) = self.journal.set_cached(REVOKED_KEY, value) {
             tracing::warn!(error = %e, "cannot record the revocation in the journal");
         }
-        if revoked {
-            self.state().enrolment = None;
-            if let Err(e) = self.journal.set_enrolment(None) {
-                tracing::warn!(error = %e, "cannot forget the revoked enrolment");
-            }
-        }
     }
 
     /// Enrols now with the configured secret (`daymeter-agent enroll`), replacing any
-    /// earlier (revoked) enrolment.
+    /// earlier (revoked) enrolment and keeping its device id where the collector takes
+    /// it as proof.
     pub async fn enroll(&self) -> Result<Enrolment, RunError> {
         let secret = self
             .config
             .enrollment_secret
             .clone()
             .ok_or(RunError::NoSecret)?;
-        let enrolment = self
-            .client
-            .enroll(secret.expose(), &hostname())
-            .await
-            .map_err(refused_secret)?;
+        let _one_at_a_time = self.enrolling.lock().await;
+        let previous = self.state().enrolment.clone();
+        let enrolment = enroll_keeping(&self.client, secret.expose(), previous.as_ref()).await?;
         self.journal.set_enrolment(Some(&enrolment))?;
         self.state().enrolment = Some(enrolment.clone());
         self.set_revoked(false);
@@ -433,8 +433,9 @@ impl Agent {
         state.answer = Some(answer);
     }
 
-    /// The status the running agent reports.
-    pub fn status(&self) -> Status {
+    /// The status the running agent reports: every session, or with `only_owner` the
+    /// sessions of that account's processes.
+    pub fn status(&self, only_owner: Option<u32>) -> Status {
         let now = self.clock.now();
         let state = self.state();
         let sessions: Vec<&Tracked> = state.meter.open().chain(state.meter.closed()).collect();
@@ -450,6 +451,7 @@ impl Agent {
             answer: state.answer.as_ref(),
             policy: &state.policy,
             sessions: &sessions,
+            only_owner,
         })
     }
 }
@@ -508,6 +510,7 @@ pub fn offline_status(
         answer: answer.as_ref(),
         policy: &policy,
         sessions: &sessions,
+        only_owner: None,
     }))
 }
 
@@ -515,10 +518,10 @@ pub fn offline_status(
 pub async fn enroll_offline(config: &Config, journal: &dyn Journal) -> Result<Enrolment, RunError> {
     let secret = config.enrollment_secret.clone().ok_or(RunError::NoSecret)?;
     let client = Client::new(&config.collector_url, config.ca_file.as_deref())?;
-    let enrolment = client
-        .enroll(secret.expose(), &hostname())
-        .await
-        .map_err(refused_secret)?;
+    let previous = journal
+        .enrolment()?
+        .filter(|e| e.collector_url == config.collector_url.trim_end_matches('/'));
+    let enrolment = enroll_keeping(&client, secret.expose(), previous.as_ref()).await?;
     journal.set_enrolment(Some(&enrolment))?;
     journal.set_cached(REVOKED_KEY, b"0")?;
     Ok(enrolment)
@@ -534,6 +537,30 @@ pub fn effective_catalog(collector: Option<&Catalog>) -> Catalog {
         catalog.extend(c.iter().map(|(id, p)| (id.clone(), p.clone())));
     }
     catalog
+}
+
+/// Enrols, sending `previous` (an enrolment with this collector) as proof so that the
+/// device keeps its id. A collector that refuses the proof (it lost the device, or the
+/// token was replaced since) is asked again without it: a new device id is better than
+/// none, though the copies of sessions still open then disagree with the earlier ones.
+async fn enroll_keeping(
+    client: &Client,
+    secret: &str,
+    previous: Option<&Enrolment>,
+) -> Result<Enrolment, RunError> {
+    match client.enroll(secret, &hostname(), previous).await {
+        Err(SyncError::ProofRefused(reason)) => {
+            tracing::warn!(
+                ?reason,
+                "the collector does not take this device's previous enrolment as proof; enrolling as a new device"
+            );
+            client
+                .enroll(secret, &hostname(), None)
+                .await
+                .map_err(refused_secret)
+        }
+        other => other.map_err(refused_secret),
+    }
 }
 
 fn refused_secret(e: SyncError) -> RunError {

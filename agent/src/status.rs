@@ -6,9 +6,10 @@
 //! the journal itself and says so.
 //!
 //! The socket speaks one line per connection: the client writes a command (`status` or
-//! `enroll`), the agent answers one JSON document and closes. It carries no secrets, so
-//! on Unix it is readable by every local account: a designer runs `status` as
-//! themselves against the agent the system runs.
+//! `enroll`), the agent answers one JSON document and closes. Every local account may
+//! connect, so that a designer runs `status` as themselves against the agent the system
+//! runs; each request is authorised by the caller's credentials
+//! ([`crate::status_socket`]): a designer sees the sessions of their own processes.
 
 use std::fmt::Write as _;
 
@@ -64,6 +65,10 @@ pub struct Status {
     /// Sessions the collector has not yet acknowledged in their final form.
     pub waiting_upload: usize,
     pub rejected: Vec<RejectedInfo>,
+    /// Set when the lists above hold only the sessions of this account's processes
+    /// (the caller was neither root nor the agent's own account).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sessions_of_uid: Option<u32>,
 }
 
 /// What a status is computed from.
@@ -80,6 +85,9 @@ pub struct Inputs<'a> {
     pub policy: &'a Policy,
     /// Every session the agent holds, open and closed.
     pub sessions: &'a [&'a Tracked],
+    /// Lists only the sessions of this account's processes (windows are still worked
+    /// out from every session: they are the licence user's, whoever ran the process).
+    pub only_owner: Option<u32>,
 }
 
 impl Status {
@@ -87,7 +95,11 @@ impl Status {
         let mut open = Vec::new();
         let mut rejected = Vec::new();
         let mut waiting = 0;
-        for t in i.sessions {
+        let shown = i
+            .sessions
+            .iter()
+            .filter(|t| i.only_owner.is_none_or(|uid| t.owner == Some(uid)));
+        for t in shown {
             match &t.stage {
                 Stage::Rejected { reason } => rejected.push(RejectedInfo {
                     id: t.session.id.to_string(),
@@ -122,6 +134,7 @@ impl Status {
             open,
             waiting_upload: waiting,
             rejected,
+            sessions_of_uid: i.only_owner,
         }
     }
 
@@ -167,6 +180,12 @@ impl Status {
         }
         if let Some(e) = &self.last_error {
             let _ = writeln!(out, "last error: {e}");
+        }
+        if let Some(uid) = self.sessions_of_uid {
+            let _ = writeln!(
+                out,
+                "sessions of uid {uid}'s processes only (root and the agent's account see all)"
+            );
         }
         for (plan, until) in [
             ("flex", self.grace_until.flex),
@@ -287,6 +306,7 @@ mod tests {
         let r = [Running {
             key: ProcessKey { pid: 1, started: 1 },
             product: "acad".into(),
+            owner: None,
         }];
         m.observe(&r, t0);
         let now = t0 + TimeDelta::hours(2);
@@ -305,6 +325,7 @@ mod tests {
             answer: None,
             policy: &policy,
             sessions: &sessions,
+            only_owner: None,
         });
         assert_eq!(s.open.len(), 1);
         assert_eq!(s.open[0].window_end, Some(t0 + TimeDelta::hours(24)));

@@ -27,6 +27,10 @@ pub enum SyncError {
     /// 401: a wrong enrolment secret, or this device's token was revoked.
     #[error("collector refused the credentials: {0}")]
     Unauthorized(String),
+    /// 401 naming `previous_device_token`: the collector does not take the previous
+    /// enrolment as proof (it no longer knows the device, or the token was replaced).
+    #[error("collector refused the previous enrolment as proof: {0}")]
+    ProofRefused(String),
     /// Any other 4xx: the request itself is wrong; retrying will not help.
     #[error("collector refused the request ({status}): {message}")]
     Refused { status: u16, message: String },
@@ -157,19 +161,31 @@ impl Client {
         })
     }
 
-    /// Enrols this device with the enrolment secret; the answer holds its token.
-    pub async fn enroll(&self, secret: &str, hostname: &str) -> Result<Enrolment, SyncError> {
+    /// Enrols this device with the enrolment secret; the answer holds its token. With
+    /// `previous` (this device's earlier enrolment with this collector, revoked or not)
+    /// its id and token go along as proof, so that the collector keeps the device id and
+    /// the copies of sessions still open keep agreeing on their device.
+    pub async fn enroll(
+        &self,
+        secret: &str,
+        hostname: &str,
+        previous: Option<&Enrolment>,
+    ) -> Result<Enrolment, SyncError> {
         #[derive(Deserialize)]
         struct Answer {
             device_id: String,
             device_token: String,
         }
-        let body = serde_json::json!({
+        let mut body = serde_json::json!({
             "enrollment_secret": secret,
             "hostname": hostname,
             "os": std::env::consts::OS,
             "agent_version": env!("CARGO_PKG_VERSION"),
         });
+        if let Some(previous) = previous {
+            body["previous_device_id"] = Value::from(previous.device_id.as_str());
+            body["previous_device_token"] = Value::from(previous.device_token.as_str());
+        }
         let response = self
             .http
             .post(format!("{}/v1/enroll", self.base))
@@ -224,15 +240,17 @@ async fn read<T: serde::de::DeserializeOwned>(response: reqwest::Response) -> Re
     if status.is_success() {
         return serde_json::from_slice(&bytes).map_err(|e| SyncError::BadAnswer(e.to_string()));
     }
-    let message = serde_json::from_slice::<Value>(&bytes)
-        .ok()
-        .and_then(|v| {
-            v.pointer("/error/message")
-                .and_then(Value::as_str)
-                .map(str::to_owned)
-        })
+    let error = serde_json::from_slice::<Value>(&bytes).ok();
+    let message = error
+        .as_ref()
+        .and_then(|v| v.pointer("/error/message").and_then(Value::as_str))
+        .map(str::to_owned)
         .unwrap_or_else(|| String::from_utf8_lossy(&bytes).chars().take(200).collect());
+    let field = error
+        .as_ref()
+        .and_then(|v| v.pointer("/error/field").and_then(Value::as_str));
     Err(match status.as_u16() {
+        401 if field == Some("previous_device_token") => SyncError::ProofRefused(message),
         401 => SyncError::Unauthorized(message),
         s if status.is_server_error() || s == 408 || s == 429 => {
             SyncError::Unreachable(format!("{status}: {message}"))

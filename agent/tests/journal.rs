@@ -138,6 +138,7 @@ fn tracked(id: &str, stage: Stage, last_seen: i64) -> Tracked {
             pid: 4242,
             started: 123_456,
         },
+        owner: Some(1000),
         stage,
     }
 }

@@ -161,6 +161,7 @@ fn session(id: &str, closed: bool, version: u64) -> Tracked {
             pid: 1000,
             started: version,
         },
+        owner: None,
         stage: if closed { Stage::Closed } else { Stage::Open },
     }
 }

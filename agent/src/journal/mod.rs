@@ -47,6 +47,10 @@ pub struct Tracked {
     pub session: OwnedSession,
     /// The process instance; lets a restarted agent adopt a product that still runs.
     pub process: ProcessKey,
+    /// The account that ran the process (see [`crate::watch::Running::owner`]); absent
+    /// in journals written before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<u32>,
     pub stage: Stage,
 }
 

@@ -35,6 +35,11 @@ pub struct Running {
     pub key: ProcessKey,
     /// Catalog product id (`acad`, `civil3d`, …).
     pub product: String,
+    /// The account running it (on Linux the owner of `/proc/PID`: the process's
+    /// effective uid), read once when the process is recognised; `None` where the
+    /// source does not tell (sysinfo, for now). The status socket shows a local user
+    /// the sessions of their own processes.
+    pub owner: Option<u32>,
 }
 
 /// What a classifier is shown of a new process.

@@ -140,6 +140,8 @@ struct Entry {
     /// Its command line was empty at the first look: examined again at the next poll.
     retry: bool,
     product: Option<String>,
+    /// Who runs it, read only once it is recognised as a product.
+    owner: Option<u32>,
 }
 
 /// The first [`COMM_LEN`] bytes of `comm`.
@@ -174,6 +176,7 @@ impl Entry {
             fresh: false,
             retry: false,
             product: None,
+            owner: None,
         }
     }
 }
@@ -370,6 +373,7 @@ impl Procfs {
             fresh: false,
             retry: false,
             product: None,
+            owner: None,
         };
         if entry.kernel || entry.dead {
             return Some(entry);
@@ -403,6 +407,14 @@ impl Procfs {
             exe: &String::from_utf8_lossy(name),
             args: &String::from_utf8_lossy(&args),
         });
+        if entry.product.is_some() {
+            // One stat of /proc/PID per product process: what the status socket needs
+            // to show a local user their own sessions.
+            entry.owner = proc_path(&mut path, pid, "")
+                .and_then(std::fs::metadata)
+                .ok()
+                .map(|m| std::os::unix::fs::MetadataExt::uid(&m));
+        }
         if self.buf.len() > BUF_KEEP {
             self.buf = vec![0; BUF_START];
         }
@@ -468,6 +480,7 @@ impl Procfs {
                                 started: entry.started,
                             },
                             product: product.clone(),
+                            owner: entry.owner,
                         });
                     }
                     next.push(entry);

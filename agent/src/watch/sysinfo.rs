@@ -111,6 +111,8 @@ impl ProcessSource for Sysinfo {
                 running.push(Running {
                     key,
                     product: product.clone(),
+                    // Owners come with the Windows service issue (named pipe callers).
+                    owner: None,
                 });
             }
         }

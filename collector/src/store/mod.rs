@@ -212,6 +212,17 @@ pub trait Store: Send + Sync + 'static {
     fn add_device(&self, device: Device) -> impl Future<Output = Result<(), StoreError>> + Send;
     /// Revokes a device; `false` if there is no such device.
     fn revoke_device(&self, id: String) -> impl Future<Output = Result<bool, StoreError>> + Send;
+    /// Links a new token to an enrolled device, revoked or not (`device.id` names it;
+    /// its token hash, hostname, OS and agent version are the new ones; `enrolled_at` is
+    /// kept) and lifts any revocation — only while the device's token hash is still
+    /// `proof`, checked in the same transaction, so that one old token links one new
+    /// token at most. `false` if no device has that id and hash. The caller has
+    /// already compared the proof in constant time; this check only settles races.
+    fn reenrol_device(
+        &self,
+        device: Device,
+        proof: [u8; 32],
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
     /// Stores sessions and recomputes the usage days of the keys they touch, durably,
     /// under the store's settings at that moment: an ingest ordered after a
     /// [`Store::put_settings`] is priced by the new settings, one ordered before it is

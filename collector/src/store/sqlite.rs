@@ -351,6 +351,11 @@ enum Job {
     ),
     AddDevice(Box<Device>, oneshot::Sender<Result<(), StoreError>>),
     Revoke(String, oneshot::Sender<Result<bool, StoreError>>),
+    /// The device with its new token, and the token hash it must still have.
+    Reenrol(
+        Box<(Device, [u8; 32])>,
+        oneshot::Sender<Result<bool, StoreError>>,
+    ),
     PutSettings(Box<Settings>, oneshot::Sender<Result<(), StoreError>>),
     AddPurchase(Box<Purchase>, oneshot::Sender<Result<(), StoreError>>),
 }
@@ -921,7 +926,7 @@ fn refuse(job: Job, e: &str) -> Reply {
         Job::AddDevice(_, tx) | Job::PutSettings(_, tx) | Job::AddPurchase(_, tx) => {
             Reply::Unit(tx, err(e))
         }
-        Job::Revoke(_, tx) => Reply::Bool(tx, err(e)),
+        Job::Revoke(_, tx) | Job::Reenrol(_, tx) => Reply::Bool(tx, err(e)),
     }
 }
 
@@ -946,7 +951,7 @@ impl Outcome {
 fn answer((job, outcome): (Job, Outcome)) -> Reply {
     match (job, outcome) {
         (Job::Ingest(ingest, tx), Outcome::Ingest(r)) => Reply::Ingest(tx, r, ingest),
-        (Job::Revoke(_, tx), Outcome::Bool(r)) => Reply::Bool(tx, r),
+        (Job::Revoke(_, tx) | Job::Reenrol(_, tx), Outcome::Bool(r)) => Reply::Bool(tx, r),
         (
             Job::AddDevice(_, tx) | Job::PutSettings(_, tx) | Job::AddPurchase(_, tx),
             Outcome::Unit(r),
@@ -1125,6 +1130,7 @@ fn apply(t: &Connection, job: &Job, memory: &mut Memory, hot: &mut Hot<'_>) -> O
                 .map(|n| n > 0)
                 .map_err(db),
         ),
+        Job::Reenrol(job, _) => Outcome::Bool(reenrol_device(t, &job.0, &job.1)),
         Job::AddPurchase(purchase, _) => {
             Outcome::Unit(add_purchase(t, purchase, &mut memory.ledgers))
         }
@@ -1147,6 +1153,19 @@ fn add_device(t: &Connection, d: &Device) -> Result<(), StoreError> {
     )
     .map_err(db)?;
     Ok(())
+}
+
+/// Gives device `d.id` the token hash, hostname, OS and agent version of `d` and lifts
+/// its revocation, provided its token hash is still `proof`: of two re-enrolments with
+/// the same old token only the first links. `false` when no row had both.
+fn reenrol_device(t: &Connection, d: &Device, proof: &[u8; 32]) -> Result<bool, StoreError> {
+    let changed = t
+        .execute(
+            "UPDATE devices SET token_hash = ?1, hostname = ?2, os = ?3, agent_version = ?4, revoked = 0 WHERE id = ?5 AND token_hash = ?6",
+            params![&d.token_hash[..], d.hostname, d.os, d.agent_version, d.id, &proof[..]],
+        )
+        .map_err(db)?;
+    Ok(changed > 0)
 }
 
 fn ingest_into(
@@ -2222,6 +2241,11 @@ impl Store for SqliteStore {
 
     async fn revoke_device(&self, id: String) -> Result<bool, StoreError> {
         self.write(|tx| Job::Revoke(id, tx)).await
+    }
+
+    async fn reenrol_device(&self, device: Device, proof: [u8; 32]) -> Result<bool, StoreError> {
+        self.write(|tx| Job::Reenrol(Box::new((device, proof)), tx))
+            .await
     }
 
     async fn ingest(&self, ingest: Ingest) -> Result<IngestOutcome, StoreError> {
