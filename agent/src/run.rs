@@ -117,7 +117,10 @@ impl Agent {
         let enrolment = journal
             .enrolment()?
             .filter(|e| e.collector_url == config.collector_url);
-        let catalog = effective_catalog(answer.as_ref().and_then(|a| a.catalog.as_ref()));
+        let catalog = effective_catalog(
+            config.catalog.as_ref(),
+            answer.as_ref().and_then(|a| a.catalog.as_ref()),
+        );
         let policy = answer
             .as_ref()
             .and_then(|a| a.policy.clone())
@@ -406,7 +409,10 @@ impl Agent {
         if let Some(catalog) = &answer.catalog {
             let current: Option<&Catalog> = state.answer.as_ref().and_then(|a| a.catalog.as_ref());
             if current != Some(catalog) {
-                state.recogniser = Recogniser::new(&effective_catalog(Some(catalog)));
+                state.recogniser = Recogniser::new(&effective_catalog(
+                    self.config.catalog.as_ref(),
+                    Some(catalog),
+                ));
                 state.catalog_version += 1;
                 tracing::info!(products = catalog.len(), "catalog from the collector");
             }
@@ -524,12 +530,12 @@ pub async fn enroll_offline(config: &Config, journal: &dyn Journal) -> Result<En
     Ok(enrolment)
 }
 
-/// What the agent recognises: the built-in catalog overlaid with the collector's,
-/// whose entries win by product id. A product the collector does not list yet is still
+/// What the agent recognises: the configured catalog (else the built-in one) overlaid
+/// with the collector's, whose entries win by product id. A product the collector does not list yet is still
 /// metered: the collector stores its sessions and accounts them once it is imported, so
 /// an admin who has not imported a catalog yet loses nothing.
-pub fn effective_catalog(collector: Option<&Catalog>) -> Catalog {
-    let mut catalog = builtin();
+pub fn effective_catalog(configured: Option<&Catalog>, collector: Option<&Catalog>) -> Catalog {
+    let mut catalog = configured.cloned().unwrap_or_else(builtin);
     if let Some(c) = collector {
         catalog.extend(c.iter().map(|(id, p)| (id.clone(), p.clone())));
     }
