@@ -127,6 +127,7 @@ fn tracked(id: &str, stage: Stage, last_seen: i64) -> Tracked {
             started: 123_456,
         },
         stage,
+        clock_offset_ms: 0,
     }
 }
 

@@ -146,6 +146,7 @@ fn session(id: &str, closed: bool, version: u64) -> Tracked {
             started: version,
         },
         stage: if closed { Stage::Closed } else { Stage::Open },
+        clock_offset_ms: 0,
     }
 }
 

@@ -286,10 +286,17 @@ impl Agent {
     }
 
     pub fn start(config: &Path) -> Agent {
+        Self::start_skewed(config, "")
+    }
+
+    /// As [`Agent::start`], the agent's device clock moved by `skew` (`2days`, `-90s`;
+    /// empty for none) through the binary's test-only `DAYMETER_TEST_CLOCK_SKEW`.
+    pub fn start_skewed(config: &Path, skew: &str) -> Agent {
         let child = Command::new(agent_bin())
             .arg("run")
             .arg("--config")
             .arg(config)
+            .env("DAYMETER_TEST_CLOCK_SKEW", skew)
             .env("DAYMETER_ENROLLMENT_SECRET", ENROLLMENT_SECRET)
             .env("DAYMETER_LOG", "warn,daymeter_agent=debug")
             .stdout(Stdio::null())

@@ -44,6 +44,15 @@ pub struct Tracked {
     /// The process instance; lets a restarted agent adopt a product that still runs.
     pub process: ProcessKey,
     pub stage: Stage,
+    /// The offset (collector − device clock, milliseconds) the session's instants were
+    /// written with; lets a session refused as `clock_ahead` be moved once, by exactly
+    /// what it lacks (see [`crate::offset`]). Absent in journals written before it: 0.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub clock_offset_ms: i64,
+}
+
+fn is_zero(n: &i64) -> bool {
+    *n == 0
 }
 
 /// How soon a write must be on disk.
