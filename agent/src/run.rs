@@ -10,7 +10,9 @@
 //!   its final `end` came back accepted;
 //! - the **status server** answers `daymeter-agent status` and `enroll`.
 //!
-//! Time comes from an injected [`Clock`] and processes from an injected
+//! Time comes from an injected [`Clock`] (the device's, which sessions are metered
+//! with once corrected by the offset each sync measures to the collector's clock; see
+//! [`crate::offset`]) and processes from an injected
 //! [`ProcessSource`], so tests drive the real loop with real processes, a real journal
 //! and a real collector, at the speed they choose.
 
