@@ -18,6 +18,8 @@ use std::time::{Duration, Instant};
 
 const OTHER_PROCESSES: usize = 400;
 const SYSINFO_LOOP_ENV: &str = "DAYMETER_BENCH_SYSINFO_LOOP";
+/// The bench's product: a name no other program on the machine has.
+const PRODUCT_EXE: &str = "daymeter-footprint-cad.exe";
 
 fn main() {
     if let Ok(seconds) = std::env::var(SYSINFO_LOOP_ENV) {
@@ -65,7 +67,9 @@ fn main() {
     std::fs::write(
         &config,
         format!(
-            "collector_url = \"http://127.0.0.1:9\"\nuser = \"bench\"\ndata_dir = \"{}\"\npoll_interval = \"1s\"\n",
+            // Its own product name instead of the built-in catalog, so that an `acad.exe`
+            // running on the machine is not metered into the figures.
+            "collector_url = \"http://127.0.0.1:9\"\nuser = \"bench\"\ndata_dir = \"{}\"\npoll_interval = \"1s\"\n[catalog.footprint]\nmatch = [{{ exe = \"{PRODUCT_EXE}\" }}]\n",
             dir.path().join("data").display()
         ),
     )
@@ -94,8 +98,8 @@ fn main() {
     // Let it start, open its journal and settle.
     std::thread::sleep(Duration::from_secs(5));
 
-    let product = dir.path().join("acad.exe");
-    std::fs::copy("/bin/sleep", &product).expect("copy sleep as acad.exe");
+    let product = dir.path().join(PRODUCT_EXE);
+    std::fs::copy("/bin/sleep", &product).expect("copy sleep as the product");
 
     let cpu_start = cpu_seconds(agent_pid);
     let started = Instant::now();

@@ -6,6 +6,10 @@
 //! collector_url = "https://licensing.example.com:8650"
 //! enrollment_secret = "…"          # or DAYMETER_ENROLLMENT_SECRET
 //! # optional: data_dir, user, poll_interval = "1s", ca_file = "/etc/daymeter/ca.pem"
+//! # optional: the products recognised before the collector's catalog arrives, instead
+//! # of the built-in list (`catalog = {}`: only what the collector lists)
+//! [catalog.acad]
+//! match = [{ exe = "acad.exe" }]
 //! ```
 //!
 //! Unknown keys are refused rather than ignored: a misspelt `poll_intervall` silently
@@ -16,6 +20,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
+
+use daymeter_shared::catalog::{Catalog, MatchRule, Product};
 
 /// Environment variable that carries the enrolment secret (wins over the file).
 pub const SECRET_ENV: &str = "DAYMETER_ENROLLMENT_SECRET";
@@ -57,6 +63,30 @@ struct File {
     poll_interval: Option<String>,
     #[serde(default)]
     ca_file: Option<PathBuf>,
+    #[serde(default)]
+    catalog: Option<std::collections::BTreeMap<String, CatalogEntry>>,
+}
+
+/// A product of the `catalog` table. Its own type so that a misspelt key (`mach`) is
+/// refused by name like every other key, not silently ignored.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CatalogEntry {
+    #[serde(default)]
+    name: Option<String>,
+    /// Informational on the agent: the collector prices days.
+    #[serde(default)]
+    tokens_per_day: u64,
+    #[serde(rename = "match")]
+    matches: Vec<MatchEntry>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MatchEntry {
+    exe: String,
+    #[serde(default)]
+    args_contain: Option<String>,
 }
 
 /// The agent's settings, defaults filled in.
@@ -72,6 +102,12 @@ pub struct Config {
     pub poll_interval: Duration,
     /// A CA trusted in addition to the system roots (a company CA for the collector).
     pub ca_file: Option<PathBuf>,
+    /// The products recognised before (and beside) the collector's catalog, instead of
+    /// the built-in list; `None` keeps the built-in list. A site whose executables the
+    /// built-in list does not know names them here; `catalog = {}` meters only what the
+    /// collector's catalog lists (nothing before the first sync), which is also how the
+    /// end-to-end tests keep the machine's own products out of their agents.
+    pub catalog: Option<Catalog>,
 }
 
 /// Why a configuration cannot be used; names the file and the key.
@@ -162,6 +198,38 @@ impl Config {
                 path: path.to_owned(),
             })?,
         };
+        let catalog = match file.catalog {
+            None => None,
+            Some(entries) => {
+                let mut catalog = Catalog::new();
+                for (id, entry) in entries {
+                    if entry.matches.is_empty() {
+                        return Err(value_error(
+                            "catalog",
+                            format!(
+                                "product `{id}` has no match rule: it would never be recognised"
+                            ),
+                        ));
+                    }
+                    let matches = entry
+                        .matches
+                        .into_iter()
+                        .map(|m| MatchRule {
+                            exe: m.exe,
+                            args_contain: m.args_contain,
+                        })
+                        .collect();
+                    let product = Product {
+                        name: entry.name,
+                        tokens_per_day: entry.tokens_per_day,
+                        matches,
+                        rate_confirmed: None,
+                    };
+                    catalog.insert(id, product);
+                }
+                Some(catalog)
+            }
+        };
         Ok(Config {
             collector_url,
             enrollment_secret: env_secret.map(Secret::new).or(file.enrollment_secret),
@@ -169,6 +237,7 @@ impl Config {
             user,
             poll_interval,
             ca_file: file.ca_file,
+            catalog,
         })
     }
 
@@ -263,6 +332,35 @@ mod tests {
     fn a_bad_duration_names_the_key() {
         let e = parse("collector_url = \"http://h\"\npoll_interval = \"soon\"\nuser = \"u\"\ndata_dir = \"/tmp/d\"").unwrap_err();
         assert!(e.to_string().contains("poll_interval"), "{e}");
+    }
+
+    #[test]
+    fn a_catalog_table_replaces_the_built_in_list_and_an_empty_one_recognises_nothing() {
+        let base = "collector_url = \"http://h\"\nuser = \"u\"\ndata_dir = \"/tmp/d\"\n";
+        assert!(
+            parse(base).unwrap().catalog.is_none(),
+            "built-in by default"
+        );
+        let empty = parse(&format!("{base}catalog = {{}}\n")).unwrap();
+        assert_eq!(empty.catalog, Some(Catalog::new()));
+        let own = parse(&format!(
+            "{base}[catalog.mycad]\nname = \"My CAD\"\nmatch = [{{ exe = \"mycad.exe\", args_contain = \"/pro\" }}]\n"
+        ))
+        .unwrap();
+        let catalog = own.catalog.unwrap();
+        assert_eq!(catalog["mycad"].matches[0].exe, "mycad.exe");
+        assert_eq!(
+            catalog["mycad"].matches[0].args_contain.as_deref(),
+            Some("/pro")
+        );
+    }
+
+    #[test]
+    fn a_misspelt_catalog_key_is_refused_naming_it() {
+        let e = parse("collector_url = \"http://h\"\nuser = \"u\"\ndata_dir = \"/tmp/d\"\n[catalog.x]\nmatch = [{ exe = \"x\", args_contains = \"y\" }]\n").unwrap_err();
+        assert!(e.to_string().contains("args_contains"), "{e}");
+        let e = parse("collector_url = \"http://h\"\nuser = \"u\"\ndata_dir = \"/tmp/d\"\n[catalog.x]\nmatch = []\n").unwrap_err();
+        assert!(e.to_string().contains("no match rule"), "{e}");
     }
 
     #[test]

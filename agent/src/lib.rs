@@ -11,6 +11,8 @@
 //!   durable across crashes, behind [`journal::Journal`] (redb; sled behind the same
 //!   trait passed the same crash torture, see the README for the choice).
 //! - [`meter`] — turns what runs into opened, advanced and closed sessions.
+//! - [`offset`] — the device clock's offset to the collector's, and which sessions it
+//!   may move.
 //! - [`sync`] — enrolment and `/v1/sync` with the collector, back-off while it is away.
 //! - [`status`] — `daymeter-agent status`, answered by the running agent over a local
 //!   socket or read from the journal.
@@ -21,6 +23,7 @@
 pub mod config;
 pub mod journal;
 pub mod meter;
+pub mod offset;
 pub mod run;
 pub mod status;
 pub mod status_socket;

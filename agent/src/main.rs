@@ -15,7 +15,7 @@ use daymeter_agent::meter::LocalZone;
 use daymeter_agent::run::{Agent, enroll_offline, offline_status};
 use daymeter_agent::status::Status;
 use daymeter_agent::{status_socket, watch};
-use daymeter_shared::clock::{Clock, SystemClock};
+use daymeter_shared::clock::{Clock, ShiftedClock, SystemClock};
 
 /// daymeter's workstation agent: meters licensed products by the day, offline-safe.
 #[derive(Parser)]
@@ -126,11 +126,39 @@ fn run(path: &Path) -> anyhow::Result<()> {
             "no IANA time zone found for this machine; sessions carry their UTC offset only"
         );
     }
-    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let clock = device_clock()?;
     let agent = Arc::new(Agent::start(config, journal, clock, source.as_ref(), zone)?);
     tracing::info!(user = %agent.config.user, collector = %agent.config.collector_url, "agent started");
     runtime()?.block_on(agent.run(source, shutdown_signal()))?;
     Ok(())
+}
+
+/// For tests only: moves this agent's device clock by a signed duration (`2days`,
+/// `-90s`), so that the end-to-end tests can run the real binary on a wrong clock and
+/// check that it still meters right. Never set in production; announced at warn.
+const CLOCK_SKEW_ENV: &str = "DAYMETER_TEST_CLOCK_SKEW";
+
+/// The system clock, moved by [`CLOCK_SKEW_ENV`] when that is set.
+fn device_clock() -> anyhow::Result<Arc<dyn Clock>> {
+    let Some(text) = std::env::var(CLOCK_SKEW_ENV).ok().filter(|t| !t.is_empty()) else {
+        return Ok(Arc::new(SystemClock));
+    };
+    let (sign, magnitude) = match text.strip_prefix('-') {
+        Some(rest) => (-1, rest),
+        None => (1, text.trim_start_matches('+')),
+    };
+    let skew = humantime::parse_duration(magnitude)
+        .ok()
+        .and_then(|d| chrono::TimeDelta::from_std(d).ok())
+        .with_context(|| {
+            format!("{CLOCK_SKEW_ENV}={text:?} is not a duration like 2days or -90s")
+        })?
+        * sign;
+    tracing::warn!(
+        skew_seconds = skew.num_seconds(),
+        "{CLOCK_SKEW_ENV} is set: this agent's clock is moved on purpose, for testing"
+    );
+    Ok(Arc::new(ShiftedClock::new(Arc::new(SystemClock), skew)))
 }
 
 /// SIGTERM (the service manager) or Ctrl-C.

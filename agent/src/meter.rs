@@ -12,7 +12,7 @@
 
 use std::collections::BTreeMap;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, TimeDelta, Utc};
 use chrono_tz::Tz;
 
 use daymeter_shared::session::{OwnedSession, Session};
@@ -58,6 +58,8 @@ pub struct Meter {
     open: BTreeMap<ProcessKey, Tracked>,
     closed: BTreeMap<String, Tracked>,
     zone: Option<LocalZone>,
+    /// The clock offset new sessions are written with (see [`crate::offset`]).
+    offset: TimeDelta,
 }
 
 impl Meter {
@@ -66,7 +68,14 @@ impl Meter {
             open: BTreeMap::new(),
             closed: BTreeMap::new(),
             zone,
+            offset: TimeDelta::zero(),
         }
+    }
+
+    /// The offset the `now`s given from here on are corrected by; recorded in every
+    /// session opened from then on.
+    pub fn set_offset(&mut self, offset: TimeDelta) {
+        self.offset = offset;
     }
 
     /// Takes the journal's sessions after a start. Open ones whose process instance
@@ -131,6 +140,7 @@ impl Meter {
                         process: r.key,
                         owner: r.owner,
                         stage: Stage::Open,
+                        clock_offset_ms: self.offset.num_milliseconds(),
                     };
                     changes.push(Change::Opened(t.clone()));
                     self.open.insert(r.key, t);
@@ -163,10 +173,7 @@ impl Meter {
 
     /// `now` written with the local offset, so that audits read local times.
     fn instant(&self, now: DateTime<Utc>) -> Instant {
-        match &self.zone {
-            Some(z) => now.with_timezone(&z.tz).fixed_offset(),
-            None => now.fixed_offset(),
-        }
+        local_instant(self.zone.as_ref(), now)
     }
 
     /// Open sessions, by process.
@@ -206,6 +213,58 @@ impl Meter {
         }
     }
 
+    /// The collector refused `id` as `clock_ahead` on `field`, and the meter's offset
+    /// is now what it should have been written with. Applies the rule of
+    /// [`crate::offset`]: refused on `start`, every instant moves by what its offset
+    /// lacks; refused on a later instant, the start stays and instants past `now`
+    /// (corrected) come back to it. Returns the session to journal and send again, or
+    /// `None` when nothing could be corrected (the offset is not known yet: it is sent
+    /// again as it is, and refused until it is).
+    pub fn clock_ahead(&mut self, id: &str, field: &str, now: DateTime<Utc>) -> Option<Tracked> {
+        let offset = self.offset;
+        let at = self.instant(now);
+        let zone = self.zone.clone();
+        let t = self
+            .open
+            .values_mut()
+            .find(|t| t.session.id == id)
+            .or_else(|| self.closed.get_mut(id))?;
+        let s = &mut t.session;
+        if field == "start" {
+            let by = offset - TimeDelta::milliseconds(t.clock_offset_ms);
+            if by.is_zero() {
+                return None;
+            }
+            let local = |i: Instant| local_instant(zone.as_ref(), i.to_utc() + by);
+            s.start = local(s.start);
+            s.end = s.end.map(local);
+            s.last_seen = s.last_seen.map(local);
+            for [from, to] in s.idle.iter_mut().chain(s.suspended.iter_mut()) {
+                *from = local(*from);
+                *to = local(*to);
+            }
+            t.clock_offset_ms = offset.num_milliseconds();
+        } else {
+            let bound = if at > s.start { at } else { s.start };
+            let clamp = |i: &mut Instant| {
+                if *i > bound {
+                    *i = bound;
+                }
+            };
+            let before = s.clone();
+            s.end.iter_mut().for_each(clamp);
+            s.last_seen.iter_mut().for_each(clamp);
+            for [from, to] in s.idle.iter_mut().chain(s.suspended.iter_mut()) {
+                clamp(from);
+                clamp(to);
+            }
+            if *s == before {
+                return None;
+            }
+        }
+        Some(t.clone())
+    }
+
     /// The collector refused `id`: it is kept with the reason and never resent. Returns
     /// the session as it must now be journaled.
     pub fn rejected(&mut self, id: &str, reason: &str) -> Option<Tracked> {
@@ -218,6 +277,13 @@ impl Meter {
             reason: reason.to_owned(),
         };
         Some(t.clone())
+    }
+}
+
+fn local_instant(zone: Option<&LocalZone>, at: DateTime<Utc>) -> Instant {
+    match zone {
+        Some(z) => at.with_timezone(&z.tz).fixed_offset(),
+        None => at.fixed_offset(),
     }
 }
 
@@ -314,6 +380,39 @@ mod tests {
         );
         assert!(m.accepted(&id, true));
         assert!(m.to_send().is_empty());
+    }
+
+    #[test]
+    fn a_session_refused_on_its_start_moves_once_by_the_offset_it_lacked() {
+        let mut m = Meter::new(LocalZone::named("America/New_York"));
+        // Written two days ahead, before any offset was known.
+        m.observe(&[running(7, "acad")], at(14, 0) + TimeDelta::days(2));
+        m.observe(&[], at(15, 0) + TimeDelta::days(2));
+        let id = m.closed().next().unwrap().session.id.to_string();
+        m.set_offset(TimeDelta::days(-2));
+        let t = m.clock_ahead(&id, "start", at(15, 1)).unwrap();
+        assert_eq!(t.session.start.to_rfc3339(), "2026-03-02T09:00:00-05:00");
+        assert_eq!(t.session.end, Some(at(15, 0).fixed_offset()));
+        assert_eq!(t.clock_offset_ms, TimeDelta::days(-2).num_milliseconds());
+        assert_eq!(t.stage, Stage::Closed, "still to be sent");
+        assert!(
+            m.clock_ahead(&id, "start", at(15, 2)).is_none(),
+            "moved once, never twice"
+        );
+    }
+
+    #[test]
+    fn a_session_refused_on_a_later_instant_keeps_its_start() {
+        let mut m = Meter::new(None);
+        m.observe(&[running(7, "acad")], at(14, 0));
+        // The device clock jumps two days ahead before the product ends.
+        m.observe(&[], at(15, 0) + TimeDelta::days(2));
+        let id = m.closed().next().unwrap().session.id.to_string();
+        m.set_offset(TimeDelta::days(-2));
+        let t = m.clock_ahead(&id, "end", at(15, 1)).unwrap();
+        assert_eq!(t.session.start, at(14, 0).fixed_offset());
+        assert_eq!(t.session.end, Some(at(15, 1).fixed_offset()));
+        assert_eq!(t.session.last_seen, Some(at(15, 1).fixed_offset()));
     }
 
     #[test]

@@ -10,7 +10,9 @@
 //!   its final `end` came back accepted;
 //! - the **status server** answers `daymeter-agent status` and `enroll`.
 //!
-//! Time comes from an injected [`Clock`] and processes from an injected
+//! Time comes from an injected [`Clock`] (the device's, which sessions are metered
+//! with once corrected by the offset each sync measures to the collector's clock; see
+//! [`crate::offset`]) and processes from an injected
 //! [`ProcessSource`], so tests drive the real loop with real processes, a real journal
 //! and a real collector, at the speed they choose.
 
@@ -19,11 +21,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, TimeDelta, Utc};
 use tokio::sync::Notify;
 
 use daymeter_shared::catalog::{Catalog, builtin};
-use daymeter_shared::clock::Clock;
+use daymeter_shared::clock::{Clock, ShiftedClock};
 use daymeter_shared::policy::Policy;
 use daymeter_shared::recognition::Recogniser;
 
@@ -46,6 +48,8 @@ const BATCH: usize = 200;
 const ANSWER_KEY: &str = "sync_answer";
 const LAST_SYNC_KEY: &str = "last_sync";
 const REVOKED_KEY: &str = "revoked";
+/// The measured clock offset (collector − device), in milliseconds.
+const OFFSET_KEY: &str = "clock_offset_ms";
 
 /// Why the agent could not start or stopped.
 #[derive(Debug, thiserror::Error)]
@@ -74,7 +78,11 @@ pub enum RunError {
 pub struct Agent {
     pub config: Config,
     journal: Arc<dyn Journal>,
-    clock: Arc<dyn Clock>,
+    /// The device clock: what `agent_time` says and offsets are measured against.
+    device_clock: Arc<dyn Clock>,
+    /// The device clock corrected by the measured offset: what sessions are metered
+    /// with (see [`crate::offset`]).
+    clock: Arc<ShiftedClock>,
     client: Client,
     state: Mutex<State>,
     /// Wakes the syncer: a session opened or closed, or `enroll` was asked for.
@@ -120,12 +128,23 @@ impl Agent {
         let enrolment = journal
             .enrolment()?
             .filter(|e| e.collector_url == config.collector_url);
-        let catalog = effective_catalog(answer.as_ref().and_then(|a| a.catalog.as_ref()));
+        let catalog = effective_catalog(
+            config.catalog.as_ref(),
+            answer.as_ref().and_then(|a| a.catalog.as_ref()),
+        );
         let policy = answer
             .as_ref()
             .and_then(|a| a.policy.clone())
             .unwrap_or_default();
+        let offset = read_offset(journal.as_ref())?;
+        if !offset.is_zero() {
+            tracing::warn!(
+                offset_seconds = offset.num_seconds(),
+                "the device clock is off the collector's; metering with the offset measured earlier"
+            );
+        }
         let mut meter = Meter::new(zone);
+        meter.set_offset(offset);
         let closed = meter.restore(journal.sessions()?, |k| source.alive(k));
         for t in &closed {
             journal.put(t, Durability::Flush)?;
@@ -139,7 +158,8 @@ impl Agent {
         Ok(Agent {
             client,
             journal,
-            clock,
+            clock: Arc::new(ShiftedClock::new(clock.clone(), offset)),
+            device_clock: clock,
             state: Mutex::new(State {
                 meter,
                 recogniser: Recogniser::new(&catalog),
@@ -202,8 +222,9 @@ impl Agent {
     /// One poll: list product processes, record opens and closes (flushed), advance
     /// `last_seen` in memory. Returns whether anything opened or closed.
     pub fn poll_once(&self, source: &mut dyn ProcessSource, seen_version: &mut u64) -> bool {
-        let now = self.clock.now();
         let mut state = self.state();
+        // Read under the lock, so that an offset learnt by the syncer meanwhile is in it.
+        let now = self.clock.now();
         if state.catalog_version != *seen_version {
             source.forget();
             *seen_version = state.catalog_version;
@@ -364,19 +385,54 @@ impl Agent {
             chunks.push(&[]);
         }
         for chunk in chunks {
+            let sent = self.device_clock.now();
             let request = SyncRequest {
                 user: &self.config.user,
-                agent_time: self.clock.now().to_rfc3339(),
+                agent_time: sent.to_rfc3339(),
                 sessions: chunk.iter().map(|t| &t.session).collect(),
             };
             let answer = self.client.sync(&enrolment.device_token, &request).await?;
+            let received = self.device_clock.now();
+            if let Some(server_time) = answer.server_time {
+                self.learn_offset(sent, received, server_time);
+            }
             self.apply(chunk, answer);
         }
         Ok(())
     }
 
+    /// Measures the offset in one exchange and, when it changed beyond the noise,
+    /// meters with it from now on and keeps it in the journal.
+    fn learn_offset(&self, sent: DateTime<Utc>, received: DateTime<Utc>, server: DateTime<Utc>) {
+        let Some(measured) = crate::offset::measure(sent, received, server) else {
+            tracing::debug!("sync round trip too long to measure the clock offset");
+            return;
+        };
+        let mut state = self.state();
+        let current = self.clock.shift();
+        let next = crate::offset::next(current, measured);
+        if next == current {
+            return;
+        }
+        self.clock.set_shift(next);
+        state.meter.set_offset(next);
+        drop(state);
+        tracing::warn!(
+            offset_seconds = next.num_seconds(),
+            previous_seconds = current.num_seconds(),
+            "the device clock is off the collector's; metering with the collector's time"
+        );
+        if let Err(e) = self
+            .journal
+            .set_cached(OFFSET_KEY, next.num_milliseconds().to_string().as_bytes())
+        {
+            tracing::warn!(error = %e, "cannot record the clock offset");
+        }
+    }
+
     /// Takes a sync answer: drops acknowledged final copies, keeps rejections with
-    /// their reason, caches catalog, policy, grace and windows.
+    /// their reason (a `clock_ahead` one is corrected and sent again), caches catalog,
+    /// policy, grace and windows.
     fn apply(&self, sent: &[Tracked], answer: SyncAnswer) {
         let now = self.clock.now();
         let mut state = self.state();
@@ -390,12 +446,25 @@ impl Agent {
                 tracing::warn!(error = %e, %id, "cannot drop an acknowledged session from the journal; it will be sent again (harmless)");
             }
         }
+        let mut resend = false;
         for r in &answer.rejected {
             let reason = r.reason();
             let Some(id) = r.id.as_deref() else {
                 tracing::warn!(%reason, "the collector rejected a session without naming it");
                 continue;
             };
+            if r.error.get("code").and_then(serde_json::Value::as_str) == Some("clock_ahead") {
+                let field = r.error.get("field").and_then(serde_json::Value::as_str);
+                let corrected = state.meter.clock_ahead(id, field.unwrap_or("start"), now);
+                tracing::warn!(%id, %reason, corrected = corrected.is_some(), "the collector found the session dated ahead of its clock; it is sent again");
+                if let Some(t) = corrected {
+                    resend = true;
+                    if let Err(e) = self.journal.put(&t, Durability::Flush) {
+                        tracing::warn!(error = %e, %id, "cannot record the corrected session");
+                    }
+                }
+                continue;
+            }
             tracing::warn!(%id, %reason, "the collector rejected a session; it is kept and not sent again");
             if let Some(t) = state.meter.rejected(id, &reason)
                 && let Err(e) = self.journal.put(&t, Durability::Flush)
@@ -406,7 +475,10 @@ impl Agent {
         if let Some(catalog) = &answer.catalog {
             let current: Option<&Catalog> = state.answer.as_ref().and_then(|a| a.catalog.as_ref());
             if current != Some(catalog) {
-                state.recogniser = Recogniser::new(&effective_catalog(Some(catalog)));
+                state.recogniser = Recogniser::new(&effective_catalog(
+                    self.config.catalog.as_ref(),
+                    Some(catalog),
+                ));
                 state.catalog_version += 1;
                 tracing::info!(products = catalog.len(), "catalog from the collector");
             }
@@ -431,6 +503,10 @@ impl Agent {
             tracing::warn!(error = %e, "cannot record the sync time");
         }
         state.answer = Some(answer);
+        drop(state);
+        if resend {
+            self.sync_now.notify_one();
+        }
     }
 
     /// The status the running agent reports: every session, or with `only_owner` the
@@ -492,6 +568,7 @@ pub fn offline_status(
         revoked,
     } = Remembered::read(journal)?;
     let enrolment = journal.enrolment()?;
+    let now = now + read_offset(journal)?;
     let policy = answer
         .as_ref()
         .and_then(|a| a.policy.clone())
@@ -514,6 +591,17 @@ pub fn offline_status(
     }))
 }
 
+/// The clock offset measured earlier; an unreadable value counts as none (it is
+/// measured again at the next sync).
+fn read_offset(journal: &dyn Journal) -> Result<TimeDelta, RunError> {
+    Ok(journal
+        .cached(OFFSET_KEY)?
+        .and_then(|b| String::from_utf8(b).ok())
+        .and_then(|s| s.parse::<i64>().ok())
+        .map(TimeDelta::milliseconds)
+        .unwrap_or_default())
+}
+
 /// Enrols with the collector without a running agent (`daymeter-agent enroll`).
 pub async fn enroll_offline(config: &Config, journal: &dyn Journal) -> Result<Enrolment, RunError> {
     let secret = config.enrollment_secret.clone().ok_or(RunError::NoSecret)?;
@@ -527,12 +615,12 @@ pub async fn enroll_offline(config: &Config, journal: &dyn Journal) -> Result<En
     Ok(enrolment)
 }
 
-/// What the agent recognises: the built-in catalog overlaid with the collector's,
-/// whose entries win by product id. A product the collector does not list yet is still
+/// What the agent recognises: the configured catalog (else the built-in one) overlaid
+/// with the collector's, whose entries win by product id. A product the collector does not list yet is still
 /// metered: the collector stores its sessions and accounts them once it is imported, so
 /// an admin who has not imported a catalog yet loses nothing.
-pub fn effective_catalog(collector: Option<&Catalog>) -> Catalog {
-    let mut catalog = builtin();
+pub fn effective_catalog(configured: Option<&Catalog>, collector: Option<&Catalog>) -> Catalog {
+    let mut catalog = configured.cloned().unwrap_or_else(builtin);
     if let Some(c) = collector {
         catalog.extend(c.iter().map(|(id, p)| (id.clone(), p.clone())));
     }

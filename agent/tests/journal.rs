@@ -140,6 +140,7 @@ fn tracked(id: &str, stage: Stage, last_seen: i64) -> Tracked {
         },
         owner: Some(1000),
         stage,
+        clock_offset_ms: 0,
     }
 }
 

@@ -163,6 +163,7 @@ fn session(id: &str, closed: bool, version: u64) -> Tracked {
         },
         owner: None,
         stage: if closed { Stage::Closed } else { Stage::Open },
+        clock_offset_ms: 0,
     }
 }
 

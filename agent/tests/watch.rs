@@ -396,7 +396,9 @@ fn a_deleted_executable_is_still_recognised(kind: Kind) {
 
 fn classify_sees_the_exe_name_and_joined_args_once_per_instance(kind: Kind) {
     let dir = tempfile::tempdir().unwrap();
-    let p = run(&install(dir.path(), "Roamer.exe"), &["/a", "b c"]);
+    // A name of its own: a `Roamer.exe` running on the machine must not be counted.
+    const EXE: &str = "dmclassify.exe";
+    let p = run(&install(dir.path(), EXE), &["/a", "b c"]);
     let seen: std::cell::RefCell<Vec<(String, String)>> = Default::default();
     let calls = Cell::new(0);
     let Some(mut source) = kind.source() else {
@@ -406,7 +408,7 @@ fn classify_sees_the_exe_name_and_joined_args_once_per_instance(kind: Kind) {
         let running = source
             .poll(&|s: Seen<'_>| {
                 calls.set(calls.get() + 1);
-                if s.exe == "Roamer.exe" {
+                if s.exe == EXE {
                     seen.borrow_mut()
                         .push((s.exe.to_owned(), s.args.to_owned()));
                     Some("navisworks".to_owned())
@@ -420,7 +422,7 @@ fn classify_sees_the_exe_name_and_joined_args_once_per_instance(kind: Kind) {
     // sh's own arguments come first: -c 'read _', then ours.
     assert_eq!(
         *seen.borrow(),
-        [("Roamer.exe".to_owned(), "-c read _ /a b c".to_owned())]
+        [(EXE.to_owned(), "-c read _ /a b c".to_owned())]
     );
     // Every other process was classified once too; nothing is asked twice for a steady
     // machine (a few new processes may appear meanwhile).

@@ -20,6 +20,7 @@ use daymeter_shared::entitlement::{Entitlement, Plan, Pricing};
 use daymeter_shared::ledger::{DEFAULT_TEAM, Purchase, Team, default_expiry};
 use daymeter_shared::policy::Policy;
 use daymeter_shared::record::Problem;
+use daymeter_shared::session::CLOCK_TOLERANCE;
 use daymeter_shared::time::ZoneCache;
 use daymeter_shared::usage::{Report, Totals};
 use serde::{Deserialize, Serialize};
@@ -465,13 +466,17 @@ async fn sync<S: Store>(
         .field("user"));
     }
     let mut zones = ZoneCache::new();
+    // Instants past this are a device clock running ahead, not a use to charge yet.
+    let latest = state.clock.now() + CLOCK_TOLERANCE;
     let mut good = Vec::with_capacity(req.sessions.len());
     let mut rejected = Vec::new();
     for element in req.sessions {
         let checked = match element.parsed {
             Ok(r) => {
                 let id = r.id.as_deref().map(str::to_owned);
-                r.check(&mut zones).map_err(|p| (id, p))
+                r.check(&mut zones)
+                    .and_then(|(s, z)| s.check_not_later_than(latest).map(|()| (s, z)))
+                    .map_err(|p| (id, p))
             }
             Err(e) => {
                 let id = serde_json::from_str::<daymeter_shared::session::IdOnly<'_>>(element.text)

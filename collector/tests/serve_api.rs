@@ -338,6 +338,86 @@ async fn bad_sessions_are_rejected_one_by_one_naming_the_field_and_good_ones_are
     assert_some_days(&report, 3);
 }
 
+/// A device whose clock runs two days ahead sends a session ending then: it is refused
+/// with the retryable `clock_ahead`, naming the instant, while the good session beside
+/// it is stored; the answer's `server_time` is the collector's clock, from which the
+/// agent learns its offset.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_session_past_the_collectors_clock_is_refused_as_clock_ahead_and_the_rest_is_stored() {
+    let s = settings(default_policy());
+    let (_dir, c) = collector_with("clock-ahead", &s).await;
+    let device = c.api.enroll("ws-fast-clock").await;
+    let now = Utc::now();
+    let at = |minutes: i64| stamp(now + chrono::TimeDelta::minutes(minutes), None);
+    let good = json!({ "id": "now-1", "product": "acad", "start": at(-90), "end": at(-30) });
+    let two_days = 2 * 24 * 60;
+    let ahead = json!({ "id": "ahead-1", "product": "acad",
+                        "start": at(-60), "end": at(two_days) });
+    let running_ahead = json!({ "id": "ahead-2", "product": "revit",
+                                "start": at(two_days - 60), "last_seen": at(two_days) });
+    // Within the five minutes' tolerance: a clock a little fast is still accepted.
+    let nearly = json!({ "id": "nearly-1", "product": "revit",
+                         "start": at(-20), "last_seen": at(4) });
+
+    let answer = c
+        .api
+        .sync(
+            &device,
+            "sophie",
+            &[ahead.clone(), good.clone(), running_ahead, nearly.clone()],
+        )
+        .await;
+    assert_eq!(
+        ids(&answer["accepted"]),
+        BTreeSet::from(["now-1".to_owned(), "nearly-1".to_owned()]),
+        "{answer}"
+    );
+    let rejected = answer["rejected"].as_array().expect("rejected list");
+    assert_eq!(rejected.len(), 2, "{rejected:?}");
+    for (id, field) in [("ahead-1", "end"), ("ahead-2", "start")] {
+        let entry = rejected
+            .iter()
+            .find(|r| r["id"] == id)
+            .unwrap_or_else(|| panic!("{id} is not in rejected: {rejected:?}"));
+        assert_error_object(&entry["error"], Some(field));
+        assert_eq!(entry["error"]["code"], "clock_ahead", "{entry}");
+        let message = entry["error"]["message"].as_str().unwrap_or_default();
+        assert!(
+            message.contains("device clock seems ahead") && message.contains("re-sent"),
+            "{message}"
+        );
+    }
+    let server_time = DateTime::parse_from_rfc3339(answer["server_time"].as_str().unwrap())
+        .expect("server_time is RFC 3339");
+    assert!(
+        (server_time.to_utc() - now).num_seconds().abs() < 60,
+        "server_time {server_time}, now {now}"
+    );
+
+    let stored: BTreeSet<String> = c.api.stored().await.iter().map(id_of).collect();
+    assert_eq!(
+        stored,
+        BTreeSet::from(["now-1".to_owned(), "nearly-1".to_owned()])
+    );
+
+    // The same session with corrected instants is accepted.
+    let corrected = json!({ "id": "ahead-1", "product": "acad", "start": at(-60), "end": at(-1) });
+    let again = c
+        .api
+        .sync(&device, "sophie", std::slice::from_ref(&corrected))
+        .await;
+    assert_eq!(
+        ids(&again["accepted"]),
+        BTreeSet::from(["ahead-1".to_owned()])
+    );
+    let stored: Vec<Value> = [good, nearly, corrected]
+        .iter()
+        .map(|x| owned(x, "sophie", &device))
+        .collect();
+    let report = assert_usage_is_replay(&c.api, &s, &stored).await;
+    assert_some_days(&report, 1);
+}
+
 // ---------------------------------------------------------------------------------------
 // 5. Products the collector does not know yet
 // ---------------------------------------------------------------------------------------

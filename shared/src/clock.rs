@@ -2,6 +2,7 @@
 //! pass a [`Clock`], so tests can run a "day" in seconds and replay an audit at any
 //! instant.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 
 use chrono::{DateTime, TimeDelta, Utc};
@@ -53,6 +54,40 @@ impl Clock for ManualClock {
     }
 }
 
+/// Another clock moved by a shift that may change while it runs: the agent's device
+/// clock corrected by its measured offset to the collector's, and (for tests only,
+/// announced in the log) a device clock made wrong on purpose.
+pub struct ShiftedClock {
+    inner: Arc<dyn Clock>,
+    shift_nanos: AtomicI64,
+}
+
+impl ShiftedClock {
+    pub fn new(inner: Arc<dyn Clock>, shift: TimeDelta) -> Self {
+        Self {
+            inner,
+            shift_nanos: AtomicI64::new(shift.num_nanoseconds().unwrap_or_default()),
+        }
+    }
+
+    pub fn shift(&self) -> TimeDelta {
+        TimeDelta::nanoseconds(self.shift_nanos.load(Ordering::SeqCst))
+    }
+
+    pub fn set_shift(&self, shift: TimeDelta) {
+        self.shift_nanos.store(
+            shift.num_nanoseconds().unwrap_or_default(),
+            Ordering::SeqCst,
+        );
+    }
+}
+
+impl Clock for ShiftedClock {
+    fn now(&self) -> DateTime<Utc> {
+        self.inner.now() + self.shift()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -68,5 +103,18 @@ mod tests {
         assert_eq!(clock.now(), t0 + TimeDelta::hours(24));
         clock.set(t0);
         assert_eq!(clock.now(), t0);
+    }
+
+    #[test]
+    fn a_shifted_clock_follows_its_clock_moved_by_the_current_shift() {
+        let t0 = DateTime::parse_from_rfc3339("2026-03-02T09:00:00Z")
+            .unwrap()
+            .to_utc();
+        let device = Arc::new(ManualClock::new(t0));
+        let shifted = ShiftedClock::new(device.clone(), TimeDelta::days(2));
+        assert_eq!(shifted.now(), t0 + TimeDelta::days(2));
+        device.advance(TimeDelta::minutes(1));
+        shifted.set_shift(TimeDelta::seconds(-30));
+        assert_eq!(shifted.now(), t0 + TimeDelta::seconds(30));
     }
 }

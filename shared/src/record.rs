@@ -55,6 +55,13 @@ pub enum Problem {
         field: &'static str,
         expected: &'static str,
     },
+    /// An instant later than the collector's clock allows: the device clock is ahead.
+    /// Retryable, unlike every other problem: the same session with corrected instants
+    /// is accepted (see [`crate::session::CLOCK_TOLERANCE`]).
+    #[error(
+        "{field} is later than the collector's time plus 5 minutes: the device clock seems ahead; the session will be accepted when re-sent with corrected instants"
+    )]
+    ClockAhead { field: &'static str },
     #[error("{0}")]
     Malformed(String),
 }
@@ -73,7 +80,8 @@ impl Problem {
             | Problem::NotPositive { field: f }
             | Problem::TooLong { field: f }
             | Problem::UnknownValue { field: f, .. }
-            | Problem::WrongType { field: f, .. } => Some(f),
+            | Problem::WrongType { field: f, .. }
+            | Problem::ClockAhead { field: f } => Some(f),
             Problem::Unbounded => Some("end"),
             Problem::UnknownZone(_) => Some("tz"),
             Problem::UnknownProduct(_) => Some("product"),
@@ -100,6 +108,7 @@ impl Problem {
             Problem::TooLong { .. } => "too_long",
             Problem::UnknownValue { .. } => "unknown_value",
             Problem::WrongType { .. } => "wrong_type",
+            Problem::ClockAhead { .. } => "clock_ahead",
             Problem::Malformed(_) => "malformed",
         }
     }

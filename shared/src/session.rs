@@ -11,6 +11,7 @@ use std::cmp::Ordering;
 
 use std::fmt;
 
+use chrono::{DateTime, Utc};
 use serde::de::{self, Deserializer, Visitor};
 use serde::{Deserialize, Serialize};
 
@@ -19,6 +20,14 @@ use crate::time::{Instant, Nanos, Zone, ZoneCache, nanos, parse_instant};
 
 /// A `[from, to)` interval inside a session (idle or suspended).
 pub type Interval = [Instant; 2];
+
+/// How far past the collector's clock a session's instants may reach before `/v1/sync`
+/// refuses them as `clock_ahead`. A device on NTP is off by well under a second, one
+/// without it drifts by seconds a week, and a session's `last_seen` may be written a
+/// moment before the request leaves: five minutes accepts all of those, while a session
+/// dated hours or days ahead (a wrong clock, which would be charged in advance) is
+/// refused until it is re-sent with corrected instants.
+pub const CLOCK_TOLERANCE: chrono::TimeDelta = chrono::TimeDelta::minutes(5);
 
 /// A session as the wire and the journal carry it. On the wire `user` and `device` come
 /// from the sync request and the device token; in a replay scenario they are fields.
@@ -267,6 +276,31 @@ impl<'a> Session<'a> {
         }
     }
 
+    /// Refuses a session any of whose instants is later than `latest` (the collector's
+    /// now plus [`CLOCK_TOLERANCE`]), naming the first such field in the order `start`,
+    /// `end`, `last_seen`, `suspended`, `idle`. Only `/v1/sync` applies it: `replay`
+    /// has no "now", and an audit of the past must read what was stored.
+    pub fn check_not_later_than(&self, latest: DateTime<Utc>) -> Result<(), Problem> {
+        let ahead = |i: &Instant| *i > latest;
+        let field = if ahead(&self.start) {
+            Some("start")
+        } else if self.end.as_ref().is_some_and(ahead) {
+            Some("end")
+        } else if self.last_seen.as_ref().is_some_and(ahead) {
+            Some("last_seen")
+        } else if self.suspended.iter().flatten().any(ahead) {
+            Some("suspended")
+        } else if self.idle.iter().flatten().any(ahead) {
+            Some("idle")
+        } else {
+            None
+        };
+        match field {
+            Some(field) => Err(Problem::ClockAhead { field }),
+            None => Ok(()),
+        }
+    }
+
     /// Which of two copies of one id wins: the later effective end; on a tie the closed
     /// copy. Further ties are broken on the remaining fields so that the winner never
     /// depends on arrival order (a later `last_seen`, then more idle and suspend
@@ -405,6 +439,75 @@ mod tests {
         let later = checked(r#"{"id":"s","product":"a","start":"2026-03-02T09:00:00Z","last_seen":"2026-03-02T11:00:00Z"}"#).unwrap();
         assert_eq!(closed.copy_order(&open), Ordering::Greater);
         assert_eq!(later.copy_order(&closed), Ordering::Greater);
+    }
+
+    fn limit(text: &str) -> DateTime<Utc> {
+        parse_instant("limit", text).unwrap().to_utc()
+    }
+
+    #[test]
+    fn a_session_within_the_limit_passes_the_clock_check() {
+        let s = checked(r#"{"id":"s","product":"a","start":"2026-03-02T09:00:00-05:00","end":"2026-03-02T10:00:00-05:00",
+            "idle":[["2026-03-02T09:10:00-05:00","2026-03-02T09:20:00-05:00"]]}"#).unwrap();
+        assert_eq!(
+            s.check_not_later_than(limit("2026-03-02T15:00:00Z")),
+            Ok(())
+        );
+        assert_eq!(
+            s.check_not_later_than(limit("2026-03-02T14:59:59Z")),
+            Err(Problem::ClockAhead { field: "end" }),
+            "the limit compares instants, not the offsets they are written with"
+        );
+    }
+
+    #[test]
+    fn the_clock_check_names_the_first_instant_past_the_limit() {
+        let s = checked(r#"{"id":"s","product":"a","start":"2026-03-04T09:00:00Z","end":"2026-03-04T10:00:00Z"}"#).unwrap();
+        assert_eq!(
+            s.check_not_later_than(limit("2026-03-02T09:05:00Z")),
+            Err(Problem::ClockAhead { field: "start" })
+        );
+        let running = checked(r#"{"id":"s","product":"a","start":"2026-03-02T09:00:00Z","last_seen":"2026-03-04T09:00:00Z"}"#).unwrap();
+        assert_eq!(
+            running.check_not_later_than(limit("2026-03-02T09:05:00Z")),
+            Err(Problem::ClockAhead { field: "last_seen" })
+        );
+    }
+
+    #[test]
+    fn idle_and_suspended_bounds_past_the_limit_are_refused_too() {
+        let idle = checked(
+            r#"{"id":"s","product":"a","start":"2026-03-02T09:00:00Z","end":"2026-03-02T09:30:00Z",
+            "idle":[["2026-03-02T09:10:00Z","2026-03-02T11:00:00Z"]]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            idle.check_not_later_than(limit("2026-03-02T10:00:00Z")),
+            Err(Problem::ClockAhead { field: "idle" })
+        );
+        let asleep = checked(
+            r#"{"id":"s","product":"a","start":"2026-03-02T09:00:00Z","end":"2026-03-02T09:30:00Z",
+            "suspended":[["2026-03-02T11:00:00Z","2026-03-02T11:30:00Z"]]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            asleep.check_not_later_than(limit("2026-03-02T10:00:00Z")),
+            Err(Problem::ClockAhead { field: "suspended" })
+        );
+    }
+
+    #[test]
+    fn a_clock_ahead_refusal_says_how_to_be_accepted_with_its_own_code() {
+        let p = Problem::ClockAhead { field: "end" };
+        assert_eq!(p.code(), "clock_ahead");
+        assert_eq!(p.field(), Some("end"));
+        let text = p.to_string();
+        assert!(text.contains("device clock seems ahead"), "{text}");
+        assert!(text.contains("accepted when re-sent"), "{text}");
+        assert!(
+            text.contains(&format!("{} minutes", CLOCK_TOLERANCE.num_minutes())),
+            "the message states the tolerance: {text}"
+        );
     }
 
     #[test]

@@ -2,8 +2,9 @@
 //! `daymeter-agent` binaries, started as processes over real TCP, with real product
 //! processes (a copy of `sleep` under a product's executable name).
 //!
-//! Every test uses its own product executable names, user and folders, so tests running
-//! in parallel never meter each other's processes.
+//! Every test uses its own product executable names, user and folders, and its agents
+//! recognise no built-in product, so tests never meter each other's processes nor the
+//! machine's own (an `acad.exe` started by hand).
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -270,10 +271,14 @@ impl Agent {
     }
 
     /// As [`Agent::configure`], with `extra` lines appended to the file.
+    ///
+    /// `catalog = {}` replaces the agent's built-in catalog with nothing: it recognises
+    /// only what the test imports into the collector (its own executable names), never
+    /// an `acad.exe` or `Revit.exe` that happens to run on the machine.
     pub fn configure_with(dir: &Path, collector_url: &str, user: &str, extra: &str) -> PathBuf {
         let config = dir.join("agent.toml");
         let text = format!(
-            "collector_url = \"{collector_url}\"\nuser = \"{user}\"\ndata_dir = \"{}\"\npoll_interval = \"100ms\"\n{extra}",
+            "collector_url = \"{collector_url}\"\nuser = \"{user}\"\ndata_dir = \"{}\"\npoll_interval = \"100ms\"\ncatalog = {{}}\n{extra}",
             dir.join("data").display()
         );
         std::fs::write(&config, text).expect("write the agent config");
@@ -281,10 +286,17 @@ impl Agent {
     }
 
     pub fn start(config: &Path) -> Agent {
+        Self::start_skewed(config, "")
+    }
+
+    /// As [`Agent::start`], the agent's device clock moved by `skew` (`2days`, `-90s`;
+    /// empty for none) through the binary's test-only `DAYMETER_TEST_CLOCK_SKEW`.
+    pub fn start_skewed(config: &Path, skew: &str) -> Agent {
         let child = Command::new(agent_bin())
             .arg("run")
             .arg("--config")
             .arg(config)
+            .env("DAYMETER_TEST_CLOCK_SKEW", skew)
             .env("DAYMETER_ENROLLMENT_SECRET", ENROLLMENT_SECRET)
             .env("DAYMETER_LOG", "warn,daymeter_agent=debug")
             .stdout(Stdio::null())

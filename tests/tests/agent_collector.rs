@@ -173,7 +173,10 @@ async fn a_revoked_device_keeps_journaling_and_waits_for_enroll() {
         .await;
     let config = Agent::configure(dir.path(), &collector.url(), "user-four");
     let _agent = Agent::start(&config);
-    let status = status_where(&config, "enrolled", |s| s["device_id"].is_string());
+    // Synced once: the agent knows the collector's catalog, its only one.
+    let status = status_where(&config, "enrolled and synced", |s| {
+        s["device_id"].is_string() && s["last_sync"].is_string()
+    });
     let device = status["device_id"].as_str().expect("device id").to_owned();
     collector
         .admin_post(&format!("/v1/admin/devices/{device}/revoke"), &json!({}))

@@ -52,6 +52,15 @@ pub struct Tracked {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner: Option<u32>,
     pub stage: Stage,
+    /// The offset (collector − device clock, milliseconds) the session's instants were
+    /// written with; lets a session refused as `clock_ahead` be moved once, by exactly
+    /// what it lacks (see [`crate::offset`]). Absent in journals written before it: 0.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub clock_offset_ms: i64,
+}
+
+fn is_zero(n: &i64) -> bool {
+    *n == 0
 }
 
 /// How soon a write must be on disk.
