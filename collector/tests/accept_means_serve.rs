@@ -14,9 +14,9 @@ use proptest::test_runner::{Config, TestCaseError, TestRunner};
 
 const BIN: &str = env!("CARGO_BIN_EXE_daymeter-collector");
 
-/// Cases per run: each takes about a second (two starts of the collector); shrinking a
-/// failure is capped for the same reason.
-const CASES: u32 = 24;
+/// Cases per run: each takes about half a second on the development VM (two starts of
+/// the collector, a debug build); shrinking a failure is capped for the same reason.
+const CASES: u32 = 64;
 
 /// proptest builds a case's value tree recursively, and the case strategy (JSON of any
 /// nesting under layers of one-of choices) overflows a test thread's 2 MiB stack in a

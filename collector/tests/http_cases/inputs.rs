@@ -91,7 +91,7 @@ fn mutation(keys: &'static [&'static str]) -> impl Strategy<Value = Mutation> {
 fn policy_mutation() -> impl Strategy<Value = Mutation> {
     prop_oneof![
         3 => mutation(POLICY_KEYS),
-        2 => (proptest::sample::select(POLICY_KEYS), edge_duration())
+        3 => (proptest::sample::select(POLICY_KEYS), edge_duration())
             .prop_map(|(k, v)| Mutation::Set(k.to_owned(), v)),
     ]
 }
@@ -150,10 +150,22 @@ fn session() -> impl Strategy<Value = J> {
     prop_oneof![
         12 => (valid_session(), mutation(SESSION_KEYS)).prop_map(|(s, m)| m.apply(s)),
         1 => any_json(),
-        // A session written as a list instead of an object.
-        1 => valid_session().prop_map(|s| match s {
-            J::Obj(pairs) => J::Arr(pairs.into_iter().map(|(_, v)| v).collect()),
-            other => other,
+        // A session written as a list instead of an object, in the order of the wire
+        // record's fields (what serde's derived Deserialize reads from a sequence); its
+        // leading null becomes an id.
+        1 => valid_session().prop_map(|s| {
+            let field = |k: &str| s.get(k).cloned().unwrap_or(J::Null);
+            J::Arr(vec![
+                J::Null,
+                J::Null,
+                J::Null,
+                field("product"),
+                field("version"),
+                field("start"),
+                field("end"),
+                field("last_seen"),
+                field("tz"),
+            ])
         }),
     ]
 }
@@ -415,6 +427,12 @@ fn number_sessions(ops: &mut [Op]) {
             for (k, v) in pairs.iter_mut() {
                 if let (true, J::Arr(list)) = (k == "sessions", v) {
                     for s in list.iter_mut() {
+                        if let J::Arr(fields) = s
+                            && fields.first() == Some(&J::Null)
+                        {
+                            n += 1;
+                            fields[0] = J::Str(format!("s{n}"));
+                        }
                         if matches!(s, J::Obj(_)) && s.get("id").is_none() {
                             n += 1;
                             let mut with_id = J::obj(vec![("id", J::Str(format!("s{n}")))]);
@@ -434,7 +452,7 @@ pub fn case() -> impl Strategy<Value = Case> {
     (
         import(),
         purchase(),
-        proptest::collection::vec(op(), 1..7),
+        proptest::collection::vec(op(), 1..10),
         proptest::option::weighted(0.3, 0usize..6),
     )
         .prop_map(|(first_import, first_purchase, rest, resend)| {

@@ -86,8 +86,12 @@ struct IdOnly {
     id: Option<String>,
 }
 
-/// The id a session element carries, read as the collector reads it.
+/// The id a session element carries, read as the collector reads it (serde's derived
+/// Deserialize also reads a struct from a list, its fields in order: `id` first).
 fn id_of(element: &J) -> Option<String> {
+    if let J::Arr(fields) = element {
+        return fields.first().and_then(J::string_value);
+    }
     serde_json::from_str::<IdOnly>(&element.text())
         .ok()
         .and_then(|i| i.id)
