@@ -37,8 +37,11 @@ pub struct ServeArgs {
     pub config: Option<PathBuf>,
 }
 
-/// The secrets file's shape.
+/// The secrets file's shape. An unknown key is refused by name: a misspelt
+/// `admin_tokn` would otherwise be ignored, and the collector would start on a generated
+/// dev config with a random admin token instead of the one the operator wrote.
 #[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct FileConfig {
     enrollment_secret: Option<String>,
     admin_token: Option<String>,
