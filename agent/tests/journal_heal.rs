@@ -141,7 +141,9 @@ fn tracked(n: u32, last_seen: i64, stage: Stage) -> Tracked {
             pid: 3_000_000 + n,
             started: 1,
         },
+        owner: None,
         stage,
+        clock_offset_ms: 0,
     }
 }
 

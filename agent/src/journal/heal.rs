@@ -252,6 +252,8 @@ mod tests {
                 idle: Vec::new(),
             },
             process: ProcessKey { pid: 7, started: 1 },
+            owner: None,
+            clock_offset_ms: 0,
             stage,
         }
     }
