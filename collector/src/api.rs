@@ -541,7 +541,15 @@ async fn sync<S: Store>(
         now,
     );
     let grace =
-        |d: std::time::Duration| stamp(now + chrono::TimeDelta::from_std(d).unwrap_or_default());
+        // Checked: a policy stored before its bounds were enforced may hold any span.
+        |d: std::time::Duration| {
+            stamp(
+                chrono::TimeDelta::from_std(d)
+                    .ok()
+                    .and_then(|d| now.checked_add_signed(d))
+                    .unwrap_or(DateTime::<Utc>::MAX_UTC),
+            )
+        };
     let fixed = state.fixed(&settings)?;
     let response = SyncResponse {
         server_time: stamp(now),
@@ -715,7 +723,11 @@ fn reminders<'a>(
     for w in windows {
         let product = w.product.as_str();
         let idle = open.iter().any(|(p, idle)| p == product && *idle);
-        if idle && now >= w.end - lead {
+        let at = w
+            .end
+            .checked_sub_signed(lead)
+            .unwrap_or(DateTime::<Utc>::MIN_UTC);
+        if idle && now >= at {
             let name = settings
                 .catalog
                 .get(product)
@@ -724,7 +736,7 @@ fn reminders<'a>(
             let tokens = w.next_tokens;
             out.push(Reminder::WindowRollover {
                 product,
-                at: stamp(w.end - lead),
+                at: stamp(at),
                 window_end: w.window_end.clone(),
                 tokens,
                 text: format!("{name} has been idle and its day ends at {}. Close it now to avoid being charged {tokens} tokens for another day.", w.window_end),
@@ -964,6 +976,16 @@ async fn purchase<S: Store>(
     let expires_at = req
         .expires_at
         .unwrap_or_else(|| default_expiry(purchased_at));
+    for (field, t) in [("purchased_at", purchased_at), ("expires_at", expires_at)] {
+        if !(purchase_range().contains(&t)) {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "out_of_range",
+                format!("{field} must lie in the years 1970 to 2199"),
+            )
+            .field(field));
+        }
+    }
     if expires_at <= purchased_at {
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -982,6 +1004,18 @@ async fn purchase<S: Store>(
     state.store.add_purchase(p.clone()).await?;
     tracing::info!(team = %p.team, tokens = p.tokens, "token purchase recorded");
     Ok(json_response(&p))
+}
+
+/// The instants a purchase may carry: what the store writes and reads back as text,
+/// with room for a default expiry a year on (one in year 10000 once made every balance
+/// and sync fail to read it).
+fn purchase_range() -> std::ops::Range<DateTime<Utc>> {
+    let at = |y| {
+        NaiveDate::from_ymd_opt(y, 1, 1)
+            .and_then(|d| d.and_hms_opt(0, 0, 0))
+            .map_or(DateTime::<Utc>::MIN_UTC, |d| d.and_utc())
+    };
+    at(1970)..at(2200)
 }
 
 async fn balances<S: Store>(

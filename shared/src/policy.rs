@@ -80,6 +80,10 @@ pub struct Policy {
 }
 
 const HOUR: u64 = 3600;
+/// The shortest charge window a policy may set.
+pub const MIN_WINDOW: Duration = Duration::from_secs(1);
+/// The longest offline grace a policy may set (ten years of 366 days).
+pub const MAX_GRACE: Duration = Duration::from_secs(3660 * 24 * HOUR);
 
 impl Default for Policy {
     fn default() -> Self {
@@ -152,14 +156,40 @@ impl Policy {
         Ok(())
     }
 
-    /// The invariants the engine relies on.
+    /// The invariants the engine relies on, and the bounds that keep the work one
+    /// request can cause, and every instant computed from the policy, finite: a window
+    /// of one nanosecond would make a single session billions of usage days, and a grace
+    /// of 300,000 years overflowed the date of `grace_until`. The window's floor of one
+    /// second still lets a test run a day in seconds; a year caps every other span, ten
+    /// years the offline grace.
     pub fn check(&self) -> Result<(), Problem> {
         if self.window.is_zero() {
             return Err(Problem::NotPositive { field: "window" });
         }
-        for (field, d) in [("window", self.window), ("min_session", self.min_session)] {
-            if duration_nanos(d).is_none() {
-                return Err(Problem::TooLong { field });
+        if self.window < MIN_WINDOW {
+            return Err(Problem::OutOfBounds {
+                field: "window",
+                bounds: "from 1s to 366d",
+            });
+        }
+        let year = Duration::from_secs(366 * 24 * HOUR);
+        for (field, d, max, bounds) in [
+            ("window", self.window, year, "from 1s to 366d"),
+            ("min_session", self.min_session, year, "at most 366d"),
+            ("idle_after", self.idle_after, year, "at most 366d"),
+            ("sync_interval", self.sync_interval, year, "at most 366d"),
+            ("retry_max", self.retry_max, year, "at most 366d"),
+            ("remind_before", self.remind_before, year, "at most 366d"),
+            ("grace_flex", self.grace_flex, MAX_GRACE, "at most 3660d"),
+            (
+                "grace_subscription",
+                self.grace_subscription,
+                MAX_GRACE,
+                "at most 3660d",
+            ),
+        ] {
+            if d > max {
+                return Err(Problem::OutOfBounds { field, bounds });
             }
         }
         Ok(())
@@ -241,6 +271,20 @@ mod tests {
             Policy::from_json(&json!({"window": "0s"})),
             Err(Problem::NotPositive { field: "window" })
         );
+    }
+
+    #[test]
+    fn a_huge_grace_is_refused_by_name() {
+        let e = Policy::from_json(&json!({"grace_flex": "300000y"})).unwrap_err();
+        assert_eq!(e.field(), Some("grace_flex"));
+        assert_eq!(e.code(), "out_of_bounds");
+    }
+
+    #[test]
+    fn a_window_under_one_second_is_refused() {
+        let e = Policy::from_json(&json!({"window": "1ns"})).unwrap_err();
+        assert_eq!(e.field(), Some("window"));
+        assert!(Policy::from_json(&json!({"window": "1s"})).is_ok());
     }
 
     #[test]

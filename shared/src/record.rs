@@ -44,6 +44,11 @@ pub enum Problem {
     NotPositive { field: &'static str },
     #[error("{field} is too long")]
     TooLong { field: &'static str },
+    #[error("{field} is out of bounds: {bounds}")]
+    OutOfBounds {
+        field: &'static str,
+        bounds: &'static str,
+    },
     #[error("{field} {value:?} is not one of {allowed}")]
     UnknownValue {
         field: &'static str,
@@ -79,6 +84,7 @@ impl Problem {
             | Problem::BadDuration { field: f, .. }
             | Problem::NotPositive { field: f }
             | Problem::TooLong { field: f }
+            | Problem::OutOfBounds { field: f, .. }
             | Problem::UnknownValue { field: f, .. }
             | Problem::WrongType { field: f, .. }
             | Problem::ClockAhead { field: f } => Some(f),
@@ -106,6 +112,7 @@ impl Problem {
             Problem::BadDuration { .. } => "bad_duration",
             Problem::NotPositive { .. } => "not_positive",
             Problem::TooLong { .. } => "too_long",
+            Problem::OutOfBounds { .. } => "out_of_bounds",
             Problem::UnknownValue { .. } => "unknown_value",
             Problem::WrongType { .. } => "wrong_type",
             Problem::ClockAhead { .. } => "clock_ahead",

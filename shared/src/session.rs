@@ -104,7 +104,13 @@ pub fn deserialize_owned<'de, D: Deserializer<'de>>(d: D) -> Result<OwnedSession
 }
 
 /// A session object as it came in: every field optional and textual, checked later.
+///
+/// Only a JSON object is a session: serde's derived reader also takes a list of the
+/// fields in declaration order, and a list-shaped session once passed the checks here
+/// and was stored, but nothing that looks for its `id` by key could read it back
+/// (the `Deserialize` impls below take objects alone).
 #[derive(Debug, Default, Deserialize)]
+#[serde(remote = "Self")]
 pub struct RawSession<'a> {
     #[serde(borrow, default, deserialize_with = "opt_text")]
     pub id: Option<Cow<'a, str>>,
@@ -132,9 +138,42 @@ pub struct RawSession<'a> {
 
 /// Only the id of a record that failed to parse, so its error can still name it.
 #[derive(Debug, Deserialize)]
+#[serde(remote = "Self")]
 pub struct IdOnly<'a> {
     #[serde(borrow, default, deserialize_with = "opt_text")]
     pub id: Option<Cow<'a, str>>,
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for RawSession<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Object<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for Object<'a> {
+            type Value = RawSession<'a>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a session object")
+            }
+            fn visit_map<M: de::MapAccess<'de>>(self, map: M) -> Result<Self::Value, M::Error> {
+                RawSession::deserialize(de::value::MapAccessDeserializer::new(map))
+            }
+        }
+        d.deserialize_map(Object(std::marker::PhantomData))
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for IdOnly<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Object<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for Object<'a> {
+            type Value = IdOnly<'a>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a session object")
+            }
+            fn visit_map<M: de::MapAccess<'de>>(self, map: M) -> Result<Self::Value, M::Error> {
+                IdOnly::deserialize(de::value::MapAccessDeserializer::new(map))
+            }
+        }
+        d.deserialize_map(Object(std::marker::PhantomData))
+    }
 }
 
 /// Deserialises an optional string borrowed from the input when it has no escapes.
@@ -371,6 +410,14 @@ mod tests {
 
     fn checked(json: &str) -> Result<Session<'_>, Problem> {
         raw(json).check(&mut ZoneCache::new()).map(|(s, _)| s)
+    }
+
+    #[test]
+    fn a_session_sent_as_a_list_is_refused() {
+        let list = r#"["s1",null,null,"acad",null,"2026-04-02T09:00:00Z","2026-04-02T17:00:00Z"]"#;
+        assert!(serde_json::from_str::<RawSession<'_>>(list).is_err());
+        assert!(serde_json::from_str::<IdOnly<'_>>(list).is_err());
+        assert!(serde_json::from_str::<RawSession<'_>>(r#"{"id":"s1"}"#).is_ok());
     }
 
     #[test]
