@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use axum::Router;
 use axum::body::{Body, Bytes};
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -256,12 +257,14 @@ fn bad_json(detail: impl std::fmt::Display) -> ApiError {
     )
 }
 
+/// The token of an `Authorization: Bearer …` header; the scheme's name is
+/// case-insensitive (RFC 9110, section 11.1), so `bearer` is the same scheme.
 fn bearer(headers: &HeaderMap) -> Option<&str> {
-    headers
-        .get(header::AUTHORIZATION)?
-        .to_str()
-        .ok()?
-        .strip_prefix("Bearer ")
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim_start_matches(' '))
 }
 
 fn check_admin<S>(state: &AppState<S>, headers: &HeaderMap) -> Result<(), ApiError> {
@@ -303,6 +306,13 @@ pub fn router<S: Store>(state: Arc<AppState<S>>) -> Router {
         .route("/v1/admin/ledger", get(ledger::<S>))
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+        })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this endpoint does not take that method",
+            )
         })
         .with_state(state)
 }
@@ -528,7 +538,7 @@ async fn sync<S: Store>(
             error: error_object(problem.code(), &problem.to_string(), problem.field()),
         });
     }
-    tracing::debug!(device = %device.id, user = %req.user, accepted = outcome.accepted.len(), rejected = rejected.len(), "sync");
+    tracing::debug!(device = %device.id, user = ?req.user, accepted = outcome.accepted.len(), rejected = rejected.len(), "sync");
 
     let open_windows = open_windows(&state, &settings, &req.user, &open, now).await?;
     let entitlements = entitlements_of(&settings, &req.user, now);
@@ -865,7 +875,30 @@ async fn import<S: Store>(
     ))
 }
 
+/// The 400 for a query string an endpoint does not take: an unknown parameter, one
+/// given twice, or a value of the wrong form — said by name, so that a misspelt filter
+/// never answers as if no filter had been given.
+fn bad_query(e: QueryRejection) -> ApiError {
+    let detail = e.body_text();
+    let detail = detail
+        .strip_prefix("Failed to deserialize query string: ")
+        .unwrap_or(&detail);
+    let field = detail
+        .split('`')
+        .nth(1)
+        .filter(|_| detail.contains("unknown field") || detail.contains("duplicate field"))
+        .map(str::to_owned);
+    let mut error = ApiError::new(
+        StatusCode::BAD_REQUEST,
+        "bad_query",
+        format!("query string: {detail}"),
+    );
+    error.field = field;
+    error
+}
+
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct DayRange {
     from: Option<String>,
     to: Option<String>,
@@ -890,9 +923,10 @@ fn day_param(name: &'static str, value: Option<&str>) -> Result<Option<NaiveDate
 async fn usage_days<S: Store>(
     State(state): State<Arc<AppState<S>>>,
     headers: HeaderMap,
-    Query(q): Query<DayRange>,
+    q: Result<Query<DayRange>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     check_admin(&state, &headers)?;
+    let Query(q) = q.map_err(bad_query)?;
     let from = day_param("from", q.from.as_deref())?;
     let to = day_param("to", q.to.as_deref())?;
     let rows = state.store.usage_days(from, to).await?;
@@ -908,6 +942,7 @@ async fn usage_days<S: Store>(
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct SessionQuery {
     user: Option<String>,
     product: Option<String>,
@@ -918,9 +953,10 @@ struct SessionQuery {
 async fn sessions<S: Store>(
     State(state): State<Arc<AppState<S>>>,
     headers: HeaderMap,
-    Query(q): Query<SessionQuery>,
+    q: Result<Query<SessionQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     check_admin(&state, &headers)?;
+    let Query(q) = q.map_err(bad_query)?;
     let filter = SessionFilter {
         from: day_param("from", q.from.as_deref())?,
         to: day_param("to", q.to.as_deref())?,
@@ -949,7 +985,7 @@ async fn revoke<S: Store>(
             d.revoked = true;
         }
     }
-    tracing::info!(device = %id, "device revoked");
+    tracing::info!(device = ?id, "device revoked");
     Ok(json_response(&json!({ "device_id": id, "revoked": true })))
 }
 
@@ -994,15 +1030,25 @@ async fn purchase<S: Store>(
         )
         .field("expires_at"));
     }
+    let team = req.team.unwrap_or_else(|| DEFAULT_TEAM.to_owned());
+    if team != DEFAULT_TEAM && !state.settings().teams.contains_key(&team) {
+        // A misspelt team once became a team of its own that nobody's days could draw on.
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "unknown_team",
+            format!("no team {team:?} (import it under teams first)"),
+        )
+        .field("team"));
+    }
     let p = Purchase {
         id: uuid::Uuid::now_v7().to_string(),
-        team: req.team.unwrap_or_else(|| DEFAULT_TEAM.to_owned()),
+        team,
         tokens: req.tokens,
         purchased_at,
         expires_at,
     };
     state.store.add_purchase(p.clone()).await?;
-    tracing::info!(team = %p.team, tokens = p.tokens, "token purchase recorded");
+    tracing::info!(team = ?p.team, tokens = p.tokens, "token purchase recorded");
     Ok(json_response(&p))
 }
 
@@ -1031,6 +1077,7 @@ async fn balances<S: Store>(
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct LedgerQuery {
     team: Option<String>,
 }
@@ -1038,9 +1085,21 @@ struct LedgerQuery {
 async fn ledger<S: Store>(
     State(state): State<Arc<AppState<S>>>,
     headers: HeaderMap,
-    Query(q): Query<LedgerQuery>,
+    q: Result<Query<LedgerQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     check_admin(&state, &headers)?;
+    let Query(q) = q.map_err(bad_query)?;
+    if let Some(team) = q.team.as_deref()
+        && team != DEFAULT_TEAM
+        && !state.settings().teams.contains_key(team)
+    {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_team",
+            format!("no team {team:?} (import it under teams)"),
+        )
+        .field("team"));
+    }
     let entries = state.store.ledger(q.team).await?;
     Ok(json_response(&json!({ "entries": entries })))
 }

@@ -1,0 +1,216 @@
+//! What an attacker or a careless admin tried against the collector, one test per
+//! finding: whatever the collector accepts it can read back, account and serve, across
+//! restarts; whatever it refuses, it refuses with the error object naming the field.
+
+mod support;
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use support::*;
+
+/// Stops the collector with SIGTERM and starts it again on the same database.
+async fn restart(dir: &TempDir, mut c: Collector) -> Collector {
+    c.signal(libc::SIGTERM);
+    let status = c.wait_exit(EXIT_DEADLINE).await;
+    assert!(status.success(), "collector exited with {status}");
+    Collector::start(dir)
+}
+
+/// The admin reads that must answer 200 whatever was stored.
+async fn assert_admin_reads_answer(api: &Api) {
+    for path in [
+        "/v1/admin/usage-days",
+        "/v1/admin/sessions",
+        "/v1/admin/balances",
+        "/v1/admin/ledger",
+    ] {
+        let r = api.get(path, Some(ADMIN_TOKEN)).await;
+        assert_eq!(r.status, StatusCode::OK, "{path}: {}", r.body);
+    }
+}
+
+fn good_session(id: &str) -> Value {
+    json!({"id": id, "product": "acad", "start": "2026-04-02T09:00:00Z",
+           "end": "2026-04-02T17:00:00Z"})
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_session_sent_as_a_list_is_rejected_and_the_collector_still_restarts() {
+    let (dir, c) = collector_with("list-session", &settings(default_policy())).await;
+    let device = c.api.enroll("ws-list").await;
+    let list = json!([
+        "s1",
+        null,
+        null,
+        "acad",
+        null,
+        "2026-04-02T09:00:00Z",
+        "2026-04-02T17:00:00Z"
+    ]);
+    let answer = c
+        .api
+        .sync(&device, "sophie", &[list, good_session("s2")])
+        .await;
+    assert_eq!(answer["accepted"], json!(["s2"]), "{answer}");
+    let rejected = answer["rejected"].as_array().expect("rejected");
+    assert_eq!(rejected.len(), 1, "{answer}");
+    assert_error_object(&rejected[0]["error"], None);
+    let c = restart(&dir, c).await;
+    assert_admin_reads_answer(&c.api).await;
+    let stored = c.api.stored().await;
+    assert_eq!(stored.len(), 1, "{stored:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_purchase_instant_past_the_supported_years_is_refused_and_syncs_still_answer() {
+    let (dir, c) = collector_with("purchase-years", &settings(default_policy())).await;
+    let device = c.api.enroll("ws-years").await;
+    for (body, field) in [
+        (
+            json!({"tokens": 5, "expires_at": "+10000-01-01T00:00:00Z"}),
+            "expires_at",
+        ),
+        (
+            json!({"tokens": 5, "purchased_at": "9999-01-01T00:00:00Z"}),
+            "purchased_at",
+        ),
+        (
+            json!({"tokens": 5, "purchased_at": "-0001-12-31T23:59:59Z"}),
+            "purchased_at",
+        ),
+    ] {
+        let r = c
+            .api
+            .post("/v1/admin/purchases", Some(ADMIN_TOKEN), &body)
+            .await;
+        assert_error_reply(&r, StatusCode::UNPROCESSABLE_ENTITY, Some(field));
+    }
+    c.api
+        .sync_all(&device, "sophie", &[good_session("p1")])
+        .await;
+    let c = restart(&dir, c).await;
+    assert_admin_reads_answer(&c.api).await;
+    c.api
+        .sync_all(&device, "sophie", &[good_session("p2")])
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_huge_policy_duration_is_refused_by_name_and_syncs_still_answer() {
+    let (_dir, c) = collector_with("huge-grace", &settings(default_policy())).await;
+    let device = c.api.enroll("ws-grace").await;
+    for (policy, field) in [
+        (json!({"grace_flex": "300000y"}), "grace_flex"),
+        (
+            json!({"grace_subscription": "300000y"}),
+            "grace_subscription",
+        ),
+        (json!({"window": "1ns"}), "window"),
+        (json!({"remind_before": "300000y"}), "remind_before"),
+    ] {
+        let r = c
+            .api
+            .post(
+                "/v1/admin/import",
+                Some(ADMIN_TOKEN),
+                &json!({ "policy": policy }),
+            )
+            .await;
+        assert_error_reply(&r, StatusCode::UNPROCESSABLE_ENTITY, Some(field));
+    }
+    let answer = c
+        .api
+        .sync_all(&device, "sophie", &[good_session("g1")])
+        .await;
+    assert!(answer["grace_until"]["flex"].is_string(), "{answer}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_bearer_scheme_is_case_insensitive() {
+    let (_dir, c) = collector_with("bearer-case", &settings(default_policy())).await;
+    let r = c
+        .api
+        .http
+        .get(format!("{}/v1/admin/balances", c.api.base))
+        .header("authorization", format!("bearer {ADMIN_TOKEN}"))
+        .send()
+        .await
+        .expect("GET balances");
+    assert_eq!(r.status(), StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_wrong_method_answers_405_with_the_error_object() {
+    let (_dir, c) = collector_with("method", &settings(default_policy())).await;
+    let r = c
+        .api
+        .send(reqwest::Method::GET, "/v1/sync", None, None)
+        .await
+        .expect("GET /v1/sync");
+    assert_error_reply(&r, StatusCode::METHOD_NOT_ALLOWED, None);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unknown_and_duplicate_query_parameters_are_refused_by_name() {
+    let (_dir, c) = collector_with("query", &settings(default_policy())).await;
+    for (path, field) in [
+        ("/v1/admin/usage-days?user=sophie", "user"),
+        (
+            "/v1/admin/usage-days?from=2026-04-01&from=2026-04-02",
+            "from",
+        ),
+        ("/v1/admin/sessions?usr=sophie", "usr"),
+        ("/v1/admin/ledger?teams=design", "teams"),
+    ] {
+        let r = c.api.get(path, Some(ADMIN_TOKEN)).await;
+        assert_error_reply(&r, StatusCode::BAD_REQUEST, Some(field));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_ledger_of_an_unknown_team_is_refused_by_name() {
+    let mut doc = settings(default_policy());
+    doc["teams"] = json!({"design": {"users": ["sophie"]}});
+    let (_dir, c) = collector_with("ledger-team", &doc).await;
+    let r = c
+        .api
+        .get("/v1/admin/ledger?team=nope", Some(ADMIN_TOKEN))
+        .await;
+    assert_error_reply(&r, StatusCode::NOT_FOUND, Some("team"));
+    let r = c
+        .api
+        .get("/v1/admin/ledger?team=design", Some(ADMIN_TOKEN))
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_purchase_for_an_unknown_team_is_refused_by_name() {
+    let mut doc = settings(default_policy());
+    doc["teams"] = json!({"design": {"users": ["sophie"]}});
+    let (_dir, c) = collector_with("purchase-team", &doc).await;
+    let r = c
+        .api
+        .post(
+            "/v1/admin/purchases",
+            Some(ADMIN_TOKEN),
+            &json!({"team": "desgin", "tokens": 100}),
+        )
+        .await;
+    assert_error_reply(&r, StatusCode::UNPROCESSABLE_ENTITY, Some("team"));
+    let balances = c.api.admin_get("/v1/admin/balances").await;
+    assert!(
+        !balances.to_string().contains("desgin"),
+        "phantom team: {balances}"
+    );
+    let r = c
+        .api
+        .post(
+            "/v1/admin/purchases",
+            Some(ADMIN_TOKEN),
+            &json!({"team": "design", "tokens": 100}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+}
