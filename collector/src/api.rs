@@ -467,14 +467,11 @@ async fn sync<S: Store>(
         .field("sessions"),
         BodyError::Json(m) => bad_json(m),
     })?;
-    if req.user.is_empty() {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "missing_field",
-            "missing field user",
-        )
-        .field("user"));
-    }
+    check_name("user", &req.user).map_err(|p| {
+        ApiError::new(StatusCode::BAD_REQUEST, p.code(), p.to_string()).field("user")
+    })?;
+    let settings = state.settings();
+    let window = settings.policy.rules().window;
     let mut zones = ZoneCache::new();
     // Instants past this are a device clock running ahead, not a use to charge yet.
     let latest = state.clock.now() + CLOCK_TOLERANCE;
@@ -486,6 +483,7 @@ async fn sync<S: Store>(
                 let id = r.id.as_deref().map(str::to_owned);
                 r.check(&mut zones)
                     .and_then(|(s, z)| s.check_not_later_than(latest).map(|()| (s, z)))
+                    .and_then(|(s, z)| s.check_admissible(window).map(|()| (s, z)))
                     .map_err(|p| (id, p))
             }
             Err(e) => {
@@ -512,7 +510,6 @@ async fn sync<S: Store>(
             }),
         }
     }
-    let settings = state.settings();
     let now = state.clock.now();
     // Running products, and whether each is idle now (its last idle interval is still
     // running: it ends at the session's last_seen).
@@ -790,7 +787,20 @@ async fn import<S: Store>(
         e.field = field;
         e
     };
-    let replace = doc.get("replace").and_then(Value::as_bool).unwrap_or(false);
+    only_known_keys(&doc)?;
+    let replace = match doc.get("replace") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => {
+            return Err(bad(
+                "import".into(),
+                Problem::WrongType {
+                    field: "replace",
+                    expected: "true or false",
+                },
+            ));
+        }
+    };
     let _one_import_at_a_time = state.imports.lock().await;
     let mut settings = if replace {
         Settings::default()
@@ -817,8 +827,18 @@ async fn import<S: Store>(
             ));
         };
         for (id, entry) in entries {
+            check_name("product", id).map_err(|p| bad(format!("catalog product {id:?}"), p))?;
             let product =
                 Product::from_json(entry).map_err(|p| bad(format!("catalog product {id}"), p))?;
+            if product.tokens_per_day > MAX_TOKENS_PER_DAY {
+                return Err(bad(
+                    format!("catalog product {id}"),
+                    Problem::OutOfBounds {
+                        field: "tokens_per_day",
+                        bounds: "at most 1000000",
+                    },
+                ));
+            }
             settings.catalog.insert(id.clone(), product);
         }
     }
@@ -835,6 +855,13 @@ async fn import<S: Store>(
         for (i, e) in list.iter().enumerate() {
             let e =
                 Entitlement::from_json(e).map_err(|p| bad(format!("entitlement #{}", i + 1), p))?;
+            if !settings.catalog.contains_key(&e.product) {
+                // replay refuses it too: a plan for a product nobody prices.
+                return Err(bad(
+                    format!("entitlement #{}", i + 1),
+                    Problem::UnknownProduct(e.product),
+                ));
+            }
             settings
                 .entitlements
                 .retain(|x| !(x.user == e.user && x.product == e.product && x.from == e.from));
@@ -851,8 +878,24 @@ async fn import<S: Store>(
                     )),
                 )
             })?;
+        let mut seen: std::collections::BTreeMap<&str, &str> = std::collections::BTreeMap::new();
+        for (name, team) in &teams {
+            check_name("team", name).map_err(|p| bad(format!("team {name:?}"), p))?;
+            for user in &team.users {
+                check_name("users", user).map_err(|p| bad(format!("team {name}"), p))?;
+                if let Some(first) = seen.insert(user, name) {
+                    return Err(bad(
+                        format!("team {name}"),
+                        Problem::Malformed(format!(
+                            "user {user:?} is listed in teams {first} and {name}; a user belongs to one team"
+                        )),
+                    )
+                    .field("users"));
+                }
+            }
+        }
         for (name, team) in teams {
-            // A user belongs to one team: the import moves them.
+            // A user belongs to one team: an import that lists them elsewhere moves them.
             for other in settings.teams.values_mut() {
                 other.users.retain(|u| !team.users.contains(u));
             }
@@ -895,6 +938,100 @@ fn bad_query(e: QueryRejection) -> ApiError {
     );
     error.field = field;
     error
+}
+
+/// Refuses the keys an import does not know, at every level, by name: a misspelt
+/// `grace_flexx` once kept the default grace in silence, and a top-level `users` was
+/// dropped.
+fn only_known_keys(doc: &Value) -> Result<(), ApiError> {
+    let unknown = |record: &str, key: &str, allowed: &str| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "unknown_key",
+            format!("{record}: unknown key {key:?} (known: {allowed})"),
+        )
+        .field(key.to_owned())
+    };
+    let check = |record: &str, value: &Value, allowed: &[&str]| match value {
+        Value::Object(map) => match map.keys().find(|k| !allowed.contains(&k.as_str())) {
+            Some(k) => Err(unknown(record, k, &allowed.join(", "))),
+            None => Ok(()),
+        },
+        _ => Ok(()), // the wrong type is refused, by name, where the value is read
+    };
+    let Value::Object(top) = doc else {
+        return Err(bad_json("an import is a JSON object"));
+    };
+    check(
+        "import",
+        doc,
+        &["catalog", "entitlements", "teams", "policy", "replace"],
+    )?;
+    if let Some(policy) = top.get("policy") {
+        check("policy", policy, Policy::KEYS)?;
+    }
+    if let Some(Value::Object(catalog)) = top.get("catalog") {
+        for (id, product) in catalog {
+            check(
+                &format!("catalog product {id}"),
+                product,
+                &["name", "tokens_per_day", "match", "rate_confirmed"],
+            )?;
+            if let Some(Value::Array(rules)) = product.get("match") {
+                for rule in rules {
+                    check(
+                        &format!("catalog product {id} match"),
+                        rule,
+                        &["exe", "args_contain"],
+                    )?;
+                }
+            }
+        }
+    }
+    if let Some(Value::Array(list)) = top.get("entitlements") {
+        for (i, e) in list.iter().enumerate() {
+            check(
+                &format!("entitlement #{}", i + 1),
+                e,
+                &["user", "product", "plan", "from", "to"],
+            )?;
+        }
+    }
+    if let Some(Value::Object(teams)) = top.get("teams") {
+        for (name, team) in teams {
+            check(&format!("team {name}"), team, &["users", "low_balance"])?;
+        }
+    }
+    Ok(())
+}
+
+/// The highest daily rate a product may have: far above any real one, and low enough
+/// that no sum of days overflows what the store keeps.
+pub const MAX_TOKENS_PER_DAY: u64 = 1_000_000;
+
+/// The most tokens one purchase may add (a trillion): sums of purchases stay within
+/// the 64-bit integers the store keeps.
+pub const MAX_PURCHASE_TOKENS: u64 = 1_000_000_000_000;
+
+/// The longest user, team or product name the collector takes.
+pub const MAX_NAME: usize = 128;
+
+/// A name an admin or agent gives (user, team, product): not empty, at most
+/// [`MAX_NAME`] bytes, no control characters (they would forge lines in a log or a CSV).
+fn check_name(field: &'static str, name: &str) -> Result<(), Problem> {
+    if name.is_empty() {
+        return Err(Problem::Missing(field));
+    }
+    if name.len() > MAX_NAME {
+        return Err(Problem::TooLong { field });
+    }
+    if name.chars().any(char::is_control) {
+        return Err(Problem::WrongType {
+            field,
+            expected: "text without control characters",
+        });
+    }
+    Ok(())
 }
 
 #[derive(Deserialize)]
@@ -990,6 +1127,7 @@ async fn revoke<S: Store>(
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct PurchaseRequest {
     #[serde(default)]
     team: Option<String>,
@@ -1012,6 +1150,14 @@ async fn purchase<S: Store>(
     let expires_at = req
         .expires_at
         .unwrap_or_else(|| default_expiry(purchased_at));
+    if req.tokens > MAX_PURCHASE_TOKENS {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "out_of_bounds",
+            format!("tokens must be at most {MAX_PURCHASE_TOKENS}"),
+        )
+        .field("tokens"));
+    }
     for (field, t) in [("purchased_at", purchased_at), ("expires_at", expires_at)] {
         if !(purchase_range().contains(&t)) {
             return Err(ApiError::new(

@@ -214,3 +214,118 @@ async fn a_purchase_for_an_unknown_team_is_refused_by_name() {
         .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
 }
+
+async fn import_refused(api: &Api, doc: Value, field: &str) {
+    let r = api.post("/v1/admin/import", Some(ADMIN_TOKEN), &doc).await;
+    assert_error_reply(&r, StatusCode::UNPROCESSABLE_ENTITY, Some(field));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unknown_keys_in_an_import_are_refused_by_name_at_every_level() {
+    let (_dir, c) = collector_with("import-keys", &settings(default_policy())).await;
+    import_refused(
+        &c.api,
+        json!({"policy": {"grace_flexx": "48h"}}),
+        "grace_flexx",
+    )
+    .await;
+    import_refused(&c.api, json!({"users": ["sophie"]}), "users").await;
+    import_refused(
+        &c.api,
+        json!({"teams": {"design": {"users": ["sophie"], "low_balanse": 5}}}),
+        "low_balanse",
+    )
+    .await;
+    import_refused(
+        &c.api,
+        json!({"catalog": {"x": {"tokens_per_day": 1, "match": [{"exe": "x.exe", "arg": "y"}]}}}),
+        "arg",
+    )
+    .await;
+    let policy = c.api.admin_get("/v1/admin/usage-days").await;
+    assert!(policy.is_object());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_entitlement_for_a_product_not_in_the_catalog_is_refused() {
+    let (_dir, c) = collector_with("ent-product", &settings(default_policy())).await;
+    import_refused(
+        &c.api,
+        json!({"entitlements": [{"user": "sophie", "product": "nope", "plan": "subscription"}]}),
+        "product",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_user_in_two_teams_of_one_import_is_refused() {
+    let (_dir, c) = collector_with("two-teams", &settings(default_policy())).await;
+    import_refused(
+        &c.api,
+        json!({"teams": {"a": {"users": ["sophie"]}, "b": {"users": ["sophie"]}}}),
+        "users",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn integers_past_what_is_stored_are_refused() {
+    let (_dir, c) = collector_with("integers", &settings(default_policy())).await;
+    let r = c
+        .api
+        .post(
+            "/v1/admin/purchases",
+            Some(ADMIN_TOKEN),
+            &json!({"tokens": 18446744073709551615u64}),
+        )
+        .await;
+    assert_error_reply(&r, StatusCode::UNPROCESSABLE_ENTITY, Some("tokens"));
+    import_refused(
+        &c.api,
+        json!({"catalog": {"big": {"tokens_per_day": 18446744073709551615u64}}}),
+        "tokens_per_day",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_session_over_the_window_cap_an_empty_product_and_overlapping_idle_are_rejected_by_name()
+{
+    let (_dir, c) = collector_with("session-bounds", &settings(default_policy())).await;
+    let device = c.api.enroll("ws-bounds").await;
+    let long = json!({"id": "long", "product": "acad", "start": "1700-01-01T00:00:00Z",
+                      "end": "2020-01-01T00:00:00Z"});
+    let empty = json!({"id": "empty", "product": "", "start": "2026-04-02T09:00:00Z",
+                       "end": "2026-04-02T17:00:00Z"});
+    let overlap = json!({"id": "overlap", "product": "acad", "start": "2026-04-02T09:00:00Z",
+                         "end": "2026-04-02T17:00:00Z",
+                         "idle": [["2026-04-02T10:00:00Z", "2026-04-02T12:00:00Z"],
+                                  ["2026-04-02T11:00:00Z", "2026-04-02T13:00:00Z"]]});
+    let answer = c
+        .api
+        .sync(
+            &device,
+            "sophie",
+            &[long, empty, overlap, good_session("ok")],
+        )
+        .await;
+    assert_eq!(answer["accepted"], json!(["ok"]), "{answer}");
+    let by_id = |id: &str| {
+        answer["rejected"]
+            .as_array()
+            .and_then(|l| l.iter().find(|r| r["id"] == id))
+            .map(|r| r["error"].clone())
+            .unwrap_or_else(|| panic!("{id} not rejected: {answer}"))
+    };
+    assert_eq!(by_id("long")["code"], "too_many_windows");
+    assert_error_object(&by_id("long"), Some("end"));
+    assert_error_object(&by_id("empty"), Some("product"));
+    assert_error_object(&by_id("overlap"), Some("idle"));
+    let long_user = "u".repeat(129);
+    let r = c
+        .api
+        .try_sync(&device, &long_user, &[])
+        .await
+        .expect("sync");
+    assert_error_reply(&r, StatusCode::BAD_REQUEST, Some("user"));
+}

@@ -115,6 +115,22 @@ pub struct Rules {
 }
 
 impl Policy {
+    /// Every policy key, as an import names them.
+    pub const KEYS: &'static [&'static str] = &[
+        "window",
+        "min_session",
+        "day_basis",
+        "rollover",
+        "idle_after",
+        "short_sessions",
+        "sync_interval",
+        "retry_max",
+        "remind_before",
+        "grace_flex",
+        "grace_subscription",
+        "enforce",
+    ];
+
     /// Policy defaults overlaid with the keys of `object`, each validated.
     pub fn from_json(object: &Value) -> Result<Policy, Problem> {
         let mut policy = Policy::default();
@@ -263,6 +279,15 @@ mod tests {
                    "retry_max": "1m", "remind_before": "1h", "grace_flex": "24h",
                    "grace_subscription": "720h", "enforce": "close"})
         );
+    }
+
+    #[test]
+    fn keys_are_the_serialized_keys() {
+        let v = serde_json::to_value(Policy::default()).unwrap();
+        let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+        let mut expected = Policy::KEYS.to_vec();
+        expected.sort_unstable();
+        assert_eq!(keys, expected);
     }
 
     #[test]

@@ -44,6 +44,8 @@ pub enum Problem {
     NotPositive { field: &'static str },
     #[error("{field} is too long")]
     TooLong { field: &'static str },
+    #[error("the session spans {max} charge windows or more; split it or check its instants")]
+    TooManyWindows { max: i64 },
     #[error("{field} is out of bounds: {bounds}")]
     OutOfBounds {
         field: &'static str,
@@ -88,7 +90,7 @@ impl Problem {
             | Problem::UnknownValue { field: f, .. }
             | Problem::WrongType { field: f, .. }
             | Problem::ClockAhead { field: f } => Some(f),
-            Problem::Unbounded => Some("end"),
+            Problem::Unbounded | Problem::TooManyWindows { .. } => Some("end"),
             Problem::UnknownZone(_) => Some("tz"),
             Problem::UnknownProduct(_) => Some("product"),
             Problem::ConflictingCopies(f) => Some(f),
@@ -113,6 +115,7 @@ impl Problem {
             Problem::NotPositive { .. } => "not_positive",
             Problem::TooLong { .. } => "too_long",
             Problem::OutOfBounds { .. } => "out_of_bounds",
+            Problem::TooManyWindows { .. } => "too_many_windows",
             Problem::UnknownValue { .. } => "unknown_value",
             Problem::WrongType { .. } => "wrong_type",
             Problem::ClockAhead { .. } => "clock_ahead",

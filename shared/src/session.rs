@@ -18,6 +18,14 @@ use serde::{Deserialize, Serialize};
 use crate::record::Problem;
 use crate::time::{Instant, Nanos, Zone, ZoneCache, nanos, parse_instant};
 
+/// The longest id, product or version a sync may send, in bytes.
+pub const MAX_TEXT: usize = 128;
+
+/// The most charge windows one synced session may span: 2.7 years of 24-hour windows,
+/// ten minutes of one-second test windows. Bounds the usage days, and the writer's
+/// time, one session can cost.
+pub const MAX_WINDOWS: i64 = 1000;
+
 /// A `[from, to)` interval inside a session (idle or suspended).
 pub type Interval = [Instant; 2];
 
@@ -340,6 +348,55 @@ impl<'a> Session<'a> {
         }
     }
 
+    /// The bounds `/v1/sync` keeps on what one session may make the collector do, and
+    /// on what it may write into reports and logs: an id, product and version of at
+    /// most [`MAX_TEXT`] bytes without control characters, a product that is not empty,
+    /// idle and suspended intervals inside the session, in order, not overlapping, and
+    /// a span of at most [`MAX_WINDOWS`] charge windows of `window` nanoseconds (a
+    /// session from 1677 to 2262 once made 213,502 usage days in one request). `replay`
+    /// does not apply them: it accounts whatever its file holds.
+    pub fn check_admissible(&self, window: Nanos) -> Result<(), Problem> {
+        for (field, text) in [
+            ("id", Some(&*self.id)),
+            ("product", Some(&*self.product)),
+            ("version", self.version.as_deref()),
+        ] {
+            let Some(text) = text else { continue };
+            if text.is_empty() && field != "version" {
+                return Err(Problem::Missing(field));
+            }
+            if text.len() > MAX_TEXT {
+                return Err(Problem::TooLong { field });
+            }
+            if text.chars().any(char::is_control) {
+                return Err(Problem::WrongType {
+                    field,
+                    expected: "text without control characters",
+                });
+            }
+        }
+        let (start, end) = (self.start_nanos(), self.end_nanos());
+        for (field, list) in [("suspended", &self.suspended), ("idle", &self.idle)] {
+            let mut after = start;
+            for [from, to] in list {
+                let (from, to) = (nanos(from), nanos(to));
+                if from < after || to > end {
+                    return Err(Problem::OutOfBounds {
+                        field,
+                        bounds: "intervals lie inside the session, in order, without overlapping",
+                    });
+                }
+                after = to;
+            }
+        }
+        // In i128: two instants 585 years apart are further than an i64 of nanoseconds.
+        let windows = (i128::from(end) - i128::from(start)) / i128::from(window.max(1));
+        if windows >= i128::from(MAX_WINDOWS) {
+            return Err(Problem::TooManyWindows { max: MAX_WINDOWS });
+        }
+        Ok(())
+    }
+
     /// Which of two copies of one id wins: the later effective end; on a tie the closed
     /// copy. Further ties are broken on the remaining fields so that the winner never
     /// depends on arrival order (a later `last_seen`, then more idle and suspend
@@ -418,6 +475,40 @@ mod tests {
         assert!(serde_json::from_str::<RawSession<'_>>(list).is_err());
         assert!(serde_json::from_str::<IdOnly<'_>>(list).is_err());
         assert!(serde_json::from_str::<RawSession<'_>>(r#"{"id":"s1"}"#).is_ok());
+    }
+
+    #[test]
+    fn a_session_over_the_window_cap_is_refused() {
+        let hour = 3_600_000_000_000;
+        let s = checked(r#"{"id":"s","product":"a","start":"1677-09-22T00:00:00Z","end":"2262-04-10T00:00:00Z"}"#).unwrap();
+        assert_eq!(
+            s.check_admissible(24 * hour),
+            Err(Problem::TooManyWindows { max: MAX_WINDOWS })
+        );
+        let s = checked(r#"{"id":"s","product":"a","start":"2026-03-02T09:00:00Z","end":"2026-03-12T09:00:00Z"}"#).unwrap();
+        assert_eq!(s.check_admissible(24 * hour), Ok(()));
+    }
+
+    #[test]
+    fn an_empty_product_or_overlapping_idle_is_refused() {
+        let hour = 3_600_000_000_000;
+        let s = checked(r#"{"id":"s","product":"","start":"2026-03-02T09:00:00Z","end":"2026-03-02T12:00:00Z"}"#).unwrap();
+        assert_eq!(s.check_admissible(hour), Err(Problem::Missing("product")));
+        let s = checked(
+            r#"{"id":"s","product":"a","start":"2026-03-02T09:00:00Z","end":"2026-03-02T12:00:00Z",
+                "idle":[["2026-03-02T10:00:00Z","2026-03-02T11:00:00Z"],["2026-03-02T10:30:00Z","2026-03-02T10:40:00Z"]]}"#,
+        )
+        .unwrap();
+        assert_eq!(s.check_admissible(hour).unwrap_err().field(), Some("idle"));
+        let s = checked(
+            r#"{"id":"s","product":"a","start":"2026-03-02T09:00:00Z","end":"2026-03-02T12:00:00Z",
+                "suspended":[["2026-03-02T11:00:00Z","2026-03-02T13:00:00Z"]]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            s.check_admissible(hour).unwrap_err().field(),
+            Some("suspended")
+        );
     }
 
     #[test]
