@@ -1226,7 +1226,14 @@ async fn balances<S: Store>(
 #[serde(deny_unknown_fields)]
 struct LedgerQuery {
     team: Option<String>,
+    /// The `seq` of the last entry of the previous page.
+    after: Option<i64>,
+    limit: Option<usize>,
 }
+
+/// Entries in one ledger page unless `limit` says otherwise, and the most it may say.
+const LEDGER_PAGE: usize = 1000;
+const LEDGER_PAGE_MAX: usize = 10_000;
 
 async fn ledger<S: Store>(
     State(state): State<Arc<AppState<S>>>,
@@ -1246,6 +1253,21 @@ async fn ledger<S: Store>(
         )
         .field("team"));
     }
-    let entries = state.store.ledger(q.team).await?;
-    Ok(json_response(&json!({ "entries": entries })))
+    let limit = q.limit.unwrap_or(LEDGER_PAGE);
+    if !(1..=LEDGER_PAGE_MAX).contains(&limit) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_query",
+            format!("limit must be from 1 to {LEDGER_PAGE_MAX}"),
+        )
+        .field("limit"));
+    }
+    let entries = state.store.ledger(q.team, q.after, limit).await?;
+    // A full page may have more after it: `next_after` is where the next page starts.
+    let next_after = (entries.len() == limit)
+        .then(|| entries.last().map(|e| e.seq))
+        .flatten();
+    Ok(json_response(
+        &json!({ "entries": entries, "next_after": next_after }),
+    ))
 }

@@ -329,3 +329,39 @@ async fn a_session_over_the_window_cap_an_empty_product_and_overlapping_idle_are
         .expect("sync");
     assert_error_reply(&r, StatusCode::BAD_REQUEST, Some("user"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_ledger_is_read_a_page_at_a_time() {
+    let (_dir, c) = collector_with("ledger-pages", &settings(default_policy())).await;
+    let device = c.api.enroll("ws-pages").await;
+    let days: Vec<Value> = (1..=7)
+        .map(|d| {
+            json!({"id": format!("day-{d}"), "product": "revit",
+                   "start": format!("2026-04-{d:02}T09:00:00Z"),
+                   "end": format!("2026-04-{d:02}T17:00:00Z")})
+        })
+        .collect();
+    c.api.sync_all(&device, "sophie", &days).await;
+    let whole = c.api.admin_get("/v1/admin/ledger?limit=10000").await;
+    let all = whole["entries"].as_array().expect("entries").clone();
+    assert!(all.len() >= 7, "{whole}");
+    assert_eq!(whole["next_after"], Value::Null);
+    let mut paged = Vec::new();
+    let mut path = "/v1/admin/ledger?limit=2".to_owned();
+    loop {
+        let page = c.api.admin_get(&path).await;
+        let entries = page["entries"].as_array().expect("entries");
+        assert!(entries.len() <= 2, "{page}");
+        paged.extend(entries.iter().cloned());
+        match page["next_after"].as_i64() {
+            Some(after) => path = format!("/v1/admin/ledger?limit=2&after={after}"),
+            None => break,
+        }
+    }
+    assert_eq!(paged, all);
+    let r = c
+        .api
+        .get("/v1/admin/ledger?limit=0", Some(ADMIN_TOKEN))
+        .await;
+    assert_error_reply(&r, StatusCode::BAD_REQUEST, Some("limit"));
+}

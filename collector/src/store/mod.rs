@@ -272,9 +272,13 @@ pub trait Store: Send + Sync + 'static {
         at: DateTime<Utc>,
     ) -> impl Future<Output = Result<u64, StoreError>> + Send;
     /// Ledger entries, oldest first, of one team or all.
+    /// Ledger entries in `seq` order, those after `after` (a page's last `seq`), at most
+    /// `limit` of them: the ledger only grows, so an admin reads it a page at a time.
     fn ledger(
         &self,
         team: Option<String>,
+        after: Option<i64>,
+        limit: usize,
     ) -> impl Future<Output = Result<Vec<LedgerEntry>, StoreError>> + Send;
     /// Last successful sync of a user, for the offline grace (to the minute: a sync
     /// within a minute of the recorded one leaves it).

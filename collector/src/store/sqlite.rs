@@ -2447,16 +2447,22 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn ledger(&self, team: Option<String>) -> Result<Vec<LedgerEntry>, StoreError> {
+    async fn ledger(
+        &self,
+        team: Option<String>,
+        after: Option<i64>,
+        limit: usize,
+    ) -> Result<Vec<LedgerEntry>, StoreError> {
         self.read(move |c| {
             let mut stmt = c
                 .prepare(
                     "SELECT seq, at, team, user, product, day, window_start_ns, purchase, tokens, reason FROM ledger
-                     WHERE (?1 IS NULL OR team = ?1) ORDER BY seq",
+                     WHERE (?1 IS NULL OR team = ?1) AND seq > ?2 ORDER BY seq LIMIT ?3",
                 )
                 .map_err(db)?;
+            let limit = i64::try_from(limit).unwrap_or(i64::MAX);
             let rows = stmt
-                .query_map([team], |r| {
+                .query_map(rusqlite::params![team, after.unwrap_or(i64::MIN), limit], |r| {
                     Ok((
                         r.get::<_, i64>(0)?,
                         r.get::<_, String>(1)?,
@@ -3032,7 +3038,7 @@ mod tests {
             p.tokens_per_day = 9;
         }
         store.put_settings(repriced).await.unwrap();
-        let entries = store.ledger(None).await.unwrap();
+        let entries = store.ledger(None, None, usize::MAX).await.unwrap();
         let seqs: Vec<i64> = entries.iter().map(|e| e.seq).collect();
         assert_eq!(seqs, (1..=entries.len() as i64).collect::<Vec<_>>());
         assert!(entries.iter().any(|e| e.reason.starts_with("day changed")));
@@ -3206,7 +3212,7 @@ mod tests {
             );
             let charged: i64 = stored.iter().map(|d| d.tokens as i64).sum();
             let booked: i64 = store
-                .ledger(None)
+                .ledger(None, None, usize::MAX)
                 .await
                 .unwrap()
                 .iter()
