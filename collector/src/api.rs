@@ -494,6 +494,13 @@ async fn sync<S: Store>(
                 Err((id, Problem::Malformed(e.to_string())))
             }
         };
+        // A session that did not parse: name the field where it failed (read again on
+        // this rare path, with the path the parser was at).
+        let checked = checked.map_err(|(id, problem)| {
+            let field =
+                matches!(problem, Problem::Malformed(_)).then(|| malformed_field(element.text));
+            (id, problem, field)
+        });
         match checked {
             Ok((mut session, zone)) => {
                 session.user = Some(Cow::Owned(req.user.to_string()));
@@ -504,8 +511,12 @@ async fn sync<S: Store>(
                     body: element.text.to_owned(),
                 });
             }
-            Err((id, problem)) => rejected.push(Rejected {
-                error: error_object(problem.code(), &problem.to_string(), problem.field()),
+            Err((id, problem, field)) => rejected.push(Rejected {
+                error: error_object(
+                    problem.code(),
+                    &problem.to_string(),
+                    field.as_deref().or(problem.field()),
+                ),
                 id,
             }),
         }
@@ -573,6 +584,23 @@ async fn sync<S: Store>(
         policy: &fixed.policy,
     };
     Ok(json_response(&response))
+}
+
+/// The field at which a session's text fails to parse (`start`, `idle[0]`…); `session`
+/// when the element is not an object at all.
+fn malformed_field(text: &str) -> String {
+    let mut de = serde_json::Deserializer::from_str(text);
+    match serde_path_to_error::deserialize::<_, daymeter_shared::session::RawSession<'_>>(&mut de) {
+        Err(e) => {
+            let path = e.path().to_string();
+            if path.is_empty() || path == "." {
+                "session".to_owned()
+            } else {
+                path
+            }
+        }
+        Ok(_) => "session".to_owned(),
+    }
 }
 
 /// The answer to a sync (spec/protocol.md), serialized straight from the settings.

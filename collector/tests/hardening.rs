@@ -55,7 +55,7 @@ async fn a_session_sent_as_a_list_is_rejected_and_the_collector_still_restarts()
     assert_eq!(answer["accepted"], json!(["s2"]), "{answer}");
     let rejected = answer["rejected"].as_array().expect("rejected");
     assert_eq!(rejected.len(), 1, "{answer}");
-    assert_error_object(&rejected[0]["error"], None);
+    assert_error_object(&rejected[0]["error"], Some("session"));
     let c = restart(&dir, c).await;
     assert_admin_reads_answer(&c.api).await;
     let stored = c.api.stored().await;
@@ -364,4 +364,22 @@ async fn the_ledger_is_read_a_page_at_a_time() {
         .get("/v1/admin/ledger?limit=0", Some(ADMIN_TOKEN))
         .await;
     assert_error_reply(&r, StatusCode::BAD_REQUEST, Some("limit"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_malformed_session_is_rejected_naming_its_field() {
+    let (_dir, c) = collector_with("malformed-field", &settings(default_policy())).await;
+    let device = c.api.enroll("ws-malformed").await;
+    let bad_start =
+        json!({"id": "m1", "product": "acad", "start": 5, "end": "2026-04-02T17:00:00Z"});
+    let bad_idle = json!({"id": "m2", "product": "acad", "start": "2026-04-02T09:00:00Z",
+                          "end": "2026-04-02T17:00:00Z", "idle": [["2026-04-02T10:00:00Z"]]});
+    let answer = c.api.sync(&device, "sophie", &[bad_start, bad_idle]).await;
+    let rejected = answer["rejected"].as_array().expect("rejected");
+    assert_eq!(rejected.len(), 2, "{answer}");
+    assert_eq!(rejected[0]["id"], "m1");
+    assert_error_object(&rejected[0]["error"], Some("start"));
+    assert_eq!(rejected[1]["id"], "m2");
+    let field = rejected[1]["error"]["field"].as_str().expect("field");
+    assert!(field.starts_with("idle"), "{answer}");
 }
