@@ -1067,6 +1067,8 @@ fn check_name(field: &'static str, name: &str) -> Result<(), Problem> {
 struct DayRange {
     from: Option<String>,
     to: Option<String>,
+    user: Option<String>,
+    product: Option<String>,
 }
 
 /// A `YYYY-MM-DD` query parameter, if given.
@@ -1094,7 +1096,11 @@ async fn usage_days<S: Store>(
     let Query(q) = q.map_err(bad_query)?;
     let from = day_param("from", q.from.as_deref())?;
     let to = day_param("to", q.to.as_deref())?;
-    let rows = state.store.usage_days(from, to).await?;
+    let mut rows = state.store.usage_days(from, to).await?;
+    rows.retain(|r| {
+        q.user.as_deref().is_none_or(|u| r.user == u)
+            && q.product.as_deref().is_none_or(|p| r.product == p)
+    });
     let report = Report {
         totals: Totals::of(&rows),
         usage_days: rows,

@@ -155,7 +155,7 @@ async fn a_wrong_method_answers_405_with_the_error_object() {
 async fn unknown_and_duplicate_query_parameters_are_refused_by_name() {
     let (_dir, c) = collector_with("query", &settings(default_policy())).await;
     for (path, field) in [
-        ("/v1/admin/usage-days?user=sophie", "user"),
+        ("/v1/admin/usage-days?usr=sophie", "usr"),
         (
             "/v1/admin/usage-days?from=2026-04-01&from=2026-04-02",
             "from",
@@ -382,4 +382,22 @@ async fn a_malformed_session_is_rejected_naming_its_field() {
     assert_eq!(rejected[1]["id"], "m2");
     let field = rejected[1]["error"]["field"].as_str().expect("field");
     assert!(field.starts_with("idle"), "{answer}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn usage_days_honour_the_user_and_product_filters() {
+    let (_dir, c) = collector_with("usage-filters", &settings(default_policy())).await;
+    let device = c.api.enroll("ws-filters").await;
+    c.api
+        .sync_all(&device, "sophie", &[good_session("f1")])
+        .await;
+    c.api.sync_all(&device, "marc", &[good_session("f2")]).await;
+    let all = c.api.admin_get("/v1/admin/usage-days").await;
+    assert_eq!(all["usage_days"].as_array().map(Vec::len), Some(2), "{all}");
+    let sophie = c.api.admin_get("/v1/admin/usage-days?user=sophie").await;
+    let rows = sophie["usage_days"].as_array().expect("rows");
+    assert_eq!(rows.len(), 1, "{sophie}");
+    assert_eq!(rows[0]["user"], "sophie");
+    let none = c.api.admin_get("/v1/admin/usage-days?product=revit").await;
+    assert_eq!(none["usage_days"], json!([]), "{none}");
 }
