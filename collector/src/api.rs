@@ -22,6 +22,7 @@ use daymeter_shared::ledger::{DEFAULT_TEAM, Purchase, Team, default_expiry};
 use daymeter_shared::policy::Policy;
 use daymeter_shared::record::Problem;
 use daymeter_shared::session::CLOCK_TOLERANCE;
+use daymeter_shared::session::MAX_WINDOWS;
 use daymeter_shared::time::ZoneCache;
 use daymeter_shared::usage::{Report, Totals};
 use serde::{Deserialize, Serialize};
@@ -843,6 +844,23 @@ async fn import<S: Store>(
             .policy
             .merge(policy)
             .map_err(|p| bad("policy".into(), p))?;
+    }
+    if settings.policy.window < state.settings().policy.window {
+        // Every stored session must still span fewer windows than a sync may bring:
+        // a window shortened from 24h to 1s would turn a 900-day session into
+        // 77 million usage days in the import's recomputation.
+        let longest = state.store.longest_session().await?;
+        let window = settings.policy.window.as_secs().max(1);
+        let windows = u64::try_from(longest).unwrap_or(0) / window;
+        if windows >= MAX_WINDOWS as u64 {
+            return Err(bad(
+                "policy".into(),
+                Problem::OutOfBounds {
+                    field: "window",
+                    bounds: "the longest stored session must span fewer than 1000 windows",
+                },
+            ));
+        }
     }
     if let Some(catalog) = doc.get("catalog").filter(|v| !v.is_null()) {
         let Value::Object(entries) = catalog else {

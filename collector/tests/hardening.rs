@@ -401,3 +401,28 @@ async fn usage_days_honour_the_user_and_product_filters() {
     let none = c.api.admin_get("/v1/admin/usage-days?product=revit").await;
     assert_eq!(none["usage_days"], json!([]), "{none}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_import_may_not_shorten_the_window_past_the_cap_of_a_stored_session() {
+    let (_dir, c) = collector_with("window-cap", &settings(default_policy())).await;
+    let device = c.api.enroll("ws-window").await;
+    let ten_days = json!({"id": "ten", "product": "acad", "start": "2026-04-01T09:00:00Z",
+                          "end": "2026-04-11T09:00:00Z"});
+    c.api.sync_all(&device, "sophie", &[ten_days]).await;
+    import_refused(&c.api, json!({"policy": {"window": "10m"}}), "window").await;
+    let r = c
+        .api
+        .post(
+            "/v1/admin/import",
+            Some(ADMIN_TOKEN),
+            &json!({"policy": {"window": "1h"}}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let days = c.api.admin_get("/v1/admin/usage-days").await;
+    assert_eq!(
+        days["usage_days"].as_array().map(Vec::len),
+        Some(240),
+        "{days}"
+    );
+}

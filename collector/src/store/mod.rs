@@ -280,6 +280,10 @@ pub trait Store: Send + Sync + 'static {
         after: Option<i64>,
         limit: usize,
     ) -> impl Future<Output = Result<Vec<LedgerEntry>, StoreError>> + Send;
+    /// The longest span of a stored session (start to its effective end), in whole
+    /// seconds: an import may not shorten the window so far that one stored session
+    /// spans more charge windows than a sync may bring.
+    fn longest_session(&self) -> impl Future<Output = Result<i64, StoreError>> + Send;
     /// Last successful sync of a user, for the offline grace (to the minute: a sync
     /// within a minute of the recorded one leaves it).
     fn last_sync(

@@ -2503,6 +2503,24 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn longest_session(&self) -> Result<i64, StoreError> {
+        // SQLite's julianday reads RFC 3339 with its offset; a scan of every stored
+        // body, which only an import that changes the window pays.
+        self.read(|c| {
+            let days: Option<f64> = c
+                .query_row(
+                    "SELECT max(julianday(coalesce(e.value ->> 'end', e.value ->> 'last_seen'))
+                                - julianday(e.value ->> 'start'))
+                     FROM session_batches AS b, json_each(b.bodies) AS e",
+                    [],
+                    |r| r.get(0),
+                )
+                .map_err(db)?;
+            Ok(days.map_or(0, |d| (d * 86_400.0).ceil() as i64))
+        })
+        .await
+    }
+
     async fn last_sync(&self, user: String) -> Result<Option<DateTime<Utc>>, StoreError> {
         self.read(move |c| {
             let at: Option<String> = c
