@@ -29,7 +29,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::auth::{Secret, new_token, same_hash, token_hash};
-use crate::store::{Device, Incoming, Ingest, SessionFilter, Settings, Store, StoreError};
+use crate::store::{
+    Device, Incoming, Ingest, PurchaseCorrection, SessionFilter, Settings, Store, StoreError,
+};
 use crate::sync_body::{self, BodyError};
 
 /// Largest request body (spec: over 1 MiB is 413).
@@ -303,6 +305,10 @@ pub fn router<S: Store>(state: Arc<AppState<S>>) -> Router {
         .route("/v1/admin/sessions", get(sessions::<S>))
         .route("/v1/admin/devices/{id}/revoke", post(revoke::<S>))
         .route("/v1/admin/purchases", post(purchase::<S>))
+        .route(
+            "/v1/admin/purchases/{id}/corrections",
+            post(correct_purchase::<S>),
+        )
         .route("/v1/admin/balances", get(balances::<S>))
         .route("/v1/admin/ledger", get(ledger::<S>))
         .fallback(|| async {
@@ -1248,6 +1254,94 @@ async fn purchase<S: Store>(
     state.store.add_purchase(p.clone()).await?;
     tracing::info!(team = ?p.team, tokens = p.tokens, "token purchase recorded");
     Ok(json_response(&p))
+}
+
+/// A correction of a purchase: its tokens and expiry from now on, and why.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CorrectionRequest {
+    #[serde(default)]
+    tokens: Option<u64>,
+    #[serde(default)]
+    expires_at: Option<DateTime<Utc>>,
+    reason: String,
+}
+
+/// `POST /v1/admin/purchases/{id}/corrections`: a purchase entered wrong is set anew
+/// (or withdrawn with `"tokens": 0`), never edited in place: the correction is kept
+/// beside it with the values before and after. Days it already paid stay paid.
+async fn correct_purchase<S: Store>(
+    State(state): State<Arc<AppState<S>>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    check_admin(&state, &headers)?;
+    let bytes = read_body(&headers, body).await?;
+    let req: CorrectionRequest = parse_json(&bytes)?;
+    let unprocessable = |code, field: &str, message: String| {
+        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, message).field(field.to_owned())
+    };
+    if req.reason.trim().is_empty()
+        || req.reason.len() > 500
+        || req.reason.chars().any(char::is_control)
+    {
+        return Err(unprocessable(
+            "bad_reason",
+            "reason",
+            "reason must say why, in 1 to 500 bytes without control characters".into(),
+        ));
+    }
+    let Some(current) = state.store.purchase(id.clone()).await? else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_purchase",
+            format!("no purchase {id:?}"),
+        ));
+    };
+    let tokens = req.tokens.unwrap_or(current.tokens);
+    let expires_at = req.expires_at.unwrap_or(current.expires_at);
+    if tokens > MAX_PURCHASE_TOKENS {
+        return Err(unprocessable(
+            "out_of_bounds",
+            "tokens",
+            format!("tokens must be at most {MAX_PURCHASE_TOKENS}"),
+        ));
+    }
+    if !purchase_range().contains(&expires_at) {
+        return Err(unprocessable(
+            "out_of_range",
+            "expires_at",
+            "expires_at must lie in the years 1970 to 2199".into(),
+        ));
+    }
+    if expires_at <= current.purchased_at {
+        return Err(unprocessable(
+            "before_start",
+            "expires_at",
+            "expires_at is not after purchased_at".into(),
+        ));
+    }
+    let correction = PurchaseCorrection {
+        id: uuid::Uuid::now_v7().to_string(),
+        purchase: id.clone(),
+        at: state.clock.now(),
+        tokens,
+        expires_at,
+        reason: req.reason,
+    };
+    if !state.store.correct_purchase(correction.clone()).await? {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_purchase",
+            format!("no purchase {id:?}"),
+        ));
+    }
+    tracing::info!(purchase = ?id, tokens, "token purchase corrected");
+    Ok(json_response(&json!({
+        "correction": correction,
+        "before": { "tokens": current.tokens, "expires_at": current.expires_at },
+    })))
 }
 
 /// The instants a purchase may carry: what the store writes and reads back as text,

@@ -426,3 +426,52 @@ async fn an_import_may_not_shorten_the_window_past_the_cap_of_a_stored_session()
         "{days}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_purchase_is_corrected_or_withdrawn_by_an_appended_correction_that_survives_a_restart() {
+    let mut doc = settings(default_policy());
+    doc["teams"] = json!({"design": {"users": ["sophie"]}});
+    let (dir, c) = collector_with("purchase-correction", &doc).await;
+    let bought = c
+        .api
+        .admin_post(
+            "/v1/admin/purchases",
+            &json!({"team": "design", "tokens": 100}),
+        )
+        .await;
+    let id = bought["id"].as_str().expect("purchase id").to_owned();
+    let remaining = |balances: &Value| {
+        balances["balances"]
+            .as_array()
+            .and_then(|l| l.iter().find(|b| b["team"] == "design"))
+            .map(|b| b["remaining"].clone())
+            .unwrap_or_else(|| panic!("no design balance: {balances}"))
+    };
+    let path = format!("/v1/admin/purchases/{id}/corrections");
+    let answer = c
+        .api
+        .admin_post(&path, &json!({"tokens": 30, "reason": "typed 100 for 30"}))
+        .await;
+    assert_eq!(answer["before"]["tokens"], 100, "{answer}");
+    assert_eq!(answer["correction"]["tokens"], 30, "{answer}");
+    assert_eq!(remaining(&c.api.admin_get("/v1/admin/balances").await), 30);
+    let r = c
+        .api
+        .post(&path, Some(ADMIN_TOKEN), &json!({"tokens": 0}))
+        .await;
+    assert_error_reply(&r, StatusCode::BAD_REQUEST, None);
+    let r = c
+        .api
+        .post(
+            "/v1/admin/purchases/nope/corrections",
+            Some(ADMIN_TOKEN),
+            &json!({"tokens": 0, "reason": "refunded"}),
+        )
+        .await;
+    assert_error_reply(&r, StatusCode::NOT_FOUND, None);
+    c.api
+        .admin_post(&path, &json!({"tokens": 0, "reason": "refunded"}))
+        .await;
+    let c = restart(&dir, c).await;
+    assert_eq!(remaining(&c.api.admin_get("/v1/admin/balances").await), 0);
+}

@@ -72,6 +72,18 @@ impl Cause {
     }
 }
 
+/// A purchase set anew: its tokens and expiry from now on, and why. Kept beside the
+/// purchase, append-only.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct PurchaseCorrection {
+    pub id: String,
+    pub purchase: String,
+    pub at: DateTime<Utc>,
+    pub tokens: u64,
+    pub expires_at: DateTime<Utc>,
+    pub reason: String,
+}
+
 /// One ledger entry. Positive tokens pay for a usage day; a reversal is negative.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct LedgerEntry {
@@ -259,6 +271,16 @@ pub trait Store: Send + Sync + 'static {
         &self,
         purchase: Purchase,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// A purchase as it stands now, if there is one of that id.
+    fn purchase(
+        &self,
+        id: String,
+    ) -> impl Future<Output = Result<Option<Purchase>, StoreError>> + Send;
+    /// Applies a correction to a purchase; false if there is no such purchase.
+    fn correct_purchase(
+        &self,
+        correction: PurchaseCorrection,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
     /// Every team's balance at `at` (teams with purchases or charges, and the settings' teams).
     fn balances(
         &self,

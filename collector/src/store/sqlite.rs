@@ -43,8 +43,8 @@ use tokio::sync::oneshot;
 use daymeter_shared::ledger::{Ledger, Purchase, team_of};
 
 use super::{
-    Balance, Cause, Device, Ingest, IngestOutcome, LedgerEntry, PurchaseState, SessionFilter,
-    Settings, Store, StoreError, StoredSession,
+    Balance, Cause, Device, Ingest, IngestOutcome, LedgerEntry, PurchaseCorrection, PurchaseState,
+    SessionFilter, Settings, Store, StoreError, StoredSession,
 };
 
 /// Most jobs committed together; bounds the time the first of them waits.
@@ -320,6 +320,21 @@ CREATE VIEW sessions (row, id, user, device, product, body) AS
     SELECT b.first_row + e.key, e.value ->> 'id', b.user, b.device, b.product, e.value
     FROM session_batches AS b, json_each(b.bodies) AS e;
 "#,
+    r#"
+-- Purchase corrections: a purchase's tokens or expiry set anew, with the values before
+-- and after and the admin's reason. Append-only, like the ledger: `purchases` holds a
+-- purchase as it stands now, this table how it came to.
+CREATE TABLE purchase_corrections (
+    id TEXT PRIMARY KEY,
+    purchase TEXT NOT NULL,
+    at TEXT NOT NULL,
+    tokens_before INTEGER NOT NULL,
+    tokens_after INTEGER NOT NULL,
+    expires_before TEXT NOT NULL,
+    expires_after TEXT NOT NULL,
+    reason TEXT NOT NULL
+);
+"#,
 ];
 
 fn db(e: rusqlite::Error) -> StoreError {
@@ -358,6 +373,10 @@ enum Job {
     ),
     PutSettings(Box<Settings>, oneshot::Sender<Result<(), StoreError>>),
     AddPurchase(Box<Purchase>, oneshot::Sender<Result<(), StoreError>>),
+    CorrectPurchase(
+        Box<PurchaseCorrection>,
+        oneshot::Sender<Result<bool, StoreError>>,
+    ),
 }
 
 /// A job's answer, held back until the group's commit.
@@ -926,7 +945,9 @@ fn refuse(job: Job, e: &str) -> Reply {
         Job::AddDevice(_, tx) | Job::PutSettings(_, tx) | Job::AddPurchase(_, tx) => {
             Reply::Unit(tx, err(e))
         }
-        Job::Revoke(_, tx) | Job::Reenrol(_, tx) => Reply::Bool(tx, err(e)),
+        Job::Revoke(_, tx) | Job::Reenrol(_, tx) | Job::CorrectPurchase(_, tx) => {
+            Reply::Bool(tx, err(e))
+        }
     }
 }
 
@@ -951,7 +972,10 @@ impl Outcome {
 fn answer((job, outcome): (Job, Outcome)) -> Reply {
     match (job, outcome) {
         (Job::Ingest(ingest, tx), Outcome::Ingest(r)) => Reply::Ingest(tx, r, ingest),
-        (Job::Revoke(_, tx) | Job::Reenrol(_, tx), Outcome::Bool(r)) => Reply::Bool(tx, r),
+        (
+            Job::Revoke(_, tx) | Job::Reenrol(_, tx) | Job::CorrectPurchase(_, tx),
+            Outcome::Bool(r),
+        ) => Reply::Bool(tx, r),
         (
             Job::AddDevice(_, tx) | Job::PutSettings(_, tx) | Job::AddPurchase(_, tx),
             Outcome::Unit(r),
@@ -1133,6 +1157,9 @@ fn apply(t: &Connection, job: &Job, memory: &mut Memory, hot: &mut Hot<'_>) -> O
         Job::Reenrol(job, _) => Outcome::Bool(reenrol_device(t, &job.0, &job.1)),
         Job::AddPurchase(purchase, _) => {
             Outcome::Unit(add_purchase(t, purchase, &mut memory.ledgers))
+        }
+        Job::CorrectPurchase(correction, _) => {
+            Outcome::Bool(correct_purchase(t, correction, &mut memory.ledgers))
         }
         Job::PutSettings(new, _) => {
             let result = put_settings(t, new, &mut memory.ledgers, &mut memory.runs, hot);
@@ -2111,6 +2138,46 @@ fn add_purchase(t: &Connection, p: &Purchase, ledgers: &mut Ledgers) -> Result<(
     Ok(())
 }
 
+/// Sets a purchase's tokens and expiry anew and records the correction beside it.
+/// Days it already paid for stay paid (the ledger is never rewritten); what it can
+/// still pay follows the new values. False: no such purchase.
+fn correct_purchase(
+    t: &Connection,
+    c: &PurchaseCorrection,
+    ledgers: &mut Ledgers,
+) -> Result<bool, StoreError> {
+    let recorded = t
+        .execute(
+            "INSERT INTO purchase_corrections
+                 (id, purchase, at, tokens_before, tokens_after, expires_before, expires_after, reason)
+             SELECT ?1, id, ?3, tokens, ?4, expires_at, ?5, ?6 FROM purchases WHERE id = ?2",
+            params![
+                c.id,
+                c.purchase,
+                c.at.to_rfc3339(),
+                c.tokens as i64,
+                c.expires_at.to_rfc3339(),
+                c.reason
+            ],
+        )
+        .map_err(db)?;
+    if recorded == 0 {
+        return Ok(false);
+    }
+    t.execute(
+        "UPDATE purchases SET tokens = ?2, expires_at = ?3 WHERE id = ?1",
+        params![c.purchase, c.tokens as i64, c.expires_at.to_rfc3339()],
+    )
+    .map_err(db)?;
+    for ledger in ledgers.teams.values_mut() {
+        for p in ledger.purchases.iter_mut().filter(|p| p.id == c.purchase) {
+            p.tokens = c.tokens;
+            p.expires_at = c.expires_at;
+        }
+    }
+    Ok(true)
+}
+
 fn put_settings(
     t: &Connection,
     settings: &Settings,
@@ -2399,6 +2466,26 @@ impl Store for SqliteStore {
 
     async fn add_purchase(&self, purchase: Purchase) -> Result<(), StoreError> {
         self.write(|tx| Job::AddPurchase(Box::new(purchase), tx))
+            .await
+    }
+
+    async fn purchase(&self, id: String) -> Result<Option<Purchase>, StoreError> {
+        self.read(move |c| {
+            let row = c
+                .query_row(
+                    "SELECT id, team, tokens, purchased_at, expires_at, used FROM purchases WHERE id = ?1",
+                    [&id],
+                    purchase_row,
+                )
+                .optional()
+                .map_err(db)?;
+            row.map(|(p, _)| p).transpose()
+        })
+        .await
+    }
+
+    async fn correct_purchase(&self, correction: PurchaseCorrection) -> Result<bool, StoreError> {
+        self.write(|tx| Job::CorrectPurchase(Box::new(correction), tx))
             .await
     }
 
