@@ -28,6 +28,7 @@
 //! in 50-event batches over 50 connections, p99 ~30 ms).
 
 mod machine;
+mod server;
 
 /// The collector's allocator: glibc's malloc and free were a sixth of the generator's
 /// time, and the generator shares the collector's cores.
@@ -36,12 +37,12 @@ mod machine;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use machine::{load_average, machine};
+use server::{ADMIN_TOKEN, ENROLLMENT_SECRET, Server, print_log};
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashSet};
-use std::fs::{self, File};
-use std::io::{BufRead, BufReader};
+use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -52,8 +53,6 @@ use chrono_tz::{Europe::Berlin, Tz};
 use rusqlite::{Connection, OpenFlags};
 use serde::Deserialize;
 
-const ENROLLMENT_SECRET: &str = "bench-enrollment-secret-0123456789";
-const ADMIN_TOKEN: &str = "bench-admin-token-0123456789abcdef";
 const DEFAULT_SECONDS: f64 = 10.0;
 const WARM_UP: Duration = Duration::from_secs(2);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
@@ -849,96 +848,6 @@ async fn import_catalog(base: &str) -> Result<()> {
         bail!("importing the catalog: {status}: {body}");
     }
     Ok(())
-}
-
-/// The collector process.
-struct Server {
-    child: Child,
-    base: String,
-    port: u16,
-    /// Kept open: the collector's stdout.
-    _stdout: BufReader<std::process::ChildStdout>,
-}
-
-impl Server {
-    fn start(db: &Path, log: &Path) -> Result<Server> {
-        // DAYMETER_BENCH_COLLECTOR runs another build of the collector (to compare two
-        // builds under one load generator); the default is this workspace's.
-        let bin = std::env::var_os("DAYMETER_BENCH_COLLECTOR").map_or_else(
-            || PathBuf::from(env!("CARGO_BIN_EXE_daymeter-collector")),
-            PathBuf::from,
-        );
-        let mut child = Command::new(&bin)
-            .arg("serve")
-            .arg("--listen")
-            .arg("127.0.0.1:0")
-            .arg("--db")
-            .arg(format!("sqlite://{}", db.display()))
-            .env("DAYMETER_ENROLLMENT_SECRET", ENROLLMENT_SECRET)
-            .env("DAYMETER_ADMIN_TOKEN", ADMIN_TOKEN)
-            .env("DAYMETER_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(File::create(log)?)
-            .spawn()
-            .with_context(|| format!("starting {}", bin.display()))?;
-        let mut stdout = BufReader::new(child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?);
-        let mut line = String::new();
-        stdout.read_line(&mut line)?;
-        let base = line.trim().strip_prefix("listening on ").map(str::to_owned);
-        let Some(base) = base else {
-            let _ = child.kill();
-            let _ = child.wait();
-            print_log(log);
-            bail!("the collector did not say where it listens (stdout: {line:?})");
-        };
-        let port = base
-            .rsplit(':')
-            .next()
-            .and_then(|p| p.parse().ok())
-            .ok_or_else(|| anyhow!("no port in {base:?}"))?;
-        Ok(Server {
-            child,
-            base,
-            port,
-            _stdout: stdout,
-        })
-    }
-
-    /// SIGTERM, then wait (up to a minute) for the exit status.
-    fn stop(&mut self) -> Result<std::process::ExitStatus> {
-        // SAFETY: `kill` only sends a signal to our own child's pid.
-        if unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) } != 0 {
-            bail!("sending SIGTERM: {}", std::io::Error::last_os_error());
-        }
-        let until = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(status) = self.child.try_wait()? {
-                return Ok(status);
-            }
-            if Instant::now() > until {
-                bail!("the collector did not exit within 60 s of SIGTERM");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-fn print_log(log: &Path) {
-    if let Ok(text) = fs::read_to_string(log) {
-        for line in text.lines().take(20) {
-            eprintln!("    | {line}");
-        }
-    }
 }
 
 /// CPU time of the collector (all threads and its db writer) and of this process.
