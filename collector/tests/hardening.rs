@@ -400,6 +400,12 @@ async fn usage_days_honour_the_user_and_product_filters() {
     assert_eq!(rows[0]["user"], "sophie");
     let none = c.api.admin_get("/v1/admin/usage-days?product=revit").await;
     assert_eq!(none["usage_days"], json!([]), "{none}");
+    let sessions = c.api.admin_get("/v1/admin/sessions?user=sophie").await;
+    let list = sessions["sessions"].as_array().expect("sessions");
+    assert_eq!(list.len(), 1, "{sessions}");
+    assert_eq!(list[0]["user"], "sophie");
+    let none = c.api.admin_get("/v1/admin/sessions?product=revit").await;
+    assert_eq!(none["sessions"], json!([]), "{none}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
