@@ -25,6 +25,7 @@ use daymeter_shared::accounting::{Resume, Span, WindowKind, walk_from};
 
 mod batches;
 mod ids;
+mod repair;
 mod runs;
 mod tails;
 
@@ -438,7 +439,8 @@ fn open(path: &Path) -> Result<Connection, StoreError> {
     Ok(conn)
 }
 
-fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+/// Applies the migrations not yet applied; returns the version the database had.
+fn migrate(conn: &mut Connection) -> Result<i64, StoreError> {
     let done: i64 = conn
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .map_err(db)?;
@@ -450,8 +452,12 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
         tx.commit().map_err(db)?;
         tracing::info!(version = i + 1, "applied database migration");
     }
-    Ok(())
+    Ok(done)
 }
+
+/// The first version whose builds refuse list-shaped sessions: older databases may
+/// hold some (see [`repair`]).
+const OBJECT_SESSIONS_VERSION: i64 = 9;
 
 impl SqliteStore {
     /// Opens (creating if needed) the database at `path` and starts its writer thread.
@@ -472,7 +478,10 @@ impl SqliteStore {
                 path.display()
             )));
         }
-        migrate(&mut conn)?;
+        let was = migrate(&mut conn)?;
+        if (1..OBJECT_SESSIONS_VERSION).contains(&was) {
+            repair::list_sessions(&mut conn)?;
+        }
         // The writer revisits the recent pages of every active key: keep them in memory
         // rather than re-reading them from the OS on every group.
         conn.pragma_update(None, "cache_size", WRITER_CACHE_KIB)
@@ -2784,6 +2793,40 @@ mod tests {
 
     /// A database written before usage days recorded what they drew: the migration
     /// reads it from the ledger, and a later re-pricing reverses exactly that.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_list_shaped_session_stored_by_an_earlier_build_is_repaired_at_open() {
+        let path = temp_db("repair-list");
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.pragma_update(None, "journal_mode", "WAL").unwrap();
+            for sql in &MIGRATIONS[..8] {
+                conn.execute_batch(sql).unwrap();
+            }
+            conn.pragma_update(None, "user_version", 8).unwrap();
+            let mut batch = Batch::new();
+            batch.push(
+                r#"["s-list",null,null,"acad",null,"2026-02-02T09:00:00Z","2026-02-02T17:00:00Z"]"#,
+            );
+            batch.push(r#"{"id":"s-obj","product":"acad","start":"2026-02-03T09:00:00Z","end":"2026-02-03T17:00:00Z"}"#);
+            conn.execute(
+                "INSERT INTO session_batches (first_row, user, device, product, bodies, ends)
+                 VALUES (1, 'sophie', 'ws-1', 'acad', ?1, ?2)",
+                params![batch.bodies(), batch.ends()],
+            )
+            .unwrap();
+        }
+        let store = SqliteStore::open(&path).expect("opens despite the list-shaped session");
+        let stored = store.sessions(SessionFilter::default()).await.unwrap();
+        let ids: Vec<&str> = stored.iter().map(|s| &*s.id).collect();
+        assert_eq!(ids, ["s-list", "s-obj"]);
+        assert_eq!(
+            stored[0].end.map(|e| e.to_rfc3339()),
+            Some("2026-02-02T17:00:00+00:00".to_owned())
+        );
+        store.close();
+    }
+
     #[tokio::test(flavor = "multi_thread")]
     async fn migrated_days_keep_what_they_drew_and_a_repricing_reverses_it() {
         let path = temp_db("migrate-drawn");
