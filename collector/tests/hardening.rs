@@ -481,3 +481,31 @@ async fn a_purchase_is_corrected_or_withdrawn_by_an_appended_correction_that_sur
     let c = restart(&dir, c).await;
     assert_eq!(remaining(&c.api.admin_get("/v1/admin/balances").await), 0);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refused_enrolment_cannot_forge_a_log_line() {
+    let (dir, c) = collector_with("log-forging", &settings(default_policy())).await;
+    let forged =
+        "ws-1\n2026-01-01T00:00:00Z  INFO daymeter_collector::api: device enrolled\u{1b}[2J";
+    let r = c
+        .api
+        .post(
+            "/v1/enroll",
+            None,
+            &json!({"enrollment_secret": "wrong-secret-wrong-secret", "hostname": forged}),
+        )
+        .await;
+    assert_error_reply(&r, StatusCode::UNAUTHORIZED, Some("enrollment_secret"));
+    let log = std::fs::read_to_string(dir.log()).expect("collector log");
+    let refused: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("enrolment refused"))
+        .collect();
+    assert_eq!(refused.len(), 1, "{log}");
+    assert!(refused[0].contains(r"ws-1\n2026"), "{}", refused[0]);
+    assert!(!log.contains('\u{1b}'), "raw escape in the log: {log}");
+    assert!(
+        !log.lines().any(|l| l.starts_with("2026-01-01T00:00:00Z")),
+        "a forged line: {log}"
+    );
+}
