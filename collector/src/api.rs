@@ -22,7 +22,7 @@ use daymeter_shared::ledger::{DEFAULT_TEAM, Purchase, Team, default_expiry};
 use daymeter_shared::policy::Policy;
 use daymeter_shared::record::Problem;
 use daymeter_shared::session::CLOCK_TOLERANCE;
-use daymeter_shared::session::MAX_WINDOWS;
+use daymeter_shared::session::{MAX_WINDOWS, check_name};
 use daymeter_shared::time::ZoneCache;
 use daymeter_shared::usage::{Report, Totals};
 use serde::{Deserialize, Serialize};
@@ -1064,27 +1064,6 @@ pub const MAX_TOKENS_PER_DAY: u64 = 1_000_000;
 /// The most tokens one purchase may add (a trillion): sums of purchases stay within
 /// the 64-bit integers the store keeps.
 pub const MAX_PURCHASE_TOKENS: u64 = 1_000_000_000_000;
-
-/// The longest user, team or product name the collector takes.
-pub const MAX_NAME: usize = 128;
-
-/// A name an admin or agent gives (user, team, product): not empty, at most
-/// [`MAX_NAME`] bytes, no control characters (they would forge lines in a log or a CSV).
-fn check_name(field: &'static str, name: &str) -> Result<(), Problem> {
-    if name.is_empty() {
-        return Err(Problem::Missing(field));
-    }
-    if name.len() > MAX_NAME {
-        return Err(Problem::TooLong { field });
-    }
-    if name.chars().any(char::is_control) {
-        return Err(Problem::WrongType {
-            field,
-            expected: "text without control characters",
-        });
-    }
-    Ok(())
-}
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -18,6 +18,22 @@ use serde::{Deserialize, Serialize};
 use crate::record::Problem;
 use crate::time::{Instant, Nanos, Zone, ZoneCache, nanos, parse_instant};
 
+/// A session's fields, in the order of [`RawSession`]'s declaration (the order in which
+/// builds that took a list for a session read it).
+pub const FIELDS: [&str; 11] = [
+    "id",
+    "user",
+    "device",
+    "product",
+    "version",
+    "start",
+    "end",
+    "last_seen",
+    "tz",
+    "suspended",
+    "idle",
+];
+
 /// The longest id, product or version a sync may send, in bytes.
 pub const MAX_TEXT: usize = 128;
 
@@ -362,17 +378,8 @@ impl<'a> Session<'a> {
             ("version", self.version.as_deref()),
         ] {
             let Some(text) = text else { continue };
-            if text.is_empty() && field != "version" {
-                return Err(Problem::Missing(field));
-            }
-            if text.len() > MAX_TEXT {
-                return Err(Problem::TooLong { field });
-            }
-            if text.chars().any(char::is_control) {
-                return Err(Problem::WrongType {
-                    field,
-                    expected: "text without control characters",
-                });
+            if !(text.is_empty() && field == "version") {
+                check_name(field, text)?;
             }
         }
         let (start, end) = (self.start_nanos(), self.end_nanos());
@@ -445,6 +452,24 @@ impl<'a> Session<'a> {
     pub fn end_nanos(&self) -> Nanos {
         nanos(self.effective_end())
     }
+}
+
+/// A name or id a client gives (user, team, product, session id): not empty, at most
+/// [`MAX_TEXT`] bytes, no control characters (they would forge lines in a log or a CSV).
+pub fn check_name(field: &'static str, text: &str) -> Result<(), Problem> {
+    if text.is_empty() {
+        return Err(Problem::Missing(field));
+    }
+    if text.len() > MAX_TEXT {
+        return Err(Problem::TooLong { field });
+    }
+    if text.chars().any(char::is_control) {
+        return Err(Problem::WrongType {
+            field,
+            expected: "text without control characters",
+        });
+    }
+    Ok(())
 }
 
 fn interval_order(a: &[Interval], b: &[Interval]) -> Ordering {

@@ -20,33 +20,9 @@ const ZONES: &[Option<&str>] = &[
 ];
 const OFFSETS: &[(&str, i64)] = &[("Z", 0), ("-05:00", -5), ("+01:00", 1), ("+09:00", 9)];
 
-const SESSION_KEYS: &[&str] = &[
-    "id",
-    "product",
-    "version",
-    "start",
-    "end",
-    "last_seen",
-    "tz",
-    "suspended",
-    "idle",
-    "user",
-    "device",
-];
-const POLICY_KEYS: &[&str] = &[
-    "window",
-    "min_session",
-    "day_basis",
-    "rollover",
-    "idle_after",
-    "short_sessions",
-    "sync_interval",
-    "retry_max",
-    "remind_before",
-    "grace_flex",
-    "grace_subscription",
-    "enforce",
-];
+/// A session's keys: the wire record's own, `user` and `device` (replay's) among them.
+const SESSION_KEYS: &[&str] = &daymeter_shared::session::FIELDS;
+const POLICY_KEYS: &[&str] = daymeter_shared::policy::Policy::KEYS;
 const PRODUCT_KEYS: &[&str] = &["name", "tokens_per_day", "match", "rate_confirmed"];
 const ENTITLEMENT_KEYS: &[&str] = &["user", "product", "plan", "from", "to"];
 const PURCHASE_KEYS: &[&str] = &["team", "tokens", "purchased_at", "expires_at"];

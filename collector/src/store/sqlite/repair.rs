@@ -11,24 +11,10 @@
 use rusqlite::{Connection, params};
 use serde_json::{Map, Value};
 
+use daymeter_shared::session::FIELDS;
+
 use super::batches::Batch;
 use super::{StoreError, corrupt, db};
-
-/// The session fields in the order serde read a list-shaped session
-/// (`daymeter_shared::session::RawSession`'s declaration order).
-const FIELD_ORDER: [&str; 11] = [
-    "id",
-    "user",
-    "device",
-    "product",
-    "version",
-    "start",
-    "end",
-    "last_seen",
-    "tz",
-    "suspended",
-    "idle",
-];
 
 /// Rewrites every stored list-shaped session as an object; returns how many.
 pub fn list_sessions(conn: &mut Connection) -> Result<usize, StoreError> {
@@ -53,7 +39,7 @@ pub fn list_sessions(conn: &mut Connection) -> Result<usize, StoreError> {
         for body in batch.iter() {
             match serde_json::from_str::<Value>(body) {
                 Ok(Value::Array(items)) => {
-                    let object: Map<String, Value> = FIELD_ORDER
+                    let object: Map<String, Value> = FIELDS
                         .iter()
                         .zip(items)
                         .filter(|(_, v)| !v.is_null())
