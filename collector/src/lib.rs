@@ -3,16 +3,18 @@
 //! Map:
 //! - [`replay`] — `daymeter-collector replay FILE|-`: accounting without a server.
 //! - [`serve`] — `daymeter-collector serve`: the HTTP server until SIGTERM.
-//! - [`api`] — the protocol's endpoints and error object.
+//! - [`api`] — the protocol's endpoints and error object, a module per resource.
 //! - [`sync_body`] — a sync's body read in one pass (sessions parsed and as received).
 //! - [`store`] — the storage trait and its SQLite implementation.
 //! - [`auth`] — device tokens, secrets, constant-time comparison.
 //! - [`config`] — flags, environment, config file, generated dev config.
+//! - [`import`] — the rules an import is merged into the settings by.
 //! - [`priority`] — the database writer first: request threads run nicer.
 
 pub mod api;
 pub mod auth;
 pub mod config;
+pub mod import;
 pub mod priority;
 pub mod replay;
 pub mod serve;

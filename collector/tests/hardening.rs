@@ -509,3 +509,20 @@ async fn a_refused_enrolment_cannot_forge_a_log_line() {
         "a forged line: {log}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_enrolment_with_an_oversized_or_control_character_hostname_is_refused_by_name() {
+    let (_dir, c) = collector_with("enrol-text", &settings(default_policy())).await;
+    for hostname in ["h".repeat(256), "ws-1\u{7}".to_owned()] {
+        let r = c
+            .api
+            .post(
+                "/v1/enroll",
+                None,
+                &json!({"enrollment_secret": ENROLLMENT_SECRET, "hostname": hostname}),
+            )
+            .await;
+        assert_error_reply(&r, StatusCode::BAD_REQUEST, Some("hostname"));
+    }
+    c.api.enroll(&"h".repeat(253)).await;
+}

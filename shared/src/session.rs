@@ -460,7 +460,12 @@ pub fn check_name(field: &'static str, text: &str) -> Result<(), Problem> {
     if text.is_empty() {
         return Err(Problem::Missing(field));
     }
-    if text.len() > MAX_TEXT {
+    check_text(field, text, MAX_TEXT)
+}
+
+/// Text a client gives that may be empty: at most `max` bytes, no control characters.
+pub fn check_text(field: &'static str, text: &str, max: usize) -> Result<(), Problem> {
+    if text.len() > max {
         return Err(Problem::TooLong { field });
     }
     if text.chars().any(char::is_control) {

@@ -1,0 +1,376 @@
+//! `POST /v1/sync`: a device's sessions checked one by one and stored, and the answer
+//! the agent meters by (catalog, policy, entitlements, grace, open windows, reminders).
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use chrono::{DateTime, Utc};
+use daymeter_shared::entitlement::{Entitlement, Plan, Pricing};
+use daymeter_shared::record::Problem;
+use daymeter_shared::session::{CLOCK_TOLERANCE, check_name};
+use daymeter_shared::time::ZoneCache;
+use serde::Serialize;
+use serde_json::Value;
+
+use super::{
+    ApiError, AppState, MAX_SESSIONS, bad_json, device_of, error_object, json_response, read_body,
+};
+use crate::store::{Incoming, Ingest, Settings, Store};
+use crate::sync_body::{self, BodyError};
+
+#[derive(Serialize)]
+struct Rejected {
+    id: Option<String>,
+    error: Value,
+}
+
+pub(super) async fn sync<S: Store>(
+    State(state): State<Arc<AppState<S>>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let device = device_of(&state, &headers)?;
+    let bytes = read_body(&headers, body).await?;
+    let text = std::str::from_utf8(&bytes).map_err(bad_json)?;
+    let req = sync_body::read(text, MAX_SESSIONS).map_err(|e| match e {
+        BodyError::TooMany(_) => ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_many_sessions",
+            e.to_string(),
+        )
+        .field("sessions"),
+        BodyError::Json(m) => bad_json(m),
+    })?;
+    check_name("user", &req.user).map_err(|p| {
+        ApiError::new(StatusCode::BAD_REQUEST, p.code(), p.to_string()).field("user")
+    })?;
+    let settings = state.settings();
+    let window = settings.policy.rules().window;
+    let mut zones = ZoneCache::new();
+    // Instants past this are a device clock running ahead, not a use to charge yet.
+    let latest = state.clock.now() + CLOCK_TOLERANCE;
+    let mut good = Vec::with_capacity(req.sessions.len());
+    let mut rejected = Vec::new();
+    for element in req.sessions {
+        let checked = match element.parsed {
+            Ok(r) => {
+                let id = r.id.as_deref().map(str::to_owned);
+                r.check(&mut zones)
+                    .and_then(|(s, z)| s.check_not_later_than(latest).map(|()| (s, z)))
+                    .and_then(|(s, z)| s.check_admissible(window).map(|()| (s, z)))
+                    .map_err(|p| (id, p))
+            }
+            Err(e) => {
+                let id = serde_json::from_str::<daymeter_shared::session::IdOnly<'_>>(element.text)
+                    .ok()
+                    .and_then(|i| i.id)
+                    .map(|c| c.into_owned());
+                Err((id, Problem::Malformed(e.to_string())))
+            }
+        };
+        // A session that did not parse: name the field where it failed (read again on
+        // this rare path, with the path the parser was at).
+        let checked = checked.map_err(|(id, problem)| {
+            let field =
+                matches!(problem, Problem::Malformed(_)).then(|| malformed_field(element.text));
+            (id, problem, field)
+        });
+        match checked {
+            Ok((mut session, zone)) => {
+                session.user = Some(Cow::Owned(req.user.to_string()));
+                session.device = Some(Cow::Owned(device.id.clone()));
+                good.push(Incoming {
+                    session: session.into_owned(),
+                    zone,
+                    body: element.text.to_owned(),
+                });
+            }
+            Err((id, problem, field)) => rejected.push(Rejected {
+                error: error_object(
+                    problem.code(),
+                    &problem.to_string(),
+                    field.as_deref().or(problem.field()),
+                ),
+                id,
+            }),
+        }
+    }
+    let now = state.clock.now();
+    // Running products, and whether each is idle now (its last idle interval is still
+    // running: it ends at the session's last_seen).
+    let open: Vec<(String, bool)> = good
+        .iter()
+        .map(|i| &i.session)
+        .filter(|s| s.end.is_none())
+        .map(|s| {
+            (
+                s.product.to_string(),
+                s.idle
+                    .last()
+                    .is_some_and(|[_, to]| Some(to) == s.last_seen.as_ref()),
+            )
+        })
+        .collect();
+    let ingest = Ingest::received(req.user.to_string(), device.id.clone(), good, now);
+    let outcome = state.store.ingest(ingest).await?;
+    let team_remaining = outcome.team_remaining;
+    for (id, problem) in outcome.rejected {
+        rejected.push(Rejected {
+            id: Some(id),
+            error: error_object(problem.code(), &problem.to_string(), problem.field()),
+        });
+    }
+    tracing::debug!(device = %device.id, user = ?req.user, accepted = outcome.accepted.len(), rejected = rejected.len(), "sync");
+
+    let open_windows = open_windows(&state, &settings, &req.user, &open, now).await?;
+    let entitlements = entitlements_of(&settings, &req.user, now);
+    let reminders = reminders(
+        &settings,
+        &entitlements,
+        &open,
+        &open_windows,
+        team_remaining,
+        now,
+    );
+    let grace =
+        // Checked: a policy stored before its bounds were enforced may hold any span.
+        |d: std::time::Duration| {
+            stamp(
+                chrono::TimeDelta::from_std(d)
+                    .ok()
+                    .and_then(|d| now.checked_add_signed(d))
+                    .unwrap_or(DateTime::<Utc>::MAX_UTC),
+            )
+        };
+    let fixed = state.fixed(&settings)?;
+    let response = SyncResponse {
+        server_time: stamp(now),
+        accepted: &outcome.accepted,
+        rejected: &rejected,
+        catalog: &fixed.catalog,
+        entitlements,
+        grace_until: Grace {
+            flex: grace(settings.policy.grace_flex),
+            subscription: grace(settings.policy.grace_subscription),
+        },
+        open_windows: &open_windows,
+        reminders: &reminders,
+        policy: &fixed.policy,
+    };
+    Ok(json_response(&response))
+}
+
+/// The field at which a session's text fails to parse (`start`, `idle[0]`…); `session`
+/// when the element is not an object at all.
+fn malformed_field(text: &str) -> String {
+    let mut de = serde_json::Deserializer::from_str(text);
+    match serde_path_to_error::deserialize::<_, daymeter_shared::session::RawSession<'_>>(&mut de) {
+        Err(e) => {
+            let path = e.path().to_string();
+            if path.is_empty() || path == "." {
+                "session".to_owned()
+            } else {
+                path
+            }
+        }
+        Ok(_) => "session".to_owned(),
+    }
+}
+
+/// The answer to a sync (spec/protocol.md), serialized straight from the settings.
+#[derive(Serialize)]
+struct SyncResponse<'a> {
+    server_time: String,
+    accepted: &'a [String],
+    rejected: &'a [Rejected],
+    catalog: &'a serde_json::value::RawValue,
+    entitlements: Vec<EntitlementNow<'a>>,
+    grace_until: Grace,
+    open_windows: &'a [OpenWindow],
+    reminders: &'a [Reminder<'a>],
+    policy: &'a serde_json::value::RawValue,
+}
+
+#[derive(Serialize)]
+struct Grace {
+    flex: String,
+    subscription: String,
+}
+
+fn stamp(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+/// The user's plan and rate for every catalog product, now.
+/// A product's plan and daily rate for the user now, as the sync answer lists them.
+#[derive(Serialize)]
+struct EntitlementNow<'a> {
+    product: &'a str,
+    plan: Plan,
+    tokens_per_day: u64,
+}
+
+fn entitlements_of<'s>(
+    settings: &'s Settings,
+    user: &str,
+    now: DateTime<Utc>,
+) -> Vec<EntitlementNow<'s>> {
+    let t = now.timestamp_nanos_opt().unwrap_or_default();
+    settings
+        .catalog
+        .iter()
+        .map(|(id, product)| {
+            let held: Vec<&Entitlement> = settings
+                .entitlements
+                .iter()
+                .filter(|e| e.user == user && &e.product == id)
+                .collect();
+            let (plan, tokens_per_day) = Pricing {
+                tokens_per_day: product.tokens_per_day,
+                entitlements: &held,
+            }
+            .at(t);
+            EntitlementNow {
+                product: id,
+                plan,
+                tokens_per_day,
+            }
+        })
+        .collect()
+}
+
+/// The current window of a product the user has running.
+#[derive(Serialize)]
+struct OpenWindow {
+    product: String,
+    window_start: String,
+    window_end: String,
+    /// Tokens the next window will cost if the product is still open when this one ends.
+    next_tokens: u64,
+    #[serde(skip)]
+    end: DateTime<Utc>,
+}
+
+/// The current window of each product the user has running.
+async fn open_windows<S: Store>(
+    state: &AppState<S>,
+    settings: &Settings,
+    user: &str,
+    open: &[(String, bool)],
+    now: DateTime<Utc>,
+) -> Result<Vec<OpenWindow>, ApiError> {
+    let products: Vec<&str> = open.iter().map(|(p, _)| p.as_str()).collect();
+    if products.is_empty() {
+        return Ok(Vec::new());
+    }
+    let rows = state.store.current_windows(user.to_owned(), now).await?;
+    let mut out = Vec::new();
+    for row in rows
+        .iter()
+        .filter(|r| r.user == user && products.contains(&&*r.product))
+    {
+        if row.window_start <= now && now < row.window_end {
+            let held: Vec<&Entitlement> = settings
+                .entitlements
+                .iter()
+                .filter(|e| e.user == user && e.product == row.product)
+                .collect();
+            let rate = settings
+                .catalog
+                .get(&*row.product)
+                .map_or(0, |p| p.tokens_per_day);
+            let next = Pricing {
+                tokens_per_day: rate,
+                entitlements: &held,
+            }
+            .at(row.window_end.timestamp_nanos_opt().unwrap_or_default())
+            .1;
+            out.push(OpenWindow {
+                product: row.product.to_string(),
+                window_start: stamp(row.window_start),
+                window_end: stamp(row.window_end),
+                next_tokens: next,
+                end: row.window_end,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// A reminder in the sync answer (spec/protocol.md), with the text the agent shows.
+#[derive(Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+enum Reminder<'a> {
+    WindowRollover {
+        product: &'a str,
+        at: String,
+        window_end: String,
+        tokens: u64,
+        text: String,
+    },
+    InsufficientBalance {
+        product: &'a str,
+        balance: u64,
+        tokens_per_day: u64,
+        text: String,
+    },
+}
+
+/// Reminders due now: a running product sitting idle whose window ends within
+/// `remind_before` (closing it saves the next window's tokens), and Flex products the
+/// team's balance (`remaining`) can no longer pay a day of.
+fn reminders<'a>(
+    settings: &Settings,
+    entitlements: &[EntitlementNow<'a>],
+    open: &[(String, bool)],
+    windows: &'a [OpenWindow],
+    remaining: u64,
+    now: DateTime<Utc>,
+) -> Vec<Reminder<'a>> {
+    let mut out = Vec::new();
+    let lead = chrono::TimeDelta::from_std(settings.policy.remind_before).unwrap_or_default();
+    for w in windows {
+        let product = w.product.as_str();
+        let idle = open.iter().any(|(p, idle)| p == product && *idle);
+        let at = w
+            .end
+            .checked_sub_signed(lead)
+            .unwrap_or(DateTime::<Utc>::MIN_UTC);
+        if idle && now >= at {
+            let name = settings
+                .catalog
+                .get(product)
+                .and_then(|p| p.name.clone())
+                .unwrap_or_else(|| product.to_owned());
+            let tokens = w.next_tokens;
+            out.push(Reminder::WindowRollover {
+                product,
+                at: stamp(at),
+                window_end: w.window_end.clone(),
+                tokens,
+                text: format!("{name} has been idle and its day ends at {}. Close it now to avoid being charged {tokens} tokens for another day.", w.window_end),
+            });
+        }
+    }
+    for e in entitlements {
+        let rate = e.tokens_per_day;
+        if e.plan != Plan::Flex || rate == 0 {
+            continue;
+        }
+        let balance = remaining;
+        if balance < rate {
+            let product = e.product;
+            out.push(Reminder::InsufficientBalance {
+                product,
+                balance,
+                tokens_per_day: rate,
+                text: format!("Your team has {balance} tokens left; a day of {product} costs {rate}. Launching it will be refused until tokens are added."),
+            });
+        }
+    }
+    out
+}
