@@ -231,7 +231,8 @@ impl Meter {
             .or_else(|| self.closed.get_mut(id))?;
         let s = &mut t.session;
         if field == "start" {
-            let by = offset - TimeDelta::milliseconds(t.clock_offset_ms);
+            // A session's offset read back from a damaged journal counts as none.
+            let by = offset - crate::offset::from_millis(t.clock_offset_ms).unwrap_or_default();
             if by.is_zero() {
                 return None;
             }

@@ -35,6 +35,15 @@ pub const IGNORE_BELOW: TimeDelta = TimeDelta::minutes(1);
 /// could have been stamped anywhere within it), so its measurement is dropped.
 pub const LONGEST_ROUND_TRIP: TimeDelta = TimeDelta::seconds(30);
 
+/// The largest offset believed: a device clock a decade wrong is broken, not skewed, and
+/// a bounded offset keeps every instant it moves inside the calendar.
+pub const LARGEST: TimeDelta = TimeDelta::days(3660);
+
+/// An offset kept as milliseconds (journal, session), if it is one to believe.
+pub fn from_millis(ms: i64) -> Option<TimeDelta> {
+    TimeDelta::try_milliseconds(ms).filter(|d| d.abs() <= LARGEST)
+}
+
 /// The offset `collector − device` seen in one exchange: the request left at `sent` and
 /// its answer came back at `received` (device clock), stamped `server_time` by the
 /// collector. The collector's stamp is taken at the midpoint of the round trip; `None`
@@ -48,7 +57,7 @@ pub fn measure(
     if round_trip < TimeDelta::zero() || round_trip > LONGEST_ROUND_TRIP {
         return None;
     }
-    Some(server_time - (sent + round_trip / 2))
+    Some(server_time - (sent + round_trip / 2)).filter(|d| d.abs() <= LARGEST)
 }
 
 /// The offset to meter with after measuring `measured` while using `current`: unchanged

@@ -598,7 +598,7 @@ fn read_offset(journal: &dyn Journal) -> Result<TimeDelta, RunError> {
         .cached(OFFSET_KEY)?
         .and_then(|b| String::from_utf8(b).ok())
         .and_then(|s| s.parse::<i64>().ok())
-        .map(TimeDelta::milliseconds)
+        .and_then(crate::offset::from_millis)
         .unwrap_or_default())
 }
 

@@ -338,6 +338,24 @@ impl Agent {
         }
         serde_json::from_slice(&out.stdout).ok()
     }
+
+    /// Waits (up to 30 s) for a `status` that satisfies `pred`, and returns it; `what`
+    /// names the wait in the failure.
+    pub fn status_where(config: &Path, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(s) = Agent::status(config)
+                && pred(&s)
+            {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for status: {what}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
 }
 
 impl Drop for Agent {

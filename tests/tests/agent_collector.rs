@@ -30,22 +30,6 @@ async fn sessions_where(c: &Collector, user: &str, pred: impl Fn(&[Value]) -> bo
     .await
 }
 
-fn status_where(config: &std::path::Path, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
-    let deadline = std::time::Instant::now() + LIMIT;
-    loop {
-        if let Some(s) = Agent::status(config)
-            && pred(&s)
-        {
-            return s;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "timed out waiting for status: {what}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_product_process_is_metered_end_to_end() {
     let dir = scratch();
@@ -55,7 +39,7 @@ async fn a_product_process_is_metered_end_to_end() {
         .await;
     let config = Agent::configure(dir.path(), &collector.url(), "user-one");
     let _agent = Agent::start(&config);
-    status_where(&config, "enrolled", |s| s["device_id"].is_string());
+    Agent::status_where(&config, "enrolled", |s| s["device_id"].is_string());
 
     let mut product = Product::start(dir.path(), "e2ecad-one");
     let open = sessions_where(&collector, "user-one", |s| s.len() == 1).await;
@@ -69,7 +53,7 @@ async fn a_product_process_is_metered_end_to_end() {
     })
     .await;
     assert_eq!(closed[0]["id"], open[0]["id"]);
-    status_where(&config, "nothing left to upload", |s| {
+    Agent::status_where(&config, "nothing left to upload", |s| {
         s["waiting_upload"] == 0 && s["open"].as_array().is_some_and(Vec::is_empty)
     });
     let days = collector.admin_get("/v1/admin/usage-days").await;
@@ -90,7 +74,7 @@ async fn kill_9_of_the_agent_adopts_the_running_product_and_closes_a_gone_one_at
         .await;
     let config = Agent::configure(dir.path(), &collector.url(), "user-two");
     let mut agent = Agent::start(&config);
-    status_where(&config, "enrolled", |s| s["device_id"].is_string());
+    Agent::status_where(&config, "enrolled", |s| s["device_id"].is_string());
     let mut product = Product::start(dir.path(), "e2ekill-two");
     let first = sessions_where(&collector, "user-two", |s| s.len() == 1).await;
     let id = first[0]["id"].clone();
@@ -98,7 +82,7 @@ async fn kill_9_of_the_agent_adopts_the_running_product_and_closes_a_gone_one_at
     // Crash while the product runs: the restarted agent adopts it into the same session.
     agent.kill();
     let mut agent = Agent::start(&config);
-    let status = status_where(&config, "the product adopted", |s| {
+    let status = Agent::status_where(&config, "the product adopted", |s| {
         s["running"] == true && s["open"].as_array().is_some_and(|o| o.len() == 1)
     });
     assert_eq!(
@@ -117,7 +101,7 @@ async fn kill_9_of_the_agent_adopts_the_running_product_and_closes_a_gone_one_at
     .await;
     assert_eq!(closed.len(), 1, "one session, never two: {closed:?}");
     assert_eq!(closed[0]["id"], id);
-    status_where(&config, "nothing left to upload", |s| {
+    Agent::status_where(&config, "nothing left to upload", |s| {
         s["waiting_upload"] == 0
     });
 }
@@ -131,17 +115,17 @@ async fn a_collector_outage_loses_nothing_and_doubles_nothing() {
         .await;
     let config = Agent::configure(dir.path(), &collector.url(), "user-three");
     let _agent = Agent::start(&config);
-    status_where(&config, "synced once", |s| s["last_sync"].is_string());
+    Agent::status_where(&config, "synced once", |s| s["last_sync"].is_string());
 
     collector.kill();
     let mut short = Product::start(dir.path(), "e2eout-three");
-    status_where(&config, "the first product journaled", |s| {
+    Agent::status_where(&config, "the first product journaled", |s| {
         s["open"].as_array().is_some_and(|o| o.len() == 1)
     });
     tokio::time::sleep(Duration::from_millis(1200)).await;
     short.stop();
     let mut long = Product::start(dir.path(), "e2eout-three");
-    let offline = status_where(&config, "both products journaled", |s| {
+    let offline = Agent::status_where(&config, "both products journaled", |s| {
         s["waiting_upload"] == 2 && s["open"].as_array().is_some_and(|o| o.len() == 1)
     });
     assert!(offline["last_error"].is_string(), "{offline}");
@@ -158,7 +142,7 @@ async fn a_collector_outage_loses_nothing_and_doubles_nothing() {
         s.len() == 2 && s.iter().all(|x| x["end"].is_string())
     })
     .await;
-    status_where(&config, "nothing left to upload", |s| {
+    Agent::status_where(&config, "nothing left to upload", |s| {
         s["waiting_upload"] == 0
     });
     assert_eq!(collector.sessions_of("user-three").await.len(), 2);
@@ -174,7 +158,7 @@ async fn a_revoked_device_keeps_journaling_and_waits_for_enroll() {
     let config = Agent::configure(dir.path(), &collector.url(), "user-four");
     let _agent = Agent::start(&config);
     // Synced once: the agent knows the collector's catalog, its only one.
-    let status = status_where(&config, "enrolled and synced", |s| {
+    let status = Agent::status_where(&config, "enrolled and synced", |s| {
         s["device_id"].is_string() && s["last_sync"].is_string()
     });
     let device = status["device_id"].as_str().expect("device id").to_owned();
@@ -183,8 +167,8 @@ async fn a_revoked_device_keeps_journaling_and_waits_for_enroll() {
         .await;
 
     let _product = Product::start(dir.path(), "e2erev-four");
-    status_where(&config, "revoked", |s| s["revoked"] == true);
-    let journaled = status_where(&config, "the session journaled", |s| {
+    Agent::status_where(&config, "revoked", |s| s["revoked"] == true);
+    let journaled = Agent::status_where(&config, "the session journaled", |s| {
         s["open"].as_array().is_some_and(|o| o.len() == 1)
     });
     assert!(collector.sessions_of("user-four").await.is_empty());
@@ -202,7 +186,7 @@ async fn a_revoked_device_keeps_journaling_and_waits_for_enroll() {
     );
     let synced = sessions_where(&collector, "user-four", |s| s.len() == 1).await;
     assert_eq!(synced[0]["id"], journaled["open"][0]["id"]);
-    let after = status_where(&config, "enrolled again", |s| s["revoked"] == false);
+    let after = Agent::status_where(&config, "enrolled again", |s| s["revoked"] == false);
     // Its revoked token proved the device: it keeps its id.
     assert_eq!(after["device_id"], device);
 }
@@ -216,9 +200,9 @@ async fn sigterm_stops_the_agent_cleanly_and_status_reads_the_journal() {
         .await;
     let config = Agent::configure(dir.path(), &collector.url(), "user-five");
     let mut agent = Agent::start(&config);
-    status_where(&config, "synced once", |s| s["last_sync"].is_string());
+    Agent::status_where(&config, "synced once", |s| s["last_sync"].is_string());
     let _product = Product::start(dir.path(), "e2estop-five");
-    let running = status_where(&config, "metering", |s| {
+    let running = Agent::status_where(&config, "metering", |s| {
         s["open"].as_array().is_some_and(|o| o.len() == 1)
     });
     assert_eq!(agent.terminate(), Some(0));
@@ -239,7 +223,7 @@ async fn over_https_the_agent_trusts_its_ca_file_and_nothing_else() {
     // Without the CA file the collector's certificate is not trusted: nothing syncs.
     let config = Agent::configure(dir.path(), &collector.url(), "user-six");
     let mut untrusting = Agent::start(&config);
-    let refused = status_where(&config, "a sync error", |s| s["last_error"].is_string());
+    let refused = Agent::status_where(&config, "a sync error", |s| s["last_error"].is_string());
     assert!(refused["last_sync"].is_null(), "{refused}");
     assert_eq!(untrusting.terminate(), Some(0));
 
@@ -250,7 +234,7 @@ async fn over_https_the_agent_trusts_its_ca_file_and_nothing_else() {
         &format!("ca_file = \"{}\"\n", ca.display()),
     );
     let _agent = Agent::start(&config);
-    status_where(&config, "synced over HTTPS", |s| s["last_sync"].is_string());
+    Agent::status_where(&config, "synced over HTTPS", |s| s["last_sync"].is_string());
     let _product = Product::start(dir.path(), "e2etls-six");
     sessions_where(&collector, "user-six", |s| s.len() == 1).await;
 }

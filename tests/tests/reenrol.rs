@@ -9,22 +9,6 @@ use daymeter_tests::{Agent, Collector, Product, agent_bin, eventually};
 
 const LIMIT: Duration = Duration::from_secs(30);
 
-fn status_where(config: &std::path::Path, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
-    let deadline = std::time::Instant::now() + LIMIT;
-    loop {
-        if let Some(s) = Agent::status(config)
-            && pred(&s)
-        {
-            return s;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "timed out waiting for status: {what}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 async fn sessions_where(c: &Collector, user: &str, pred: impl Fn(&[Value]) -> bool) -> Vec<Value> {
     eventually(
         &format!("sessions of {user} as expected"),
@@ -66,7 +50,7 @@ async fn a_product_running_through_a_revocation_and_enroll_ends_once_under_the_s
         .await;
     let config = Agent::configure(dir.path(), &collector.url(), "user-reenrol");
     let _agent = Agent::start(&config);
-    let status = status_where(&config, "enrolled", |s| s["device_id"].is_string());
+    let status = Agent::status_where(&config, "enrolled", |s| s["device_id"].is_string());
     let device = status["device_id"].as_str().expect("device id").to_owned();
 
     // The product runs and its open copy reaches the collector.
@@ -79,7 +63,7 @@ async fn a_product_running_through_a_revocation_and_enroll_ends_once_under_the_s
     collector
         .admin_post(&format!("/v1/admin/devices/{device}/revoke"), &json!({}))
         .await;
-    status_where(&config, "revoked", |s| s["revoked"] == true);
+    Agent::status_where(&config, "revoked", |s| s["revoked"] == true);
     let before = collector.sessions_of("user-reenrol").await;
     let last_seen_at_revocation = before[0]["last_seen"]
         .as_str()
@@ -87,7 +71,7 @@ async fn a_product_running_through_a_revocation_and_enroll_ends_once_under_the_s
         .to_owned();
 
     assert_eq!(enroll(&config), format!("enrolled as device {device}"));
-    let after = status_where(&config, "enrolled again", |s| s["revoked"] == false);
+    let after = Agent::status_where(&config, "enrolled again", |s| s["revoked"] == false);
     assert_eq!(after["device_id"], json!(device), "the device keeps its id");
 
     // Two `enroll`s at once: the agent takes them one after the other, each proving the
@@ -121,7 +105,7 @@ async fn a_product_running_through_a_revocation_and_enroll_ends_once_under_the_s
         end > last_seen_at_revocation.as_str(),
         "the end {end} is the product's, after the revocation ({last_seen_at_revocation})"
     );
-    let done = status_where(&config, "nothing left to upload", |s| {
+    let done = Agent::status_where(&config, "nothing left to upload", |s| {
         s["waiting_upload"] == 0 && s["open"].as_array().is_some_and(Vec::is_empty)
     });
     assert_eq!(done["rejected"], json!([]), "{done}");

@@ -10,6 +10,9 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use super::{Access, MAX_COMMAND, answer};
 use crate::run::{Agent, RunError};
 
+/// How long a connection may take to send its command.
+const COMMAND_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 pub(super) fn serve(agent: Arc<Agent>) -> Result<tokio::task::JoinHandle<()>, RunError> {
     use std::os::unix::fs::PermissionsExt;
 
@@ -55,7 +58,10 @@ pub(super) fn serve(agent: Arc<Agent>) -> Result<tokio::task::JoinHandle<()>, Ru
                 let (read, mut write) = stream.into_split();
                 let mut line = String::new();
                 let mut reader = BufReader::new(read).take(MAX_COMMAND as u64);
-                if reader.read_line(&mut line).await.is_err() {
+                // A caller that connects and says nothing must not hold a task and a
+                // descriptor for good: any account may connect.
+                let read = tokio::time::timeout(COMMAND_WAIT, reader.read_line(&mut line));
+                if !matches!(read.await, Ok(Ok(_))) {
                     return;
                 }
                 let answer = answer(&agent, line.trim(), access).await;
