@@ -7,7 +7,7 @@
 //! alone cost ~1.4 µs of insert and ~0.3 µs of commit per session, a quarter of all
 //! the writer did. Held here instead, an id costs one hash-table slot (~24 bytes), and
 //! the table is rebuilt from the stored session batches when the store opens (1.35 s
-//! for 1.1 million sessions on the development VM; see the README).
+//! for 1.1 million sessions on the development VM; see docs/performance.md).
 //!
 //! Ids are kept by a 64-bit hash under a key chosen at random when the process starts,
 //! so nobody can aim ids at one slot. Two different ids with one hash are told apart by
