@@ -12,10 +12,11 @@
 //! itself: start, meter a product, SIGKILL, damage, restart. sled, which the agent does
 //! not use, is held to the same rules through its open path.
 //!
-//! Product processes are copies of `sleep` named `acad.exe`, a name of the built-in
-//! catalog (these agents have no collector to learn other names from). Other agents on
-//! the machine may meter them too, and these agents may meter others' `acad.exe`: a
-//! test only ever looks for its own product, by pid.
+//! Product processes are copies of `sleep` named `dmheal.exe`, the one product of these
+//! agents' own catalog (`[catalog.dmheal]` in their configuration replaces the built-in
+//! list), so that a product running on the machine — an `acad.exe` — is never metered
+//! into a test's journal. Tests running side by side meter each other's `dmheal.exe`:
+//! a test looks for its own product by pid.
 #![cfg(target_os = "linux")]
 
 use std::borrow::Cow;
@@ -225,8 +226,10 @@ fn check_salvage(sessions: &[Tracked], readable: &[&Tracked], new: &[u32]) {
     for t in sessions {
         let ours = every_written.contains(&t.session.id.to_string());
         let new = new.contains(&t.process.pid);
+        // Tests run side by side, and each agent meters every `dmheal.exe`.
+        let a_neighbours = t.session.product == "dmheal";
         assert!(
-            ours || new || t.session.product == "acad",
+            ours || new || a_neighbours,
             "session {} was never written",
             t.session.id
         );
@@ -319,7 +322,7 @@ fn configure(dir: &Path) -> PathBuf {
     std::fs::write(
         &config,
         format!(
-            "collector_url = \"{COLLECTOR}\"\nuser = \"heal\"\ndata_dir = \"{}\"\npoll_interval = \"100ms\"\n",
+            "collector_url = \"{COLLECTOR}\"\nuser = \"heal\"\ndata_dir = \"{}\"\npoll_interval = \"100ms\"\n\n[catalog.dmheal]\nmatch = [{{ exe = \"dmheal.exe\" }}]\n",
             dir.join("data").display()
         ),
     )
@@ -413,12 +416,12 @@ impl Drop for Agent {
     }
 }
 
-/// A product process: `sleep` copied as `acad.exe` into the test's own folder.
+/// A product process: `sleep` copied as `dmheal.exe` into the test's own folder.
 struct Product(Child);
 
 impl Product {
     fn start(dir: &Path) -> Product {
-        let exe = dir.join("acad.exe");
+        let exe = dir.join("dmheal.exe");
         if !exe.exists() {
             std::fs::copy("/bin/sleep", &exe).unwrap();
         }

@@ -36,7 +36,7 @@ impl Setup {
         std::fs::write(
             &config,
             format!(
-                "collector_url = \"http://127.0.0.1:9\"\nuser = \"socket-test\"\ndata_dir = \"{}\"\npoll_interval = \"100ms\"\n",
+                "collector_url = \"http://127.0.0.1:9\"\nuser = \"socket-test\"\ndata_dir = \"{}\"\npoll_interval = \"100ms\"\n\n[catalog.theirs]\nmatch = [{{ exe = \"dmsock-theirs.exe\" }}]\n\n[catalog.mine]\nmatch = [{{ exe = \"dmsock-mine.exe\" }}]\n",
                 dir.path().join("data").display()
             ),
         )
@@ -95,7 +95,8 @@ impl Setup {
         }
     }
 
-    /// A product process (a copy of `sleep` under a built-in catalog name) run as `uid`.
+    /// A product process (a copy of `sleep` under a name of this test's own catalog, so
+    /// that a product running on the machine is never counted) run as `uid`.
     fn product(&self, exe: &str, uid: Option<u32>) -> Killed {
         let path = self.dir.path().join(exe);
         std::fs::copy("/bin/sleep", &path).expect("copy sleep under the product's name");
@@ -165,19 +166,19 @@ fn enroll_from_another_account_is_refused_with_an_answer_and_root_may_enroll() {
 fn status_from_another_account_shows_only_the_sessions_of_its_own_processes() {
     let setup = Setup::new();
     let _agent = setup.start_agent();
-    let _theirs = setup.product("maya.exe", Some(OTHER));
-    let _mine = setup.product("Fusion360.exe", None);
+    let _theirs = setup.product("dmsock-theirs.exe", Some(OTHER));
+    let _mine = setup.product("dmsock-mine.exe", None);
 
     let all = setup.status_where(None, "both products open", |s| {
         let open = open_products(s);
-        open.contains(&"fusion".to_owned()) && open.contains(&"maya".to_owned())
+        open.contains(&"mine".to_owned()) && open.contains(&"theirs".to_owned())
     });
     assert!(all["sessions_of_uid"].is_null(), "{all}");
 
     let theirs = setup
         .status(Some(OTHER))
         .expect("a status for the other account");
-    assert_eq!(open_products(&theirs), ["maya"], "{theirs}");
+    assert_eq!(open_products(&theirs), ["theirs"], "{theirs}");
     assert_eq!(theirs["waiting_upload"], 1, "{theirs}");
     assert_eq!(theirs["sessions_of_uid"], OTHER, "{theirs}");
 
