@@ -242,6 +242,19 @@ impl Collector {
     }
 
     /// A reachable collector's answer to /healthz.
+    /// Waits (up to 30 s) for `user`'s stored sessions to satisfy `pred`; returns them.
+    pub async fn sessions_where(&self, user: &str, pred: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+        eventually(
+            &format!("sessions of {user} as expected"),
+            Duration::from_secs(30),
+            || async {
+                let s = self.sessions_of(user).await;
+                pred(&s).then_some(s)
+            },
+        )
+        .await
+    }
+
     pub async fn healthy(&self) -> bool {
         self.http
             .get(format!("{}/healthz", self.url()))

@@ -5,9 +5,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use daymeter_tests::{Agent, Collector, Product, eventually};
-
-const LIMIT: Duration = Duration::from_secs(30);
+use daymeter_tests::{Agent, Collector, Product};
 
 /// Short minimum session and quick retries, so a test's few seconds of use count.
 fn quick_policy() -> Value {
@@ -16,18 +14,6 @@ fn quick_policy() -> Value {
 
 fn scratch() -> tempfile::TempDir {
     tempfile::tempdir().expect("scratch folder")
-}
-
-async fn sessions_where(c: &Collector, user: &str, pred: impl Fn(&[Value]) -> bool) -> Vec<Value> {
-    eventually(
-        &format!("sessions of {user} as expected"),
-        LIMIT,
-        || async {
-            let s = c.sessions_of(user).await;
-            pred(&s).then_some(s)
-        },
-    )
-    .await
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -42,16 +28,15 @@ async fn a_product_process_is_metered_end_to_end() {
     Agent::status_where(&config, "enrolled", |s| s["device_id"].is_string());
 
     let mut product = Product::start(dir.path(), "e2ecad-one");
-    let open = sessions_where(&collector, "user-one", |s| s.len() == 1).await;
+    let open = collector.sessions_where("user-one", |s| s.len() == 1).await;
     assert_eq!(open[0]["product"], "e2ecad");
     assert!(open[0]["end"].is_null(), "{open:?}");
     tokio::time::sleep(Duration::from_millis(1500)).await;
     product.stop();
 
-    let closed = sessions_where(&collector, "user-one", |s| {
-        s.len() == 1 && s[0]["end"].is_string()
-    })
-    .await;
+    let closed = collector
+        .sessions_where("user-one", |s| s.len() == 1 && s[0]["end"].is_string())
+        .await;
     assert_eq!(closed[0]["id"], open[0]["id"]);
     Agent::status_where(&config, "nothing left to upload", |s| {
         s["waiting_upload"] == 0 && s["open"].as_array().is_some_and(Vec::is_empty)
@@ -76,7 +61,7 @@ async fn kill_9_of_the_agent_adopts_the_running_product_and_closes_a_gone_one_at
     let mut agent = Agent::start(&config);
     Agent::status_where(&config, "enrolled", |s| s["device_id"].is_string());
     let mut product = Product::start(dir.path(), "e2ekill-two");
-    let first = sessions_where(&collector, "user-two", |s| s.len() == 1).await;
+    let first = collector.sessions_where("user-two", |s| s.len() == 1).await;
     let id = first[0]["id"].clone();
 
     // Crash while the product runs: the restarted agent adopts it into the same session.
@@ -95,10 +80,9 @@ async fn kill_9_of_the_agent_adopts_the_running_product_and_closes_a_gone_one_at
     agent.kill();
     product.stop();
     let _agent = Agent::start(&config);
-    let closed = sessions_where(&collector, "user-two", |s| {
-        s.iter().any(|x| x["end"].is_string())
-    })
-    .await;
+    let closed = collector
+        .sessions_where("user-two", |s| s.iter().any(|x| x["end"].is_string()))
+        .await;
     assert_eq!(closed.len(), 1, "one session, never two: {closed:?}");
     assert_eq!(closed[0]["id"], id);
     Agent::status_where(&config, "nothing left to upload", |s| {
@@ -131,17 +115,20 @@ async fn a_collector_outage_loses_nothing_and_doubles_nothing() {
     assert!(offline["last_error"].is_string(), "{offline}");
 
     collector.restart(dir.path());
-    let back = sessions_where(&collector, "user-three", |s| s.len() == 2).await;
+    let back = collector
+        .sessions_where("user-three", |s| s.len() == 2)
+        .await;
     assert_eq!(
         back.iter().filter(|s| s["end"].is_string()).count(),
         1,
         "{back:?}"
     );
     long.stop();
-    sessions_where(&collector, "user-three", |s| {
-        s.len() == 2 && s.iter().all(|x| x["end"].is_string())
-    })
-    .await;
+    collector
+        .sessions_where("user-three", |s| {
+            s.len() == 2 && s.iter().all(|x| x["end"].is_string())
+        })
+        .await;
     Agent::status_where(&config, "nothing left to upload", |s| {
         s["waiting_upload"] == 0
     });
@@ -184,7 +171,9 @@ async fn a_revoked_device_keeps_journaling_and_waits_for_enroll() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let synced = sessions_where(&collector, "user-four", |s| s.len() == 1).await;
+    let synced = collector
+        .sessions_where("user-four", |s| s.len() == 1)
+        .await;
     assert_eq!(synced[0]["id"], journaled["open"][0]["id"]);
     let after = Agent::status_where(&config, "enrolled again", |s| s["revoked"] == false);
     // Its revoked token proved the device: it keeps its id.
@@ -236,5 +225,5 @@ async fn over_https_the_agent_trusts_its_ca_file_and_nothing_else() {
     let _agent = Agent::start(&config);
     Agent::status_where(&config, "synced over HTTPS", |s| s["last_sync"].is_string());
     let _product = Product::start(dir.path(), "e2etls-six");
-    sessions_where(&collector, "user-six", |s| s.len() == 1).await;
+    collector.sessions_where("user-six", |s| s.len() == 1).await;
 }

@@ -3,23 +3,9 @@
 
 use std::time::Duration;
 
-use serde_json::{Value, json};
+use serde_json::json;
 
-use daymeter_tests::{Agent, Collector, Product, agent_bin, eventually};
-
-const LIMIT: Duration = Duration::from_secs(30);
-
-async fn sessions_where(c: &Collector, user: &str, pred: impl Fn(&[Value]) -> bool) -> Vec<Value> {
-    eventually(
-        &format!("sessions of {user} as expected"),
-        LIMIT,
-        || async {
-            let s = c.sessions_of(user).await;
-            pred(&s).then_some(s)
-        },
-    )
-    .await
-}
+use daymeter_tests::{Agent, Collector, Product, agent_bin};
 
 /// `daymeter-agent enroll`, as an admin runs it; its output line.
 fn enroll(config: &std::path::Path) -> String {
@@ -55,7 +41,9 @@ async fn a_product_running_through_a_revocation_and_enroll_ends_once_under_the_s
 
     // The product runs and its open copy reaches the collector.
     let mut product = Product::start(dir.path(), "e2ereenrol-one");
-    let open = sessions_where(&collector, "user-reenrol", |s| s.len() == 1).await;
+    let open = collector
+        .sessions_where("user-reenrol", |s| s.len() == 1)
+        .await;
     assert!(open[0]["end"].is_null(), "{open:?}");
     assert_eq!(open[0]["device"], json!(device));
 
@@ -91,10 +79,9 @@ async fn a_product_running_through_a_revocation_and_enroll_ends_once_under_the_s
     // The product keeps running a little, then stops: its real end arrives.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     product.stop();
-    let ended = sessions_where(&collector, "user-reenrol", |s| {
-        s.iter().any(|x| x["end"].is_string())
-    })
-    .await;
+    let ended = collector
+        .sessions_where("user-reenrol", |s| s.iter().any(|x| x["end"].is_string()))
+        .await;
     assert_eq!(ended.len(), 1, "one session, never two: {ended:?}");
     let session = &ended[0];
     assert_eq!(session["id"], open[0]["id"]);

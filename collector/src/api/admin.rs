@@ -14,7 +14,7 @@ use daymeter_shared::usage::{Report, Totals};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{ApiError, AppState, check_admin, json_response, parse_json, read_body};
+use super::{ApiError, AppState, admin_json, check_admin, json_response};
 use crate::import;
 use crate::store::{SessionFilter, Settings, Store};
 
@@ -25,9 +25,7 @@ pub(super) async fn import<S: Store>(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    check_admin(&state, &headers)?;
-    let bytes = read_body(&headers, body).await?;
-    let doc: Value = parse_json(&bytes)?;
+    let doc: Value = admin_json(&state, &headers, body).await?;
     let _one_import_at_a_time = state.imports.lock().await;
     let current = state.settings();
     let (settings, replace) = import::merge(&current, &doc).map_err(refused)?;

@@ -254,6 +254,17 @@ fn bad_json(detail: impl std::fmt::Display) -> ApiError {
 
 /// The token of an `Authorization: Bearer …` header; the scheme's name is
 /// case-insensitive (RFC 9110, section 11.1), so `bearer` is the same scheme.
+/// An admin request's JSON body, once the admin token is checked.
+async fn admin_json<S, T: serde::de::DeserializeOwned>(
+    state: &AppState<S>,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<T, ApiError> {
+    check_admin(state, headers)?;
+    let bytes = read_body(headers, body).await?;
+    parse_json(&bytes)
+}
+
 fn bearer(headers: &HeaderMap) -> Option<&str> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;

@@ -11,7 +11,7 @@ use daymeter_shared::ledger::{DEFAULT_TEAM, Purchase, default_expiry};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{ApiError, AppState, check_admin, json_response, parse_json, read_body};
+use super::{ApiError, AppState, admin_json, json_response};
 use crate::store::{PurchaseCorrection, Store};
 
 /// The most tokens one purchase may add (a trillion): sums of purchases stay within
@@ -35,9 +35,7 @@ pub(super) async fn purchase<S: Store>(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    check_admin(&state, &headers)?;
-    let bytes = read_body(&headers, body).await?;
-    let req: PurchaseRequest = parse_json(&bytes)?;
+    let req: PurchaseRequest = admin_json(&state, &headers, body).await?;
     let purchased_at = req.purchased_at.unwrap_or_else(|| state.clock.now());
     let expires_at = req
         .expires_at
@@ -110,9 +108,7 @@ pub(super) async fn correct_purchase<S: Store>(
     Path(id): Path<String>,
     body: Body,
 ) -> Result<Response, ApiError> {
-    check_admin(&state, &headers)?;
-    let bytes = read_body(&headers, body).await?;
-    let req: CorrectionRequest = parse_json(&bytes)?;
+    let req: CorrectionRequest = admin_json(&state, &headers, body).await?;
     let unprocessable = |code, field: &str, message: String| {
         ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, message).field(field.to_owned())
     };
