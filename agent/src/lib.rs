@@ -24,6 +24,7 @@ pub mod config;
 pub mod journal;
 pub mod meter;
 pub mod offset;
+pub mod reminder;
 pub mod run;
 pub mod status;
 pub mod status_socket;

@@ -77,6 +77,10 @@ pub struct Policy {
     #[serde(with = "humantime_str")]
     pub grace_subscription: Duration,
     pub enforce: Enforce,
+    /// How long a product launched past its offline grace may run before it is asked to
+    /// close: enough to save the work opened in it.
+    #[serde(with = "humantime_str")]
+    pub close_delay: Duration,
 }
 
 const HOUR: u64 = 3600;
@@ -100,6 +104,7 @@ impl Default for Policy {
             grace_flex: Duration::from_secs(24 * HOUR),
             grace_subscription: Duration::from_secs(30 * 24 * HOUR),
             enforce: Enforce::Close,
+            close_delay: Duration::from_secs(5 * 60),
         }
     }
 }
@@ -129,6 +134,7 @@ impl Policy {
         "grace_flex",
         "grace_subscription",
         "enforce",
+        "close_delay",
     ];
 
     /// Policy defaults overlaid with the keys of `object`, each validated.
@@ -167,6 +173,7 @@ impl Policy {
         duration(map, "grace_flex", &mut next.grace_flex)?;
         duration(map, "grace_subscription", &mut next.grace_subscription)?;
         choice(map, "enforce", &mut next.enforce, "warn, close, kill")?;
+        duration(map, "close_delay", &mut next.close_delay)?;
         next.check()?;
         *self = next;
         Ok(())
@@ -196,6 +203,7 @@ impl Policy {
             ("sync_interval", self.sync_interval, year, "at most 366d"),
             ("retry_max", self.retry_max, year, "at most 366d"),
             ("remind_before", self.remind_before, year, "at most 366d"),
+            ("close_delay", self.close_delay, year, "at most 366d"),
             ("grace_flex", self.grace_flex, MAX_GRACE, "at most 3660d"),
             (
                 "grace_subscription",
@@ -277,7 +285,7 @@ mod tests {
             json!({"window": "24h", "min_session": "5m", "day_basis": "local", "rollover": "open",
                    "idle_after": "15m", "short_sessions": "ignore", "sync_interval": "5m",
                    "retry_max": "1m", "remind_before": "1h", "grace_flex": "24h",
-                   "grace_subscription": "720h", "enforce": "close"})
+                   "grace_subscription": "720h", "enforce": "close", "close_delay": "5m"})
         );
     }
 
