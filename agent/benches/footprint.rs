@@ -69,7 +69,7 @@ fn main() {
         format!(
             // Its own product name instead of the built-in catalog, so that an `acad.exe`
             // running on the machine is not metered into the figures.
-            "collector_url = \"http://127.0.0.1:9\"\nuser = \"bench\"\ndata_dir = \"{}\"\npoll_interval = \"1s\"\n[catalog.footprint]\nmatch = [{{ exe = \"{PRODUCT_EXE}\" }}]\n",
+            "collector_url = \"http://127.0.0.1:9\"\nuser = \"bench\"\ndata_dir = \"{0}\"\nsocket = \"{0}/agent.sock\"\npoll_interval = \"1s\"\n[catalog.footprint]\nmatch = [{{ exe = \"{PRODUCT_EXE}\" }}]\n",
             dir.path().join("data").display()
         ),
     )

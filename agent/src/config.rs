@@ -23,6 +23,8 @@ use serde::Deserialize;
 
 use daymeter_shared::catalog::{Catalog, MatchRule, Product};
 
+use crate::users::{UserMap, UserMapFile};
+
 /// Environment variable that carries the enrolment secret (wins over the file).
 pub const SECRET_ENV: &str = "DAYMETER_ENROLLMENT_SECRET";
 
@@ -65,6 +67,10 @@ struct File {
     ca_file: Option<PathBuf>,
     #[serde(default)]
     catalog: Option<std::collections::BTreeMap<String, CatalogEntry>>,
+    #[serde(default)]
+    user_map: Option<UserMapFile>,
+    #[serde(default)]
+    socket: Option<PathBuf>,
 }
 
 /// A product of the `catalog` table. Its own type so that a misspelt key (`mach`) is
@@ -97,8 +103,14 @@ pub struct Config {
     pub enrollment_secret: Option<Secret>,
     /// Journal and status socket live here.
     pub data_dir: PathBuf,
-    /// The account whose usage this agent reports.
-    pub user: String,
+    /// The licence user of every session on this machine, whoever runs the product
+    /// (a single-user machine's override); `None`: each session's user is the owner of
+    /// its process, through `user_map` (see [`crate::users`]).
+    pub user: Option<String>,
+    /// How an owner's login name becomes a licence user.
+    pub user_map: UserMap,
+    /// The local socket the service answers on (`status`, `enroll`, session helpers).
+    pub socket: PathBuf,
     pub poll_interval: Duration,
     /// A CA trusted in addition to the system roots (a company CA for the collector).
     pub ca_file: Option<PathBuf>,
@@ -131,10 +143,6 @@ pub enum ConfigError {
         "{path}: no data_dir set and no home or service data directory could be found for this account"
     )]
     NoDataDir { path: PathBuf },
-    #[error(
-        "{path}: no user set and the signed-in account could not be found; set `user` in the file"
-    )]
-    NoUser { path: PathBuf },
 }
 
 impl Config {
@@ -192,12 +200,12 @@ impl Config {
                 path: path.to_owned(),
             })?,
         };
-        let user = match file.user.filter(|u| !u.trim().is_empty()) {
-            Some(user) => user,
-            None => signed_in_user().ok_or_else(|| ConfigError::NoUser {
-                path: path.to_owned(),
-            })?,
+        let user = file.user.filter(|u| !u.trim().is_empty());
+        let user_map = match file.user_map {
+            None => UserMap::Login,
+            Some(m) => UserMap::from_file(m).map_err(|e| value_error("user_map", e))?,
         };
+        let socket = file.socket.unwrap_or_else(|| default_socket(&data_dir));
         let catalog = match file.catalog {
             None => None,
             Some(entries) => {
@@ -235,6 +243,8 @@ impl Config {
             enrollment_secret: env_secret.map(Secret::new).or(file.enrollment_secret),
             data_dir,
             user,
+            user_map,
+            socket,
             poll_interval,
             ca_file: file.ca_file,
             catalog,
@@ -246,10 +256,34 @@ impl Config {
         self.data_dir.join("journal")
     }
 
-    /// Where the running agent answers `status`.
-    pub fn status_socket(&self) -> PathBuf {
-        self.data_dir.join("status.sock")
+    /// The licence user of a session whose process `uid` runs: the configured `user`
+    /// when set, else the owner's login name through `user_map`; a process whose owner
+    /// is unknown (a platform that does not tell) is the agent's own account's.
+    pub fn licence_user(&self, login: Option<&str>) -> String {
+        if let Some(user) = &self.user {
+            return user.clone();
+        }
+        match login {
+            Some(login) => self.user_map.licence_user(login),
+            None => self
+                .user_map
+                .licence_user(&signed_in_user().unwrap_or_else(|| "unknown".to_owned())),
+        }
     }
+}
+
+/// The system service answers in its 0755 runtime directory (systemd's
+/// `RuntimeDirectory=daymeter`), where every user's session helper can reach it; an
+/// agent run by a user answers in its data directory.
+fn default_socket(data_dir: &Path) -> PathBuf {
+    #[cfg(unix)]
+    {
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        if unsafe { libc::geteuid() } == 0 {
+            return PathBuf::from("/run/daymeter/agent.sock");
+        }
+    }
+    data_dir.join("agent.sock")
 }
 
 /// A system service keeps its state where the system keeps services' state
@@ -272,8 +306,7 @@ fn default_data_dir() -> Option<PathBuf> {
     directories::ProjectDirs::from("", "", "daymeter").map(|d| d.data_local_dir().to_owned())
 }
 
-/// The account the agent runs for when the file does not say: the login name of the
-/// environment, else of the process owner.
+/// The agent's own account, for processes whose owner the platform does not report.
 fn signed_in_user() -> Option<String> {
     for var in ["USER", "USERNAME", "LOGNAME"] {
         if let Ok(name) = std::env::var(var)
@@ -301,7 +334,7 @@ mod tests {
         .unwrap();
         assert_eq!(c.collector_url, "https://c.example:8650");
         assert_eq!(c.poll_interval, Duration::from_secs(1));
-        assert_eq!(c.user, "sophie");
+        assert_eq!(c.user.as_deref(), Some("sophie"));
         assert!(c.enrollment_secret.is_none());
     }
 
@@ -361,6 +394,33 @@ mod tests {
         assert!(e.to_string().contains("args_contains"), "{e}");
         let e = parse("collector_url = \"http://h\"\nuser = \"u\"\ndata_dir = \"/tmp/d\"\n[catalog.x]\nmatch = []\n").unwrap_err();
         assert!(e.to_string().contains("no match rule"), "{e}");
+    }
+
+    #[test]
+    fn without_user_each_session_is_its_owners_through_user_map() {
+        let c = parse(
+            "collector_url = \"http://h\"\ndata_dir = \"/tmp/d\"\nuser_map = \"{login}@firm.com\"",
+        )
+        .unwrap();
+        assert_eq!(c.licence_user(Some("sophie")), "sophie@firm.com");
+        let c = parse("collector_url = \"http://h\"\ndata_dir = \"/tmp/d\"\nuser = \"ana\"\nuser_map = \"{login}@firm.com\"").unwrap();
+        assert_eq!(
+            c.licence_user(Some("sophie")),
+            "ana",
+            "user overrides the map"
+        );
+        let e = parse("collector_url = \"http://h\"\ndata_dir = \"/tmp/d\"\nuser_map = \"cad\"")
+            .unwrap_err();
+        assert!(e.to_string().contains("user_map"), "{e}");
+    }
+
+    #[test]
+    fn the_socket_is_configurable() {
+        let c = parse(
+            "collector_url = \"http://h\"\ndata_dir = \"/tmp/d\"\nsocket = \"/tmp/d/s.sock\"",
+        )
+        .unwrap();
+        assert_eq!(c.socket, PathBuf::from("/tmp/d/s.sock"));
     }
 
     #[test]

@@ -20,6 +20,7 @@
 //!   authorised by the caller's credentials (Unix code in its own module).
 //! - [`run`] — the service loop that ties them together.
 
+pub mod activity;
 pub mod config;
 pub mod journal;
 pub mod meter;
@@ -29,4 +30,6 @@ pub mod run;
 pub mod status;
 pub mod status_socket;
 pub mod sync;
+pub mod users;
 pub mod watch;
+pub mod windows;

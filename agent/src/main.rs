@@ -10,16 +10,39 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 
 use daymeter_agent::config::Config;
-use daymeter_agent::journal::{DefaultJournal, JournalError};
+use daymeter_agent::journal::{DefaultJournal, Journal, JournalError};
 use daymeter_agent::meter::LocalZone;
 use daymeter_agent::run::{Agent, enroll_offline, offline_status};
 use daymeter_agent::status::Status;
 use daymeter_agent::{status_socket, watch};
 use daymeter_shared::clock::{Clock, ShiftedClock, SystemClock};
 
+/// Said under every `--help`: what the agent reads besides its flags.
+const ENVIRONMENT: &str = "\
+Configuration file keys (TOML; unknown keys are refused by name):
+  collector_url       the collector, http:// or https:// (required)
+  enrollment_secret   prefer DAYMETER_ENROLLMENT_SECRET; keep the file owner-only if set here
+  data_dir            journal and state (default /var/lib/daymeter as root)
+  socket              the local socket for status, enroll and session helpers
+                      (default /run/daymeter/agent.sock as root, else DATA_DIR/agent.sock)
+  user                charge every session to this licence user (single-user machines)
+  user_map            \"{login}@firm.com\" or a table login = \"licence user\" (default: the login)
+  poll_interval       how often processes are listed (default 1s)
+  ca_file             a CA trusted besides the system roots
+  journal             \"redb\" (default) or \"sled\"
+  catalog             products recognised before the collector's catalog arrives
+
+Environment:
+  DAYMETER_ENROLLMENT_SECRET  the enrolment secret (wins over the file)
+  DAYMETER_LOG                log filter (default warn,daymeter_agent=info), e.g. debug
+  DBUS_SYSTEM_BUS_ADDRESS     the system bus (logind: sleep announcements), if not the default
+  DBUS_SESSION_BUS_ADDRESS    the session bus of `session` (idle monitors, notifications)
+  DISPLAY                     the X display of `session` (X11 idle time, as a fallback)
+  DAYMETER_TEST_CLOCK_SKEW, DAYMETER_TEST_SLEEP_FILE   for tests only: never set in production";
+
 /// daymeter's workstation agent: meters licensed products by the day, offline-safe.
 #[derive(Parser)]
-#[command(name = "daymeter-agent", version, about)]
+#[command(name = "daymeter-agent", version, about, after_help = ENVIRONMENT)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -28,25 +51,50 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the agent in the foreground (as the service manager starts it).
+    #[command(after_help = ENVIRONMENT)]
     Run {
         /// Agent configuration (TOML).
         #[arg(long)]
         config: PathBuf,
     },
     /// Enrol this device with the collector (again, after a revocation).
+    #[command(after_help = ENVIRONMENT)]
     Enroll {
         #[arg(long, default_value_os_t = default_config())]
         config: PathBuf,
+        /// Enrol although the device is enrolled and in good standing: the collector
+        /// issues a new device token and keeps the device id (its sessions stay one
+        /// device); the old token stops working.
+        #[arg(long)]
+        force: bool,
     },
-    /// Show open sessions, time left in their windows, last sync and grace.
+    /// Show open sessions, idle state, last sleep, offline grace, reminders, uploads.
+    #[command(after_help = ENVIRONMENT)]
     Status {
-        #[arg(long, default_value_os_t = default_config())]
-        config: PathBuf,
+        /// Agent configuration (TOML); not needed with --socket.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Ask the agent on this socket (needs no configuration file or secret).
+        #[arg(long)]
+        socket: Option<PathBuf>,
         /// Print the status as JSON.
         #[arg(long)]
         json: bool,
     },
+    /// Drop a session the collector rejected, once you have read why (status lists them).
+    #[command(after_help = ENVIRONMENT)]
+    Ack {
+        /// The rejected session's id.
+        id: String,
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        socket: Option<PathBuf>,
+    },
 }
+
+/// Where a system service's socket is (systemd's `RuntimeDirectory=daymeter`).
+const SYSTEM_SOCKET: &str = "/run/daymeter/agent.sock";
 
 fn default_config() -> PathBuf {
     #[cfg(windows)]
@@ -63,8 +111,13 @@ fn main() -> ExitCode {
     init_logs();
     let result = match cli.command {
         Command::Run { config } => run(&config),
-        Command::Enroll { config } => enroll(&config),
-        Command::Status { config, json } => status(&config, json),
+        Command::Enroll { config, force } => enroll(&config, force),
+        Command::Status {
+            config,
+            socket,
+            json,
+        } => status(config.as_deref(), socket.as_deref(), json),
+        Command::Ack { id, config, socket } => ack(&id, config.as_deref(), socket.as_deref()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -128,7 +181,7 @@ fn run(path: &Path) -> anyhow::Result<()> {
     }
     let clock = device_clock()?;
     let agent = Arc::new(Agent::start(config, journal, clock, source.as_ref(), zone)?);
-    tracing::info!(user = %agent.config.user, collector = %agent.config.collector_url, "agent started");
+    tracing::info!(user = ?agent.config.user, socket = %agent.config.socket.display(), collector = %agent.config.collector_url, "agent started");
     runtime()?.block_on(agent.run(source, shutdown_signal()))?;
     Ok(())
 }
@@ -197,7 +250,7 @@ fn reach(config: &Config, command: &str) -> anyhow::Result<Reach> {
     let dir = config.journal_dir();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
-        if let Ok(answer) = status_socket::ask(&config.status_socket(), command) {
+        if let Ok(answer) = status_socket::ask(&config.socket, command) {
             return Ok(Reach::Agent(answer));
         }
         match DefaultJournal::open(&dir) {
@@ -213,8 +266,29 @@ fn reach(config: &Config, command: &str) -> anyhow::Result<Reach> {
     }
 }
 
-fn enroll(path: &Path) -> anyhow::Result<()> {
+fn enroll(path: &Path, force: bool) -> anyhow::Result<()> {
     let config = Config::load(path)?;
+    match reach(&config, "status")? {
+        Reach::Agent(answer) => {
+            let value: serde_json::Value =
+                serde_json::from_str(&answer).context("the running agent's answer")?;
+            if !force
+                && let Some(device) = value["device_id"].as_str()
+                && value["revoked"] != true
+            {
+                bail!("{}", good_standing(device));
+            }
+        }
+        Reach::Journal(journal) => {
+            let revoked = offline_status(&config, &journal, SystemClock.now())?.revoked;
+            if !force
+                && let Some(e) = journal.enrolment()?
+                && !revoked
+            {
+                bail!("{}", good_standing(&e.device_id));
+            }
+        }
+    }
     match reach(&config, "enroll")? {
         Reach::Agent(answer) => {
             let value: serde_json::Value =
@@ -236,10 +310,35 @@ fn enroll(path: &Path) -> anyhow::Result<()> {
     }
 }
 
-fn status(path: &Path, json: bool) -> anyhow::Result<()> {
-    let config = Config::load(path)?;
-    let status: Status = match reach(&config, "status")? {
-        Reach::Agent(answer) => {
+fn good_standing(device: &str) -> String {
+    format!(
+        "this machine is enrolled as device {device} and the collector has not revoked it; \
+         `daymeter-agent enroll --force` enrols again: the collector issues a new device token \
+         and keeps the device id (its sessions stay one device), and the old token stops working"
+    )
+}
+
+/// The socket to ask: `--socket`, else the configuration's, else the system
+/// service's. A configuration that cannot be read is reported once, naming its path,
+/// and only when no agent answered on the system socket either.
+fn socket_and_config(
+    config: Option<&Path>,
+    socket: Option<&Path>,
+) -> (PathBuf, Option<anyhow::Result<Config>>) {
+    if let Some(socket) = socket {
+        return (socket.to_owned(), None);
+    }
+    let path = config.map_or_else(default_config, Path::to_owned);
+    match Config::load(&path) {
+        Ok(c) => (c.socket.clone(), Some(Ok(c))),
+        Err(e) => (PathBuf::from(SYSTEM_SOCKET), Some(Err(e.into()))),
+    }
+}
+
+fn status(config: Option<&Path>, socket: Option<&Path>, json: bool) -> anyhow::Result<()> {
+    let (socket, config) = socket_and_config(config, socket);
+    let status: Status = match status_socket::ask(&socket, "status") {
+        Ok(answer) => {
             let value: serde_json::Value =
                 serde_json::from_str(&answer).context("the running agent's answer")?;
             // A refusal or an error is an object of its own, not a status.
@@ -248,12 +347,50 @@ fn status(path: &Path, json: bool) -> anyhow::Result<()> {
             }
             serde_json::from_value(value).context("the running agent's answer")?
         }
-        Reach::Journal(journal) => offline_status(&config, &journal, SystemClock.now())?,
+        Err(e) => match config {
+            None => bail!("no agent answers on {}: {e}", socket.display()),
+            Some(Err(config_error)) => {
+                return Err(config_error.context(format!(
+                    "no agent answers on {} and the configuration cannot be read",
+                    socket.display()
+                )));
+            }
+            Some(Ok(config)) => match reach(&config, "status")? {
+                Reach::Agent(answer) => {
+                    serde_json::from_str(&answer).context("the running agent's answer")?
+                }
+                Reach::Journal(journal) => offline_status(&config, &journal, SystemClock.now())?,
+            },
+        },
     };
     if json {
         println!("{}", serde_json::to_string_pretty(&status)?);
     } else {
         print!("{}", status.render());
     }
+    Ok(())
+}
+
+fn ack(id: &str, config: Option<&Path>, socket: Option<&Path>) -> anyhow::Result<()> {
+    let (socket, config) = socket_and_config(config, socket);
+    let answer = match status_socket::ask(&socket, &format!("ack {id}")) {
+        Ok(answer) => answer,
+        Err(e) => {
+            if let Some(Err(config_error)) = config {
+                return Err(
+                    config_error.context(format!("no agent answers on {}", socket.display()))
+                );
+            }
+            bail!(
+                "no agent answers on {} ({e}); start it, then acknowledge",
+                socket.display()
+            );
+        }
+    };
+    let value: serde_json::Value = serde_json::from_str(&answer).context("the agent's answer")?;
+    if let Some(error) = value.get("error").and_then(|e| e.as_str()) {
+        bail!("{error}");
+    }
+    println!("dropped rejected session {id}");
     Ok(())
 }

@@ -111,7 +111,12 @@ impl Meter {
     /// Compares what runs now with the open sessions: opens a session for each new
     /// process instance, closes the sessions whose instance is gone, and moves every
     /// open session's `last_seen` to `now` (in memory; the caller persists it lazily).
-    pub fn observe(&mut self, running: &[Running], now: DateTime<Utc>) -> Vec<Change> {
+    pub fn observe(
+        &mut self,
+        running: &[Running],
+        now: DateTime<Utc>,
+        user_of: &mut dyn FnMut(Option<u32>) -> String,
+    ) -> Vec<Change> {
         let at = self.instant(now);
         let mut changes = Vec::new();
         let gone: Vec<ProcessKey> = self
@@ -139,6 +144,8 @@ impl Meter {
                         session: self.new_session(&r.product, at, now),
                         process: r.key,
                         owner: r.owner,
+                        user: Some(user_of(r.owner)),
+                        exe: Some(r.exe.clone()).filter(|e| !e.is_empty()),
                         stage: Stage::Open,
                         clock_offset_ms: self.offset.num_milliseconds(),
                     };
@@ -174,6 +181,36 @@ impl Meter {
     /// `now` written with the local offset, so that audits read local times.
     fn instant(&self, now: DateTime<Utc>) -> Instant {
         local_instant(self.zone.as_ref(), now)
+    }
+
+    /// The machine slept from `from` to `to`: every open session records the sleep in
+    /// `suspended` and folds it into `idle` (spec/accounting.md), each clipped to the
+    /// session. Asleep is idle whether or not a session helper reports the user's input.
+    pub fn record_sleep(&mut self, from: DateTime<Utc>, to: DateTime<Utc>) {
+        let zone = self.zone.clone();
+        for t in self.open.values_mut() {
+            let s = &mut t.session;
+            let (a, b) = (
+                local_instant(zone.as_ref(), from),
+                local_instant(zone.as_ref(), to),
+            );
+            add_interval(&mut s.suspended, s.start, a, b);
+            add_interval(&mut s.idle, s.start, a, b);
+        }
+    }
+
+    /// The user `uid` was idle from `from` to `to` (see [`crate::activity`]): the open
+    /// sessions of that account's processes record it, clipped to each session.
+    pub fn record_idle(&mut self, uid: u32, from: DateTime<Utc>, to: DateTime<Utc>) {
+        let zone = self.zone.clone();
+        for t in self.open.values_mut().filter(|t| t.owner == Some(uid)) {
+            let s = &mut t.session;
+            let (a, b) = (
+                local_instant(zone.as_ref(), from),
+                local_instant(zone.as_ref(), to),
+            );
+            add_interval(&mut s.idle, s.start, a, b);
+        }
     }
 
     /// Open sessions, by process.
@@ -266,6 +303,18 @@ impl Meter {
         Some(t.clone())
     }
 
+    /// Drops a rejected session once an admin acknowledged it; `false` when `id` is
+    /// not a rejected session.
+    pub fn drop_rejected(&mut self, id: &str) -> bool {
+        match self.closed.get(id) {
+            Some(t) if matches!(t.stage, Stage::Rejected { .. }) => {
+                self.closed.remove(id);
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// The collector refused `id`: it is kept with the reason and never resent. Returns
     /// the session as it must now be journaled.
     pub fn rejected(&mut self, id: &str, reason: &str) -> Option<Tracked> {
@@ -281,6 +330,33 @@ impl Meter {
     }
 }
 
+/// Adds `[from, to]` to a sorted list of disjoint intervals, clipped to start at
+/// `start` at the earliest, merging what overlaps or touches: the collector refuses
+/// intervals outside their session or out of order.
+fn add_interval(list: &mut Vec<[Instant; 2]>, start: Instant, from: Instant, to: Instant) {
+    let from = if from < start { start } else { from };
+    if to <= from {
+        return;
+    }
+    let mut merged = [from, to];
+    let mut kept = Vec::with_capacity(list.len() + 1);
+    for &[a, b] in list.iter() {
+        if b < merged[0] || a > merged[1] {
+            kept.push([a, b]);
+        } else {
+            if a < merged[0] {
+                merged[0] = a;
+            }
+            if b > merged[1] {
+                merged[1] = b;
+            }
+        }
+    }
+    let at = kept.partition_point(|[a, _]| *a < merged[0]);
+    kept.insert(at, merged);
+    *list = kept;
+}
+
 fn local_instant(zone: Option<&LocalZone>, at: DateTime<Utc>) -> Instant {
     match zone {
         Some(z) => at.with_timezone(&z.tz).fixed_offset(),
@@ -291,6 +367,10 @@ fn local_instant(zone: Option<&LocalZone>, at: DateTime<Utc>) -> Instant {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn anyone(_: Option<u32>) -> String {
+        "sophie".into()
+    }
     use chrono::TimeZone;
 
     fn at(h: u32, m: u32) -> DateTime<Utc> {
@@ -302,13 +382,14 @@ mod tests {
             key: ProcessKey { pid, started: 100 },
             product: product.into(),
             owner: None,
+            exe: format!("{product}.exe"),
         }
     }
 
     #[test]
     fn a_new_process_opens_a_session_in_the_local_zone() {
         let mut m = Meter::new(LocalZone::named("America/New_York"));
-        let changes = m.observe(&[running(7, "acad")], at(14, 0));
+        let changes = m.observe(&[running(7, "acad")], at(14, 0), &mut anyone);
         let [Change::Opened(t)] = changes.as_slice() else {
             panic!("{changes:?}")
         };
@@ -322,8 +403,11 @@ mod tests {
     #[test]
     fn a_running_process_only_advances_last_seen() {
         let mut m = Meter::new(None);
-        m.observe(&[running(7, "acad")], at(14, 0));
-        assert!(m.observe(&[running(7, "acad")], at(14, 1)).is_empty());
+        m.observe(&[running(7, "acad")], at(14, 0), &mut anyone);
+        assert!(
+            m.observe(&[running(7, "acad")], at(14, 1), &mut anyone)
+                .is_empty()
+        );
         let t = m.open().next().unwrap();
         assert_eq!(t.session.last_seen, Some(at(14, 1).fixed_offset()));
     }
@@ -331,8 +415,8 @@ mod tests {
     #[test]
     fn a_gone_process_closes_its_session_at_the_poll_that_missed_it() {
         let mut m = Meter::new(None);
-        m.observe(&[running(7, "acad")], at(14, 0));
-        let changes = m.observe(&[], at(15, 0));
+        m.observe(&[running(7, "acad")], at(14, 0), &mut anyone);
+        let changes = m.observe(&[], at(15, 0), &mut anyone);
         let [Change::Closed(t)] = changes.as_slice() else {
             panic!("{changes:?}")
         };
@@ -344,10 +428,10 @@ mod tests {
     #[test]
     fn a_reused_pid_is_a_new_session() {
         let mut m = Meter::new(None);
-        m.observe(&[running(7, "acad")], at(14, 0));
+        m.observe(&[running(7, "acad")], at(14, 0), &mut anyone);
         let mut again = running(7, "acad");
         again.key.started = 999;
-        let changes = m.observe(&[again], at(14, 1));
+        let changes = m.observe(&[again], at(14, 1), &mut anyone);
         assert_eq!(changes.len(), 2, "{changes:?}");
         assert!(matches!(changes[0], Change::Closed(_)));
         assert!(matches!(changes[1], Change::Opened(_)));
@@ -356,8 +440,16 @@ mod tests {
     #[test]
     fn restore_adopts_a_live_process_and_closes_a_dead_one_at_last_seen() {
         let mut first = Meter::new(None);
-        first.observe(&[running(7, "acad"), running(8, "revit")], at(14, 0));
-        first.observe(&[running(7, "acad"), running(8, "revit")], at(14, 30));
+        first.observe(
+            &[running(7, "acad"), running(8, "revit")],
+            at(14, 0),
+            &mut anyone,
+        );
+        first.observe(
+            &[running(7, "acad"), running(8, "revit")],
+            at(14, 30),
+            &mut anyone,
+        );
         let journal: Vec<Tracked> = first.open().cloned().collect();
 
         let mut m = Meter::new(None);
@@ -365,16 +457,19 @@ mod tests {
         assert_eq!(closed.len(), 1);
         assert_eq!(closed[0].session.product, "revit");
         assert_eq!(closed[0].session.end, Some(at(14, 30).fixed_offset()));
-        assert!(m.observe(&[running(7, "acad")], at(14, 31)).is_empty());
+        assert!(
+            m.observe(&[running(7, "acad")], at(14, 31), &mut anyone)
+                .is_empty()
+        );
     }
 
     #[test]
     fn only_a_final_copy_acknowledgement_removes_a_session() {
         let mut m = Meter::new(None);
-        m.observe(&[running(7, "acad")], at(14, 0));
+        m.observe(&[running(7, "acad")], at(14, 0), &mut anyone);
         let id = m.open().next().unwrap().session.id.to_string();
         assert!(!m.accepted(&id, false));
-        m.observe(&[], at(15, 0));
+        m.observe(&[], at(15, 0), &mut anyone);
         assert!(
             !m.accepted(&id, false),
             "an open copy's ack is progress only"
@@ -387,8 +482,12 @@ mod tests {
     fn a_session_refused_on_its_start_moves_once_by_the_offset_it_lacked() {
         let mut m = Meter::new(LocalZone::named("America/New_York"));
         // Written two days ahead, before any offset was known.
-        m.observe(&[running(7, "acad")], at(14, 0) + TimeDelta::days(2));
-        m.observe(&[], at(15, 0) + TimeDelta::days(2));
+        m.observe(
+            &[running(7, "acad")],
+            at(14, 0) + TimeDelta::days(2),
+            &mut anyone,
+        );
+        m.observe(&[], at(15, 0) + TimeDelta::days(2), &mut anyone);
         let id = m.closed().next().unwrap().session.id.to_string();
         m.set_offset(TimeDelta::days(-2));
         let t = m.clock_ahead(&id, "start", at(15, 1)).unwrap();
@@ -405,9 +504,9 @@ mod tests {
     #[test]
     fn a_session_refused_on_a_later_instant_keeps_its_start() {
         let mut m = Meter::new(None);
-        m.observe(&[running(7, "acad")], at(14, 0));
+        m.observe(&[running(7, "acad")], at(14, 0), &mut anyone);
         // The device clock jumps two days ahead before the product ends.
-        m.observe(&[], at(15, 0) + TimeDelta::days(2));
+        m.observe(&[], at(15, 0) + TimeDelta::days(2), &mut anyone);
         let id = m.closed().next().unwrap().session.id.to_string();
         m.set_offset(TimeDelta::days(-2));
         let t = m.clock_ahead(&id, "end", at(15, 1)).unwrap();
@@ -419,12 +518,49 @@ mod tests {
     #[test]
     fn a_rejected_session_is_kept_but_never_resent() {
         let mut m = Meter::new(None);
-        m.observe(&[running(7, "acad")], at(14, 0));
-        m.observe(&[], at(15, 0));
+        m.observe(&[running(7, "acad")], at(14, 0), &mut anyone);
+        m.observe(&[], at(15, 0), &mut anyone);
         let id = m.closed().next().unwrap().session.id.to_string();
         let t = m.rejected(&id, "conflicting copy").unwrap();
         assert!(matches!(t.stage, Stage::Rejected { .. }));
         assert!(m.to_send().is_empty());
         assert_eq!(m.closed().count(), 1);
+    }
+
+    #[test]
+    fn a_sleep_is_recorded_as_suspended_and_folded_into_idle_clipped_to_the_session() {
+        let mut m = Meter::new(None);
+        m.observe(&[running(7, "acad")], at(14, 0), &mut anyone);
+        m.record_sleep(at(13, 0), at(15, 0));
+        m.record_sleep(at(16, 0), at(17, 0));
+        let s = &m.open().next().unwrap().session;
+        let want = vec![
+            [at(14, 0).fixed_offset(), at(15, 0).fixed_offset()],
+            [at(16, 0).fixed_offset(), at(17, 0).fixed_offset()],
+        ];
+        assert_eq!(s.suspended, want);
+        assert_eq!(s.idle, want);
+    }
+
+    #[test]
+    fn idle_intervals_merge_when_they_overlap_or_touch_and_stay_in_order() {
+        let mut m = Meter::new(None);
+        let mut r = running(7, "acad");
+        r.owner = Some(1000);
+        m.observe(&[r], at(9, 0), &mut anyone);
+        m.record_idle(1000, at(12, 0), at(12, 30));
+        m.record_idle(1000, at(10, 0), at(10, 30));
+        m.record_idle(1000, at(12, 15), at(12, 45));
+        m.record_idle(1000, at(12, 45), at(13, 0));
+        m.record_idle(1001, at(14, 0), at(15, 0));
+        let s = &m.open().next().unwrap().session;
+        assert_eq!(
+            s.idle,
+            vec![
+                [at(10, 0).fixed_offset(), at(10, 30).fixed_offset()],
+                [at(12, 0).fixed_offset(), at(13, 0).fixed_offset()],
+            ],
+            "another account's idleness is not this session's"
+        );
     }
 }

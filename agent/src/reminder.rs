@@ -3,6 +3,8 @@
 //! (`crate::helper`), so the service never formats a time for someone else's desktop;
 //! `text` carries the collector's English wording only as a fallback.
 
+pub mod due;
+
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};

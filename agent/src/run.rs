@@ -29,10 +29,19 @@ use daymeter_shared::clock::{Clock, ShiftedClock};
 use daymeter_shared::policy::Policy;
 use daymeter_shared::recognition::Recogniser;
 
+mod helpers;
+mod remind;
+
+pub use helpers::{HelperId, serve as serve_helper};
+
+use std::collections::{BTreeMap, HashMap};
+
+use crate::activity::Activity;
 use crate::config::Config;
 use crate::journal::{Durability, Enrolment, Journal, JournalError, Tracked};
 use crate::meter::{Change, LocalZone, Meter};
-use crate::status::{Inputs, Status};
+use crate::reminder::due::{Due, Moment};
+use crate::status::{ActivityItem, Inputs, SentItem, Status};
 use crate::sync::{Backoff, Client, SyncAnswer, SyncError, SyncRequest};
 use crate::watch::ProcessSource;
 
@@ -46,6 +55,8 @@ pub const LAST_SEEN_EVERY: Duration = Duration::from_secs(30);
 const BATCH: usize = 200;
 
 const ANSWER_KEY: &str = "sync_answer";
+/// Each licence user's part of the last answers (open windows, plans, balance).
+const ANSWERS_KEY: &str = "sync_answers_by_user";
 const LAST_SYNC_KEY: &str = "last_sync";
 const REVOKED_KEY: &str = "revoked";
 /// The measured clock offset (collector − device), in milliseconds.
@@ -106,6 +117,35 @@ struct State {
     revoked: bool,
     /// Sessions whose last journal write failed; retried every poll.
     unsaved: Vec<Tracked>,
+    /// The products recognised now (names and rates for reminders).
+    catalog: Catalog,
+    /// The last answer for each licence user: their windows, plans and balance.
+    answers: BTreeMap<String, SyncAnswer>,
+    /// Licence users by owner uid, resolved once per uid.
+    users_by_uid: HashMap<u32, String>,
+    /// Each account's input activity, from its session helpers.
+    activity: Activity,
+    /// The reminders decided so far (each at most once per window and kind).
+    due: Due,
+    /// The session helpers connected now.
+    helpers: helpers::Links,
+    /// The last sleep seen, for `status`.
+    last_sleep: Option<(DateTime<Utc>, DateTime<Utc>)>,
+    /// The latest reminders decided, for `status` (at most [`SENT_LOG`]).
+    sent_log: Vec<SentReminder>,
+}
+
+/// How many decided reminders `status` can show.
+const SENT_LOG: usize = 64;
+
+/// A reminder as decided, for `status`.
+#[derive(Debug, Clone)]
+struct SentReminder {
+    uid: Option<u32>,
+    at: DateTime<Utc>,
+    /// Whether a helper of the account was there to show it.
+    shown: bool,
+    reminder: crate::reminder::Reminder,
 }
 
 impl Agent {
@@ -122,6 +162,7 @@ impl Agent {
         let client = Client::new(&config.collector_url, config.ca_file.as_deref())?;
         let Remembered {
             answer,
+            answers,
             last_sync,
             revoked,
         } = Remembered::read(journal.as_ref())?;
@@ -163,6 +204,7 @@ impl Agent {
             state: Mutex::new(State {
                 meter,
                 recogniser: Recogniser::new(&catalog),
+                catalog,
                 catalog_version: 0,
                 policy,
                 answer,
@@ -171,6 +213,13 @@ impl Agent {
                 enrolment,
                 revoked,
                 unsaved: Vec::new(),
+                answers,
+                users_by_uid: HashMap::new(),
+                activity: Activity::default(),
+                due: Due::default(),
+                helpers: helpers::Links::default(),
+                last_sleep: None,
+                sent_log: Vec::new(),
             }),
             config,
             sync_now: Notify::new(),
@@ -242,7 +291,17 @@ impl Agent {
                 }
             }
         };
-        let changes = state.meter.observe(&running, now);
+        let state = &mut *state;
+        let config = &self.config;
+        let users = &mut state.users_by_uid;
+        let mut user_of = |uid: Option<u32>| match uid {
+            Some(uid) => users
+                .entry(uid)
+                .or_insert_with(|| config.licence_user(crate::users::login_of(uid).as_deref()))
+                .clone(),
+            None => config.licence_user(None),
+        };
+        let changes = state.meter.observe(&running, now, &mut user_of);
         let mut retry = std::mem::take(&mut state.unsaved);
         for change in &changes {
             let (Change::Opened(t) | Change::Closed(t)) = change;
@@ -262,7 +321,14 @@ impl Agent {
                 state.unsaved.push(t);
             }
         }
-        drop(state);
+        let launched: Vec<String> = changes
+            .iter()
+            .filter_map(|c| match c {
+                Change::Opened(t) => Some(t.session.id.to_string()),
+                Change::Closed(_) => None,
+            })
+            .collect();
+        self.remind(state, now, &launched, Moment::Poll);
         if !changes.is_empty() {
             self.sync_now.notify_one();
         }
@@ -380,23 +446,37 @@ impl Agent {
             state.meter.to_send().into_iter().cloned().collect()
         };
         self.journal.flush()?;
-        let mut chunks: Vec<&[Tracked]> = pending.chunks(BATCH).collect();
-        if chunks.is_empty() {
-            chunks.push(&[]);
+        // The protocol carries one user per request: one request (or more, by BATCH)
+        // per licence user with sessions to send; an empty sync still refreshes
+        // catalog, policy and grace.
+        let fallback = self.config.licence_user(None);
+        let mut by_user: BTreeMap<String, Vec<Tracked>> = BTreeMap::new();
+        for t in pending {
+            let user = t.user.clone().unwrap_or_else(|| fallback.clone());
+            by_user.entry(user).or_default().push(t);
         }
-        for chunk in chunks {
-            let sent = self.device_clock.now();
-            let request = SyncRequest {
-                user: &self.config.user,
-                agent_time: sent.to_rfc3339(),
-                sessions: chunk.iter().map(|t| &t.session).collect(),
-            };
-            let answer = self.client.sync(&enrolment.device_token, &request).await?;
-            let received = self.device_clock.now();
-            if let Some(server_time) = answer.server_time {
-                self.learn_offset(sent, received, server_time);
+        if by_user.is_empty() {
+            by_user.insert(fallback, Vec::new());
+        }
+        for (user, sessions) in &by_user {
+            let mut chunks: Vec<&[Tracked]> = sessions.chunks(BATCH).collect();
+            if chunks.is_empty() {
+                chunks.push(&[]);
             }
-            self.apply(chunk, answer);
+            for chunk in chunks {
+                let sent = self.device_clock.now();
+                let request = SyncRequest {
+                    user,
+                    agent_time: sent.to_rfc3339(),
+                    sessions: chunk.iter().map(|t| &t.session).collect(),
+                };
+                let answer = self.client.sync(&enrolment.device_token, &request).await?;
+                let received = self.device_clock.now();
+                if let Some(server_time) = answer.server_time {
+                    self.learn_offset(sent, received, server_time);
+                }
+                self.apply(user, chunk, answer);
+            }
         }
         Ok(())
     }
@@ -433,7 +513,7 @@ impl Agent {
     /// Takes a sync answer: drops acknowledged final copies, keeps rejections with
     /// their reason (a `clock_ahead` one is corrected and sent again), caches catalog,
     /// policy, grace and windows.
-    fn apply(&self, sent: &[Tracked], answer: SyncAnswer) {
+    fn apply(&self, user: &str, sent: &[Tracked], answer: SyncAnswer) {
         let now = self.clock.now();
         let mut state = self.state();
         for id in &answer.accepted {
@@ -475,10 +555,8 @@ impl Agent {
         if let Some(catalog) = &answer.catalog {
             let current: Option<&Catalog> = state.answer.as_ref().and_then(|a| a.catalog.as_ref());
             if current != Some(catalog) {
-                state.recogniser = Recogniser::new(&effective_catalog(
-                    self.config.catalog.as_ref(),
-                    Some(catalog),
-                ));
+                state.catalog = effective_catalog(self.config.catalog.as_ref(), Some(catalog));
+                state.recogniser = Recogniser::new(&state.catalog);
                 state.catalog_version += 1;
                 tracing::info!(products = catalog.len(), "catalog from the collector");
             }
@@ -502,11 +580,34 @@ impl Agent {
         {
             tracing::warn!(error = %e, "cannot record the sync time");
         }
+        state.answers.insert(user.to_owned(), answer.clone());
+        match serde_json::to_vec(&state.answers) {
+            Ok(bytes) => {
+                if let Err(e) = self.journal.set_cached(ANSWERS_KEY, &bytes) {
+                    tracing::warn!(error = %e, "cannot cache the collector's answers");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot encode the collector's answers"),
+        }
         state.answer = Some(answer);
         drop(state);
         if resend {
             self.sync_now.notify_one();
         }
+    }
+
+    /// Drops a session the collector rejected (`daymeter-agent ack ID`): the admin has
+    /// seen it; it is never sent again anyway.
+    pub fn acknowledge(&self, id: &str) -> Result<(), String> {
+        let mut state = self.state();
+        if !state.meter.drop_rejected(id) {
+            return Err(format!("no rejected session {id:?} (status lists them)"));
+        }
+        self.journal
+            .remove(id)
+            .map_err(|e| format!("cannot drop {id} from the journal: {e}"))?;
+        tracing::info!(%id, "rejected session acknowledged and dropped");
+        Ok(())
     }
 
     /// The status the running agent reports: every session, or with `only_owner` the
@@ -515,19 +616,55 @@ impl Agent {
         let now = self.clock.now();
         let state = self.state();
         let sessions: Vec<&Tracked> = state.meter.open().chain(state.meter.closed()).collect();
-        Status::build(&Inputs {
+        let idle_after = state.policy.idle_after;
+        let mut uids: Vec<u32> = state.meter.open().filter_map(|t| t.owner).collect();
+        uids.extend(state.activity.uids());
+        uids.sort_unstable();
+        uids.dedup();
+        let activity = uids
+            .into_iter()
+            .map(|uid| ActivityItem {
+                uid,
+                helper: state.activity.has_helper(uid),
+                idle_since: state.activity.idle_since(uid, now, idle_after),
+                source: state.activity.of(uid).and_then(|a| a.source.clone()),
+            })
+            .collect();
+        let window =
+            chrono::TimeDelta::from_std(state.policy.window).unwrap_or(chrono::TimeDelta::MAX);
+        let since = now
+            .checked_sub_signed(window)
+            .unwrap_or(DateTime::<Utc>::MIN_UTC);
+        let reminders = state
+            .sent_log
+            .iter()
+            .filter(|r| r.at >= since)
+            .map(|r| SentItem {
+                at: r.at,
+                kind: r.reminder.kind,
+                product: r.reminder.product.clone(),
+                uid: r.uid,
+                shown: r.shown,
+            })
+            .collect();
+        Status::build(Inputs {
             running: true,
             now,
-            user: &self.config.user,
+            user: self.config.user.as_deref(),
             collector_url: &self.config.collector_url,
             device_id: state.enrolment.as_ref().map(|e| e.device_id.as_str()),
             revoked: state.revoked,
             last_sync: state.last_sync,
             last_error: state.last_error.as_deref(),
             answer: state.answer.as_ref(),
+            answers: &state.answers,
             policy: &state.policy,
             sessions: &sessions,
             only_owner,
+            activity,
+            last_sleep: state.last_sleep.map(|(a, b)| [a, b]),
+            reminders,
+            grace: Vec::new(),
         })
     }
 }
@@ -535,6 +672,7 @@ impl Agent {
 /// What the journal remembers of the collector between runs.
 struct Remembered {
     answer: Option<SyncAnswer>,
+    answers: BTreeMap<String, SyncAnswer>,
     last_sync: Option<DateTime<Utc>>,
     revoked: bool,
 }
@@ -546,6 +684,10 @@ impl Remembered {
             answer: journal
                 .cached(ANSWER_KEY)?
                 .and_then(|bytes| serde_json::from_slice(&bytes).ok()),
+            answers: journal
+                .cached(ANSWERS_KEY)?
+                .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+                .unwrap_or_default(),
             last_sync: journal
                 .cached(LAST_SYNC_KEY)?
                 .and_then(|b| String::from_utf8(b).ok())
@@ -564,6 +706,7 @@ pub fn offline_status(
 ) -> Result<Status, RunError> {
     let Remembered {
         answer,
+        answers,
         last_sync,
         revoked,
     } = Remembered::read(journal)?;
@@ -575,19 +718,24 @@ pub fn offline_status(
         .unwrap_or_default();
     let tracked = journal.sessions()?;
     let sessions: Vec<&Tracked> = tracked.iter().collect();
-    Ok(Status::build(&Inputs {
+    Ok(Status::build(Inputs {
         running: false,
         now,
-        user: &config.user,
+        user: config.user.as_deref(),
         collector_url: &config.collector_url,
         device_id: enrolment.as_ref().map(|e| e.device_id.as_str()),
         revoked,
         last_sync,
         last_error: None,
         answer: answer.as_ref(),
+        answers: &answers,
         policy: &policy,
         sessions: &sessions,
         only_owner: None,
+        activity: Vec::new(),
+        last_sleep: None,
+        reminders: Vec::new(),
+        grace: Vec::new(),
     }))
 }
 

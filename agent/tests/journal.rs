@@ -139,6 +139,8 @@ fn tracked(id: &str, stage: Stage, last_seen: i64) -> Tracked {
             started: 123_456,
         },
         owner: Some(1000),
+        user: Some("sophie".into()),
+        exe: Some("acad.exe".into()),
         stage,
         clock_offset_ms: 0,
     }

@@ -143,6 +143,8 @@ fn tracked(n: u32, last_seen: i64, stage: Stage) -> Tracked {
             started: 1,
         },
         owner: None,
+        user: None,
+        exe: None,
         stage,
         clock_offset_ms: 0,
     }
@@ -322,7 +324,7 @@ fn configure(dir: &Path) -> PathBuf {
     std::fs::write(
         &config,
         format!(
-            "collector_url = \"{COLLECTOR}\"\nuser = \"heal\"\ndata_dir = \"{}\"\npoll_interval = \"100ms\"\n\n[catalog.dmheal]\nmatch = [{{ exe = \"dmheal.exe\" }}]\n",
+            "collector_url = \"{COLLECTOR}\"\nuser = \"heal\"\ndata_dir = \"{0}\"\nsocket = \"{0}/agent.sock\"\npoll_interval = \"100ms\"\n\n[catalog.dmheal]\nmatch = [{{ exe = \"dmheal.exe\" }}]\n",
             dir.join("data").display()
         ),
     )

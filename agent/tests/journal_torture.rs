@@ -162,6 +162,8 @@ fn session(id: &str, closed: bool, version: u64) -> Tracked {
             started: version,
         },
         owner: None,
+        user: None,
+        exe: None,
         stage: if closed { Stage::Closed } else { Stage::Open },
         clock_offset_ms: 0,
     }

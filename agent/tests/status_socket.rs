@@ -36,7 +36,7 @@ impl Setup {
         std::fs::write(
             &config,
             format!(
-                "collector_url = \"http://127.0.0.1:9\"\nuser = \"socket-test\"\ndata_dir = \"{}\"\npoll_interval = \"100ms\"\n\n[catalog.theirs]\nmatch = [{{ exe = \"dmsock-theirs.exe\" }}]\n\n[catalog.mine]\nmatch = [{{ exe = \"dmsock-mine.exe\" }}]\n",
+                "collector_url = \"http://127.0.0.1:9\"\nuser = \"socket-test\"\ndata_dir = \"{0}\"\nsocket = \"{0}/agent.sock\"\npoll_interval = \"100ms\"\n\n[catalog.theirs]\nmatch = [{{ exe = \"dmsock-theirs.exe\" }}]\n\n[catalog.mine]\nmatch = [{{ exe = \"dmsock-mine.exe\" }}]\n",
                 dir.path().join("data").display()
             ),
         )
@@ -205,7 +205,7 @@ fn the_socket_is_open_to_every_account_and_the_journal_is_not() {
     let setup = Setup::new();
     let _agent = setup.start_agent();
     let data = setup.dir.path().join("data");
-    let socket = std::fs::metadata(data.join("status.sock")).expect("the socket");
+    let socket = std::fs::metadata(data.join("agent.sock")).expect("the socket");
     assert_eq!(socket.permissions().mode() & 0o777, 0o666);
     let journal = std::fs::metadata(data.join("journal")).expect("the journal");
     assert_eq!(

@@ -291,7 +291,7 @@ impl Agent {
     pub fn configure_with(dir: &Path, collector_url: &str, user: &str, extra: &str) -> PathBuf {
         let config = dir.join("agent.toml");
         let text = format!(
-            "collector_url = \"{collector_url}\"\nuser = \"{user}\"\ndata_dir = \"{}\"\npoll_interval = \"100ms\"\ncatalog = {{}}\n{extra}",
+            "collector_url = \"{collector_url}\"\nuser = \"{user}\"\ndata_dir = \"{0}\"\nsocket = \"{0}/agent.sock\"\npoll_interval = \"100ms\"\ncatalog = {{}}\n{extra}",
             dir.join("data").display()
         );
         std::fs::write(&config, text).expect("write the agent config");

@@ -7,14 +7,20 @@ use serde_json::json;
 
 use daymeter_tests::{Agent, Collector, Product, agent_bin};
 
-/// `daymeter-agent enroll`, as an admin runs it; its output line.
-fn enroll(config: &std::path::Path) -> String {
-    let out = std::process::Command::new(agent_bin())
+/// `daymeter-agent enroll` (with `extra` flags), as an admin runs it; its output.
+fn enroll_output(config: &std::path::Path, extra: &[&str]) -> std::process::Output {
+    std::process::Command::new(agent_bin())
         .args(["enroll", "--config"])
         .arg(config)
+        .args(extra)
         .env("DAYMETER_LOG", "error")
         .output()
-        .expect("daymeter-agent enroll");
+        .expect("daymeter-agent enroll")
+}
+
+/// `daymeter-agent enroll`, as an admin runs it; its output line.
+fn enroll(config: &std::path::Path, extra: &[&str]) -> String {
+    let out = enroll_output(config, extra);
     let stdout = String::from_utf8_lossy(&out.stdout).trim().to_owned();
     assert!(
         out.status.success(),
@@ -58,15 +64,23 @@ async fn a_product_running_through_a_revocation_and_enroll_ends_once_under_the_s
         .expect("last_seen")
         .to_owned();
 
-    assert_eq!(enroll(&config), format!("enrolled as device {device}"));
+    assert_eq!(enroll(&config, &[]), format!("enrolled as device {device}"));
     let after = Agent::status_where(&config, "enrolled again", |s| s["revoked"] == false);
     assert_eq!(after["device_id"], json!(device), "the device keeps its id");
 
-    // Two `enroll`s at once: the agent takes them one after the other, each proving the
-    // device with the token the one before got, so neither makes a new device.
+    // In good standing, `enroll` asks for --force and says what it would do.
+    let refused = enroll_output(&config, &[]);
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success() && said.contains("--force"),
+        "{said}"
+    );
+
+    // Two `enroll --force` at once: the agent takes them one after the other, each
+    // proving the device with the token the one before got, so neither makes a new device.
     let (a, b) = std::thread::scope(|s| {
-        let a = s.spawn(|| enroll(&config));
-        let b = s.spawn(|| enroll(&config));
+        let a = s.spawn(|| enroll(&config, &["--force"]));
+        let b = s.spawn(|| enroll(&config, &["--force"]));
         (a.join(), b.join())
     });
     for out in [a, b] {

@@ -253,6 +253,8 @@ mod tests {
             },
             process: ProcessKey { pid: 7, started: 1 },
             owner: None,
+            user: None,
+            exe: None,
             clock_offset_ms: 0,
             stage,
         }

@@ -51,6 +51,14 @@ pub struct Tracked {
     /// in journals written before it was recorded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner: Option<u32>,
+    /// The licence user the session is charged to, fixed when it opened (a later
+    /// change of `user_map` never splits a session); absent in journals written before
+    /// it was recorded, which are read as the configured user's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// The executable's file name, for `status`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exe: Option<String>,
     pub stage: Stage,
     /// The offset (collector − device clock, milliseconds) the session's instants were
     /// written with; lets a session refused as `clock_ahead` be moved once, by exactly

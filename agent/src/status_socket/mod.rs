@@ -35,8 +35,9 @@ use crate::run::{Agent, RunError};
 
 // Used by the Unix socket today, by the Windows named pipe later.
 #[cfg_attr(not(unix), allow(dead_code))]
-/// Longest command line accepted; anything longer is not a client of ours.
-const MAX_COMMAND: usize = 64;
+/// Longest command line accepted (`ack` and a session id); anything longer is not a
+/// client of ours.
+const MAX_COMMAND: usize = 128;
 
 /// What a caller may ask.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,8 +98,24 @@ async fn answer(agent: &Agent, command: &str, access: Option<Access>) -> String 
                 "enroll is allowed only to root and the agent's own account; uid {uid} may ask for status"
             ));
         }
+        (ack, Access::Full) if ack.starts_with("ack ") => {
+            let id = ack["ack ".len()..].trim();
+            match agent.acknowledge(id) {
+                Ok(()) => json!({ "acknowledged": id }),
+                Err(e) => json!({ "error": e }),
+            }
+        }
+        (ack, Access::Own(uid)) if ack.starts_with("ack ") => {
+            tracing::warn!(
+                uid,
+                "ack refused on the local socket: not root or the agent's account"
+            );
+            return refused(&format!(
+                "acknowledging a rejected session is allowed only to root and the agent's own account; uid {uid} may ask for status"
+            ));
+        }
         (other, _) => json!({
-            "error": format!("unknown command {:?}; try status or enroll", other)
+            "error": format!("unknown command {:?}; try status, enroll or ack ID", other)
         }),
     };
     value.to_string()

@@ -16,7 +16,7 @@ const COMMAND_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 pub(super) fn serve(agent: Arc<Agent>) -> Result<tokio::task::JoinHandle<()>, RunError> {
     use std::os::unix::fs::PermissionsExt;
 
-    let path = agent.config.status_socket();
+    let path = agent.config.socket.clone();
     let socket_error = |source: io::Error| RunError::Socket {
         path: path.clone(),
         source,
@@ -48,13 +48,14 @@ pub(super) fn serve(agent: Arc<Agent>) -> Result<tokio::task::JoinHandle<()>, Ru
             };
             let agent = agent.clone();
             tokio::spawn(async move {
-                let access = match stream.peer_cred() {
-                    Ok(cred) => Some(Access::of(cred.uid(), service_uid)),
+                let caller = match stream.peer_cred() {
+                    Ok(cred) => Some(cred.uid()),
                     Err(e) => {
                         tracing::warn!(error = %e, "cannot read a status socket caller's credentials");
                         None
                     }
                 };
+                let access = caller.map(|uid| Access::of(uid, service_uid));
                 let (read, mut write) = stream.into_split();
                 let mut line = String::new();
                 let mut reader = BufReader::new(read).take(MAX_COMMAND as u64);
@@ -62,6 +63,24 @@ pub(super) fn serve(agent: Arc<Agent>) -> Result<tokio::task::JoinHandle<()>, Ru
                 // descriptor for good: any account may connect.
                 let read = tokio::time::timeout(COMMAND_WAIT, reader.read_line(&mut line));
                 if !matches!(read.await, Ok(Ok(_))) {
+                    return;
+                }
+                if line.trim() == "session" {
+                    match caller {
+                        // A session helper: the connection stays open, and the account
+                        // the kernel named is the one whose reminders it hears.
+                        Some(uid) => {
+                            crate::run::serve_helper(agent, uid, reader.into_inner(), write).await;
+                        }
+                        None => {
+                            let _ = write
+                                .write_all(
+                                    super::refused("the agent cannot tell which account is asking")
+                                        .as_bytes(),
+                                )
+                                .await;
+                        }
+                    }
                     return;
                 }
                 let answer = answer(&agent, line.trim(), access).await;

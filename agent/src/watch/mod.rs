@@ -40,6 +40,8 @@ pub struct Running {
     /// source does not tell (sysinfo, for now). The status socket shows a local user
     /// the sessions of their own processes.
     pub owner: Option<u32>,
+    /// The executable's file name (`acad.exe`), for `status`.
+    pub exe: String,
 }
 
 /// What a classifier is shown of a new process.

@@ -142,6 +142,8 @@ struct Entry {
     product: Option<String>,
     /// Who runs it, read only once it is recognised as a product.
     owner: Option<u32>,
+    /// Its executable's file name, kept only for a product (for `status`).
+    exe: Option<Box<str>>,
 }
 
 /// The first [`COMM_LEN`] bytes of `comm`.
@@ -177,6 +179,7 @@ impl Entry {
             retry: false,
             product: None,
             owner: None,
+            exe: None,
         }
     }
 }
@@ -374,6 +377,7 @@ impl Procfs {
             retry: false,
             product: None,
             owner: None,
+            exe: None,
         };
         if entry.kernel || entry.dead {
             return Some(entry);
@@ -403,11 +407,13 @@ impl Procfs {
             Err(_) => file_name(argv0),
         };
         let args = join_args(args);
+        let name = String::from_utf8_lossy(name);
         entry.product = classify(Seen {
-            exe: &String::from_utf8_lossy(name),
+            exe: &name,
             args: &String::from_utf8_lossy(&args),
         });
         if entry.product.is_some() {
+            entry.exe = Some(name.into());
             // One stat of /proc/PID per product process: what the status socket needs
             // to show a local user their own sessions.
             entry.owner = proc_path(&mut path, pid, "")
@@ -481,6 +487,7 @@ impl Procfs {
                             },
                             product: product.clone(),
                             owner: entry.owner,
+                            exe: entry.exe.as_deref().unwrap_or_default().to_owned(),
                         });
                     }
                     next.push(entry);

@@ -31,6 +31,8 @@ pub struct Sysinfo {
 struct Known {
     generation: u64,
     product: Option<String>,
+    /// The executable's file name, kept for products only.
+    exe: String,
 }
 
 impl Default for Sysinfo {
@@ -98,12 +100,18 @@ impl ProcessSource for Sysinfo {
                     .map(|a| a.to_string_lossy())
                     .collect::<Vec<_>>()
                     .join(" ");
+                let product = classify(Seen {
+                    exe: &exe,
+                    args: &args,
+                });
                 Known {
                     generation,
-                    product: classify(Seen {
-                        exe: &exe,
-                        args: &args,
-                    }),
+                    exe: if product.is_some() {
+                        exe.into_owned()
+                    } else {
+                        String::new()
+                    },
+                    product,
                 }
             });
             known.generation = generation;
@@ -113,6 +121,7 @@ impl ProcessSource for Sysinfo {
                     product: product.clone(),
                     // Owners come with the Windows service issue (named pipe callers).
                     owner: None,
+                    exe: known.exe.clone(),
                 });
             }
         }
