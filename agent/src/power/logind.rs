@@ -56,6 +56,8 @@ pub struct SleepWatch {
     signals: MessageStream,
     /// The inhibitor: logind delays a suspend while this descriptor is open.
     lock: Option<OwnedFd>,
+    /// `PrepareForSleep(false)` was received; the lock is to be taken again.
+    resuming: bool,
     clock: Arc<dyn Clock>,
 }
 
@@ -93,15 +95,22 @@ impl SleepWatch {
             conn,
             signals,
             lock: Some(lock),
+            resuming: false,
             clock,
         })
     }
 
     /// The next announcement; `None` once the bus connection is gone (the service then
-    /// goes on with the clocks alone). Cancel-safe: a message is taken from the stream
-    /// only when it is returned.
+    /// goes on with the clocks alone). Cancel-safe, so the service may `select!` on it
+    /// with its poll timer: a message is taken from the stream only when it is handled,
+    /// and a resume whose lock was not taken again yet is finished at the next call.
     pub async fn next(&mut self) -> Option<SleepEvent> {
         loop {
+            if self.resuming {
+                self.retake().await;
+                self.resuming = false;
+                return Some(SleepEvent::Resumed);
+            }
             let msg = match next_message(&mut self.signals).await? {
                 Ok(msg) => msg,
                 Err(e) => {
@@ -117,8 +126,7 @@ impl SleepWatch {
                     at: self.clock.now(),
                 });
             }
-            self.retake().await;
-            return Some(SleepEvent::Resumed);
+            self.resuming = true;
         }
     }
 

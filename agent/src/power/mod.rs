@@ -218,10 +218,7 @@ mod tests {
             duration: Duration::from_secs(600),
         };
         let now = at("2026-03-02T09:10:00Z");
-        assert_eq!(
-            slept.interval(now, None),
-            (at("2026-03-02T09:00:00Z"), now)
-        );
+        assert_eq!(slept.interval(now, None), (at("2026-03-02T09:00:00Z"), now));
     }
 
     #[test]
