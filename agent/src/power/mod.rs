@@ -64,25 +64,35 @@ pub struct Slept {
 }
 
 impl Slept {
-    /// The suspended interval to record, in the service's clock: from logind's
-    /// `PrepareForSleep(true)` when it announced this sleep (`announced`), for `duration`;
-    /// otherwise the `duration` that ends `now`. Without an announcement the interval
-    /// ends at the poll that found the sleep, up to one poll interval after the actual
-    /// resume: the length is exact, its placement is as good as the poll.
+    /// How far an announcement may lie before the sleep it announced: logind waits for
+    /// the inhibitor at most `InhibitDelayMaxSec` (5 s by default) and the service finds
+    /// the sleep at its first poll after the resume. An announcement further back
+    /// belongs to a suspend that was cancelled, and is not used.
+    pub const ANNOUNCEMENT_SLACK: Duration = Duration::from_secs(120);
+
+    /// The suspended interval to record, in the service's clock.
     ///
-    /// The end never passes `now` (an announcement followed by a long inhibitor delay
-    /// cannot date the sleep into the future).
+    /// With logind's `PrepareForSleep(true)` instant (`announced`, the latest one since
+    /// the previous sleep was recorded) the interval starts there and lasts `duration`:
+    /// it starts a few seconds early (the reminders and the journal flush held the
+    /// suspend back), which matches what the user saw. Without one, or with one that
+    /// cannot be this sleep's (less than `duration` or more than `duration` +
+    /// [`Slept::ANNOUNCEMENT_SLACK`] before `now`), the interval is the `duration` that
+    /// ends `now`: up to one poll interval after the actual resume, the length exact,
+    /// the placement as good as the poll.
     pub fn interval(
         &self,
         now: DateTime<Utc>,
         announced: Option<DateTime<Utc>>,
     ) -> (DateTime<Utc>, DateTime<Utc>) {
         let d = TimeDelta::from_std(self.duration).unwrap_or(TimeDelta::MAX);
-        match announced.filter(|&at| at <= now) {
-            Some(at) => {
-                let end = at.checked_add_signed(d).unwrap_or(now).min(now);
-                (at, end)
-            }
+        let slack = TimeDelta::from_std(Self::ANNOUNCEMENT_SLACK).unwrap_or(TimeDelta::MAX);
+        let fits = |at: &DateTime<Utc>| {
+            let before = now - *at;
+            before >= d && before <= d.checked_add(&slack).unwrap_or(TimeDelta::MAX)
+        };
+        match announced.filter(fits) {
+            Some(at) => (at, at.checked_add_signed(d).unwrap_or(now)),
             None => (now.checked_sub_signed(d).unwrap_or(now), now),
         }
     }
@@ -228,25 +238,29 @@ mod tests {
         };
         let announced = at("2026-03-02T08:00:00Z");
         assert_eq!(
-            slept.interval(at("2026-03-02T09:00:00Z"), Some(announced)),
+            slept.interval(at("2026-03-02T08:10:07Z"), Some(announced)),
             (announced, at("2026-03-02T08:10:00Z"))
         );
     }
 
     #[test]
-    fn a_sleep_is_never_dated_past_now() {
+    fn an_announcement_that_cannot_be_this_sleeps_is_not_used() {
         let slept = Slept {
             duration: Duration::from_secs(600),
         };
         let now = at("2026-03-02T09:05:00Z");
-        let announced = at("2026-03-02T09:00:00Z");
-        assert_eq!(slept.interval(now, Some(announced)), (announced, now));
-        let future = at("2026-03-02T10:00:00Z");
-        assert_eq!(
-            slept.interval(now, Some(future)),
-            (at("2026-03-02T08:55:00Z"), now),
-            "an announcement from the future is ignored"
-        );
+        let unannounced = (at("2026-03-02T08:55:00Z"), now);
+        for announced in [
+            "2026-03-02T09:00:00Z", // too recent: the sleep would end after now
+            "2026-03-02T08:00:00Z", // an hour back: a suspend that was cancelled
+            "2026-03-02T10:00:00Z", // from the future
+        ] {
+            assert_eq!(
+                slept.interval(now, Some(at(announced))),
+                unannounced,
+                "{announced}"
+            );
+        }
     }
 
     #[test]
