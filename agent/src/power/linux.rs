@@ -3,6 +3,8 @@
 //! suspended time to the boot-time offset at every resume).
 
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use super::SleepClock;
@@ -17,6 +19,10 @@ pub const SLEEP_FILE_ENV: &str = "DAYMETER_TEST_SLEEP_FILE";
 #[derive(Debug, Default, Clone)]
 pub struct BootClock {
     injected: Option<PathBuf>,
+    /// The largest time asleep read so far, in nanoseconds. The two clocks are read by
+    /// two calls, so their difference comes out short by the moment between them, a
+    /// little more or less each time; keeping the largest makes it never go back.
+    asleep_max: Arc<AtomicU64>,
 }
 
 impl BootClock {
@@ -46,6 +52,7 @@ impl BootClock {
     pub fn injected(file: PathBuf) -> BootClock {
         BootClock {
             injected: Some(file),
+            ..BootClock::default()
         }
     }
 
@@ -65,7 +72,12 @@ impl SleepClock for BootClock {
     fn asleep(&self) -> Duration {
         let boot = read(libc::CLOCK_BOOTTIME);
         let mono = read(libc::CLOCK_MONOTONIC);
-        boot.saturating_sub(mono) + self.extra()
+        let nanos = u64::try_from(boot.saturating_sub(mono).as_nanos()).unwrap_or(u64::MAX);
+        let max = self
+            .asleep_max
+            .fetch_max(nanos, Ordering::Relaxed)
+            .max(nanos);
+        Duration::from_nanos(max) + self.extra()
     }
 
     fn since_boot(&self) -> Duration {
