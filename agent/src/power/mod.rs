@@ -9,9 +9,15 @@
 //!   before the next day starts" reminder can still be shown, and it dates the start of
 //!   the sleep exactly.
 //!
-//! The service feeds one [`SleepReading`] per poll to a [`SleepDetector`]; a
-//! [`Slept`] tells it to record a suspended interval ([`Slept::interval`]), starting at
-//! logind's announcement when there was one.
+//! How the service uses them:
+//! - at start, `system()` for the clock and `logind::SleepWatch::connect` (an error is
+//!   said once at info: sleeps are then found by the clocks alone);
+//! - every poll, `SleepDetector::observe(SleepReading::of(clock))`; a [`Slept`] is a
+//!   suspended interval to record ([`Slept::interval`], given the latest announcement),
+//!   and the same reading's `since_boot` feeds the offline grace ([`crate::grace::Now`]);
+//! - on `SleepEvent::Suspending { at }`: remember `at`, send the pre-sleep reminders,
+//!   flush the journal, then `SleepWatch::release`; on `Resumed` nothing (the lock is
+//!   taken again by the watch).
 
 #[cfg(target_os = "linux")]
 pub mod linux;
