@@ -18,13 +18,21 @@
 //!   socket or read from the journal.
 //! - [`status_socket`] — the local socket the running agent answers on, each request
 //!   authorised by the caller's credentials (Unix code in its own module).
+//! - [`power`] — sleep: suspends found by the clocks, logind's announcements (Linux).
+//! - [`grace`] — the offline grace: how long products may run without a sign-in, and
+//!   the warnings, asks to close and kills that follow, as pure rules.
+//! - [`enforce`] — asks a product process to close, or kills it, making sure first that
+//!   the pid still is that process.
 //! - [`run`] — the service loop that ties them together.
 
 pub mod activity;
 pub mod config;
+pub mod enforce;
+pub mod grace;
 pub mod journal;
 pub mod meter;
 pub mod offset;
+pub mod power;
 pub mod reminder;
 pub mod run;
 pub mod status;

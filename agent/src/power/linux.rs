@@ -1,0 +1,103 @@
+//! The Linux [`SleepClock`]: `CLOCK_BOOTTIME` counts sleep, `CLOCK_MONOTONIC` does not,
+//! so their difference is exactly the time spent asleep since boot (the kernel adds the
+//! suspended time to the boot-time offset at every resume).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use super::SleepClock;
+
+/// For tests only: names a file holding a number of seconds (decimal, `12.5`) added to
+/// both readings. A test stops the agent (SIGSTOP) for N seconds, writes N into the file
+/// and lets it run again (SIGCONT): from inside, exactly what a real suspend of N seconds
+/// looks like. Never set in production; announced at warn.
+pub const SLEEP_FILE_ENV: &str = "DAYMETER_TEST_SLEEP_FILE";
+
+/// `CLOCK_BOOTTIME` and `CLOCK_MONOTONIC`, optionally moved by a test file.
+#[derive(Debug, Default, Clone)]
+pub struct BootClock {
+    injected: Option<PathBuf>,
+    /// The largest time asleep read so far, in nanoseconds. The two clocks are read by
+    /// two calls, so their difference comes out short by the moment between them, a
+    /// little more or less each time; keeping the largest makes it never go back.
+    asleep_max: Arc<AtomicU64>,
+}
+
+impl BootClock {
+    /// The machine's clocks, untouched.
+    pub fn new() -> BootClock {
+        BootClock::default()
+    }
+
+    /// The machine's clocks, moved by the file that [`SLEEP_FILE_ENV`] names when it is
+    /// set (tests only, announced at warn).
+    pub fn from_env() -> BootClock {
+        match std::env::var_os(SLEEP_FILE_ENV).filter(|v| !v.is_empty()) {
+            Some(path) => {
+                let path = PathBuf::from(path);
+                tracing::warn!(
+                    file = %path.display(),
+                    "{SLEEP_FILE_ENV} is set: this agent's sleep clock is moved on purpose, for testing"
+                );
+                BootClock::injected(path)
+            }
+            None => BootClock::new(),
+        }
+    }
+
+    /// The machine's clocks plus the seconds written in `file` (tests only). A missing or
+    /// unreadable file adds nothing.
+    pub fn injected(file: PathBuf) -> BootClock {
+        BootClock {
+            injected: Some(file),
+            ..BootClock::default()
+        }
+    }
+
+    fn extra(&self) -> Duration {
+        let Some(path) = &self.injected else {
+            return Duration::ZERO;
+        };
+        std::fs::read_to_string(path)
+            .ok()
+            .and_then(|t| t.trim().parse::<f64>().ok())
+            .and_then(|s| Duration::try_from_secs_f64(s).ok())
+            .unwrap_or_default()
+    }
+}
+
+impl SleepClock for BootClock {
+    fn asleep(&self) -> Duration {
+        let boot = read(libc::CLOCK_BOOTTIME);
+        let mono = read(libc::CLOCK_MONOTONIC);
+        let nanos = u64::try_from(boot.saturating_sub(mono).as_nanos()).unwrap_or(u64::MAX);
+        let max = self
+            .asleep_max
+            .fetch_max(nanos, Ordering::Relaxed)
+            .max(nanos);
+        Duration::from_nanos(max) + self.extra()
+    }
+
+    fn since_boot(&self) -> Duration {
+        read(libc::CLOCK_BOOTTIME) + self.extra()
+    }
+}
+
+/// One clock; zero if the kernel refuses (it cannot for these two clocks, which every
+/// kernel since 2.6.39 has).
+fn read(clock: libc::clockid_t) -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec for the duration of the call.
+    let rc = unsafe { libc::clock_gettime(clock, &mut ts) };
+    if rc != 0 {
+        return Duration::ZERO;
+    }
+    let secs = u64::try_from(ts.tv_sec).unwrap_or(0);
+    let nanos = u32::try_from(ts.tv_nsec).unwrap_or(0);
+    Duration::new(secs, nanos)
+}

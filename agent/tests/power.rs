@@ -1,0 +1,227 @@
+//! Sleep on Linux: the boot clock, and logind's delay inhibitor and announcements against
+//! a stand-in logind written here on zbus, on a private bus used as the system bus.
+
+#![cfg(target_os = "linux")]
+
+#[path = "support/bus.rs"]
+mod bus;
+
+use std::io::{ErrorKind, Read};
+use std::os::fd::OwnedFd;
+use std::os::unix::net::UnixStream;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use daymeter_agent::power::linux::BootClock;
+use daymeter_agent::power::logind::{LogindError, SleepEvent, SleepWatch};
+use daymeter_agent::power::{SleepClock, SleepDetector, SleepReading};
+use daymeter_shared::clock::ManualClock;
+use tokio::sync::mpsc;
+use tokio::time::timeout;
+use zbus::message::Type as MessageType;
+use zbus::{Connection, Message, MessageStream};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+#[test]
+fn time_asleep_is_never_negative_and_never_goes_back() {
+    let clock = BootClock::new();
+    let mut last = (clock.asleep(), clock.since_boot());
+    for _ in 0..1000 {
+        let now = (clock.asleep(), clock.since_boot());
+        assert!(now.0 >= last.0, "asleep went back: {last:?} → {now:?}");
+        assert!(now.1 >= last.1, "since_boot went back: {last:?} → {now:?}");
+        assert!(now.1 >= now.0, "asleep longer than the time since boot");
+        last = now;
+    }
+}
+
+#[test]
+fn the_test_file_adds_its_seconds_to_both_readings_and_reads_as_a_sleep() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("slept");
+    let plain = BootClock::new();
+    let moved = BootClock::injected(file.clone());
+    let mut detector = SleepDetector::new();
+    assert!(detector.observe(SleepReading::of(&moved)).is_none());
+    let missing = moved.asleep().saturating_sub(plain.asleep());
+    assert!(
+        missing < Duration::from_millis(100),
+        "a missing file adds nothing"
+    );
+
+    std::fs::write(&file, "12.5\n").unwrap();
+    let asleep = moved.asleep().saturating_sub(plain.asleep());
+    let since_boot = moved.since_boot().saturating_sub(plain.since_boot());
+    for added in [asleep, since_boot] {
+        assert!(
+            added >= Duration::from_millis(12_400) && added <= Duration::from_millis(12_600),
+            "{added:?}"
+        );
+    }
+    let slept = detector.observe(SleepReading::of(&moved)).expect("a sleep");
+    assert!(slept.duration >= Duration::from_millis(12_400), "{slept:?}");
+}
+
+/// What the stand-in logind saw of one `Inhibit` call, and its end of the descriptor.
+struct Inhibited {
+    args: (String, String, String, String),
+    ours: UnixStream,
+}
+
+/// A logind that answers `Inhibit` with one end of a socket pair and emits
+/// `PrepareForSleep` when told.
+struct StandIn {
+    conn: Connection,
+    inhibits: mpsc::UnboundedReceiver<Inhibited>,
+}
+
+impl StandIn {
+    async fn start(address: &str) -> StandIn {
+        let conn = zbus::connection::Builder::address(address)
+            .build()
+            .await
+            .expect("connect to the private bus");
+        let mut calls = MessageStream::from(&conn);
+        conn.request_name("org.freedesktop.login1")
+            .await
+            .expect("own logind's name");
+        let (tx, inhibits) = mpsc::unbounded_channel();
+        let replier = conn.clone();
+        tokio::spawn(async move {
+            while let Some(Ok(msg)) = next_message(&mut calls).await {
+                if msg.message_type() != MessageType::MethodCall
+                    || msg.header().member().map(|m| m.as_str()) != Some("Inhibit")
+                {
+                    continue;
+                }
+                let args: (String, String, String, String) =
+                    msg.body().deserialize().expect("Inhibit(ssss)");
+                let (ours, theirs) = UnixStream::pair().expect("a socket pair");
+                let theirs = OwnedFd::from(theirs);
+                replier
+                    .reply(&msg.header(), &zbus::Fd::from(&theirs))
+                    .await
+                    .expect("reply");
+                drop(theirs);
+                let _ = tx.send(Inhibited { args, ours });
+            }
+        });
+        StandIn { conn, inhibits }
+    }
+
+    async fn prepare_for_sleep(&self, start: bool) {
+        emit(&self.conn, start).await;
+    }
+
+    async fn next_inhibit(&mut self) -> Inhibited {
+        timeout(WAIT, self.inhibits.recv())
+            .await
+            .expect("an Inhibit call in time")
+            .expect("the stand-in runs")
+    }
+}
+
+async fn emit(conn: &Connection, start: bool) {
+    conn.emit_signal(
+        None::<&str>,
+        "/org/freedesktop/login1",
+        "org.freedesktop.login1.Manager",
+        "PrepareForSleep",
+        &(start,),
+    )
+    .await
+    .expect("emit PrepareForSleep");
+}
+
+async fn next_message(stream: &mut MessageStream) -> Option<zbus::Result<Message>> {
+    use zbus::export::futures_core::Stream;
+    std::future::poll_fn(|cx| std::pin::Pin::new(&mut *stream).poll_next(cx)).await
+}
+
+/// Whether the agent closed its end: EOF on ours, within `WAIT`.
+fn closed(ours: &UnixStream) -> bool {
+    ours.set_read_timeout(Some(WAIT)).unwrap();
+    let mut buf = [0u8; 1];
+    matches!((&*ours).read(&mut buf), Ok(0))
+}
+
+fn still_open(ours: &UnixStream) -> bool {
+    ours.set_nonblocking(true).unwrap();
+    let mut buf = [0u8; 1];
+    let open = matches!((&*ours).read(&mut buf), Err(e) if e.kind() == ErrorKind::WouldBlock);
+    ours.set_nonblocking(false).unwrap();
+    open
+}
+
+fn t0() -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339("2026-03-02T23:00:00Z")
+        .unwrap()
+        .to_utc()
+}
+
+/// One test, because it points `DBUS_SYSTEM_BUS_ADDRESS` at its own bus for the whole
+/// process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logind_delays_sleep_until_released_and_is_locked_again_after_resume() {
+    let bus = bus::Bus::start();
+    // SAFETY: the only test of this binary that touches the environment, before it
+    // starts anything that reads it.
+    unsafe { std::env::set_var("DBUS_SYSTEM_BUS_ADDRESS", &bus.address) };
+    let clock = Arc::new(ManualClock::new(t0()));
+
+    // No logind on the bus: the service falls back to the clocks.
+    let e = SleepWatch::connect(clock.clone())
+        .await
+        .err()
+        .expect("no logind yet");
+    assert!(matches!(e, LogindError::NoLogind(_)), "{e}");
+
+    let mut logind = StandIn::start(&bus.address).await;
+    let mut watch = timeout(WAIT, SleepWatch::connect(clock.clone()))
+        .await
+        .expect("connect in time")
+        .expect("connect");
+    let first = logind.next_inhibit().await;
+    assert_eq!(
+        first.args,
+        (
+            "sleep".into(),
+            "daymeter".into(),
+            "show close-the-app reminders before sleep".into(),
+            "delay".into()
+        )
+    );
+    assert!(watch.holds_lock());
+    assert!(still_open(&first.ours), "the lock is held");
+
+    logind.prepare_for_sleep(true).await;
+    let event = timeout(WAIT, watch.next()).await.expect("in time");
+    assert_eq!(event, Some(SleepEvent::Suspending { at: t0() }));
+    assert!(still_open(&first.ours), "held until released");
+
+    watch.release();
+    assert!(!watch.holds_lock());
+    assert!(
+        closed(&first.ours),
+        "the stand-in sees the descriptor closed"
+    );
+
+    // An impostor's announcement is not logind's.
+    let impostor = zbus::connection::Builder::address(bus.address.as_str())
+        .build()
+        .await
+        .unwrap();
+    emit(&impostor, true).await;
+    logind.prepare_for_sleep(false).await;
+    let event = timeout(WAIT, watch.next()).await.expect("in time");
+    assert_eq!(event, Some(SleepEvent::Resumed));
+    let second = logind.next_inhibit().await;
+    assert_eq!(second.args.3, "delay");
+    assert!(watch.holds_lock());
+    assert!(still_open(&second.ours), "locked again after the resume");
+
+    drop(watch);
+    assert!(closed(&second.ours), "dropping the watch releases the lock");
+}
