@@ -127,6 +127,7 @@ impl Meter {
             .collect();
         for key in gone {
             if let Some(mut t) = self.open.remove(&key) {
+                let at = not_before_last_seen(&t.session, at);
                 t.session.end = Some(at);
                 t.session.last_seen = Some(at);
                 if t.stage == Stage::Open {
@@ -138,7 +139,7 @@ impl Meter {
         }
         for r in running {
             match self.open.get_mut(&r.key) {
-                Some(t) => t.session.last_seen = Some(at),
+                Some(t) => t.session.last_seen = Some(not_before_last_seen(&t.session, at)),
                 None => {
                     let t = Tracked {
                         session: self.new_session(&r.product, at, now),
@@ -357,6 +358,14 @@ fn add_interval(list: &mut Vec<[Instant; 2]>, start: Instant, from: Instant, to:
     *list = kept;
 }
 
+/// `at`, or the session's `last_seen` if the clock went back behind it: a wall clock
+/// set back must not make a session end before it was last seen (or started), which
+/// the collector would refuse; the time the clock lost is not metered twice.
+fn not_before_last_seen(s: &OwnedSession, at: Instant) -> Instant {
+    let floor = s.last_seen.unwrap_or(s.start).max(s.start);
+    if at < floor { floor } else { at }
+}
+
 fn local_instant(zone: Option<&LocalZone>, at: DateTime<Utc>) -> Instant {
     match zone {
         Some(z) => at.with_timezone(&z.tz).fixed_offset(),
@@ -525,6 +534,21 @@ mod tests {
         assert!(matches!(t.stage, Stage::Rejected { .. }));
         assert!(m.to_send().is_empty());
         assert_eq!(m.closed().count(), 1);
+    }
+
+    #[test]
+    fn a_clock_set_back_never_moves_last_seen_or_the_end_back() {
+        let mut m = Meter::new(None);
+        m.observe(&[running(7, "acad")], at(14, 0), &mut anyone);
+        m.observe(&[running(7, "acad")], at(14, 30), &mut anyone);
+        m.observe(&[running(7, "acad")], at(13, 0), &mut anyone);
+        let t = m.open().next().unwrap();
+        assert_eq!(t.session.last_seen, Some(at(14, 30).fixed_offset()));
+        let changes = m.observe(&[], at(13, 5), &mut anyone);
+        let [Change::Closed(t)] = changes.as_slice() else {
+            panic!("{changes:?}")
+        };
+        assert_eq!(t.session.end, Some(at(14, 30).fixed_offset()));
     }
 
     #[test]

@@ -30,6 +30,7 @@ use daymeter_shared::policy::Policy;
 use daymeter_shared::recognition::Recogniser;
 
 mod helpers;
+mod power;
 mod remind;
 
 pub use helpers::{HelperId, serve as serve_helper};
@@ -38,8 +39,11 @@ use std::collections::{BTreeMap, HashMap};
 
 use crate::activity::Activity;
 use crate::config::Config;
+use crate::enforce::Closer;
+use crate::grace::GraceKeeper;
 use crate::journal::{Durability, Enrolment, Journal, JournalError, Tracked};
 use crate::meter::{Change, LocalZone, Meter};
+use crate::power::{SleepClock, SleepDetector};
 use crate::reminder::due::{Due, Moment};
 use crate::status::{ActivityItem, Inputs, SentItem, Status};
 use crate::sync::{Backoff, Client, SyncAnswer, SyncError, SyncRequest};
@@ -55,6 +59,8 @@ pub const LAST_SEEN_EVERY: Duration = Duration::from_secs(30);
 const BATCH: usize = 200;
 
 const ANSWER_KEY: &str = "sync_answer";
+/// The offline grace's clocks and what it did since the last sign-in.
+const GRACE_KEY: &str = "grace";
 /// Each licence user's part of the last answers (open windows, plans, balance).
 const ANSWERS_KEY: &str = "sync_answers_by_user";
 const LAST_SYNC_KEY: &str = "last_sync";
@@ -102,6 +108,10 @@ pub struct Agent {
     /// two at once would send the same proof, and the loser would enrol as a new device.
     enrolling: tokio::sync::Mutex<()>,
     stopping: AtomicBool,
+    /// Time asleep and since boot (sleep detection, the grace's monotonic clock).
+    sleep_clock: Box<dyn SleepClock>,
+    /// Asks products to close when the offline grace runs out.
+    closer: Box<dyn Closer>,
 }
 
 struct State {
@@ -133,6 +143,10 @@ struct State {
     last_sleep: Option<(DateTime<Utc>, DateTime<Utc>)>,
     /// The latest reminders decided, for `status` (at most [`SENT_LOG`]).
     sent_log: Vec<SentReminder>,
+    detector: SleepDetector,
+    /// logind's latest announcement of a sleep not yet found by the clocks.
+    announced: Option<DateTime<Utc>>,
+    keeper: GraceKeeper,
 }
 
 /// How many decided reminders `status` can show.
@@ -184,6 +198,19 @@ impl Agent {
                 "the device clock is off the collector's; metering with the offset measured earlier"
             );
         }
+        let mut keeper: GraceKeeper = journal
+            .cached(GRACE_KEY)?
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        if keeper.clock().sign_in().is_none()
+            && let Some(at) = last_sync
+        {
+            // A journal from before the grace was kept: the last sync is the sign-in.
+            keeper.signed_in(crate::grace::Now {
+                wall: at,
+                since_boot: crate::power::system().since_boot(),
+            });
+        }
         let mut meter = Meter::new(zone);
         meter.set_offset(offset);
         let closed = meter.restore(journal.sessions()?, |k| source.alive(k));
@@ -220,12 +247,29 @@ impl Agent {
                 helpers: helpers::Links::default(),
                 last_sleep: None,
                 sent_log: Vec::new(),
+                detector: SleepDetector::new(),
+                announced: None,
+                keeper,
             }),
             config,
             sync_now: Notify::new(),
             enrolling: tokio::sync::Mutex::new(()),
             stopping: AtomicBool::new(false),
+            sleep_clock: crate::power::system(),
+            closer: crate::enforce::system(),
         })
+    }
+
+    /// Replaces the platform's sleep clock and closer (tests drive a suspend or watch
+    /// what would be closed); call before [`Agent::run`].
+    pub fn with_platform(
+        mut self,
+        sleep_clock: Box<dyn SleepClock>,
+        closer: Box<dyn Closer>,
+    ) -> Agent {
+        self.sleep_clock = sleep_clock;
+        self.closer = closer;
+        self
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -241,6 +285,7 @@ impl Agent {
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), RunError> {
         let status = crate::status_socket::serve(self.clone())?;
+        let sleep = tokio::spawn(self.clone().watch_sleep());
         let syncer = tokio::spawn(self.clone().sync_loop());
         let poll_interval = self.config.poll_interval;
         let mut ticker = tokio::time::interval(poll_interval);
@@ -263,6 +308,7 @@ impl Agent {
         self.sync_now.notify_one();
         syncer.abort();
         status.abort();
+        sleep.abort();
         self.persist_open();
         tracing::info!("agent stopped; open sessions kept in the journal");
         Ok(())
@@ -302,6 +348,7 @@ impl Agent {
             None => config.licence_user(None),
         };
         let changes = state.meter.observe(&running, now, &mut user_of);
+        let slept = self.check_sleep(state, now);
         let mut retry = std::mem::take(&mut state.unsaved);
         for change in &changes {
             let (Change::Opened(t) | Change::Closed(t)) = change;
@@ -329,7 +376,8 @@ impl Agent {
             })
             .collect();
         self.remind(state, now, &launched, Moment::Poll);
-        if !changes.is_empty() {
+        self.step_grace(state, now);
+        if !changes.is_empty() || slept {
             self.sync_now.notify_one();
         }
         !changes.is_empty()
@@ -338,6 +386,7 @@ impl Agent {
     /// Writes every open session's current `last_seen` and flushes.
     pub fn persist_open(&self) {
         let state = self.state();
+        self.save_grace(&state);
         for t in state.meter.open() {
             if let Err(e) = self.journal.put(t, Durability::Lazy) {
                 tracing::warn!(error = %e, id = %t.session.id, "cannot record last_seen");
@@ -566,6 +615,9 @@ impl Agent {
         }
         state.last_sync = Some(now);
         state.last_error = None;
+        let signed_in = self.grace_now();
+        state.keeper.signed_in(signed_in);
+        self.save_grace(&state);
         match serde_json::to_vec(&answer) {
             Ok(bytes) => {
                 if let Err(e) = self.journal.set_cached(ANSWER_KEY, &bytes) {
@@ -664,7 +716,7 @@ impl Agent {
             activity,
             last_sleep: state.last_sleep.map(|(a, b)| [a, b]),
             reminders,
-            grace: Vec::new(),
+            grace: self.grace_items(&state),
         })
     }
 }

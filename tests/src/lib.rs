@@ -305,13 +305,29 @@ impl Agent {
     /// As [`Agent::start`], the agent's device clock moved by `skew` (`2days`, `-90s`;
     /// empty for none) through the binary's test-only `DAYMETER_TEST_CLOCK_SKEW`.
     pub fn start_skewed(config: &Path, skew: &str) -> Agent {
-        let child = Command::new(agent_bin())
+        Self::start_with(config, &[("DAYMETER_TEST_CLOCK_SKEW", skew)])
+    }
+
+    /// As [`Agent::start`] with more environment: a private system bus
+    /// (`DBUS_SYSTEM_BUS_ADDRESS`), an injected sleep (`DAYMETER_TEST_SLEEP_FILE`)…
+    /// Without a system bus of the test's own, the agent is pointed at none, so that it
+    /// never takes the machine's own logind inhibitor.
+    pub fn start_with(config: &Path, env: &[(&str, &str)]) -> Agent {
+        let mut command = Command::new(agent_bin());
+        command
             .arg("run")
             .arg("--config")
             .arg(config)
-            .env("DAYMETER_TEST_CLOCK_SKEW", skew)
+            .env(
+                "DBUS_SYSTEM_BUS_ADDRESS",
+                "unix:path=/nonexistent/daymeter-test-bus",
+            )
             .env("DAYMETER_ENROLLMENT_SECRET", ENROLLMENT_SECRET)
-            .env("DAYMETER_LOG", "warn,daymeter_agent=debug")
+            .env("DAYMETER_LOG", "warn,daymeter_agent=debug");
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        let child = command
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
@@ -320,6 +336,11 @@ impl Agent {
             child: Some(child),
             config: config.to_owned(),
         }
+    }
+
+    /// The agent's pid (to stop and continue it as a suspend would).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// SIGKILL.
@@ -393,6 +414,40 @@ impl Product {
             .spawn()
             .expect("start the product");
         Product { child: Some(child) }
+    }
+
+    /// A product that handles SIGTERM by asking to save (it keeps running): a copy of
+    /// `sh` under the product's name, ignoring TERM.
+    pub fn start_asking_to_save(dir: &Path, exe: &str) -> Product {
+        let path = dir.join(exe);
+        if !path.exists() {
+            std::fs::copy("/bin/sh", &path).expect("copy sh under the product's name");
+        }
+        let child = Command::new(&path)
+            .args([
+                "-c",
+                "trap 'echo save your work?' TERM; while :; do sleep 0.1; done",
+            ])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start the product");
+        Product { child: Some(child) }
+    }
+
+    /// Whether the process still runs (not reaped, not exited).
+    pub fn running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// The signal that ended the process, once it ended.
+    pub fn ended_by(&mut self) -> Option<i32> {
+        use std::os::unix::process::ExitStatusExt;
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+            .and_then(|s| s.signal())
     }
 
     pub fn stop(&mut self) {

@@ -16,7 +16,11 @@ use crate::sync::SyncAnswer;
 /// A product's plan and day rate for a licence user: the collector's word from the
 /// user's last answer, else the catalog's rate as Flex (what an unlisted product
 /// would cost), else unknown (no tokens to speak of).
-fn plan_of(answer: Option<&SyncAnswer>, catalog: &Catalog, product: &str) -> (Plan, u64) {
+pub(super) fn plan_of(
+    answer: Option<&SyncAnswer>,
+    catalog: &Catalog,
+    product: &str,
+) -> (Plan, u64) {
     let listed = answer
         .into_iter()
         .flat_map(|a| a.entitlements.iter())
