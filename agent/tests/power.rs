@@ -5,9 +5,10 @@
 
 #[path = "support/bus.rs"]
 mod bus;
+#[path = "support/logind.rs"]
+mod logind;
 
 use std::io::{ErrorKind, Read};
-use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,10 +18,7 @@ use daymeter_agent::power::linux::BootClock;
 use daymeter_agent::power::logind::{LogindError, SleepEvent, SleepWatch};
 use daymeter_agent::power::{SleepClock, SleepDetector, SleepReading};
 use daymeter_shared::clock::ManualClock;
-use tokio::sync::mpsc;
 use tokio::time::timeout;
-use zbus::message::Type as MessageType;
-use zbus::{Connection, Message, MessageStream};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -64,82 +62,6 @@ fn the_test_file_adds_its_seconds_to_both_readings_and_reads_as_a_sleep() {
     assert!(slept.duration >= Duration::from_millis(12_400), "{slept:?}");
 }
 
-/// What the stand-in logind saw of one `Inhibit` call, and its end of the descriptor.
-struct Inhibited {
-    args: (String, String, String, String),
-    ours: UnixStream,
-}
-
-/// A logind that answers `Inhibit` with one end of a socket pair and emits
-/// `PrepareForSleep` when told.
-struct StandIn {
-    conn: Connection,
-    inhibits: mpsc::UnboundedReceiver<Inhibited>,
-}
-
-impl StandIn {
-    async fn start(address: &str) -> StandIn {
-        let conn = zbus::connection::Builder::address(address)
-            .build()
-            .await
-            .expect("connect to the private bus");
-        let mut calls = MessageStream::from(&conn);
-        conn.request_name("org.freedesktop.login1")
-            .await
-            .expect("own logind's name");
-        let (tx, inhibits) = mpsc::unbounded_channel();
-        let replier = conn.clone();
-        tokio::spawn(async move {
-            while let Some(Ok(msg)) = next_message(&mut calls).await {
-                if msg.message_type() != MessageType::MethodCall
-                    || msg.header().member().map(|m| m.as_str()) != Some("Inhibit")
-                {
-                    continue;
-                }
-                let args: (String, String, String, String) =
-                    msg.body().deserialize().expect("Inhibit(ssss)");
-                let (ours, theirs) = UnixStream::pair().expect("a socket pair");
-                let theirs = OwnedFd::from(theirs);
-                replier
-                    .reply(&msg.header(), &zbus::Fd::from(&theirs))
-                    .await
-                    .expect("reply");
-                drop(theirs);
-                let _ = tx.send(Inhibited { args, ours });
-            }
-        });
-        StandIn { conn, inhibits }
-    }
-
-    async fn prepare_for_sleep(&self, start: bool) {
-        emit(&self.conn, start).await;
-    }
-
-    async fn next_inhibit(&mut self) -> Inhibited {
-        timeout(WAIT, self.inhibits.recv())
-            .await
-            .expect("an Inhibit call in time")
-            .expect("the stand-in runs")
-    }
-}
-
-async fn emit(conn: &Connection, start: bool) {
-    conn.emit_signal(
-        None::<&str>,
-        "/org/freedesktop/login1",
-        "org.freedesktop.login1.Manager",
-        "PrepareForSleep",
-        &(start,),
-    )
-    .await
-    .expect("emit PrepareForSleep");
-}
-
-async fn next_message(stream: &mut MessageStream) -> Option<zbus::Result<Message>> {
-    use zbus::export::futures_core::Stream;
-    std::future::poll_fn(|cx| std::pin::Pin::new(&mut *stream).poll_next(cx)).await
-}
-
 /// Whether the agent closed its end: EOF on ours, within `WAIT`.
 fn closed(ours: &UnixStream) -> bool {
     ours.set_read_timeout(Some(WAIT)).unwrap();
@@ -178,7 +100,7 @@ async fn logind_delays_sleep_until_released_and_is_locked_again_after_resume() {
         .expect("no logind yet");
     assert!(matches!(e, LogindError::NoLogind(_)), "{e}");
 
-    let mut logind = StandIn::start(&bus.address).await;
+    let mut logind = logind::StandIn::start(&bus.address).await;
     let mut watch = timeout(WAIT, SleepWatch::connect(clock.clone()))
         .await
         .expect("connect in time")
@@ -213,7 +135,7 @@ async fn logind_delays_sleep_until_released_and_is_locked_again_after_resume() {
         .build()
         .await
         .unwrap();
-    emit(&impostor, true).await;
+    logind::emit(&impostor, true).await;
     logind.prepare_for_sleep(false).await;
     let event = timeout(WAIT, watch.next()).await.expect("in time");
     assert_eq!(event, Some(SleepEvent::Resumed));
