@@ -16,9 +16,21 @@ use daymeter_collector::config::ServeArgs;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// Said under every `--help`: what the collector reads besides its flags.
+const ENVIRONMENT: &str = "\
+Config file keys (--config, TOML; unknown keys are refused by name):
+  enrollment_secret   what a device shows to enrol (at least 16 characters)
+  admin_token         the bearer token of the admin API (at least 16 characters)
+
+Environment (wins over the file):
+  DAYMETER_ENROLLMENT_SECRET  the enrolment secret
+  DAYMETER_ADMIN_TOKEN        the admin token
+  DAYMETER_LOG                log filter (default: lifecycle at info, the rest from warn), e.g. debug
+  TOKIO_WORKER_THREADS        request threads (default: one fewer than the cores, at least one)";
+
 /// daymeter's collector: authoritative day and token accounting.
 #[derive(Parser)]
-#[command(name = "daymeter-collector", version, about)]
+#[command(name = "daymeter-collector", version, about, after_help = ENVIRONMENT)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -36,6 +48,7 @@ enum Command {
     },
     /// Serve the agent and admin API. Secrets come from DAYMETER_ENROLLMENT_SECRET and
     /// DAYMETER_ADMIN_TOKEN or --config; with neither, a dev config is generated.
+    #[command(after_help = ENVIRONMENT)]
     Serve(ServeArgs),
 }
 
