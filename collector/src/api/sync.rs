@@ -368,7 +368,7 @@ fn reminders<'a>(
                 product,
                 balance,
                 tokens_per_day: rate,
-                text: format!("Your team has {balance} tokens left; a day of {product} costs {rate}. Launching it will be refused until tokens are added."),
+                text: format!("Your team has {balance} tokens left; a day of {product} costs {rate}. Ask your licence admin to add tokens: daymeter warns, it never closes a product for the balance."),
             });
         }
     }
