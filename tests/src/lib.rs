@@ -291,11 +291,18 @@ impl Agent {
     pub fn configure_with(dir: &Path, collector_url: &str, user: &str, extra: &str) -> PathBuf {
         let config = dir.join("agent.toml");
         let text = format!(
-            "collector_url = \"{collector_url}\"\nuser = \"{user}\"\ndata_dir = \"{0}\"\nsocket = \"{0}/agent.sock\"\npoll_interval = \"100ms\"\ncatalog = {{}}\n{extra}",
-            dir.join("data").display()
+            "collector_url = \"{collector_url}\"\nuser = \"{user}\"\ndata_dir = \"{}\"\nsocket = \"{}\"\npoll_interval = \"100ms\"\ncatalog = {{}}\n{extra}",
+            dir.join("data").display(),
+            Agent::socket(dir).display()
         );
         std::fs::write(&config, text).expect("write the agent config");
         config
+    }
+
+    /// The local socket of an agent configured in `dir` (beside its data directory,
+    /// which is owner-only, so that a test may let another account reach it).
+    pub fn socket(dir: &Path) -> PathBuf {
+        dir.join("agent.sock")
     }
 
     pub fn start(config: &Path) -> Agent {
@@ -395,6 +402,62 @@ impl Agent {
 impl Drop for Agent {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// A running session helper (`daymeter-agent session`), as a desktop session would
+/// start it: its session bus and zone from the environment, nothing but the socket
+/// path on the command line.
+pub struct Helper {
+    child: Option<Child>,
+}
+
+impl Helper {
+    /// Starts a helper on `socket` with the session bus at `bus`; `env` adds `TZ`,
+    /// `LANG`…; `uid` runs it as that account (and its group of the same number).
+    pub fn start(socket: &Path, bus: &str, env: &[(&str, &str)], uid: Option<u32>) -> Helper {
+        use std::os::unix::process::CommandExt;
+
+        let mut command = Command::new(agent_bin());
+        command
+            .arg("session")
+            .arg("--socket")
+            .arg(socket)
+            .env_clear()
+            .env("DBUS_SESSION_BUS_ADDRESS", bus)
+            .env(
+                "DBUS_SYSTEM_BUS_ADDRESS",
+                "unix:path=/nonexistent/daymeter-test-bus",
+            )
+            .env("DAYMETER_LOG", "warn,daymeter_agent=debug");
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        if let Some(uid) = uid {
+            command.uid(uid).gid(uid);
+        }
+        let child = command
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start the session helper");
+        Helper { child: Some(child) }
+    }
+
+    /// Whether it still runs.
+    pub fn running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+}
+
+impl Drop for Helper {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 }
 
