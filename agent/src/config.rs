@@ -125,11 +125,12 @@ pub struct Config {
 /// Why a configuration cannot be used; names the file and the key.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read {path}: {source}")]
+    /// The cause is part of the message and not a `source`, so that a report of the
+    /// whole chain says it once.
+    #[error("cannot read {path}: {error}")]
     Read {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("{path}: {message}")]
     Syntax { path: PathBuf, message: String },
@@ -149,9 +150,9 @@ impl Config {
     /// Reads the file, then the environment (`DAYMETER_ENROLLMENT_SECRET` wins over the
     /// file's `enrollment_secret`).
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
             path: path.to_owned(),
-            source,
+            error,
         })?;
         let env_secret = std::env::var(SECRET_ENV).ok().filter(|s| !s.is_empty());
         Config::parse(path, &text, env_secret)

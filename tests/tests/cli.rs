@@ -1,5 +1,6 @@
-//! Both binaries' `--help` name what they read besides their flags: the environment
-//! variables and the configuration file's keys, so an admin at a console needs no docs.
+//! The command lines, as an admin at a console meets them: both binaries' `--help` name
+//! the environment variables and the configuration file's keys, and a missing
+//! configuration file is reported once, by its path.
 
 use std::process::Command;
 
@@ -42,5 +43,27 @@ fn the_collectors_help_names_its_environment_and_config_keys() {
         ] {
             assert!(text.contains(name), "{args:?} names {name}:\n{text}");
         }
+    }
+}
+
+#[test]
+fn a_missing_config_file_is_reported_once_naming_the_path() {
+    let dir = tempfile::tempdir().expect("scratch folder");
+    let path = dir.path().join("agent.toml");
+    for args in [&["run", "--config"][..], &["enroll", "--config"]] {
+        let out = Command::new(agent_bin())
+            .args(args)
+            .arg(&path)
+            .env("DAYMETER_LOG", "error")
+            .output()
+            .expect("run the agent");
+        assert!(!out.status.success());
+        let text = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            text.matches(&*path.to_string_lossy()).count(),
+            1,
+            "{args:?}: {text}"
+        );
+        assert_eq!(text.matches("No such file").count(), 1, "{args:?}: {text}");
     }
 }
