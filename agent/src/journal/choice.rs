@@ -155,7 +155,14 @@ impl ChosenJournal {
                 kind.open_in(locked, OnDamage::Report)?
             }
         };
-        tracing::debug!(dir = %dir.display(), backend = %journal.kind(), "journal opened");
+        match purpose {
+            Purpose::Run => {
+                tracing::info!(dir = %dir.display(), backend = %journal.kind(), "journal backend");
+            }
+            Purpose::Look => {
+                tracing::debug!(dir = %dir.display(), backend = %journal.kind(), "journal backend");
+            }
+        }
         Ok(journal)
     }
 

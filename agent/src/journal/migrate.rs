@@ -127,7 +127,9 @@ pub(crate) fn migrate(
     };
 
     // 1: everything the old journal holds, strictly.
-    let old = from.open_in(dir.clone(), OnDamage::Report).map_err(refuse)?;
+    let old = from
+        .open_in(dir.clone(), OnDamage::Report)
+        .map_err(refuse)?;
     let sessions = old.sessions_strict().map_err(refuse)?;
     let cached = old.cached_all().map_err(refuse)?;
     drop(old);

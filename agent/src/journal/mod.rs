@@ -143,7 +143,7 @@ pub enum JournalError {
     /// Which one is current cannot be told from the files, and guessing could count
     /// sessions twice or drop some: the agent refuses to start.
     #[error(
-        "the journal directory {} holds both a redb journal ({}) and a sled journal ({}/) and no          interrupted migration explains it; the agent will not guess which is current. Keep the          one the agent last ran with (its log says `backend=` when it opens the journal), move          the other out of {}, set `journal` to the kept one's kind and start again",
+        "the journal directory {} holds both a redb journal ({}) and a sled journal ({}/) and no interrupted migration explains it; the agent will not guess which is current. Keep the one the agent last ran with (its log says `backend=` when it opens the journal), move the other out of {}, set `journal` to the kept one's kind and start again",
         dir.display(),
         redb::DB_FILE,
         sled::DB_DIR,
@@ -153,7 +153,7 @@ pub enum JournalError {
     /// The journal was written by the other backend and cannot be carried over safely
     /// (it does not open, or a record does not decode); it is left as it was.
     #[error(
-        "the journal in {} is a {from} journal and the configuration asks for {to}, but it          cannot be migrated ({source}); it is left as it was. Set `journal = \"{from}\"`          again to run on it (the agent heals a damaged journal on its own backend), then switch",
+        "the journal in {} is a {from} journal and the configuration asks for {to}, but it cannot be migrated ({source}); it is left as it was. Set `journal = \"{from}\"` again to run on it (the agent heals a damaged journal on its own backend), then switch",
         dir.display()
     )]
     CannotMigrate {
