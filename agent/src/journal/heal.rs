@@ -17,7 +17,7 @@
 //! in place with nothing lost, and nothing is moved aside. sled's recovery is weaker:
 //! it stops reading its log at the first bad segment and opens without an error, so
 //! what it drops that way gives no signal to heal on (`tests/journal_heal.rs` prints
-//! how much); one more reason the agent keeps to redb.
+//! how much); one more reason redb is the default.
 //!
 //! What "salvaged" means, and why:
 //! - **Through the database first.** The damaged copy is opened without being changed
