@@ -29,7 +29,7 @@ Configuration file keys (TOML; unknown keys are refused by name):
   user_map            \"{login}@firm.com\" or a table login = \"licence user\" (default: the login)
   poll_interval       how often processes are listed (default 1s)
   ca_file             a CA trusted besides the system roots
-  journal             \"redb\" (default) or \"sled\"
+  journal             \"redb\" (default) or \"sled\"; a change migrates the journal at the next run
   catalog             products recognised before the collector's catalog arrives
 
 Environment:
