@@ -6,6 +6,8 @@
 //! collector_url = "https://licensing.example.com:8650"
 //! enrollment_secret = "…"          # or DAYMETER_ENROLLMENT_SECRET
 //! # optional: data_dir, user, poll_interval = "1s", ca_file = "/etc/daymeter/ca.pem"
+//! # optional: journal = "redb" (default) or "sled"; a journal the other one wrote is
+//! # migrated when the agent starts (docs/journal.md)
 //! # optional: the products recognised before the collector's catalog arrives, instead
 //! # of the built-in list (`catalog = {}`: only what the collector lists)
 //! [catalog.acad]
@@ -23,6 +25,7 @@ use serde::Deserialize;
 
 use daymeter_shared::catalog::{Catalog, MatchRule, Product};
 
+use crate::journal::JournalKind;
 use crate::users::{UserMap, UserMapFile};
 
 /// Environment variable that carries the enrolment secret (wins over the file).
@@ -71,6 +74,11 @@ struct File {
     user_map: Option<UserMapFile>,
     #[serde(default)]
     socket: Option<PathBuf>,
+    /// Read as text and matched by [`JournalKind::from_name`], rather than as the enum,
+    /// so that a misspelt value is refused naming the key and the values allowed (the
+    /// TOML parser's own message names neither the key nor the file).
+    #[serde(default)]
+    journal: Option<String>,
 }
 
 /// A product of the `catalog` table. Its own type so that a misspelt key (`mach`) is
@@ -120,6 +128,11 @@ pub struct Config {
     /// collector's catalog lists (nothing before the first sync), which is also how the
     /// end-to-end tests keep the machine's own products out of their agents.
     pub catalog: Option<Catalog>,
+    /// The journal's backend: redb by default, for its smaller memory and disk
+    /// (`journal/redb.rs` has the figures); sled, the design's first choice, passes the
+    /// same crash torture. A journal the other backend wrote is migrated when the agent
+    /// starts, or the agent refuses to start and says why (`journal/migrate.rs`).
+    pub journal: JournalKind,
 }
 
 /// Why a configuration cannot be used; names the file and the key.
@@ -201,6 +214,23 @@ impl Config {
                 path: path.to_owned(),
             })?,
         };
+        let journal = match file.journal.as_deref() {
+            None => JournalKind::default(),
+            Some(text) => JournalKind::from_name(text).ok_or_else(|| {
+                let allowed: Vec<String> = JournalKind::ALL
+                    .iter()
+                    .map(|k| format!("\"{k}\""))
+                    .collect();
+                value_error(
+                    "journal",
+                    format!(
+                        "`{text}` is not a journal backend; allowed: {} (default \"{}\")",
+                        allowed.join(" or "),
+                        JournalKind::default()
+                    ),
+                )
+            })?,
+        };
         let user = file.user.filter(|u| !u.trim().is_empty());
         let user_map = match file.user_map {
             None => UserMap::Login,
@@ -249,6 +279,7 @@ impl Config {
             poll_interval,
             ca_file: file.ca_file,
             catalog,
+            journal,
         })
     }
 
@@ -422,6 +453,21 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.socket, PathBuf::from("/tmp/d/s.sock"));
+    }
+
+    #[test]
+    fn the_journal_is_redb_unless_sled_is_named_and_a_typo_is_refused_by_name() {
+        let base = "collector_url = \"http://h\"\ndata_dir = \"/tmp/d\"\n";
+        assert_eq!(parse(base).unwrap().journal, JournalKind::Redb);
+        let sled = parse(&format!("{base}journal = \"sled\"\n")).unwrap();
+        assert_eq!(sled.journal, JournalKind::Sled);
+        let e = parse(&format!("{base}journal = \"sleed\"\n")).unwrap_err();
+        let text = e.to_string();
+        for named in ["agent.toml", "journal", "sleed", "\"redb\"", "\"sled\""] {
+            assert!(text.contains(named), "{named} missing from: {text}");
+        }
+        let e = parse(&format!("{base}journal = \"Redb\"\n")).unwrap_err();
+        assert!(e.to_string().contains("journal"), "{e}");
     }
 
     #[test]

@@ -8,8 +8,9 @@
 //!   listing alone where events cannot be had; sysinfo on Windows and macOS; all behind
 //!   [`watch::ProcessSource`].
 //! - [`journal`] — every session, the device token and the collector's cached answers,
-//!   durable across crashes, behind [`journal::Journal`] (redb; sled behind the same
-//!   trait passed the same crash torture, see the README for the choice).
+//!   durable across crashes, behind [`journal::Journal`]: redb by default, sled at the
+//!   admin's choice (`journal = "sled"`), a journal the other wrote migrated on start
+//!   (`docs/journal.md`).
 //! - [`meter`] — turns what runs into opened, advanced and closed sessions.
 //! - [`offset`] — the device clock's offset to the collector's, and which sessions it
 //!   may move.

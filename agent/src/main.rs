@@ -10,7 +10,7 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 
 use daymeter_agent::config::Config;
-use daymeter_agent::journal::{DefaultJournal, Journal, JournalError};
+use daymeter_agent::journal::{ChosenJournal, Journal, JournalError, Purpose};
 use daymeter_agent::meter::LocalZone;
 use daymeter_agent::run::{Agent, enroll_offline, offline_status};
 use daymeter_agent::status::Status;
@@ -29,7 +29,7 @@ Configuration file keys (TOML; unknown keys are refused by name):
   user_map            \"{login}@firm.com\" or a table login = \"licence user\" (default: the login)
   poll_interval       how often processes are listed (default 1s)
   ca_file             a CA trusted besides the system roots
-  journal             \"redb\" (default) or \"sled\"
+  journal             \"redb\" (default) or \"sled\"; a change migrates the journal at the next run
   catalog             products recognised before the collector's catalog arrives
 
 Environment:
@@ -149,15 +149,16 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
-/// The agent's journal, healed if damaged (moved aside, salvaged, started afresh) so
-/// that metering never waits for a repair.
-fn open_journal(config: &Config) -> anyhow::Result<DefaultJournal> {
+/// The agent's journal on the configured backend: migrated if the other backend wrote
+/// it, healed if damaged (moved aside, salvaged, started afresh) so that metering never
+/// waits for a repair.
+fn open_journal(config: &Config) -> anyhow::Result<ChosenJournal> {
     let dir = config.journal_dir();
     // `status` and `enroll` without a running agent hold the journal for a moment; an
     // agent starting at that moment waits for them rather than failing.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
-        match DefaultJournal::open_healing(&dir) {
+        match ChosenJournal::open(&dir, config.journal, Purpose::Run) {
             Err(JournalError::InUse { .. }) if std::time::Instant::now() < deadline => {
                 std::thread::sleep(std::time::Duration::from_millis(100));
             }
@@ -240,12 +241,13 @@ async fn shutdown_signal() {
 /// The running agent (over its socket), or the journal when no agent runs.
 enum Reach {
     Agent(String),
-    Journal(DefaultJournal),
+    Journal(ChosenJournal),
 }
 
 /// Asks the running agent `command`, or opens the journal when none runs. An agent
 /// that is starting holds the journal before its socket is up: keep trying both. A
-/// damaged journal is reported, not healed: the agent heals it when it starts.
+/// damaged journal is reported, not healed, and one the other backend wrote is read
+/// as it is: the agent heals or migrates it when it starts.
 fn reach(config: &Config, command: &str) -> anyhow::Result<Reach> {
     let dir = config.journal_dir();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
@@ -253,7 +255,7 @@ fn reach(config: &Config, command: &str) -> anyhow::Result<Reach> {
         if let Ok(answer) = status_socket::ask(&config.socket, command) {
             return Ok(Reach::Agent(answer));
         }
-        match DefaultJournal::open(&dir) {
+        match ChosenJournal::open(&dir, config.journal, Purpose::Look) {
             Ok(journal) => return Ok(Reach::Journal(journal)),
             Err(JournalError::InUse { .. }) if std::time::Instant::now() < deadline => {
                 std::thread::sleep(std::time::Duration::from_millis(100));

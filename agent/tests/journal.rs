@@ -706,12 +706,16 @@ fn redb_journal_writes_again_once_the_disk_has_room() {
     );
 }
 
-/// The agent opens redb.
+/// The agent opens redb unless its configuration names sled.
 #[test]
 fn the_default_journal_is_redb() {
     assert_eq!(
         std::any::type_name::<DefaultJournal>(),
         std::any::type_name::<RedbJournal>()
+    );
+    assert_eq!(
+        daymeter_agent::journal::JournalKind::default(),
+        daymeter_agent::journal::JournalKind::Redb
     );
 }
 

@@ -24,8 +24,12 @@
 //! on), so "at least as new" is `version >= reported`. The same directory is used for
 //! every round, so damage, if any, accumulates.
 //!
-//! Knobs: `DAYMETER_TORTURE_KILLS` (rounds, default [`KILLS`]), `DAYMETER_TORTURE_SEED`,
-//! `DAYMETER_TORTURE_DIR` (keep the journal somewhere to look at afterwards).
+//! Both backends an admin may choose (`journal = "redb" | "sled"`) run by default, each
+//! on its own journal, and each run prints its kill count and time.
+//!
+//! Knobs: `DAYMETER_TORTURE_KILLS` (rounds, for both backends; default the backend's
+//! [`Backend::KILLS`]), `DAYMETER_TORTURE_SEED`, `DAYMETER_TORTURE_DIR` (keep the journal
+//! somewhere to look at afterwards).
 
 #![cfg(unix)]
 
@@ -46,8 +50,6 @@ use daymeter_agent::watch::ProcessKey;
 use daymeter_shared::session::Session;
 
 const CHILD_ENV: &str = "DAYMETER_TORTURE_CHILD";
-/// Rounds (one SIGKILL each) in a normal run.
-const KILLS: usize = 240;
 /// Open sessions the writer keeps at most; closed ones wait for removal.
 const MAX_OPEN: usize = 40;
 const CACHE_KEY: &str = "counter";
@@ -57,6 +59,8 @@ const MARK: &str = "@@ ";
 /// What the torture needs of a backend beyond [`Journal`].
 trait Backend: Journal + Sized {
     const NAME: &'static str;
+    /// Rounds (one SIGKILL each) in a normal run.
+    const KILLS: usize;
     fn open(dir: &Path) -> Result<Self, JournalError>;
     /// Every session, failing on a record that does not decode.
     fn strict(&self) -> Result<Vec<Tracked>, JournalError>;
@@ -65,6 +69,7 @@ trait Backend: Journal + Sized {
 
 impl Backend for RedbJournal {
     const NAME: &'static str = "redb";
+    const KILLS: usize = 240;
     fn open(dir: &Path) -> Result<Self, JournalError> {
         RedbJournal::open(dir)
     }
@@ -78,6 +83,8 @@ impl Backend for RedbJournal {
 
 impl Backend for SledJournal {
     const NAME: &'static str = "sled";
+    /// Half redb's: the default backend gets the deeper run, and CI time is shared.
+    const KILLS: usize = 120;
     fn open(dir: &Path) -> Result<Self, JournalError> {
         SledJournal::open(dir)
     }
@@ -89,10 +96,10 @@ impl Backend for SledJournal {
     }
 }
 
-/// Opens the journal, waiting (5 s at most) while it is in use. With `--include-ignored`
-/// both tortures run at once in this binary, and a writer one of them starts holds
-/// copies of every descriptor of this process from its fork to its exec, the other
-/// torture's journal locks included: for that moment the journal is in use.
+/// Opens the journal, waiting (5 s at most) while it is in use. Both tortures run at
+/// once in this binary, and a writer one of them starts holds copies of every
+/// descriptor of this process from its fork to its exec, the other torture's journal
+/// locks included: for that moment the journal is in use.
 fn open_waiting<J: Backend>(dir: &Path) -> Result<J, JournalError> {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
@@ -528,16 +535,14 @@ fn round<J: Backend>(dir: &Path, rng: &mut Rng) -> Result<Vec<String>, String> {
     Ok(lines)
 }
 
-/// The agent's journal.
+/// The default journal, redb.
 #[test]
 fn sigkill_while_writing_loses_no_flushed_write() {
     torture::<RedbJournal>();
 }
 
-/// sled, for comparison (it passes; the agent uses redb for its smaller memory and disk
-/// footprint): run with `-- --ignored sled`.
+/// sled, the admin's other choice.
 #[test]
-#[ignore = "sled is not the agent's journal; run for comparison"]
 fn sled_sigkill_while_writing_loses_no_flushed_write() {
     torture::<SledJournal>();
 }
@@ -546,7 +551,7 @@ fn torture<J: Backend>() {
     let kills: usize = std::env::var("DAYMETER_TORTURE_KILLS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(KILLS);
+        .unwrap_or(J::KILLS);
     let seed = seed_from_env_or_clock();
     let temp = tempfile::tempdir().unwrap();
     let dir = std::env::var_os("DAYMETER_TORTURE_DIR")

@@ -283,6 +283,28 @@ impl Agent {
         Self::configure_with(dir, collector_url, user, "")
     }
 
+    /// As [`Agent::configure`], on the journal backend `journal` (`"redb"`, `"sled"`),
+    /// so that a test body runs unchanged on either.
+    pub fn configure_journal(
+        dir: &Path,
+        collector_url: &str,
+        user: &str,
+        journal: &str,
+    ) -> PathBuf {
+        Self::configure_with(
+            dir,
+            collector_url,
+            user,
+            &format!("journal = \"{journal}\"\n"),
+        )
+    }
+
+    /// The agent's journal directory under a test's `dir` (as [`Agent::configure`] sets
+    /// its data directory).
+    pub fn journal_dir(dir: &Path) -> PathBuf {
+        dir.join("data").join("journal")
+    }
+
     /// As [`Agent::configure`], with `extra` lines appended to the file.
     ///
     /// `catalog = {}` replaces the agent's built-in catalog with nothing: it recognises

@@ -16,26 +16,52 @@ fn scratch() -> tempfile::TempDir {
     tempfile::tempdir().expect("scratch folder")
 }
 
+/// A test's product, executable and licence user, told apart per journal backend so
+/// that the same body can run on both at once without metering the other's processes.
+struct Names {
+    product: String,
+    exe: String,
+    user: String,
+}
+
+fn names(product: &str, exe: &str, user: &str, journal: &str) -> Names {
+    Names {
+        product: format!("{product}{journal}"),
+        exe: format!("{exe}-{journal}"),
+        user: format!("{user}-{journal}"),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_product_process_is_metered_end_to_end() {
+    metered_end_to_end("redb").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_product_process_is_metered_end_to_end_on_sled() {
+    metered_end_to_end("sled").await;
+}
+
+async fn metered_end_to_end(journal: &str) {
+    let Names { product, exe, user } = names("e2ecad", "e2ecad-one", "user-one", journal);
     let dir = scratch();
     let collector = Collector::start(dir.path());
     collector
-        .import_products(&[("e2ecad", "e2ecad-one")], quick_policy())
+        .import_products(&[(&product, &exe)], quick_policy())
         .await;
-    let config = Agent::configure(dir.path(), &collector.url(), "user-one");
+    let config = Agent::configure_journal(dir.path(), &collector.url(), &user, journal);
     let _agent = Agent::start(&config);
     Agent::status_where(&config, "enrolled", |s| s["device_id"].is_string());
 
-    let mut product = Product::start(dir.path(), "e2ecad-one");
-    let open = collector.sessions_where("user-one", |s| s.len() == 1).await;
-    assert_eq!(open[0]["product"], "e2ecad");
+    let mut running = Product::start(dir.path(), &exe);
+    let open = collector.sessions_where(&user, |s| s.len() == 1).await;
+    assert_eq!(open[0]["product"], product.as_str());
     assert!(open[0]["end"].is_null(), "{open:?}");
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    product.stop();
+    running.stop();
 
     let closed = collector
-        .sessions_where("user-one", |s| s.len() == 1 && s[0]["end"].is_string())
+        .sessions_where(&user, |s| s.len() == 1 && s[0]["end"].is_string())
         .await;
     assert_eq!(closed[0]["id"], open[0]["id"]);
     Agent::status_where(&config, "nothing left to upload", |s| {
@@ -44,24 +70,54 @@ async fn a_product_process_is_metered_end_to_end() {
     let days = collector.admin_get("/v1/admin/usage-days").await;
     let rows = days["usage_days"].as_array().expect("rows");
     assert_eq!(
-        rows.iter().filter(|r| r["user"] == "user-one").count(),
+        rows.iter().filter(|r| r["user"] == user.as_str()).count(),
         1,
         "{days}"
+    );
+    assert_journal_kind(dir.path(), journal);
+}
+
+/// The journal directory holds the database of `journal`'s kind, and only it.
+fn assert_journal_kind(dir: &std::path::Path, journal: &str) {
+    let journal_dir = Agent::journal_dir(dir);
+    let (own, other) = match journal {
+        "sled" => ("sled", "journal.redb"),
+        _ => ("journal.redb", "sled"),
+    };
+    assert!(
+        journal_dir.join(own).exists(),
+        "{own} in {}",
+        journal_dir.display()
+    );
+    assert!(
+        !journal_dir.join(other).exists(),
+        "{other} in {}",
+        journal_dir.display()
     );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn kill_9_of_the_agent_adopts_the_running_product_and_closes_a_gone_one_at_last_seen() {
+    kill_9_adopts_and_closes("redb").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_9_of_the_agent_on_sled_adopts_the_running_product_and_closes_a_gone_one() {
+    kill_9_adopts_and_closes("sled").await;
+}
+
+async fn kill_9_adopts_and_closes(journal: &str) {
+    let Names { product, exe, user } = names("e2ekill", "e2ekill-two", "user-two", journal);
     let dir = scratch();
     let collector = Collector::start(dir.path());
     collector
-        .import_products(&[("e2ekill", "e2ekill-two")], quick_policy())
+        .import_products(&[(&product, &exe)], quick_policy())
         .await;
-    let config = Agent::configure(dir.path(), &collector.url(), "user-two");
+    let config = Agent::configure_journal(dir.path(), &collector.url(), &user, journal);
     let mut agent = Agent::start(&config);
     Agent::status_where(&config, "enrolled", |s| s["device_id"].is_string());
-    let mut product = Product::start(dir.path(), "e2ekill-two");
-    let first = collector.sessions_where("user-two", |s| s.len() == 1).await;
+    let mut running = Product::start(dir.path(), &exe);
+    let first = collector.sessions_where(&user, |s| s.len() == 1).await;
     let id = first[0]["id"].clone();
 
     // Crash while the product runs: the restarted agent adopts it into the same session.
@@ -78,16 +134,66 @@ async fn kill_9_of_the_agent_adopts_the_running_product_and_closes_a_gone_one_at
     // Crash again, and the product ends while no agent runs: closed at its last_seen.
     tokio::time::sleep(Duration::from_millis(1200)).await;
     agent.kill();
-    product.stop();
+    running.stop();
     let _agent = Agent::start(&config);
     let closed = collector
-        .sessions_where("user-two", |s| s.iter().any(|x| x["end"].is_string()))
+        .sessions_where(&user, |s| s.iter().any(|x| x["end"].is_string()))
         .await;
     assert_eq!(closed.len(), 1, "one session, never two: {closed:?}");
     assert_eq!(closed[0]["id"], id);
     Agent::status_where(&config, "nothing left to upload", |s| {
         s["waiting_upload"] == 0
     });
+    assert_journal_kind(dir.path(), journal);
+}
+
+/// The admin switches a running installation from redb to sled: the restarted agent
+/// migrates the journal and goes on with the same open session, the same device and
+/// the collector's cached answer; the collector never sees a second copy.
+#[tokio::test(flavor = "multi_thread")]
+async fn switching_the_journal_to_sled_keeps_the_open_session_and_the_device() {
+    let dir = scratch();
+    let collector = Collector::start(dir.path());
+    collector
+        .import_products(&[("e2eswitch", "e2eswitch-seven")], quick_policy())
+        .await;
+    let config = Agent::configure_journal(dir.path(), &collector.url(), "user-seven", "redb");
+    let mut agent = Agent::start(&config);
+    let before = Agent::status_where(&config, "enrolled and synced", |s| {
+        s["device_id"].is_string() && s["last_sync"].is_string()
+    });
+    let mut running = Product::start(dir.path(), "e2eswitch-seven");
+    let first = collector
+        .sessions_where("user-seven", |s| s.len() == 1)
+        .await;
+    assert_eq!(agent.terminate(), Some(0));
+
+    let config = Agent::configure_journal(dir.path(), &collector.url(), "user-seven", "sled");
+    let _agent = Agent::start(&config);
+    let after = Agent::status_where(&config, "the product adopted on sled", |s| {
+        s["running"] == true && s["open"].as_array().is_some_and(|o| o.len() == 1)
+    });
+    assert_eq!(after["open"][0]["id"], first[0]["id"], "{after}");
+    assert_eq!(after["device_id"], before["device_id"]);
+    assert!(after["last_sync"].is_string(), "{after}");
+    assert_journal_kind(dir.path(), "sled");
+    let kept = std::fs::read_dir(Agent::journal_dir(dir.path()))
+        .expect("journal dir")
+        .filter_map(Result::ok)
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("journal.redb.migrated-to-sled-")
+        })
+        .count();
+    assert_eq!(kept, 1, "the redb journal kept aside once");
+
+    running.stop();
+    let closed = collector
+        .sessions_where("user-seven", |s| s.iter().any(|x| x["end"].is_string()))
+        .await;
+    assert_eq!(closed.len(), 1, "one session, never two: {closed:?}");
+    assert_eq!(closed[0]["id"], first[0]["id"]);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -23,7 +23,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use super::{Enrolment, JournalError, Tracked};
 
@@ -33,13 +33,17 @@ const ENROLMENT_TEMP: &str = "enrolment.json.tmp";
 /// The key [`JournalError::Corrupt`] names for a damaged enrolment file.
 const ENROLMENT_KEY: &str = "enrolment";
 
-/// The journal directory, locked for this process while the value lives.
+/// The journal directory, locked for this process while the value (or a clone) lives.
+///
+/// Clones share the lock: a migration (`journal/migrate.rs`) holds it from reading the
+/// old backend to opening the new one, so no other process slips in between.
+#[derive(Clone)]
 pub(crate) struct JournalDir {
     dir: PathBuf,
     /// Serialises enrolment writers: they share one temp file name.
-    enrolment_writer: Mutex<()>,
-    /// Held for the journal's lifetime; the lock goes with the file.
-    _lock: File,
+    enrolment_writer: Arc<Mutex<()>>,
+    /// Held for the journal's lifetime; the lock goes with the last clone of the file.
+    _lock: Arc<File>,
 }
 
 impl JournalDir {
@@ -49,8 +53,8 @@ impl JournalDir {
         let lock = lock_dir(dir)?;
         Ok(JournalDir {
             dir: dir.to_path_buf(),
-            enrolment_writer: Mutex::new(()),
-            _lock: lock,
+            enrolment_writer: Arc::new(Mutex::new(())),
+            _lock: Arc::new(lock),
         })
     }
 

@@ -17,7 +17,7 @@
 //! in place with nothing lost, and nothing is moved aside. sled's recovery is weaker:
 //! it stops reading its log at the first bad segment and opens without an error, so
 //! what it drops that way gives no signal to heal on (`tests/journal_heal.rs` prints
-//! how much); one more reason the agent keeps to redb.
+//! how much); one more reason redb is the default.
 //!
 //! What "salvaged" means, and why:
 //! - **Through the database first.** The damaged copy is opened without being changed
@@ -94,6 +94,12 @@ pub(crate) fn catch<T>(f: impl FnOnce() -> T) -> Result<T, String> {
 /// Renames the damaged database (a file or a directory) to
 /// `<name>.damaged-<UTC time>` beside it, durably, and returns the new path.
 pub(crate) fn move_aside(path: &Path) -> Result<PathBuf, JournalError> {
+    move_aside_as(path, "damaged")
+}
+
+/// Renames a database (a file or a directory) to `<name>.<label>-<UTC time>` beside it,
+/// durably, and returns the new path.
+pub(crate) fn move_aside_as(path: &Path, label: &str) -> Result<PathBuf, JournalError> {
     let parent = path.parent().unwrap_or(Path::new("."));
     let name = path
         .file_name()
@@ -101,11 +107,11 @@ pub(crate) fn move_aside(path: &Path) -> Result<PathBuf, JournalError> {
         .unwrap_or_default();
     let stamp = Utc::now().format("%Y%m%dT%H%M%SZ");
     // Two heals in one second (a crash loop) must not overwrite the first copy.
-    let mut aside = parent.join(format!("{name}.damaged-{stamp}"));
+    let mut aside = parent.join(format!("{name}.{label}-{stamp}"));
     let mut n = 1;
     while aside.symlink_metadata().is_ok() {
         n += 1;
-        aside = parent.join(format!("{name}.damaged-{stamp}-{n}"));
+        aside = parent.join(format!("{name}.{label}-{stamp}-{n}"));
     }
     fs::rename(path, &aside).map_err(io_error(path))?;
     sync_dir(parent)?;

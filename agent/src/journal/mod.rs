@@ -11,11 +11,19 @@
 //!
 //! A damaged database does not stop metering: the agent's `run` moves it aside, starts a
 //! fresh one and carries over what can still be read (`heal.rs` says what and why).
+//!
+//! The backend is the admin's choice (`journal = "redb" | "sled"`, `choice.rs`); redb
+//! is the default. A journal written by the other backend is migrated when `run` opens
+//! it, or the agent refuses to start and says why (`migrate.rs`).
 
+pub mod choice;
 mod files;
 mod heal;
+pub mod migrate;
 pub mod redb;
 pub mod sled;
+
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
@@ -23,8 +31,10 @@ use daymeter_shared::session::OwnedSession;
 
 use crate::watch::ProcessKey;
 
-/// The journal the agent opens: redb, which keeps the same journal in a fraction of
-/// sled's memory and disk (figures in [`redb`]).
+pub use choice::{ChosenJournal, JournalKind, Purpose};
+
+/// The journal the agent opens when its configuration names none: redb, which keeps
+/// the same journal in a fraction of sled's memory and disk (figures in [`redb`]).
 pub type DefaultJournal = self::redb::RedbJournal;
 
 /// Where a session stands in its journey to the collector.
@@ -128,6 +138,31 @@ pub enum JournalError {
         #[source]
         source: std::io::Error,
     },
+    /// Both backends' databases are in the journal directory and no interrupted
+    /// migration explains it (a copy restored by hand, two agents configured apart).
+    /// Which one is current cannot be told from the files, and guessing could count
+    /// sessions twice or drop some: the agent refuses to start.
+    #[error(
+        "the journal directory {} holds both a redb journal ({}) and a sled journal ({}/) and no interrupted migration explains it; the agent will not guess which is current. Keep the one the agent last ran with (its log says `backend=` when it opens the journal), move the other out of {}, set `journal` to the kept one's kind and start again",
+        dir.display(),
+        redb::DB_FILE,
+        sled::DB_DIR,
+        dir.display()
+    )]
+    BothKinds { dir: PathBuf },
+    /// The journal was written by the other backend and cannot be carried over safely
+    /// (it does not open, or a record does not decode); it is left as it was.
+    #[error(
+        "the journal in {} is a {from} journal and the configuration asks for {to}, but it cannot be migrated ({source}); it is left as it was. Set `journal = \"{from}\"` again to run on it (the agent heals a damaged journal on its own backend), then switch",
+        dir.display()
+    )]
+    CannotMigrate {
+        dir: PathBuf,
+        from: JournalKind,
+        to: JournalKind,
+        #[source]
+        source: Box<JournalError>,
+    },
 }
 
 /// What the journal stores. One process owns it at a time.
@@ -155,4 +190,8 @@ pub trait Journal: Send + Sync {
 
     /// Stores an opaque cached value; flushed.
     fn set_cached(&self, key: &str, value: &[u8]) -> Result<(), JournalError>;
+
+    /// Every cached value, in key order: what a migration to another backend carries
+    /// over without having to know the agent's keys.
+    fn cached_all(&self) -> Result<Vec<(String, Vec<u8>)>, JournalError>;
 }

@@ -1,6 +1,6 @@
 //! The journal on redb 4: sessions and cached answers in two tables of one file,
 //! `journal.redb` in the journal directory; the lock and the enrolment are
-//! `journal/files.rs`'s. This is the agent's journal ([`super::DefaultJournal`]).
+//! `journal/files.rs`'s. This is the agent's default journal ([`super::DefaultJournal`]).
 //!
 //! Why redb rather than sled (the design card's first choice): both pass the crash
 //! torture (`tests/journal_torture.rs`), but sled costs several times the memory and
@@ -121,7 +121,12 @@ impl RedbJournal {
     }
 
     fn open_with(dir: &Path, on_damage: OnDamage) -> Result<Self, JournalError> {
-        let dir = JournalDir::lock(dir)?;
+        Self::open_in(JournalDir::lock(dir)?, on_damage)
+    }
+
+    /// Opens the journal in a directory this process has already locked (the choice of
+    /// backend and a migration lock it first).
+    pub(crate) fn open_in(dir: JournalDir, on_damage: OnDamage) -> Result<Self, JournalError> {
         let path = dir.path().join(DB_FILE);
         let (db, healed) = match open_checked(&path) {
             Err(JournalError::Damaged { reason, .. }) if on_damage == OnDamage::Heal => {
@@ -530,6 +535,22 @@ impl Journal for RedbJournal {
         self.shared.write(Durability::Flush, |txn| {
             txn.open_table(CACHE)?.insert(key, value)?;
             Ok(())
+        })
+    }
+
+    fn cached_all(&self) -> Result<Vec<(String, Vec<u8>)>, JournalError> {
+        let shared = &self.shared;
+        shared.with_db(|db| {
+            let read = || -> Result<Vec<(String, Vec<u8>)>, ::redb::Error> {
+                let txn = db.begin_read()?;
+                let mut out = Vec::new();
+                for record in txn.open_table(CACHE)?.iter()? {
+                    let (key, value) = record?;
+                    out.push((key.value().to_owned(), value.value().to_vec()));
+                }
+                Ok(out)
+            };
+            read().map_err(|e| shared.storage("cannot read the cache of", e))
         })
     }
 }

@@ -1,9 +1,10 @@
 //! The journal on sled 0.34: sessions and cached answers in two sled trees under
 //! `sled/` in the journal directory; the lock and the enrolment are `journal/files.rs`'s.
 //!
-//! Kept for comparison and migration, not used by the agent: sled passes the crash
-//! torture, but costs several times redb's memory and disk for the same journal (figures
-//! in [`super::redb`]); the agent uses [`super::redb::RedbJournal`]. In debug builds its
+//! The admin's other choice (`journal = "sled"`, the backend the product's design
+//! named): sled passes the same crash torture, but costs several times redb's memory
+//! and disk for the same journal (figures in [`super::redb`]), so redb is the default.
+//! In debug builds its
 //! first open also zero-fills ≈ 21 MiB of metrics histograms (42 of 64 Ki counters,
 //! `no_metrics` feature or not), which makes debug RSS figures meaningless.
 //!
@@ -81,7 +82,12 @@ impl SledJournal {
     }
 
     fn open_with(dir: &Path, on_damage: OnDamage) -> Result<Self, JournalError> {
-        let dir = JournalDir::lock(dir)?;
+        Self::open_in(JournalDir::lock(dir)?, on_damage)
+    }
+
+    /// Opens the journal in a directory this process has already locked (the choice of
+    /// backend and a migration lock it first).
+    pub(crate) fn open_in(dir: JournalDir, on_damage: OnDamage) -> Result<Self, JournalError> {
         let store = dir.path().join(DB_DIR);
         let (db, healed) = match open_checked(&store) {
             Err(JournalError::Damaged { reason, .. }) if on_damage == OnDamage::Heal => {
@@ -208,6 +214,21 @@ impl Journal for SledJournal {
             .insert(key.as_bytes(), value)
             .map_err(|e| self.storage("cannot write to the cache of", e))?;
         self.flush_db()
+    }
+
+    fn cached_all(&self) -> Result<Vec<(String, Vec<u8>)>, JournalError> {
+        let mut out = Vec::new();
+        for record in self.cache.iter() {
+            let (key, value) = record.map_err(|e| self.storage("cannot read the cache of", e))?;
+            let Ok(key) = String::from_utf8(key.to_vec()) else {
+                return Err(JournalError::Corrupt {
+                    key: String::from_utf8_lossy(&key).into_owned(),
+                    reason: "cache key is not UTF-8".to_owned(),
+                });
+            };
+            out.push((key, value.to_vec()));
+        }
+        Ok(out)
     }
 }
 
