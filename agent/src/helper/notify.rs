@@ -41,6 +41,7 @@ pub trait Notifier: Send {
 
 #[derive(Debug, thiserror::Error)]
 pub enum NotifyError {
+    /// The server refused or is absent (the desktop's own error kept as the source).
     #[error("the desktop's notification server did not take the notification: {0}")]
-    Server(#[source] zbus::Error),
+    Server(#[source] Box<dyn std::error::Error + Send + Sync>),
 }

@@ -448,7 +448,15 @@ mod tests {
         for l in ["en_US.UTF-8", "en_CA", "en_AU.utf8", "en_PH", "en_IN@x"] {
             assert_eq!(ClockStyle::of_locale(l), ClockStyle::TwelveHour, "{l}");
         }
-        for l in ["C", "POSIX", "C.UTF-8", "en_GB.UTF-8", "de_DE.UTF-8", "fr_CA", ""] {
+        for l in [
+            "C",
+            "POSIX",
+            "C.UTF-8",
+            "en_GB.UTF-8",
+            "de_DE.UTF-8",
+            "fr_CA",
+            "",
+        ] {
             assert_eq!(ClockStyle::of_locale(l), ClockStyle::TwentyFourHour, "{l}");
         }
     }

@@ -197,7 +197,10 @@ impl IdleSource for Logind {
             .await?;
             let props: std::collections::HashMap<String, OwnedVariant> =
                 reply.body().deserialize().ok()?;
-            let idle = matches!(props.get("IdleHint").map(|v| &**v), Some(Variant::Bool(true)));
+            let idle = matches!(
+                props.get("IdleHint").map(|v| &**v),
+                Some(Variant::Bool(true))
+            );
             let since = match props.get("IdleSinceHint").map(|v| &**v) {
                 Some(Variant::U64(usec)) => *usec,
                 _ => return None,
