@@ -216,9 +216,9 @@ fn plan(plan: &str) -> &str {
 /// A lead in words, in its largest whole unit: `5 minutes`, `1 hour`, `90 seconds`.
 fn in_words(d: Duration) -> String {
     let secs = d.as_secs();
-    let (n, unit) = if secs >= 3600 && secs % 3600 == 0 {
+    let (n, unit) = if secs >= 3600 && secs.is_multiple_of(3600) {
         (secs / 3600, "hour")
-    } else if secs >= 60 && secs % 60 == 0 {
+    } else if secs >= 60 && secs.is_multiple_of(60) {
         (secs / 60, "minute")
     } else {
         (secs, "second")
