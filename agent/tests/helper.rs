@@ -232,9 +232,12 @@ fn reminders() -> Vec<Reminder> {
         .collect()
 }
 
-fn vm_hwm_kb(pid: u32) -> Option<u64> {
+/// A number field of `/proc/PID/status` (`VmHWM` in kB, `Threads`).
+fn proc_status(pid: u32, field: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let line = status
+        .lines()
+        .find(|l| l.strip_prefix(field).is_some_and(|r| r.starts_with(':')))?;
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
@@ -278,12 +281,17 @@ async fn each_kind_becomes_one_notification_with_its_rendered_text_and_hint() {
     }
     assert_eq!(server.all().len(), Kind::ALL.len());
     let pid = helper.id().expect("running");
-    if let Some(kb) = vm_hwm_kb(pid) {
-        eprintln!(
-            "helper peak RSS (VmHWM) after {} reminders: {kb} kB",
-            Kind::ALL.len()
-        );
-    }
+    // The footprint, for the record (`--nocapture`; a debug build is about twice a
+    // release one's): the helper runs all day in every session.
+    let field = |f| proc_status(pid, f).unwrap_or(0);
+    eprintln!(
+        "helper after {} reminders: peak RSS (VmHWM) {} kB (now {} kB anonymous, {} kB file-backed), {} threads",
+        Kind::ALL.len(),
+        field("VmHWM"),
+        field("RssAnon"),
+        field("RssFile"),
+        field("Threads"),
+    );
     helper.start_kill().expect("stop the helper");
 }
 

@@ -31,6 +31,8 @@ pub struct Chain {
     sources: Vec<Box<dyn IdleSource>>,
     /// Index of the source that answered last.
     current: Option<usize>,
+    /// "No source answers" was logged and no source answered since.
+    said_none: bool,
 }
 
 impl Chain {
@@ -38,6 +40,7 @@ impl Chain {
         Chain {
             sources,
             current: None,
+            said_none: false,
         }
     }
 
@@ -56,11 +59,14 @@ impl Chain {
             if let Some(idle) = source.idle().await {
                 tracing::info!(source = source.name(), "idle time read from this source");
                 self.current = Some(i);
+                self.said_none = false;
                 return Some((idle, source.name()));
             }
         }
-        if self.current.take().is_some() || self.sources.is_empty() {
+        self.current = None;
+        if !self.said_none {
             tracing::info!("no idle monitor answers in this session; idle is reported unknown");
+            self.said_none = true;
         }
         None
     }

@@ -49,6 +49,9 @@ const FIRST_RETRY: Duration = Duration::from_millis(200);
 /// Longest wait between attempts: a service stopped for good costs one connection
 /// attempt every 30 s, and a service started later is found within 30 s.
 const LAST_RETRY: Duration = Duration::from_secs(30);
+/// How long the session bus may take to let the helper in and answer for its name.
+#[cfg(target_os = "linux")]
+const BUS_WITHIN: Duration = Duration::from_secs(10);
 
 /// Runs the helper until `shutdown` completes (or the service refuses it).
 ///
@@ -63,13 +66,16 @@ const LAST_RETRY: Duration = Duration::from_secs(30);
 pub async fn run(options: Options, shutdown: impl Future) -> anyhow::Result<()> {
     use anyhow::Context;
 
-    let session = zbus::Connection::session()
+    // A session bus that accepts the connection but never answers (a broken policy)
+    // must end the helper with a reason, not hold it silent for good.
+    let session = tokio::time::timeout(BUS_WITHIN, zbus::Connection::session())
         .await
+        .map_err(|_| anyhow::anyhow!("the session bus did not answer within {BUS_WITHIN:?}"))?
         .context("cannot connect to the session bus (DBUS_SESSION_BUS_ADDRESS)")?;
-    match guard::take(&session)
+    let guard = tokio::time::timeout(BUS_WITHIN, guard::take(&session))
         .await
-        .context("cannot ask the session bus for the helper's name")?
-    {
+        .map_err(|_| anyhow::anyhow!("the session bus did not answer within {BUS_WITHIN:?}"))?;
+    match guard.context("cannot ask the session bus for the helper's name")? {
         guard::Guard::Owned => {}
         guard::Guard::AlreadyRunning => {
             tracing::info!(
@@ -107,8 +113,7 @@ enum Ended {
 
 impl<N: Notifier> Helper<N> {
     async fn run(mut self, shutdown: impl Future) -> anyhow::Result<()> {
-        let shutdown = std::pin::pin!(shutdown);
-        let mut shutdown = shutdown;
+        let mut shutdown = std::pin::pin!(shutdown);
         let mut retry = FIRST_RETRY;
         // Said once per outage, not at every attempt.
         let mut said_unreachable = false;
