@@ -94,9 +94,11 @@ enum Command {
         #[arg(long)]
         socket: Option<PathBuf>,
     },
-    /// Run the session helper of this desktop session (as the systemd user unit or the
-    /// XDG autostart entry starts it): reports idle time to the agent and shows its
-    /// reminders as notifications. One per session; a second one exits at once.
+    /// Run this desktop session's helper: idle time to the agent, reminders shown.
+    ///
+    /// As the systemd user unit or the XDG autostart entry starts it: reports the
+    /// session's idle time to the agent and shows its reminders as notifications. One
+    /// per session; a second one exits at once.
     #[cfg(target_os = "linux")]
     #[command(after_help = ENVIRONMENT)]
     Session {
