@@ -25,11 +25,14 @@
 //! - [`enforce`] — asks a product process to close, or kills it, making sure first that
 //!   the pid still is that process.
 //! - [`run`] — the service loop that ties them together.
+//! - [`helper`] — `daymeter-agent session`, the per-user session helper: reports the
+//!   user's idle time to the service and shows its reminders as desktop notifications.
 
 pub mod activity;
 pub mod config;
 pub mod enforce;
 pub mod grace;
+pub mod helper;
 pub mod journal;
 pub mod meter;
 pub mod offset;

@@ -24,7 +24,8 @@ Configuration file keys (TOML; unknown keys are refused by name):
   enrollment_secret   prefer DAYMETER_ENROLLMENT_SECRET; keep the file owner-only if set here
   data_dir            journal and state (default /var/lib/daymeter as root)
   socket              the local socket for status, enroll and session helpers
-                      (default /run/daymeter/agent.sock as root, else DATA_DIR/agent.sock)
+                      (default /run/daymeter/agent.sock as root, else DATA_DIR/agent.sock;
+                      `session --socket` must name the same path when it is not the default)
   user                charge every session to this licence user (single-user machines)
   user_map            \"{login}@firm.com\" or a table login = \"licence user\" (default: the login)
   poll_interval       how often processes are listed (default 1s)
@@ -36,8 +37,10 @@ Environment:
   DAYMETER_ENROLLMENT_SECRET  the enrolment secret (wins over the file)
   DAYMETER_LOG                log filter (default warn,daymeter_agent=info), e.g. debug
   DBUS_SYSTEM_BUS_ADDRESS     the system bus (logind: sleep announcements), if not the default
-  DBUS_SESSION_BUS_ADDRESS    the session bus of `session` (idle monitors, notifications)
+  DBUS_SESSION_BUS_ADDRESS    the session bus of `session` (idle monitors, notifications,
+                              the one-helper-per-session name org.daymeter.Session)
   DISPLAY                     the X display of `session` (X11 idle time, as a fallback)
+  TZ, LC_ALL, LC_TIME, LANG   the zone and 12/24-hour clock `session` shows reminders in
   DAYMETER_TEST_CLOCK_SKEW, DAYMETER_TEST_SLEEP_FILE   for tests only: never set in production";
 
 /// daymeter's workstation agent: meters licensed products by the day, offline-safe.
@@ -91,6 +94,18 @@ enum Command {
         #[arg(long)]
         socket: Option<PathBuf>,
     },
+    /// Run this desktop session's helper: idle time to the agent, reminders shown.
+    ///
+    /// As the systemd user unit or the XDG autostart entry starts it: reports the
+    /// session's idle time to the agent and shows its reminders as notifications. One
+    /// per session; a second one exits at once.
+    #[cfg(target_os = "linux")]
+    #[command(after_help = ENVIRONMENT)]
+    Session {
+        /// The agent's socket (default /run/daymeter/agent.sock, the system service's).
+        #[arg(long)]
+        socket: Option<PathBuf>,
+    },
 }
 
 /// Where a system service's socket is (systemd's `RuntimeDirectory=daymeter`).
@@ -118,6 +133,8 @@ fn main() -> ExitCode {
             json,
         } => status(config.as_deref(), socket.as_deref(), json),
         Command::Ack { id, config, socket } => ack(&id, config.as_deref(), socket.as_deref()),
+        #[cfg(target_os = "linux")]
+        Command::Session { socket } => session(socket),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -371,6 +388,15 @@ fn status(config: Option<&Path>, socket: Option<&Path>, json: bool) -> anyhow::R
         print!("{}", status.render());
     }
     Ok(())
+}
+
+/// The session helper, on the one-thread runtime: it waits on a socket and a timer, and
+/// a worker pool would be most of its memory.
+#[cfg(target_os = "linux")]
+fn session(socket: Option<PathBuf>) -> anyhow::Result<()> {
+    use daymeter_agent::helper::{self, Options};
+    let socket = socket.unwrap_or_else(|| PathBuf::from(SYSTEM_SOCKET));
+    runtime()?.block_on(helper::run(Options { socket }, shutdown_signal()))
 }
 
 fn ack(id: &str, config: Option<&Path>, socket: Option<&Path>) -> anyhow::Result<()> {

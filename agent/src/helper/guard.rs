@@ -1,0 +1,38 @@
+//! One helper per session. Two would report the same user's idle time twice and show
+//! every reminder twice; they happen when systemd's user unit and an XDG autostart
+//! entry both start one, or a user runs `daymeter-agent session` by hand.
+//!
+//! The session bus is the session's own registry: the first helper owns a well-known
+//! name for as long as its bus connection lives (the bus drops it when the process
+//! dies, however it dies, so there is no stale lock file to clean up), and a second one
+//! asks for the same name without queueing and learns at once that it exists.
+
+use zbus::Connection;
+use zbus::fdo::{RequestNameFlags, RequestNameReply};
+
+/// The name the running helper owns on its session bus.
+pub const BUS_NAME: &str = "org.daymeter.Session";
+
+/// Whether this helper may run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Guard {
+    /// This helper owns the name; it keeps it while `conn` stays open.
+    Owned,
+    /// Another helper of this session owns it.
+    AlreadyRunning,
+}
+
+/// Asks the session bus for [`BUS_NAME`] (`DO_NOT_QUEUE`: a second helper must not
+/// wait in line to take over, it must leave).
+pub async fn take(conn: &Connection) -> zbus::Result<Guard> {
+    let reply = conn
+        .request_name_with_flags(BUS_NAME, RequestNameFlags::DO_NOT_QUEUE)
+        .await;
+    match reply {
+        Ok(RequestNameReply::PrimaryOwner | RequestNameReply::AlreadyOwner) => Ok(Guard::Owned),
+        Ok(RequestNameReply::Exists | RequestNameReply::InQueue) => Ok(Guard::AlreadyRunning),
+        // zbus reports a refused name as an error on some paths rather than `Exists`.
+        Err(zbus::Error::NameTaken) => Ok(Guard::AlreadyRunning),
+        Err(e) => Err(e),
+    }
+}
