@@ -162,10 +162,41 @@ pub enum Monitor {
     ScreenSaver,
 }
 
-/// An idle monitor answering the idle time the test set.
+/// An idle monitor answering the idle time the test set: a fixed value
+/// ([`IdleMonitor::set_idle`]), or one that grows with time as a real session's does
+/// while nobody touches it ([`IdleMonitor::set_idle_growing`]).
 pub struct IdleMonitor {
     _conn: Connection,
-    idle_ms: Arc<AtomicU64>,
+    idle: Arc<Idle>,
+}
+
+/// The idle time as set: `base_ms`, plus the time since `since_ms` (milliseconds
+/// after `epoch`) when `growing`.
+struct Idle {
+    epoch: std::time::Instant,
+    base_ms: AtomicU64,
+    since_ms: AtomicU64,
+    growing: std::sync::atomic::AtomicBool,
+}
+
+impl Idle {
+    fn now_ms(&self) -> u64 {
+        let base = self.base_ms.load(Ordering::SeqCst);
+        if !self.growing.load(Ordering::SeqCst) {
+            return base;
+        }
+        let since = self.since_ms.load(Ordering::SeqCst);
+        base + millis(self.epoch.elapsed()).saturating_sub(since)
+    }
+
+    fn set(&self, idle: Duration, growing: bool) {
+        // Growing off first, so that no reader sees the new base with the old start.
+        self.growing.store(false, Ordering::SeqCst);
+        self.base_ms.store(millis(idle), Ordering::SeqCst);
+        self.since_ms
+            .store(millis(self.epoch.elapsed()), Ordering::SeqCst);
+        self.growing.store(growing, Ordering::SeqCst);
+    }
 }
 
 impl IdleMonitor {
@@ -177,13 +208,18 @@ impl IdleMonitor {
             Monitor::ScreenSaver => ("org.freedesktop.ScreenSaver", "GetSessionIdleTime"),
         };
         own(&conn, name).await;
-        let idle_ms = Arc::new(AtomicU64::new(millis(idle)));
-        let value = idle_ms.clone();
+        let idle_now = Arc::new(Idle {
+            epoch: std::time::Instant::now(),
+            base_ms: AtomicU64::new(millis(idle)),
+            since_ms: AtomicU64::new(0),
+            growing: std::sync::atomic::AtomicBool::new(false),
+        });
+        let value = idle_now.clone();
         let replier = conn.clone();
         tokio::spawn(async move {
             while let Some(msg) = next_call(&mut calls).await {
                 let header = msg.header();
-                let ms = value.load(Ordering::SeqCst);
+                let ms = value.now_ms();
                 let result = match (member(&msg).as_deref(), monitor) {
                     (Some(m), Monitor::Mutter) if m == method => replier.reply(&header, &ms).await,
                     (Some(m), Monitor::ScreenSaver) if m == method => {
@@ -199,12 +235,19 @@ impl IdleMonitor {
         });
         IdleMonitor {
             _conn: conn,
-            idle_ms,
+            idle: idle_now,
         }
     }
 
+    /// Answers `idle` from now on, unchanging.
     pub fn set_idle(&self, idle: Duration) {
-        self.idle_ms.store(millis(idle), Ordering::SeqCst);
+        self.idle.set(idle, false);
+    }
+
+    /// Answers `idle` now and more as time goes by: nobody touches the session from
+    /// `idle` ago on. `set_idle(Duration::ZERO)` is the user's next input.
+    pub fn set_idle_growing(&self, idle: Duration) {
+        self.idle.set(idle, true);
     }
 }
 
