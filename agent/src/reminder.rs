@@ -59,7 +59,7 @@ impl Kind {
 /// | window_rollover | when the next day starts | `tokens` (next day), `idle_since` (last input) |
 /// | pre_sleep | when the next day starts | `tokens` (next day) |
 /// | grace_warning | when the grace runs out | `plan` |
-/// | grace_expired | when the product is asked to close | `plan` |
+/// | grace_expired | when the product is asked to close; none under `enforce = warn` | `plan` |
 /// | insufficient_balance | — | `tokens` (a day), `balance` |
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Reminder {

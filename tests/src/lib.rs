@@ -451,7 +451,7 @@ impl Helper {
                 "DBUS_SYSTEM_BUS_ADDRESS",
                 "unix:path=/nonexistent/daymeter-test-bus",
             )
-            .env("DAYMETER_LOG", "warn,daymeter_agent=debug");
+            .env("DAYMETER_LOG", "warn,daymeter_agent=info");
         for (k, v) in env {
             command.env(k, v);
         }

@@ -123,11 +123,19 @@ fn sentence(r: &Reminder, w: &Words) -> Option<String> {
             w.relative("until", r.at?),
             plan(r.plan.as_deref()?),
         ),
-        Kind::GraceExpired => format!(
-            "{product} has been offline too long ({}). It will be asked to close {}: save your work.",
-            plan(r.plan.as_deref()?),
-            w.at(r.at?),
-        ),
+        // Without `at` nothing will be closed (`enforce = warn`): the reader is only
+        // told to sign in again.
+        Kind::GraceExpired => match r.at {
+            Some(at) => format!(
+                "{product} has been offline too long ({}). It will be asked to close {}: save your work.",
+                plan(r.plan.as_deref()?),
+                w.at(at),
+            ),
+            None => format!(
+                "{product} has been offline too long ({}). Connect to the network to keep using it.",
+                plan(r.plan.as_deref()?),
+            ),
+        },
         Kind::InsufficientBalance => format!(
             "{product} opened a new day ({}) but your team has only {} left. \
              Ask your licence admin to add tokens.",
@@ -355,6 +363,16 @@ mod tests {
         );
         assert!(
             body(&grace(Kind::GraceExpired, "flex"), &h12()).contains("asked to close at 7:00 PM:")
+        );
+    }
+
+    #[test]
+    fn grace_expired_without_a_close_only_asks_to_sign_in() {
+        let mut g = grace(Kind::GraceExpired, "subscription");
+        g.at = None;
+        assert_eq!(
+            body(&g, &h24()),
+            "AutoCAD has been offline too long (subscription). Connect to the network to keep using it."
         );
     }
 
