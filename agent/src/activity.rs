@@ -2,12 +2,16 @@
 //! `idle` intervals spec/accounting.md defines: an interval starts at the last input +
 //! `idle_after` and ends at the next input; one still running is `[from, now]`.
 //!
-//! The helper reports "milliseconds since the last input" every second; the service
-//! turns that into an instant on its own clock (`now − idle_ms`), so the helper needs no
-//! clock of its own and the intervals use exactly the time sessions are metered with.
-//! That instant wobbles by the report's transit time (milliseconds), so an input counts
-//! only when the last-input instant moves forward by more than [`INPUT_TOLERANCE`]:
-//! otherwise a transit delay would look like a keystroke and end an idle interval.
+//! The helper reports "milliseconds since the last input" every poll interval (at least
+//! every 250 ms); the service turns that into an instant on its own clock
+//! (`now − idle_ms`), so the helper needs no clock of its own and the intervals use
+//! exactly the time sessions are metered with. The last input is the latest such
+//! instant: it wobbles by the report's transit time (well under a millisecond on a
+//! local socket), which moves an idle interval's start by as much and never ends one —
+//! an input ends an interval only when it comes `idle_after` or more after the one
+//! before, and moves the instant by more than [`INPUT_TOLERANCE`]. (Holding the instant
+//! back until it moved by a whole second, as an earlier version did, made an active
+//! user look idle for a moment whenever `idle_after` was that short.)
 //!
 //! An account without a helper has unknown activity: nothing is recorded for it, which
 //! accounts as `rollover = open` would — never cheaper than the truth.
@@ -17,8 +21,9 @@ use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
 
-/// How far the last-input instant must move to count as an input.
-pub const INPUT_TOLERANCE: TimeDelta = TimeDelta::seconds(1);
+/// How far the last-input instant must move to count as an input that ends an idle
+/// interval: more than a report's transit time, less than any sensible `idle_after`.
+pub const INPUT_TOLERANCE: TimeDelta = TimeDelta::milliseconds(100);
 
 /// What is known of one account.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -90,10 +95,13 @@ impl Activity {
             Some(u) => {
                 u.source = source;
                 u.helpers = helpers;
-                if input <= u.last_input + INPUT_TOLERANCE {
+                if input <= u.last_input {
                     return None;
                 }
                 let previous = std::mem::replace(&mut u.last_input, input);
+                if input <= previous + INPUT_TOLERANCE {
+                    return None;
+                }
                 let from = previous.checked_add_signed(after)?;
                 (from < input).then_some(Idle {
                     uid,
@@ -221,10 +229,32 @@ mod tests {
         let mut a = Activity::default();
         a.connected(1000);
         a.report(1000, ms(30), None, at(15, 0, 0), AFTER);
-        // The same last input, the report 300 ms late.
+        // The same last input, the report 300 ms late: the interval goes on, its start
+        // moved by no more than the delay.
         let ended = a.report(1000, Some(31 * 60_000 - 300), None, at(15, 1, 0), AFTER);
         assert_eq!(ended, None);
-        assert_eq!(a.running(at(15, 1, 0), AFTER)[0].from, at(14, 45, 0));
+        let from = a.running(at(15, 1, 0), AFTER)[0].from;
+        assert!(from >= at(14, 45, 0) && from <= at(14, 45, 0) + TimeDelta::milliseconds(300));
+    }
+
+    #[test]
+    fn an_active_user_reported_often_is_never_idle_however_short_idle_after() {
+        let mut a = Activity::default();
+        a.connected(1000);
+        let after = Duration::from_secs(1);
+        let start = at(15, 0, 0);
+        for i in 0..40 {
+            let now = start + TimeDelta::milliseconds(250 * i);
+            assert_eq!(
+                a.report(1000, Some(0), None, now, after),
+                None,
+                "report {i}"
+            );
+            assert!(
+                a.running(now + TimeDelta::milliseconds(249), after)
+                    .is_empty()
+            );
+        }
     }
 
     #[test]
