@@ -1,7 +1,11 @@
 //! The agent's footprint on a workstation: CPU time and peak RSS of the real
-//! `daymeter-agent run` binary at a 1 s poll with 400 other processes running, the
-//! latency from a product's start to the agent opening its session, and, for
-//! comparison, the same run of a loop doing a sysinfo full process refresh every second.
+//! `daymeter-agent run` binary at a 1 s poll with 400 other processes running, and of
+//! its session helper (`daymeter-agent session`) in a desktop session made of a private
+//! `dbus-daemon`, a notification server and a GNOME idle monitor stand-in (the helper
+//! reports idle every poll and shows a launch reminder for every product start); the
+//! latency from a product's start to the agent opening its session and to the reminder
+//! reaching the notification server; and, for comparison, the same run of a loop doing
+//! a sysinfo full process refresh every second.
 //!
 //! `cargo bench -p daymeter-agent --bench footprint`; `DAYMETER_BENCH_SECONDS` sets the
 //! measured run (default 600 s, the ten minutes). The agent runs offline (its
@@ -9,6 +13,11 @@
 //! spends most of its life in is polling, which is what this measures.
 //!
 //! Linux only: CPU time and RSS are read from `/proc/PID/stat` and `/proc/PID/status`.
+
+#[path = "../tests/support/bus.rs"]
+mod bus;
+#[path = "../tests/support/desktop.rs"]
+mod desktop;
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -69,7 +78,7 @@ fn main() {
         format!(
             // Its own product name instead of the built-in catalog, so that an `acad.exe`
             // running on the machine is not metered into the figures.
-            "collector_url = \"http://127.0.0.1:9\"\nuser = \"bench\"\ndata_dir = \"{0}\"\nsocket = \"{0}/agent.sock\"\npoll_interval = \"1s\"\n[catalog.footprint]\nmatch = [{{ exe = \"{PRODUCT_EXE}\" }}]\n",
+            "collector_url = \"http://127.0.0.1:9\"\nuser = \"bench\"\ndata_dir = \"{0}\"\nsocket = \"{0}/agent.sock\"\npoll_interval = \"1s\"\n[catalog.footprint]\ntokens_per_day = 7\nmatch = [{{ exe = \"{PRODUCT_EXE}\" }}]\n",
             dir.path().join("data").display()
         ),
     )
@@ -95,15 +104,46 @@ fn main() {
             }
         }
     });
-    // Let it start, open its journal and settle.
+    // The desktop session and its helper.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("a runtime for the stand-ins");
+    let session_bus = bus::Bus::start();
+    let (notes, _mutter) = runtime.block_on(async {
+        let notes = desktop::Notifications::start(&session_bus.address, true).await;
+        let mutter = desktop::IdleMonitor::start(
+            &session_bus.address,
+            desktop::Monitor::Mutter,
+            Duration::ZERO,
+        )
+        .await;
+        (notes, mutter)
+    });
+    let mut helper = Killed(
+        Command::new(env!("CARGO_BIN_EXE_daymeter-agent"))
+            .arg("session")
+            .arg("--socket")
+            .arg(dir.path().join("data").join("agent.sock"))
+            .env("DBUS_SESSION_BUS_ADDRESS", &session_bus.address)
+            .env("DAYMETER_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start the session helper"),
+    );
+    let helper_pid = helper.0.id();
+    // Let them start, open the journal, connect and settle.
     std::thread::sleep(Duration::from_secs(5));
 
     let product = dir.path().join(PRODUCT_EXE);
     std::fs::copy("/bin/sleep", &product).expect("copy sleep as the product");
 
     let cpu_start = cpu_seconds(agent_pid);
+    let helper_cpu_start = cpu_seconds(helper_pid);
     let started = Instant::now();
     let mut latencies = Vec::new();
+    let mut reminded = Vec::new();
     // A product start every 30 s (at least three per run): each is detected, journaled
     // (flushed) and later closed, as a designer's day would have it, only denser.
     let every = Duration::from_secs(30)
@@ -121,6 +161,7 @@ fn main() {
                 .expect("start the product"),
         );
         let spawned = Instant::now();
+        let shown_before = notes.all().len();
         let pid = p.0.id();
         let needle = format!("pid={pid}");
         let deadline = spawned + Duration::from_secs(10);
@@ -138,7 +179,16 @@ fn main() {
                 }
             }
         }
-        std::thread::sleep(Duration::from_millis(1500));
+        // The launch reminder reaching the notification server.
+        let deadline = spawned + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if notes.all().len() > shown_before {
+                reminded.push(spawned.elapsed());
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        std::thread::sleep(Duration::from_millis(1500).saturating_sub(spawned.elapsed()));
         p.stop();
         std::thread::sleep(every.saturating_sub(tick.elapsed()));
     }
@@ -146,6 +196,9 @@ fn main() {
     let agent_cpu = cpu_seconds(agent_pid) - cpu_start;
     let agent_wall = started.elapsed().as_secs_f64();
     let agent_hwm = peak_rss_kib(agent_pid);
+    let helper_cpu = cpu_seconds(helper_pid) - helper_cpu_start;
+    let helper_hwm = peak_rss_kib(helper_pid);
+    helper.stop();
     agent.stop();
 
     // The comparison: a sysinfo full refresh every second, as its own process.
@@ -172,6 +225,23 @@ fn main() {
         share(agent_cpu, agent_wall),
         agent_hwm as f64 / 1024.0
     );
+    println!(
+        "daymeter-agent session (idle reported every 1 s): cpu {:.3} s over {:.0} s = {:.4} % of one core; peak RSS {:.1} MiB",
+        helper_cpu,
+        agent_wall,
+        share(helper_cpu, agent_wall),
+        helper_hwm as f64 / 1024.0
+    );
+    if !reminded.is_empty() {
+        reminded.sort();
+        let mean = reminded.iter().sum::<Duration>() / reminded.len() as u32;
+        println!(
+            "launch reminder shown, from the product's start, over {} starts: mean {} ms, max {} ms (goal: within 1 s of the poll that sees the launch)",
+            reminded.len(),
+            mean.as_millis(),
+            reminded.last().map_or(0, Duration::as_millis)
+        );
+    }
     if !latencies.is_empty() {
         latencies.sort();
         let mean = latencies.iter().sum::<Duration>() / latencies.len() as u32;
