@@ -305,15 +305,22 @@ impl Agent {
         dir.join("data").join("journal")
     }
 
-    /// As [`Agent::configure`], with `extra` lines appended to the file.
+    /// As [`Agent::configure`], with `extra` lines appended to the file; an empty `user`
+    /// leaves the key out.
     ///
     /// `catalog = {}` replaces the agent's built-in catalog with nothing: it recognises
     /// only what the test imports into the collector (its own executable names), never
     /// an `acad.exe` or `Revit.exe` that happens to run on the machine.
     pub fn configure_with(dir: &Path, collector_url: &str, user: &str, extra: &str) -> PathBuf {
         let config = dir.join("agent.toml");
+        // No `user`: each session is charged to its process owner through `user_map`.
+        let user = if user.is_empty() {
+            String::new()
+        } else {
+            format!("user = \"{user}\"\n")
+        };
         let text = format!(
-            "collector_url = \"{collector_url}\"\nuser = \"{user}\"\ndata_dir = \"{}\"\nsocket = \"{}\"\npoll_interval = \"100ms\"\ncatalog = {{}}\n{extra}",
+            "collector_url = \"{collector_url}\"\n{user}data_dir = \"{}\"\nsocket = \"{}\"\npoll_interval = \"100ms\"\ncatalog = {{}}\n{extra}",
             dir.join("data").display(),
             Agent::socket(dir).display()
         );
@@ -490,14 +497,24 @@ pub struct Product {
 
 impl Product {
     pub fn start(dir: &Path, exe: &str) -> Product {
+        Self::start_as(dir, exe, None)
+    }
+
+    /// As [`Product::start`], run by account `uid` (and the group of the same number)
+    /// when given; `dir` must then be open to that account.
+    pub fn start_as(dir: &Path, exe: &str, uid: Option<u32>) -> Product {
+        use std::os::unix::process::CommandExt;
+
         let path = dir.join(exe);
         if !path.exists() {
             std::fs::copy("/bin/sleep", &path).expect("copy sleep under the product's name");
         }
-        let child = Command::new(&path)
-            .arg("3600")
-            .spawn()
-            .expect("start the product");
+        let mut command = Command::new(&path);
+        command.arg("3600");
+        if let Some(uid) = uid {
+            command.uid(uid).gid(uid);
+        }
+        let child = command.spawn().expect("start the product");
         Product { child: Some(child) }
     }
 
