@@ -32,6 +32,30 @@ pub fn system() -> Box<dyn Closer> {
     Box::new(Signals)
 }
 
+/// Elsewhere, until the platform's own way comes (Windows: WM_CLOSE from the session
+/// helper): nothing can be asked, which the service logs; the grace still warns.
+#[cfg(not(target_os = "linux"))]
+pub fn system() -> Box<dyn Closer> {
+    Box::new(Unsupported)
+}
+
+#[cfg(not(target_os = "linux"))]
+struct Unsupported;
+
+#[cfg(not(target_os = "linux"))]
+impl Closer for Unsupported {
+    fn ask_to_close(&self, _key: ProcessKey) -> io::Result<()> {
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "asking a product to close is not available on this platform yet",
+        ))
+    }
+
+    fn kill(&self, key: ProcessKey) -> io::Result<()> {
+        self.ask_to_close(key)
+    }
+}
+
 /// The Linux [`Closer`]: SIGTERM to ask, SIGKILL to kill, each to the exact process
 /// instance (see the module notes).
 #[cfg(target_os = "linux")]

@@ -51,7 +51,10 @@ async fn each_session_is_charged_to_the_owner_of_its_process_through_user_map() 
     assert_eq!(mine[0]["product"], "e2eowner");
     assert_eq!(theirs[0]["product"], "e2eowner");
     assert_ne!(mine[0]["id"], theirs[0]["id"]);
-    assert_eq!(mine[0]["device"], theirs[0]["device"], "one machine, two users");
+    assert_eq!(
+        mine[0]["device"], theirs[0]["device"],
+        "one machine, two users"
+    );
 
     // `status` names the licence user of each session.
     let status = Agent::status_where(&config, "two open sessions", |s| {

@@ -46,6 +46,29 @@ pub fn system() -> Box<dyn SleepClock> {
     Box::new(linux::BootClock::from_env())
 }
 
+/// Elsewhere, until the platform's own clock comes (Windows: the service's power
+/// events): a clock that never saw a sleep, and time since boot from the monotonic
+/// clock of this process (the grace then also leans on the wall clock's high-water
+/// mark, as it does across agent restarts).
+#[cfg(not(target_os = "linux"))]
+pub fn system() -> Box<dyn SleepClock> {
+    Box::new(AwakeClock(std::time::Instant::now()))
+}
+
+#[cfg(not(target_os = "linux"))]
+struct AwakeClock(std::time::Instant);
+
+#[cfg(not(target_os = "linux"))]
+impl SleepClock for AwakeClock {
+    fn asleep(&self) -> Duration {
+        Duration::ZERO
+    }
+
+    fn since_boot(&self) -> Duration {
+        self.0.elapsed()
+    }
+}
+
 /// Both readings of a [`SleepClock`], taken together once per poll.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SleepReading {
