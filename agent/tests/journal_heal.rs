@@ -34,6 +34,9 @@ use daymeter_agent::journal::{Durability, Enrolment, Journal, JournalError, Stag
 use daymeter_agent::watch::ProcessKey;
 use daymeter_shared::session::Session;
 
+#[path = "support/spawn.rs"]
+mod spawn;
+
 const AGENT: &str = env!("CARGO_BIN_EXE_daymeter-agent");
 /// The page size of redb's file and the unit of damage.
 const PAGE: usize = 4096;
@@ -427,17 +430,9 @@ impl Product {
         if !exe.exists() {
             std::fs::copy("/bin/sleep", &exe).unwrap();
         }
-        let mut tries = 0;
-        loop {
-            match Command::new(&exe).arg("3600").spawn() {
-                Ok(child) => return Product(child),
-                // A concurrent fork may carry the copy's write descriptor for a moment.
-                Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy && tries < 100 => {
-                    tries += 1;
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-                Err(e) => panic!("cannot start {}: {e}", exe.display()),
-            }
+        match spawn::spawn_fresh_copy(Command::new(&exe).arg("3600")) {
+            Ok(child) => Product(child),
+            Err(e) => panic!("cannot start {}: {e}", exe.display()),
         }
     }
 

@@ -14,6 +14,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+#[path = "support/spawn.rs"]
+mod spawn;
+
 const BIN: &str = env!("CARGO_BIN_EXE_daymeter-agent");
 /// `nobody` on Debian; any uid works for `setuid` as root.
 const OTHER: u32 = 65534;
@@ -105,7 +108,7 @@ impl Setup {
         if let Some(uid) = uid {
             command.uid(uid).gid(uid);
         }
-        Killed(command.spawn().expect("start the product"))
+        Killed(spawn::spawn_fresh_copy(&mut command).expect("start the product"))
     }
 }
 

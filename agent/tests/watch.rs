@@ -21,6 +21,9 @@ use daymeter_agent::watch::{self, ProcessKey, ProcessSource, Running, Seen};
 use daymeter_shared::catalog::{Catalog, MatchRule, Product, builtin};
 use daymeter_shared::recognition::Recogniser;
 
+#[path = "support/spawn.rs"]
+mod spawn;
+
 /// A running copy; killed and reaped when dropped.
 struct Proc {
     child: Child,
@@ -56,27 +59,16 @@ fn install(dir: &Path, name: &str) -> PathBuf {
 /// Starts `exe -c <script> <args…>` with its stdin on a pipe; returns as soon as the
 /// kernel has switched the child to `exe`.
 fn start(exe: &Path, script: &str, args: &[&str]) -> Child {
-    let mut tries = 0;
-    loop {
-        let spawned = Command::new(exe)
-            .arg("-c")
-            .arg(script)
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn();
-        match spawned {
-            Ok(child) => return child,
-            // Another test thread copying its own executable may hold a write descriptor
-            // that a concurrent fork carried into a child for a moment: ETXTBSY.
-            Err(e) if e.kind() == ErrorKind::ExecutableFileBusy && tries < 100 => {
-                tries += 1;
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            Err(e) => panic!("cannot run {}: {e}", exe.display()),
-        }
-    }
+    let mut command = Command::new(exe);
+    command
+        .arg("-c")
+        .arg(script)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    spawn::spawn_fresh_copy(&mut command)
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", exe.display()))
 }
 
 /// Waits until the child's `exec` of `exe` is complete: `Command::spawn` returns once the

@@ -514,7 +514,7 @@ impl Product {
         if let Some(uid) = uid {
             command.uid(uid).gid(uid);
         }
-        let child = command.spawn().expect("start the product");
+        let child = spawn_fresh_copy(&mut command).expect("start the product");
         Product { child: Some(child) }
     }
 
@@ -525,14 +525,14 @@ impl Product {
         if !path.exists() {
             std::fs::copy("/bin/sh", &path).expect("copy sh under the product's name");
         }
-        let child = Command::new(&path)
+        let mut command = Command::new(&path);
+        command
             .args([
                 "-c",
                 "trap 'echo save your work?' TERM; while :; do sleep 0.1; done",
             ])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("start the product");
+            .stdout(Stdio::null());
+        let child = spawn_fresh_copy(&mut command).expect("start the product");
         Product { child: Some(child) }
     }
 
@@ -563,5 +563,22 @@ impl Product {
 impl Drop for Product {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// `command.spawn()` of an executable a test has just copied, tried again while it is
+/// busy: on the many threads of a test process, another thread's `fork` may carry the
+/// copy's write descriptor into a child until that child's `exec`, and an `exec` of the
+/// copy in that moment fails with ETXTBSY although the copy is complete.
+pub fn spawn_fresh_copy(command: &mut Command) -> std::io::Result<Child> {
+    let mut tries = 0;
+    loop {
+        match command.spawn() {
+            Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy && tries < 100 => {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            spawned => return spawned,
+        }
     }
 }
