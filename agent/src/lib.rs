@@ -19,12 +19,15 @@
 //!   socket or read from the journal.
 //! - [`status_socket`] — the local socket the running agent answers on, each request
 //!   authorised by the caller's credentials (Unix code in its own module).
-//! - [`power`] — sleep: suspends found by the clocks, logind's announcements (Linux).
+//! - [`power`] — sleep: suspends found by the clocks, announced by logind (Linux) or the
+//!   service control manager's power events (Windows).
 //! - [`grace`] — the offline grace: how long products may run without a sign-in, and
 //!   the warnings, asks to close and kills that follow, as pure rules.
 //! - [`enforce`] — asks a product process to close, or kills it, making sure first that
 //!   the pid still is that process.
 //! - [`run`] — the service loop that ties them together.
+//! - [`service`] — starting and stopping it: in the foreground (`run`) or under the
+//!   Windows service control manager (`service`, `install-service`).
 //! - [`helper`] — `daymeter-agent session`, the per-user session helper: reports the
 //!   user's idle time to the service and shows its reminders as desktop notifications.
 
@@ -39,6 +42,7 @@ pub mod offset;
 pub mod power;
 pub mod reminder;
 pub mod run;
+pub mod service;
 pub mod status;
 pub mod status_socket;
 pub mod sync;

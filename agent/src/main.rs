@@ -4,18 +4,17 @@
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 
 use daymeter_agent::config::Config;
 use daymeter_agent::journal::{ChosenJournal, Journal, JournalError, Purpose};
-use daymeter_agent::meter::LocalZone;
-use daymeter_agent::run::{Agent, enroll_offline, offline_status};
+use daymeter_agent::run::{enroll_offline, offline_status};
+use daymeter_agent::service::{self, runtime};
 use daymeter_agent::status::Status;
-use daymeter_agent::{status_socket, watch};
-use daymeter_shared::clock::{Clock, ShiftedClock, SystemClock};
+use daymeter_agent::status_socket;
+use daymeter_shared::clock::{Clock, SystemClock};
 
 /// Said under every `--help`: what the agent reads besides its flags.
 const ENVIRONMENT: &str = "\
@@ -106,6 +105,30 @@ enum Command {
         #[arg(long)]
         socket: Option<PathBuf>,
     },
+    /// Run as the Windows service (what the service control manager starts; logs to
+    /// %ProgramData%\daymeter\logs\agent.log).
+    #[cfg(windows)]
+    #[command(after_help = ENVIRONMENT)]
+    Service {
+        #[arg(long, default_value_os_t = default_config())]
+        config: PathBuf,
+    },
+    /// Register the Windows service (LocalSystem, automatic start, restarted after a
+    /// failure) and start it; the MSI does this itself.
+    #[cfg(windows)]
+    #[command(after_help = ENVIRONMENT)]
+    InstallService {
+        /// The configuration the service is started with (default: the standard path).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Register only; do not start it now.
+        #[arg(long)]
+        no_start: bool,
+    },
+    /// Stop and remove the Windows service; the journal and enrolment stay.
+    #[cfg(windows)]
+    #[command(after_help = ENVIRONMENT)]
+    UninstallService,
 }
 
 /// Where a system service's socket is (systemd's `RuntimeDirectory=daymeter`).
@@ -123,6 +146,13 @@ fn default_config() -> PathBuf {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    #[cfg(windows)]
+    if matches!(cli.command, Command::Service { .. }) {
+        init_service_logs();
+    } else {
+        init_logs();
+    }
+    #[cfg(not(windows))]
     init_logs();
     let result = match cli.command {
         Command::Run { config } => run(&config),
@@ -135,6 +165,16 @@ fn main() -> ExitCode {
         Command::Ack { id, config, socket } => ack(&id, config.as_deref(), socket.as_deref()),
         #[cfg(target_os = "linux")]
         Command::Session { socket } => session(socket),
+        #[cfg(windows)]
+        Command::Service { config } => service::windows::dispatch(config),
+        #[cfg(windows)]
+        Command::InstallService { config, no_start } => {
+            service::windows::install(config.as_deref(), !no_start)
+                .map(|()| println!("service {} installed", service::SERVICE_NAME))
+        }
+        #[cfg(windows)]
+        Command::UninstallService => service::windows::uninstall()
+            .map(|()| println!("service {} removed", service::SERVICE_NAME)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -148,88 +188,51 @@ fn main() -> ExitCode {
 /// Quiet by default: sessions opening and closing, sync trouble. `DAYMETER_LOG` takes
 /// a tracing filter (`debug`, `daymeter_agent=trace`…).
 fn init_logs() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("DAYMETER_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,daymeter_agent=info"));
     tracing_subscriber::fmt()
-        .with_env_filter(filter)
+        .with_env_filter(log_filter())
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    // One thread: the agent polls once a second and syncs every few minutes; a worker
-    // pool would only cost memory.
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")
+fn log_filter() -> tracing_subscriber::EnvFilter {
+    tracing_subscriber::EnvFilter::try_from_env("DAYMETER_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,daymeter_agent=info"))
 }
 
-/// The agent's journal on the configured backend: migrated if the other backend wrote
-/// it, healed if damaged (moved aside, salvaged, started afresh) so that metering never
-/// waits for a repair.
-fn open_journal(config: &Config) -> anyhow::Result<ChosenJournal> {
-    let dir = config.journal_dir();
-    // `status` and `enroll` without a running agent hold the journal for a moment; an
-    // agent starting at that moment waits for them rather than failing.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        match ChosenJournal::open(&dir, config.journal, Purpose::Run) {
-            Err(JournalError::InUse { .. }) if std::time::Instant::now() < deadline => {
-                std::thread::sleep(std::time::Duration::from_millis(100));
-            }
-            other => {
-                return other
-                    .with_context(|| format!("cannot open the journal in {}", dir.display()));
-            }
-        }
+/// A Windows service has no console: its log goes to
+/// `%ProgramData%\daymeter\logs\agent.log` (appended; started afresh when it passed
+/// 10 MiB), where an admin looks first. Stderr when the file cannot be opened.
+#[cfg(windows)]
+fn init_service_logs() {
+    const LIMIT: u64 = 10 << 20;
+    let dir = std::env::var_os("ProgramData")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(r"C:\ProgramData"))
+        .join("daymeter")
+        .join("logs");
+    let path = dir.join("agent.log");
+    let opened = std::fs::create_dir_all(&dir).and_then(|()| {
+        let too_big = std::fs::metadata(&path).is_ok_and(|m| m.len() > LIMIT);
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(!too_big)
+            .write(true)
+            .truncate(too_big)
+            .open(&path)
+    });
+    match opened {
+        Ok(file) => tracing_subscriber::fmt()
+            .with_env_filter(log_filter())
+            .with_writer(std::sync::Mutex::new(file))
+            .with_ansi(false)
+            .init(),
+        Err(_) => init_logs(),
     }
 }
 
-fn run(path: &Path) -> anyhow::Result<()> {
-    let config = Config::load(path)?;
-    let journal = Arc::new(open_journal(&config)?);
-    let source = watch::system();
-    let zone = LocalZone::system();
-    if zone.is_none() {
-        tracing::warn!(
-            "no IANA time zone found for this machine; sessions carry their UTC offset only"
-        );
-    }
-    let clock = device_clock()?;
-    let agent = Arc::new(Agent::start(config, journal, clock, source.as_ref(), zone)?);
-    tracing::info!(user = ?agent.config.user, socket = %agent.config.socket.display(), collector = %agent.config.collector_url, "agent started");
-    runtime()?.block_on(agent.run(source, shutdown_signal()))?;
-    Ok(())
-}
-
-/// For tests only: moves this agent's device clock by a signed duration (`2days`,
-/// `-90s`), so that the end-to-end tests can run the real binary on a wrong clock and
-/// check that it still meters right. Never set in production; announced at warn.
-const CLOCK_SKEW_ENV: &str = "DAYMETER_TEST_CLOCK_SKEW";
-
-/// The system clock, moved by [`CLOCK_SKEW_ENV`] when that is set.
-fn device_clock() -> anyhow::Result<Arc<dyn Clock>> {
-    let Some(text) = std::env::var(CLOCK_SKEW_ENV).ok().filter(|t| !t.is_empty()) else {
-        return Ok(Arc::new(SystemClock));
-    };
-    let (sign, magnitude) = match text.strip_prefix('-') {
-        Some(rest) => (-1, rest),
-        None => (1, text.trim_start_matches('+')),
-    };
-    let skew = humantime::parse_duration(magnitude)
-        .ok()
-        .and_then(|d| chrono::TimeDelta::from_std(d).ok())
-        .with_context(|| {
-            format!("{CLOCK_SKEW_ENV}={text:?} is not a duration like 2days or -90s")
-        })?
-        * sign;
-    tracing::warn!(
-        skew_seconds = skew.num_seconds(),
-        "{CLOCK_SKEW_ENV} is set: this agent's clock is moved on purpose, for testing"
-    );
-    Ok(Arc::new(ShiftedClock::new(Arc::new(SystemClock), skew)))
+fn run(config: &Path) -> anyhow::Result<()> {
+    service::run(config, shutdown_signal(), None)
 }
 
 /// SIGTERM (the service manager) or Ctrl-C.

@@ -121,6 +121,9 @@ pub struct Agent {
     sleep_clock: Box<dyn SleepClock>,
     /// Asks products to close when the offline grace runs out.
     closer: Box<dyn Closer>,
+    /// Sleep announcements from outside (the Windows service's power events, tests),
+    /// taken by [`Agent::run`].
+    announcements: Mutex<Option<crate::power::Announcements>>,
 }
 
 struct State {
@@ -266,6 +269,7 @@ impl Agent {
             stopping: AtomicBool::new(false),
             sleep_clock: crate::power::system(),
             closer: crate::enforce::system(),
+            announcements: Mutex::new(None),
         })
     }
 
@@ -278,6 +282,13 @@ impl Agent {
     ) -> Agent {
         self.sleep_clock = sleep_clock;
         self.closer = closer;
+        self
+    }
+
+    /// Hands the agent the receiving end of sleep announcements (the Windows service's
+    /// power events; a test's stand-in for them); call before [`Agent::run`].
+    pub fn with_announcements(self, announcements: crate::power::Announcements) -> Agent {
+        *self.announcements.lock().unwrap_or_else(|p| p.into_inner()) = Some(announcements);
         self
     }
 
@@ -295,6 +306,12 @@ impl Agent {
     ) -> Result<(), RunError> {
         let status = crate::status_socket::serve(self.clone())?;
         let sleep = tokio::spawn(self.clone().watch_sleep());
+        let announced = self
+            .announcements
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+            .map(|a| tokio::spawn(self.clone().follow_announcements(a)));
         let syncer = tokio::spawn(self.clone().sync_loop());
         let poll_interval = self.config.poll_interval;
         let mut ticker = tokio::time::interval(poll_interval);
@@ -318,6 +335,9 @@ impl Agent {
         syncer.abort();
         status.abort();
         sleep.abort();
+        if let Some(task) = announced {
+            task.abort();
+        }
         self.persist_open();
         tracing::info!("agent stopped; open sessions kept in the journal");
         Ok(())

@@ -26,6 +26,8 @@ const CHILD_ENV: &str = "DAYMETER_JOURNAL_CHILD";
 trait Backend: Journal + Sized {
     const NAME: &'static str;
     /// The longest a lazy write may stay in memory only.
+    // Used by the kill -9 tests, which need Unix signals.
+    #[cfg_attr(not(unix), allow(dead_code))]
     const FLUSH_PERIOD: Duration;
     fn open(dir: &Path) -> Result<Self, JournalError>;
     fn strict(&self) -> Result<Vec<Tracked>, JournalError>;

@@ -9,11 +9,7 @@ use std::time::Duration;
 
 use super::SleepClock;
 
-/// For tests only: names a file holding a number of seconds (decimal, `12.5`) added to
-/// both readings. A test stops the agent (SIGSTOP) for N seconds, writes N into the file
-/// and lets it run again (SIGCONT): from inside, exactly what a real suspend of N seconds
-/// looks like. Never set in production; announced at warn.
-pub const SLEEP_FILE_ENV: &str = "DAYMETER_TEST_SLEEP_FILE";
+pub use super::SLEEP_FILE_ENV;
 
 /// `CLOCK_BOOTTIME` and `CLOCK_MONOTONIC`, optionally moved by a test file.
 #[derive(Debug, Default, Clone)]
@@ -34,15 +30,8 @@ impl BootClock {
     /// The machine's clocks, moved by the file that [`SLEEP_FILE_ENV`] names when it is
     /// set (tests only, announced at warn).
     pub fn from_env() -> BootClock {
-        match std::env::var_os(SLEEP_FILE_ENV).filter(|v| !v.is_empty()) {
-            Some(path) => {
-                let path = PathBuf::from(path);
-                tracing::warn!(
-                    file = %path.display(),
-                    "{SLEEP_FILE_ENV} is set: this agent's sleep clock is moved on purpose, for testing"
-                );
-                BootClock::injected(path)
-            }
+        match super::injected_file_from_env() {
+            Some(path) => BootClock::injected(path),
             None => BootClock::new(),
         }
     }
@@ -57,13 +46,9 @@ impl BootClock {
     }
 
     fn extra(&self) -> Duration {
-        let Some(path) = &self.injected else {
-            return Duration::ZERO;
-        };
-        std::fs::read_to_string(path)
-            .ok()
-            .and_then(|t| t.trim().parse::<f64>().ok())
-            .and_then(|s| Duration::try_from_secs_f64(s).ok())
+        self.injected
+            .as_deref()
+            .map(super::injected_seconds)
             .unwrap_or_default()
     }
 }

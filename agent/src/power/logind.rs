@@ -13,7 +13,6 @@
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
-use chrono::{DateTime, Utc};
 use daymeter_shared::clock::Clock;
 use zbus::message::Type as MessageType;
 use zbus::{Connection, MatchRule, Message, MessageStream};
@@ -40,15 +39,7 @@ pub enum LogindError {
     Inhibit(#[source] zbus::Error),
 }
 
-/// What logind announced.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SleepEvent {
-    /// The machine is about to sleep (`PrepareForSleep(true)`), dated by the service's
-    /// clock. The suspend waits until [`SleepWatch::release`] (or logind's delay limit).
-    Suspending { at: DateTime<Utc> },
-    /// The machine woke up (`PrepareForSleep(false)`); the inhibitor is held again.
-    Resumed,
-}
+pub use super::SleepEvent;
 
 /// logind's sleep announcements, with a delay inhibitor held between them.
 pub struct SleepWatch {

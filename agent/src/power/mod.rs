@@ -19,10 +19,15 @@
 //!   flush the journal, then `SleepWatch::release`; on `Resumed` nothing (the lock is
 //!   taken again by the watch).
 
+pub mod announce;
 #[cfg(target_os = "linux")]
 pub mod linux;
 #[cfg(target_os = "linux")]
 pub mod logind;
+#[cfg(windows)]
+pub mod windows;
+
+pub use announce::{Announcements, Announcer};
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -46,19 +51,25 @@ pub fn system() -> Box<dyn SleepClock> {
     Box::new(linux::BootClock::from_env())
 }
 
-/// Elsewhere, until the platform's own clock comes (Windows: the service's power
-/// events): a clock that never saw a sleep, and time since boot from the monotonic
-/// clock of this process (the grace then also leans on the wall clock's high-water
-/// mark, as it does across agent restarts).
-#[cfg(not(target_os = "linux"))]
+/// The Windows [`SleepClock`]: the tick count counts sleep, the unbiased interrupt time
+/// does not (see [`windows::TickClock`]).
+#[cfg(windows)]
+pub fn system() -> Box<dyn SleepClock> {
+    Box::new(windows::TickClock::from_env())
+}
+
+/// Elsewhere (macOS, not built or tested yet): a clock that never saw a sleep, and time
+/// since boot from the monotonic clock of this process (the grace then also leans on
+/// the wall clock's high-water mark, as it does across agent restarts).
+#[cfg(not(any(target_os = "linux", windows)))]
 pub fn system() -> Box<dyn SleepClock> {
     Box::new(AwakeClock(std::time::Instant::now()))
 }
 
-#[cfg(not(target_os = "linux"))]
+#[cfg(not(any(target_os = "linux", windows)))]
 struct AwakeClock(std::time::Instant);
 
-#[cfg(not(target_os = "linux"))]
+#[cfg(not(any(target_os = "linux", windows)))]
 impl SleepClock for AwakeClock {
     fn asleep(&self) -> Duration {
         Duration::ZERO
@@ -67,6 +78,47 @@ impl SleepClock for AwakeClock {
     fn since_boot(&self) -> Duration {
         self.0.elapsed()
     }
+}
+
+/// A word about sleep from whoever can give one before it happens (logind on Linux,
+/// the service control manager's power events on Windows).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SleepEvent {
+    /// The machine is about to sleep, dated by the service's clock. The announcer holds
+    /// the suspend back (logind's delay inhibitor, the power event's handler) until the
+    /// service has sent its pre-sleep reminders and flushed its journal.
+    Suspending { at: DateTime<Utc> },
+    /// The machine woke up.
+    Resumed,
+}
+
+/// For tests only: names a file holding a number of seconds (decimal, `12.5`) added to
+/// both readings of the sleep clock. A test stops the agent for N seconds, writes N
+/// into the file and lets it run again: from inside, exactly what a real suspend of N
+/// seconds looks like. Never set in production; announced at warn.
+pub const SLEEP_FILE_ENV: &str = "DAYMETER_TEST_SLEEP_FILE";
+
+/// The seconds written in the test file `path` ([`SLEEP_FILE_ENV`]); a missing or
+/// unreadable file adds nothing.
+#[cfg_attr(not(any(target_os = "linux", windows)), allow(dead_code))]
+fn injected_seconds(path: &std::path::Path) -> Duration {
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|t| t.trim().parse::<f64>().ok())
+        .and_then(|s| Duration::try_from_secs_f64(s).ok())
+        .unwrap_or_default()
+}
+
+/// The test file named by [`SLEEP_FILE_ENV`], when set (announced at warn).
+#[cfg_attr(not(any(target_os = "linux", windows)), allow(dead_code))]
+fn injected_file_from_env() -> Option<std::path::PathBuf> {
+    let path =
+        std::path::PathBuf::from(std::env::var_os(SLEEP_FILE_ENV).filter(|v| !v.is_empty())?);
+    tracing::warn!(
+        file = %path.display(),
+        "{SLEEP_FILE_ENV} is set: this agent's sleep clock is moved on purpose, for testing"
+    );
+    Some(path)
 }
 
 /// Both readings of a [`SleepClock`], taken together once per poll.

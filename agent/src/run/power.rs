@@ -168,9 +168,8 @@ impl Agent {
     }
 
     /// The machine is about to sleep: tell the pre-sleep reminders and put everything
-    /// on disk, while logind waits for our inhibitor.
-    // Called by logind's watch on Linux; Windows' power events come next.
-    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+    /// on disk, while logind waits for our inhibitor (or the power event's handler for
+    /// our acknowledgement).
     pub(super) fn before_sleep(&self, at: DateTime<Utc>) {
         let now = self.clock.now();
         {
@@ -208,4 +207,27 @@ impl Agent {
 
     #[cfg(not(target_os = "linux"))]
     pub(super) async fn watch_sleep(self: Arc<Self>) {}
+
+    /// Follows announcements handed in from outside ([`crate::power::announce`]): a
+    /// `Suspending` is handled as logind's is, then acknowledged so the announcer lets
+    /// the sleep go on.
+    pub(super) async fn follow_announcements(
+        self: Arc<Self>,
+        mut announcements: crate::power::Announcements,
+    ) {
+        use crate::power::announce::Announced;
+        while let Some(a) = announcements.0.recv().await {
+            match a.what {
+                Announced::Suspending => {
+                    self.before_sleep(self.clock.now());
+                    if let Some(done) = a.done {
+                        let _ = done.send(());
+                    }
+                }
+                Announced::Resumed => {
+                    tracing::debug!("resume announced; the sleep is measured at the next poll")
+                }
+            }
+        }
+    }
 }
