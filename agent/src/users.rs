@@ -139,6 +139,7 @@ mod tests {
         assert!(UserMap::from_file(table(&[("sm", " ")])).is_err());
     }
 
+    #[cfg(unix)]
     #[test]
     fn root_has_a_login_name_and_an_unknown_uid_has_none() {
         assert_eq!(login_of(0).as_deref(), Some("root"));

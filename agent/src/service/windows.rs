@@ -204,9 +204,11 @@ fn set_recovery(service: &windows_service::service::Service) -> anyhow::Result<(
             actions: Some(actions),
         })
         .context("cannot set the service's recovery actions")?;
-    service
-        .set_failure_actions_on_non_crash_failures(true)
-        .context("cannot set the service's recovery on error exits")?;
+    // Windows Vista and later take this flag; Wine does not: a service that restarts
+    // after crashes only is still worth installing.
+    if let Err(e) = service.set_failure_actions_on_non_crash_failures(true) {
+        tracing::warn!(error = %e, "the service restarts after crashes but not after error exits");
+    }
     Ok(())
 }
 
@@ -234,4 +236,44 @@ pub fn uninstall() -> anyhow::Result<()> {
         .delete()
         .with_context(|| format!("cannot remove the service {SERVICE_NAME}"))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::power::announce::Announced;
+
+    /// What the service hears from the control handler for each power event.
+    fn heard(event: PowerEventParam) -> Vec<Announced> {
+        let (announcer, mut announcements) = announce::channel();
+        let listener = std::thread::spawn(move || {
+            let mut heard = Vec::new();
+            while let Some(a) = announcements.0.blocking_recv() {
+                heard.push(a.what);
+                if let Some(done) = a.done {
+                    let _ = done.send(());
+                }
+            }
+            heard
+        });
+        on_power_event(&announcer, event);
+        drop(announcer);
+        listener.join().unwrap()
+    }
+
+    #[test]
+    fn a_suspend_event_is_announced_and_waited_for_and_a_resume_told() {
+        assert_eq!(heard(PowerEventParam::Suspend), [Announced::Suspending]);
+        assert_eq!(heard(PowerEventParam::ResumeSuspend), [Announced::Resumed]);
+        assert_eq!(
+            heard(PowerEventParam::ResumeAutomatic),
+            [Announced::Resumed]
+        );
+    }
+
+    #[test]
+    fn battery_and_setting_changes_are_not_sleeps() {
+        assert!(heard(PowerEventParam::BatteryLow).is_empty());
+        assert!(heard(PowerEventParam::PowerStatusChange).is_empty());
+    }
 }
