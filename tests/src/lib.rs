@@ -15,6 +15,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+#[cfg(target_os = "linux")]
+pub mod wine;
+
 pub const ENROLLMENT_SECRET: &str = "e2e-enrolment-secret-0123";
 pub const ADMIN_TOKEN: &str = "e2e-admin-token-0123456789";
 
