@@ -1,0 +1,732 @@
+use super::*;
+use crate::store::Incoming;
+use daymeter_shared::catalog::Product;
+use daymeter_shared::policy::{Rollover, ShortSessions};
+use daymeter_shared::session::OwnedSession;
+use daymeter_shared::session::RawSession;
+use daymeter_shared::time::ZoneCache;
+
+fn temp_db(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("daymeter-store-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir.join("c.db")
+}
+
+fn session(id: &str, start: &str, end: &str) -> OwnedSession {
+    let text = serde_json::json!({
+        "id": id, "product": "acad", "start": start, "end": end, "tz": "Europe/Berlin"
+    })
+    .to_string();
+    let raw: RawSession<'_> = serde_json::from_str(&text).unwrap();
+    let (mut s, _) = raw.check(&mut ZoneCache::new()).unwrap();
+    s.user = Some("sophie".into());
+    s.device = Some("ws-1".into());
+    s.into_owned()
+}
+
+/// Sophie's sessions on ws-1, synced now.
+fn ingest_of(sessions: &[OwnedSession]) -> Ingest {
+    let with_zones = sessions.iter().map(|s| {
+        let zone = Zone::of(s.tz.as_deref(), &s.start).unwrap();
+        (s.clone(), zone)
+    });
+    Ingest::new("sophie".into(), "ws-1".into(), with_zones, Utc::now()).unwrap()
+}
+
+fn settings(policy: Policy) -> Settings {
+    let mut s = Settings {
+        policy,
+        ..Settings::default()
+    };
+    s.catalog.insert(
+        "acad".into(),
+        Product {
+            name: None,
+            tokens_per_day: 7,
+            matches: vec![],
+            rate_confirmed: None,
+        },
+    );
+    s
+}
+
+/// What `replay` says for the same sessions.
+fn replayed(sessions: &[OwnedSession], settings: &Settings) -> Vec<UsageDay<'static>> {
+    let scenario = serde_json::json!({
+        "policy": settings.policy, "catalog": settings.catalog, "sessions": sessions,
+    });
+    daymeter_shared::scenario::replay(scenario.to_string().as_bytes())
+        .unwrap()
+        .usage_days
+}
+
+use daymeter_shared::policy::Policy;
+
+/// A year of sessions, some over night, some short, sent in batches in an order
+/// that exercises resuming: forward, then a late batch from the past.
+fn history() -> Vec<OwnedSession> {
+    let mut out = Vec::new();
+    for day in 1..=60 {
+        let d = chrono::NaiveDate::from_ymd_opt(2026, 1, 1).unwrap() + chrono::Days::new(day);
+        let at = |h: u32, m: u32| format!("{d}T{h:02}:{m:02}:00+01:00");
+        out.push(session(&format!("a{day}"), &at(9, 0), &at(12, 0)));
+        out.push(session(&format!("s{day}"), &at(13, 0), &at(13, 3)));
+        if day % 7 == 0 {
+            let next = d + chrono::Days::new(2);
+            out.push(session(
+                &format!("n{day}"),
+                &at(17, 0),
+                &format!("{next}T08:10:00+01:00"),
+            ));
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn settings_survive_a_reopen_and_price_the_ingests_queued_after_them() {
+    let path = temp_db("settings");
+    let store = SqliteStore::open(&path).unwrap();
+    let mut s = settings(Policy::default());
+    s.teams.insert(
+        "design".into(),
+        daymeter_shared::ledger::Team {
+            users: vec!["sophie".into()],
+            low_balance: Some(50),
+        },
+    );
+    store.put_settings(s.clone()).await.unwrap();
+    let first = session(
+        "p1",
+        "2026-02-02T09:00:00+01:00",
+        "2026-02-02T12:00:00+01:00",
+    );
+    let ingest = |sessions: Vec<OwnedSession>| ingest_of(&sessions);
+    store.ingest(ingest(vec![first])).await.unwrap();
+    // A new rate, then a sync queued right behind it: both days at the new rate.
+    let mut repriced = s.clone();
+    if let Some(p) = repriced.catalog.get_mut("acad") {
+        p.tokens_per_day = 9;
+    }
+    let second = session(
+        "p2",
+        "2026-02-04T09:00:00+01:00",
+        "2026-02-04T12:00:00+01:00",
+    );
+    let (a, b) = tokio::join!(
+        store.put_settings(repriced.clone()),
+        store.ingest(ingest(vec![second]))
+    );
+    a.unwrap();
+    b.unwrap();
+    let days = store.usage_days(None, None).await.unwrap();
+    assert_eq!(days.len(), 2);
+    assert!(days.iter().all(|d| d.tokens == 9), "{days:?}");
+    store.close();
+    drop(store);
+
+    let store = SqliteStore::open(&path).unwrap();
+    assert_eq!(store.settings().await.unwrap(), repriced);
+    let day = |s: &str| s.parse::<NaiveDate>().ok();
+    assert_eq!(
+        store
+            .usage_days(day("2026-02-03"), None)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(
+        store
+            .usage_days(None, day("2026-02-03"))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    store.close();
+    let _ = std::fs::remove_dir_all(path.parent().unwrap());
+}
+
+/// A database written before usage days recorded what they drew: the migration
+/// reads it from the ledger, and a later re-pricing reverses exactly that.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_list_shaped_session_stored_by_an_earlier_build_is_repaired_at_open() {
+    let path = temp_db("repair-list");
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    {
+        let conn = Connection::open(&path).unwrap();
+        conn.pragma_update(None, "journal_mode", "WAL").unwrap();
+        for sql in &MIGRATIONS[..8] {
+            conn.execute_batch(sql).unwrap();
+        }
+        conn.pragma_update(None, "user_version", 8).unwrap();
+        let mut batch = Batch::new();
+        batch.push(
+            r#"["s-list",null,null,"acad",null,"2026-02-02T09:00:00Z","2026-02-02T17:00:00Z"]"#,
+        );
+        batch.push(r#"{"id":"s-obj","product":"acad","start":"2026-02-03T09:00:00Z","end":"2026-02-03T17:00:00Z"}"#);
+        conn.execute(
+            "INSERT INTO session_batches (first_row, user, device, product, bodies, ends)
+             VALUES (1, 'sophie', 'ws-1', 'acad', ?1, ?2)",
+            params![batch.bodies(), batch.ends()],
+        )
+        .unwrap();
+    }
+    let store = SqliteStore::open(&path).expect("opens despite the list-shaped session");
+    let stored = store.sessions(SessionFilter::default()).await.unwrap();
+    let ids: Vec<&str> = stored.iter().map(|s| &*s.id).collect();
+    assert_eq!(ids, ["s-list", "s-obj"]);
+    assert_eq!(
+        stored[0].end.map(|e| e.to_rfc3339()),
+        Some("2026-02-02T17:00:00+00:00".to_owned())
+    );
+    store.close();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn migrated_days_keep_what_they_drew_and_a_repricing_reverses_it() {
+    let path = temp_db("migrate-drawn");
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let s = session(
+        "0193-m",
+        "2026-02-02T09:00:00+01:00",
+        "2026-02-02T17:00:00+01:00",
+    );
+    let start = s.start_nanos();
+    let day_ns = 24 * 3600 * 1_000_000_000_i64;
+    {
+        let conn = Connection::open(&path).unwrap();
+        for sql in &MIGRATIONS[..4] {
+            conn.execute_batch(sql).unwrap();
+        }
+        conn.pragma_update(None, "user_version", 4).unwrap();
+        conn.execute(
+            "INSERT INTO sessions (id, user, device, product, start_ns, end_ns, body)
+             VALUES (?1, 'sophie', 'ws-1', 'acad', ?2, ?3, ?4)",
+            params![
+                &*s.id,
+                start,
+                s.end_nanos(),
+                serde_json::to_string(&s).unwrap()
+            ],
+        )
+        .unwrap();
+        conn.execute(
+            "INSERT INTO purchases (id, team, tokens, purchased_at, expires_at, used)
+             VALUES ('p1', 'default', 4, '2026-01-01T00:00:00+00:00', '2027-01-01T00:00:00+00:00', 4)",
+            [],
+        )
+        .unwrap();
+        conn.execute(
+            "INSERT INTO usage_days (user, product, window_start_ns, window_end_ns, day, plan, tokens, short_row)
+             VALUES ('sophie', 'acad', ?1, ?2, '2026-02-02', 'flex', 7, 0)",
+            params![start, start + day_ns],
+        )
+        .unwrap();
+        // The day drew 4 from p1 and 3 unfunded; an earlier booking was reversed.
+        for (purchase, tokens) in [
+            (Some("p1"), 2),
+            (Some("p1"), -2),
+            (Some("p1"), 4),
+            (None, 3),
+        ] {
+            conn.execute(
+                "INSERT INTO ledger (at, team, user, product, day, window_start_ns, purchase, tokens, reason)
+                 VALUES ('2026-02-03T00:00:00+00:00', 'default', 'sophie', 'acad', '2026-02-02', ?1, ?2, ?3, 'usage')",
+                params![start, purchase, tokens],
+            )
+            .unwrap();
+        }
+    }
+    let store = SqliteStore::open(&path).unwrap();
+    let look = Connection::open(&path).unwrap();
+    let drawn: String = look
+        .query_row("SELECT drawn FROM usage_days", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(
+        drawn_of(&drawn).unwrap(),
+        vec![(None, 3), (Some("p1".into()), 4)]
+    );
+    let kept = store.sessions(SessionFilter::default()).await.unwrap();
+    assert_eq!(kept.len(), 1, "the sessions are kept");
+    // The migrated session's id is known: a copy is a copy, another user's is a conflict.
+    let again = store.ingest(ingest_of(&kept)).await.unwrap();
+    assert_eq!(again.accepted.len(), 1);
+    let mut stolen = kept[0].clone();
+    stolen.user = Some("tom".into());
+    let with_zone = (
+        stolen.clone(),
+        Zone::of(stolen.tz.as_deref(), &stolen.start).unwrap(),
+    );
+    let theirs = Ingest::new("tom".into(), "ws-9".into(), [with_zone], Utc::now()).unwrap();
+    let refused = store.ingest(theirs).await.unwrap();
+    assert_eq!(refused.rejected.len(), 1, "{refused:?}");
+    let runs: i64 = look
+        .query_row("SELECT COUNT(*) FROM session_runs", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(runs, 1, "the migrated session is in a run of its key");
+
+    let mut repriced = settings(Policy::default());
+    if let Some(p) = repriced.catalog.get_mut("acad") {
+        p.tokens_per_day = 10;
+    }
+    store.put_settings(repriced).await.unwrap();
+    let sum = |filter: &str| -> i64 {
+        look.query_row(
+            &format!("SELECT COALESCE(SUM(tokens), 0) FROM ledger WHERE window_start_ns = ?1 AND {filter}"),
+            [start],
+            |r| r.get(0),
+        )
+        .unwrap()
+    };
+    assert_eq!(
+        sum("reason LIKE 'day changed%'"),
+        -7,
+        "the reversal takes back exactly what the day drew"
+    );
+    assert_eq!(sum("1"), 10, "the day now holds its new price");
+    assert_eq!(
+        sum("purchase = 'p1'"),
+        4,
+        "p1 was given back, then drawn again"
+    );
+    assert_eq!(sum("purchase IS NULL"), 6);
+    let drawn: String = look
+        .query_row("SELECT drawn FROM usage_days", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(
+        drawn_of(&drawn).unwrap(),
+        vec![(Some("p1".into()), 4), (None, 6)]
+    );
+    store.close();
+}
+
+/// A user's last sync is recorded to the minute: a sync less than a minute after
+/// the recorded one leaves it, a later one moves it, also after a restart.
+#[tokio::test(flavor = "multi_thread")]
+async fn last_sync_is_recorded_to_the_minute() {
+    let path = temp_db("last-sync");
+    let t0 = Utc::now();
+    let at = |secs: i64| t0 + chrono::TimeDelta::seconds(secs);
+    let sync = |secs: i64| {
+        Ingest::new("sophie".into(), "ws-1".into(), std::iter::empty(), at(secs)).unwrap()
+    };
+    let mut store = SqliteStore::open(&path).unwrap();
+    assert_eq!(store.last_sync("sophie".into()).await.unwrap(), None);
+    for (secs, recorded) in [(0, 0), (30, 0), (59, 0), (61, 61), (90, 61)] {
+        store.ingest(sync(secs)).await.unwrap();
+        assert_eq!(
+            store.last_sync("sophie".into()).await.unwrap(),
+            Some(at(recorded)),
+            "after a sync at +{secs} s"
+        );
+    }
+    store.close();
+    drop(store);
+    store = SqliteStore::open(&path).unwrap();
+    for (secs, recorded) in [(100, 61), (125, 125)] {
+        store.ingest(sync(secs)).await.unwrap();
+        assert_eq!(
+            store.last_sync("sophie".into()).await.unwrap(),
+            Some(at(recorded)),
+            "after a restart and a sync at +{secs} s"
+        );
+    }
+}
+
+/// A sync of more sessions than a batch holds, naming one id twice (the running
+/// copy, then the closed one) and repeating an id stored earlier: every id is stored
+/// once, as its longer copy, across batches and a restart.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_id_sent_twice_in_one_sync_is_stored_once_as_its_longer_copy() {
+    let path = temp_db("twice");
+    let settings = settings(Policy::default());
+    let mut store = SqliteStore::open(&path).unwrap();
+    store.put_settings(settings.clone()).await.unwrap();
+    let all = history();
+    let (first, rest) = all.split_at(5);
+    store.ingest(ingest_of(first)).await.unwrap();
+    let mut sync: Vec<OwnedSession> = rest[..BATCH_MAX + 8].to_vec();
+    let running = |s: &OwnedSession| {
+        let mut r = s.clone();
+        r.end = Some(r.start + chrono::TimeDelta::minutes(1));
+        r
+    };
+    // Closed copy in a later batch than its running copy, then in the same one
+    // (not written yet when the closed copy comes).
+    let (a, b) = (running(&sync[BATCH_MAX + 2]), running(&sync[BATCH_MAX + 6]));
+    sync.insert(3, a);
+    sync.insert(BATCH_MAX + 3, b);
+    sync.push(first[1].clone());
+    let outcome = store.ingest(ingest_of(&sync)).await.unwrap();
+    assert_eq!(outcome.accepted.len(), sync.len());
+    assert!(outcome.rejected.is_empty());
+    let mut expected: Vec<OwnedSession> = first.to_vec();
+    expected.extend_from_slice(&rest[..BATCH_MAX + 8]);
+    for _ in 0..2 {
+        let listed = store.sessions(SessionFilter::default()).await.unwrap();
+        let mut ids: Vec<&str> = listed.iter().map(|s| &*s.id).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        assert_eq!((listed.len(), ids.len()), (expected.len(), expected.len()));
+        for s in &expected {
+            let stored = listed.iter().find(|l| l.id == s.id).unwrap();
+            assert_eq!(stored.end, s.end, "{}", s.id);
+        }
+        assert_eq!(
+            store.usage_days(None, None).await.unwrap(),
+            replayed(&expected, &settings)
+        );
+        store.close();
+        drop(store);
+        store = SqliteStore::open(&path).unwrap();
+        // After the restart, the ids come back from the batches: nothing is new.
+        let again = store.ingest(ingest_of(&sync)).await.unwrap();
+        assert_eq!(again.accepted.len(), sync.len());
+    }
+}
+
+/// The stored body is the record as the agent sent it (spacing, field order and
+/// offsets); user and device come back from the row, and a longer copy sent later
+/// replaces the body whole.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_session_is_stored_as_received_and_read_back_with_its_user_and_device() {
+    let path = temp_db("as-received");
+    let store = SqliteStore::open(&path).unwrap();
+    store
+        .put_settings(settings(Policy::default()))
+        .await
+        .unwrap();
+    let received = |end: &str| {
+        let text = format!(
+            r#"{{ "product" : "acad", "id": "0193-r", "start": "2026-02-02T14:15:00+05:45",
+                 "end": "{end}", "tz": "Asia/Kathmandu", "extra": [1, 2] }}"#
+        );
+        let raw: RawSession<'_> = serde_json::from_str(&text).unwrap();
+        let (mut session, zone) = raw.check(&mut ZoneCache::new()).unwrap();
+        session.user = Some("sophie".into());
+        session.device = Some("ws-1".into());
+        let session = session.into_owned();
+        (
+            Incoming {
+                session,
+                zone,
+                body: text,
+            },
+            end.to_owned(),
+        )
+    };
+    for end in ["2026-02-02T15:00:00+05:45", "2026-02-02T16:00:00+05:45"] {
+        let (incoming, _) = received(end);
+        let ingest = Ingest::received("sophie".into(), "ws-1".into(), vec![incoming], Utc::now());
+        let outcome = store.ingest(ingest).await.unwrap();
+        assert_eq!(outcome.accepted, ["0193-r"]);
+    }
+    let listed = store.sessions(SessionFilter::default()).await.unwrap();
+    assert_eq!(listed.len(), 1);
+    let s = &listed[0];
+    assert_eq!(s.user.as_deref(), Some("sophie"));
+    assert_eq!(s.device.as_deref(), Some("ws-1"));
+    assert_eq!(s.start.to_rfc3339(), "2026-02-02T14:15:00+05:45");
+    assert_eq!(
+        s.end.map(|e| e.to_rfc3339()).as_deref(),
+        Some("2026-02-02T16:00:00+05:45")
+    );
+    store.close();
+    let conn = Connection::open(&path).unwrap();
+    let (_, _, _, batch) = find_batch(&mut conn.prepare(FIND_BATCH).unwrap(), 1).unwrap();
+    assert_eq!(batch.len(), 1);
+    assert_eq!(
+        batch.get(0),
+        Some(&*received("2026-02-02T16:00:00+05:45").0.body)
+    );
+}
+
+/// Runs held by the writer are written out in bulk, and those held when the process
+/// stops are gathered again when the store opens: after any restart, every stored
+/// session is in exactly one run, written out or held, of its own key.
+#[tokio::test(flavor = "multi_thread")]
+async fn every_session_is_in_one_run_of_its_key_across_flushes_and_restarts() {
+    let all = history();
+    let path = temp_db("runs");
+    let settings = settings(Policy::default());
+    let mut store = SqliteStore::open(&path).unwrap();
+    store.put_settings(settings.clone()).await.unwrap();
+    for (i, batch) in all.chunks(3).enumerate() {
+        store.ingest(ingest_of(batch)).await.unwrap();
+        if i % 7 == 3 {
+            store.close();
+            drop(store);
+            store = SqliteStore::open(&path).unwrap();
+        }
+    }
+    // Covered: rows in `session_runs`, and rows the store gathers at open.
+    store.close();
+    drop(store);
+    let conn = Connection::open(&path).unwrap();
+    let mut written: Vec<(String, String, i64, i64)> = conn
+        .prepare("SELECT user, product, first_row, last_row FROM session_runs")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert!(!written.is_empty(), "runs were written out");
+    let held = gather_runs(&conn).unwrap();
+    let held: Vec<Run> = held.of("sophie", "acad", i64::MIN).collect();
+    written.extend(
+        held.iter()
+            .map(|r| ("sophie".into(), "acad".into(), r.first, r.last)),
+    );
+    let rows: Vec<(i64, String, String)> = conn
+        .prepare("SELECT row, user, product FROM sessions")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(rows.len(), all.len());
+    for (row, user, product) in rows {
+        let holding: Vec<_> = written
+            .iter()
+            .filter(|(_, _, first, last)| (*first..=*last).contains(&row))
+            .collect();
+        assert_eq!(holding.len(), 1, "row {row}: {holding:?}");
+        assert_eq!((&holding[0].0, &holding[0].1), (&user, &product));
+    }
+    let store = SqliteStore::open(&path).unwrap();
+    // A session before all the others makes the key load its tail from the runs.
+    let early = session(
+        "0000-early",
+        "2025-01-01T09:00:00+01:00",
+        "2025-01-01T17:00:00+01:00",
+    );
+    store
+        .ingest(ingest_of(std::slice::from_ref(&early)))
+        .await
+        .unwrap();
+    let mut everything = all.clone();
+    everything.push(early);
+    assert_eq!(
+        store.usage_days(None, None).await.unwrap(),
+        replayed(&everything, &settings)
+    );
+    store.close();
+    let _ = std::fs::remove_dir_all(path.parent().unwrap());
+}
+
+/// Ledger entries are written a batch per recomputed key and read one by one,
+/// numbered without a gap across syncs, an import and a restart.
+#[tokio::test(flavor = "multi_thread")]
+async fn ledger_entries_are_numbered_one_by_one_across_batches_and_a_restart() {
+    let all = history();
+    let path = temp_db("ledger-batches");
+    let mut store = SqliteStore::open(&path).unwrap();
+    store
+        .put_settings(settings(Policy::default()))
+        .await
+        .unwrap();
+    let (first, rest) = all.split_at(40);
+    for batch in first.chunks(5) {
+        store.ingest(ingest_of(batch)).await.unwrap();
+    }
+    store.close();
+    drop(store);
+    store = SqliteStore::open(&path).unwrap();
+    for batch in rest.chunks(7) {
+        store.ingest(ingest_of(batch)).await.unwrap();
+    }
+    let mut repriced = settings(Policy::default());
+    if let Some(p) = repriced.catalog.get_mut("acad") {
+        p.tokens_per_day = 9;
+    }
+    store.put_settings(repriced).await.unwrap();
+    let entries = store.ledger(None, None, usize::MAX).await.unwrap();
+    let seqs: Vec<i64> = entries.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, (1..=entries.len() as i64).collect::<Vec<_>>());
+    assert!(entries.iter().any(|e| e.reason.starts_with("day changed")));
+    let charged: i64 = store
+        .usage_days(None, None)
+        .await
+        .unwrap()
+        .iter()
+        .map(|d| d.tokens as i64)
+        .sum();
+    assert_eq!(entries.iter().map(|e| e.tokens).sum::<i64>(), charged);
+    store.close();
+    let conn = Connection::open(&path).unwrap();
+    let batches: i64 = conn
+        .query_row("SELECT COUNT(*) FROM ledger_batches", [], |r| r.get(0))
+        .unwrap();
+    assert!(
+        batches < entries.len() as i64 / 2,
+        "{batches} batches for {} entries",
+        entries.len()
+    );
+    let _ = std::fs::remove_dir_all(path.parent().unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failing_write_fails_alone_in_its_group() {
+    let path = temp_db("fails-alone");
+    let store = SqliteStore::open(&path).unwrap();
+    store
+        .put_settings(settings(Policy::default()))
+        .await
+        .unwrap();
+    let device = |id: &str, hash: u8| Device {
+        id: id.into(),
+        hostname: id.into(),
+        os: "linux".into(),
+        agent_version: "0".into(),
+        token_hash: [hash; 32],
+        enrolled_at: Utc::now(),
+        revoked: false,
+    };
+    store.add_device(device("ws-1", 1)).await.unwrap();
+    let monday = session(
+        "m1",
+        "2026-02-02T09:00:00+01:00",
+        "2026-02-02T12:00:00+01:00",
+    );
+    // Queued together: the duplicate device fails, the others are stored.
+    let (dup, synced, other) = tokio::join!(
+        store.add_device(device("ws-1", 1)),
+        store.ingest(ingest_of(&[monday])),
+        store.add_device(device("ws-2", 2)),
+    );
+    assert!(dup.is_err());
+    assert_eq!(synced.unwrap().accepted, vec!["m1".to_string()]);
+    other.unwrap();
+    let devices = store.devices().await.unwrap();
+    assert_eq!(devices.len(), 2);
+    assert_eq!(store.usage_days(None, None).await.unwrap().len(), 1);
+    store.close();
+    let _ = std::fs::remove_dir_all(path.parent().unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bounded_recomputation_equals_replay_whatever_the_batch_order() {
+    for policy in [
+        Policy::default(),
+        Policy {
+            short_sessions: ShortSessions::CountFree,
+            ..Policy::default()
+        },
+        Policy {
+            rollover: Rollover::Active,
+            ..Policy::default()
+        },
+    ] {
+        let path = temp_db("bounded");
+        let store = SqliteStore::open(&path).unwrap();
+        let settings = settings(policy);
+        store.put_settings(settings.clone()).await.unwrap();
+        let all = history();
+        // Forward in batches of 5, but the first 20 sessions arrive last (late).
+        let (early, late) = all.split_at(20);
+        for batch in late.chunks(5).chain(early.chunks(5)) {
+            let ingest = ingest_of(batch);
+            let outcome = store.ingest(ingest).await.unwrap();
+            assert_eq!(outcome.accepted.len(), batch.len());
+        }
+        let stored = store.usage_days(None, None).await.unwrap();
+        assert_eq!(stored, replayed(&all, &settings), "{:?}", settings.policy);
+        store.close();
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    }
+}
+
+/// `session` still running halfway through: no end, last seen then.
+fn running(s: &OwnedSession) -> OwnedSession {
+    let mut open = s.clone();
+    let end = s.end.unwrap();
+    open.end = None;
+    open.last_seen = Some(s.start + (end - s.start) / 2);
+    open
+}
+
+/// The writer's tails and id index against `replay`: shuffled batches of many sizes,
+/// sessions first reported running and later closed, copies sent twice, and a
+/// restart halfway (which empties the tails and rebuilds the index from the table).
+#[tokio::test(flavor = "multi_thread")]
+async fn tails_and_the_id_index_equal_replay_across_shuffles_copies_and_a_restart() {
+    let all = history();
+    for seed in 1..=4u64 {
+        let path = temp_db(&format!("tails-{seed}"));
+        let settings = settings(Policy::default());
+        let mut rng = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let mut next = move |n: u64| {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng % n
+        };
+        // Mostly forward, with some sessions moved later, and a running copy of every
+        // fifth session sent somewhat before the closed one.
+        let mut sends: Vec<(u64, OwnedSession)> = Vec::new();
+        for (i, s) in all.iter().enumerate() {
+            let at = i as u64 * 10 + if next(6) == 0 { next(400) } else { 0 };
+            if i % 5 == 0 {
+                sends.push((at.saturating_sub(15), running(s)));
+            }
+            sends.push((at, s.clone()));
+            if next(10) == 0 {
+                sends.push((at + next(100), s.clone()));
+            }
+        }
+        sends.sort_by_key(|(at, _)| *at);
+        let mut store = SqliteStore::open(&path).unwrap();
+        store.put_settings(settings.clone()).await.unwrap();
+        let mut sent = 0;
+        let half = sends.len() / 2;
+        while sent < sends.len() {
+            if sent >= half && sent < half + 8 {
+                store.close();
+                drop(store);
+                store = SqliteStore::open(&path).unwrap();
+                sent = half + 8;
+                // The batches that would have gone in between go now.
+                let batch: Vec<_> = sends[half..half + 8]
+                    .iter()
+                    .map(|(_, s)| s.clone())
+                    .collect();
+                let outcome = store.ingest(ingest_of(&batch)).await.unwrap();
+                assert!(outcome.rejected.is_empty(), "{outcome:?}");
+                continue;
+            }
+            let n = (1 + next(8) as usize).min(sends.len() - sent);
+            let batch: Vec<_> = sends[sent..sent + n]
+                .iter()
+                .map(|(_, s)| s.clone())
+                .collect();
+            let outcome = store.ingest(ingest_of(&batch)).await.unwrap();
+            assert!(outcome.rejected.is_empty(), "seed {seed}: {outcome:?}");
+            assert_eq!(outcome.accepted.len(), n);
+            sent += n;
+        }
+        let stored = store.usage_days(None, None).await.unwrap();
+        assert_eq!(stored, replayed(&all, &settings), "seed {seed}");
+        let kept = store.sessions(SessionFilter::default()).await.unwrap();
+        assert_eq!(kept.len(), all.len(), "seed {seed}: each id stored once");
+        assert!(
+            kept.iter().all(|s| s.end.is_some()),
+            "seed {seed}: closed copies won"
+        );
+        let charged: i64 = stored.iter().map(|d| d.tokens as i64).sum();
+        let booked: i64 = store
+            .ledger(None, None, usize::MAX)
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| e.tokens)
+            .sum();
+        assert_eq!(
+            booked, charged,
+            "seed {seed}: the ledger holds the usage days"
+        );
+        store.close();
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    }
+}
