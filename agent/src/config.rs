@@ -1,6 +1,7 @@
-//! The agent's configuration: a small TOML file pushed by IT (Group Policy on Windows
-//! comes with the service issue), with the enrolment secret preferably in the
-//! environment.
+//! The agent's configuration: a small TOML file pushed by IT, with the enrolment secret
+//! preferably in the environment; on Windows, Group Policy and the installer's registry
+//! values rank above both ([`crate::group_policy`] has the order and why), and the file
+//! is optional once the registry names the collector.
 //!
 //! ```toml
 //! collector_url = "https://licensing.example.com:8650"
@@ -25,6 +26,7 @@ use serde::Deserialize;
 
 use daymeter_shared::catalog::{Catalog, MatchRule, Product};
 
+use crate::group_policy::{self, GroupPolicyError, Layers, LocalPolicy, Origin, Origins, Setting};
 use crate::journal::JournalKind;
 use crate::users::{UserMap, UserMapFile};
 
@@ -53,11 +55,12 @@ impl fmt::Debug for Secret {
     }
 }
 
-/// The file as written.
-#[derive(Debug, Deserialize)]
+/// The file as written (all of it optional: the registry may give the collector).
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct File {
-    collector_url: String,
+    #[serde(default)]
+    collector_url: Option<String>,
     #[serde(default)]
     enrollment_secret: Option<Secret>,
     #[serde(default)]
@@ -133,6 +136,12 @@ pub struct Config {
     /// same crash torture. A journal the other backend wrote is migrated when the agent
     /// starts, or the agent refuses to start and says why (`journal/migrate.rs`).
     pub journal: JournalKind,
+    /// Where each registry-backed setting came from, for `status`.
+    pub origins: Origins,
+    /// This machine's overrides of the collector's policy (`RemindBefore`,
+    /// `GraceEnforcement` in the registry): apply with [`LocalPolicy::over`] to every
+    /// policy the agent takes in.
+    pub overrides: LocalPolicy,
 }
 
 /// Why a configuration cannot be used; names the file and the key.
@@ -157,18 +166,33 @@ pub enum ConfigError {
         "{path}: no data_dir set and no home or service data directory could be found for this account"
     )]
     NoDataDir { path: PathBuf },
+    #[error(transparent)]
+    Registry(#[from] GroupPolicyError),
 }
 
 impl Config {
-    /// Reads the file, then the environment (`DAYMETER_ENROLLMENT_SECRET` wins over the
-    /// file's `enrollment_secret`).
+    /// Reads the registry (Group Policy, then the installer's values; nothing outside
+    /// Windows), the file, then the environment. The file may be missing when the
+    /// registry names the collector.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
-            path: path.to_owned(),
-            error,
-        })?;
+        let layers = group_policy::read()?;
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => Some(text),
+            Err(error)
+                if error.kind() == std::io::ErrorKind::NotFound
+                    && layers.collector_url().is_some() =>
+            {
+                None
+            }
+            Err(error) => {
+                return Err(ConfigError::Read {
+                    path: path.to_owned(),
+                    error,
+                });
+            }
+        };
         let env_secret = std::env::var(SECRET_ENV).ok().filter(|s| !s.is_empty());
-        Config::parse(path, &text, env_secret)
+        Config::assemble(path, text.as_deref(), env_secret, layers)
     }
 
     /// Parses a configuration text; `path` only names it in errors.
@@ -177,37 +201,67 @@ impl Config {
         text: &str,
         env_secret: Option<String>,
     ) -> Result<Config, ConfigError> {
-        let file: File = toml::from_str(text).map_err(|e| ConfigError::Syntax {
-            path: path.to_owned(),
-            message: e.message().to_owned(),
-        })?;
+        Config::assemble(path, Some(text), env_secret, Layers::default())
+    }
+
+    /// The registry's layers over the file (`None`: no file) and the environment's
+    /// secret, each setting from the first that sets it; `path` only names the file in
+    /// errors.
+    pub fn assemble(
+        path: &Path,
+        text: Option<&str>,
+        env_secret: Option<String>,
+        layers: Layers,
+    ) -> Result<Config, ConfigError> {
+        let file: File = match text {
+            Some(text) => toml::from_str(text).map_err(|e| ConfigError::Syntax {
+                path: path.to_owned(),
+                message: e.message().to_owned(),
+            })?,
+            None => File::default(),
+        };
         let value_error = |key: &'static str, message: String| ConfigError::Value {
             path: path.to_owned(),
             key,
             message,
         };
-        let collector_url = file.collector_url.trim_end_matches('/').to_owned();
-        if !(collector_url.starts_with("https://") || collector_url.starts_with("http://")) {
-            return Err(value_error(
-                "collector_url",
-                format!("`{collector_url}` is not an http:// or https:// URL"),
-            ));
-        }
-        let poll_interval = match file.poll_interval.as_deref() {
-            None => Duration::from_secs(1),
-            Some(text) => {
-                let d = humantime::parse_duration(text).map_err(|e| {
-                    value_error("poll_interval", format!("`{text}` is not a duration: {e}"))
-                })?;
-                if d < Duration::from_millis(10) {
-                    return Err(value_error(
-                        "poll_interval",
-                        format!("`{text}` is shorter than 10ms"),
-                    ));
-                }
-                d
-            }
+        let Layers { policy, installer } = layers;
+        let mut origins = Origins::new();
+        let mut chosen = |setting: Setting, origin: Option<Origin>| {
+            origins.insert(setting, origin.unwrap_or(Origin::Default));
         };
+        let file_url = file
+            .collector_url
+            .as_deref()
+            .map(check_collector_url)
+            .transpose()
+            .map_err(|m| value_error("collector_url", m))?;
+        let (origin, collector_url) = group_policy::pick([
+            (Origin::Policy, policy.collector_url),
+            (Origin::Installer, installer.collector_url),
+            (Origin::File, file_url),
+        ])
+        .ok_or_else(|| {
+            value_error(
+                "collector_url",
+                "missing: set it in the file (or by Group Policy's CollectorUrl on Windows)"
+                    .to_owned(),
+            )
+        })?;
+        chosen(Setting::CollectorUrl, Some(origin));
+        let file_poll = file
+            .poll_interval
+            .as_deref()
+            .map(check_poll_interval)
+            .transpose()
+            .map_err(|m| value_error("poll_interval", m))?;
+        let poll = group_policy::pick([
+            (Origin::Policy, policy.poll_interval),
+            (Origin::Installer, installer.poll_interval),
+            (Origin::File, file_poll),
+        ]);
+        chosen(Setting::PollInterval, poll.map(|p| p.0));
+        let poll_interval = poll.map_or(Duration::from_secs(1), |p| p.1);
         let data_dir = match file.data_dir {
             Some(dir) => dir,
             None => default_data_dir().ok_or_else(|| ConfigError::NoDataDir {
@@ -232,9 +286,46 @@ impl Config {
             })?,
         };
         let user = file.user.filter(|u| !u.trim().is_empty());
-        let user_map = match file.user_map {
-            None => UserMap::Login,
-            Some(m) => UserMap::from_file(m).map_err(|e| value_error("user_map", e))?,
+        let file_map = file
+            .user_map
+            .map(UserMap::from_file)
+            .transpose()
+            .map_err(|e| value_error("user_map", e))?;
+        let map = group_policy::pick([
+            (Origin::Policy, policy.user_map),
+            (Origin::Installer, installer.user_map),
+            (Origin::File, file_map),
+        ]);
+        chosen(Setting::UserMap, map.as_ref().map(|m| m.0));
+        let user_map = map.map_or(UserMap::Login, |m| m.1);
+        let secret = group_policy::pick([
+            (Origin::Policy, policy.enrollment_secret),
+            (Origin::Installer, installer.enrollment_secret),
+            (Origin::Environment, env_secret.map(Secret::new)),
+            (Origin::File, file.enrollment_secret),
+        ]);
+        chosen(Setting::EnrollmentSecret, secret.as_ref().map(|s| s.0));
+        let ca = group_policy::pick([
+            (Origin::Policy, policy.ca_file),
+            (Origin::Installer, installer.ca_file),
+            (Origin::File, file.ca_file),
+        ]);
+        chosen(Setting::CaFile, ca.as_ref().map(|c| c.0));
+        let remind_before = group_policy::pick([
+            (Origin::Policy, policy.remind_before),
+            (Origin::Installer, installer.remind_before),
+        ]);
+        let enforce = group_policy::pick([
+            (Origin::Policy, policy.grace_enforcement),
+            (Origin::Installer, installer.grace_enforcement),
+        ]);
+        // Without an override these two are the collector's policy, not a default.
+        let local = |o: Option<Origin>| Some(o.unwrap_or(Origin::Collector));
+        chosen(Setting::RemindBefore, local(remind_before.map(|r| r.0)));
+        chosen(Setting::GraceEnforcement, local(enforce.map(|e| e.0)));
+        let overrides = LocalPolicy {
+            remind_before: remind_before.map(|r| r.1),
+            enforce: enforce.map(|e| e.1),
         };
         let socket = file.socket.unwrap_or_else(|| default_socket(&data_dir));
         let catalog = match file.catalog {
@@ -271,15 +362,17 @@ impl Config {
         };
         Ok(Config {
             collector_url,
-            enrollment_secret: env_secret.map(Secret::new).or(file.enrollment_secret),
+            enrollment_secret: secret.map(|s| s.1),
             data_dir,
             user,
             user_map,
             socket,
             poll_interval,
-            ca_file: file.ca_file,
+            ca_file: ca.map(|c| c.1),
             catalog,
             journal,
+            origins,
+            overrides,
         })
     }
 
@@ -302,6 +395,26 @@ impl Config {
                 .licence_user(&signed_in_user().unwrap_or_else(|| "unknown".to_owned())),
         }
     }
+}
+
+/// A collector URL as the agent keeps it: http:// or https://, no trailing slash.
+pub(crate) fn check_collector_url(text: &str) -> Result<String, String> {
+    let url = text.trim_end_matches('/').to_owned();
+    if url.starts_with("https://") || url.starts_with("http://") {
+        Ok(url)
+    } else {
+        Err(format!("`{url}` is not an http:// or https:// URL"))
+    }
+}
+
+/// A poll interval: a duration of 10 ms or more.
+pub(crate) fn check_poll_interval(text: &str) -> Result<Duration, String> {
+    let d =
+        humantime::parse_duration(text).map_err(|e| format!("`{text}` is not a duration: {e}"))?;
+    if d < Duration::from_millis(10) {
+        return Err(format!("`{text}` is shorter than 10ms"));
+    }
+    Ok(d)
 }
 
 /// The system service answers in its 0755 runtime directory (systemd's
@@ -468,6 +581,84 @@ mod tests {
         }
         let e = parse(&format!("{base}journal = \"Redb\"\n")).unwrap_err();
         assert!(e.to_string().contains("journal"), "{e}");
+    }
+
+    fn layer(pairs: &[(&str, &str)]) -> group_policy::Settings {
+        let values: Vec<(String, String)> = pairs
+            .iter()
+            .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
+            .collect();
+        group_policy::Settings::parse("Software\\Test", &values).unwrap()
+    }
+
+    #[test]
+    fn policy_wins_over_the_installer_which_wins_over_the_file() {
+        let layers = Layers {
+            policy: layer(&[("CollectorUrl", "https://policy"), ("PollInterval", "3s")]),
+            installer: layer(&[
+                ("CollectorUrl", "https://installer"),
+                ("EnrollmentSecret", "from-installer"),
+            ]),
+        };
+        let c = Config::assemble(
+            Path::new("agent.toml"),
+            Some("collector_url = \"https://file\"\nenrollment_secret = \"from-file\"\nuser_map = \"{login}@file\"\ndata_dir = \"/tmp/d\""),
+            Some("from-env".into()),
+            layers,
+        )
+        .unwrap();
+        assert_eq!(c.collector_url, "https://policy");
+        assert_eq!(c.poll_interval, Duration::from_secs(3));
+        assert_eq!(
+            c.enrollment_secret.as_ref().unwrap().expose(),
+            "from-installer"
+        );
+        assert_eq!(c.licence_user(Some("ana")), "ana@file");
+        let o = &c.origins;
+        assert_eq!(o[&Setting::CollectorUrl], Origin::Policy);
+        assert_eq!(o[&Setting::PollInterval], Origin::Policy);
+        assert_eq!(o[&Setting::EnrollmentSecret], Origin::Installer);
+        assert_eq!(o[&Setting::UserMap], Origin::File);
+        assert_eq!(o[&Setting::CaFile], Origin::Default);
+        assert_eq!(o[&Setting::RemindBefore], Origin::Collector);
+        assert_eq!(o[&Setting::GraceEnforcement], Origin::Collector);
+        assert_eq!(c.overrides, LocalPolicy::default());
+    }
+
+    #[test]
+    fn with_the_collector_from_policy_no_file_is_needed() {
+        let layers = Layers {
+            policy: layer(&[
+                ("CollectorUrl", "http://c:8650"),
+                ("RemindBefore", "10m"),
+                ("GraceEnforcement", "warn"),
+            ]),
+            installer: group_policy::Settings::default(),
+        };
+        let c = Config::assemble(Path::new("agent.toml"), None, None, layers).unwrap();
+        assert_eq!(c.collector_url, "http://c:8650");
+        assert_eq!(c.poll_interval, Duration::from_secs(1));
+        assert_eq!(c.overrides.remind_before, Some(Duration::from_secs(600)));
+        assert_eq!(
+            c.overrides.enforce,
+            Some(daymeter_shared::policy::Enforce::Warn)
+        );
+        assert_eq!(c.origins[&Setting::RemindBefore], Origin::Policy);
+        assert_eq!(c.origins[&Setting::PollInterval], Origin::Default);
+        let e =
+            Config::assemble(Path::new("agent.toml"), None, None, Layers::default()).unwrap_err();
+        assert!(e.to_string().contains("collector_url"), "{e}");
+    }
+
+    #[test]
+    fn the_environment_secret_ranks_below_the_registry_and_above_the_file() {
+        let c = Config::parse(
+            Path::new("agent.toml"),
+            "collector_url = \"http://h\"\nenrollment_secret = \"from-file\"\ndata_dir = \"/tmp/d\"",
+            Some("from-env".into()),
+        )
+        .unwrap();
+        assert_eq!(c.origins[&Setting::EnrollmentSecret], Origin::Environment);
     }
 
     #[test]

@@ -3,6 +3,8 @@
 //!
 //! Map:
 //! - [`config`] — the agent's TOML configuration, environment overrides, default paths.
+//! - [`group_policy`] — the Windows registry's settings (Group Policy, the installer's
+//!   values), the order they rank in over the file, and the collector-policy overrides.
 //! - [`watch`] — which product processes run now: on Linux the kernel's process events
 //!   (netlink process connector) with an incremental `/proc` listing as backstop, or the
 //!   listing alone where events cannot be had; sysinfo on Windows and macOS; all behind
@@ -35,6 +37,7 @@ pub mod activity;
 pub mod config;
 pub mod enforce;
 pub mod grace;
+pub mod group_policy;
 pub mod helper;
 pub mod journal;
 pub mod meter;

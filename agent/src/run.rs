@@ -199,10 +199,12 @@ impl Agent {
             config.catalog.as_ref(),
             answer.as_ref().and_then(|a| a.catalog.as_ref()),
         );
-        let policy = answer
-            .as_ref()
-            .and_then(|a| a.policy.clone())
-            .unwrap_or_default();
+        let policy = config.overrides.over(
+            answer
+                .as_ref()
+                .and_then(|a| a.policy.clone())
+                .unwrap_or_default(),
+        );
         let offset = read_offset(journal.as_ref())?;
         if !offset.is_zero() {
             tracing::warn!(

@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use daymeter_shared::policy::Policy;
 
+use crate::group_policy::Origins;
 use crate::journal::{Stage, Tracked};
 use crate::reminder::Kind;
 use crate::sync::{GraceUntil, SyncAnswer};
@@ -121,6 +122,11 @@ pub struct Status {
     /// (the caller was neither root nor the agent's own account).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sessions_of_uid: Option<u32>,
+    /// Where each setting came from: `policy` (Group Policy), `installer` (the MSI's
+    /// values), `environment`, `file`, `collector` (the collector's policy) or
+    /// `default`; keys as in the configuration file (`collector_url`…).
+    #[serde(default)]
+    pub settings: Origins,
 }
 
 /// What a status is computed from.
@@ -147,6 +153,8 @@ pub struct Inputs<'a> {
     pub last_sleep: Option<[DateTime<Utc>; 2]>,
     pub reminders: Vec<SentItem>,
     pub grace: Vec<GraceItem>,
+    /// Where each setting came from (the configuration's origins).
+    pub settings: &'a Origins,
 }
 
 impl Status {
@@ -225,6 +233,7 @@ impl Status {
             last_sleep: i.last_sleep,
             reminders: i.reminders.into_iter().filter(|r| mine(r.uid)).collect(),
             sessions_of_uid: i.only_owner,
+            settings: i.settings.clone(),
         }
     }
 
@@ -238,6 +247,20 @@ impl Status {
             "agent not running (read from the journal)"
         };
         let _ = writeln!(out, "{who}; collector {}", self.collector_url);
+        if !self.settings.is_empty() {
+            let from: Vec<String> = self
+                .settings
+                .iter()
+                .map(|(setting, origin)| {
+                    let name = serde_json::to_value(setting)
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_owned))
+                        .unwrap_or_default();
+                    format!("{name} {}", origin.as_str())
+                })
+                .collect();
+            let _ = writeln!(out, "settings from: {}", from.join(", "));
+        }
         if let Some(user) = &self.user {
             let _ = writeln!(out, "every session is charged to {user} (configured)");
         }
@@ -404,6 +427,7 @@ pub fn span(d: Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::group_policy::{Origin, Setting};
     use crate::meter::Meter;
     use crate::watch::{ProcessKey, Running};
     use chrono::{TimeDelta, TimeZone};
@@ -436,6 +460,10 @@ mod tests {
         m.observe(&r, now, &mut anyone);
         let sessions: Vec<&Tracked> = m.open().collect();
         let policy = Policy::default();
+        let settings = Origins::from([
+            (Setting::CollectorUrl, Origin::Policy),
+            (Setting::GraceEnforcement, Origin::Collector),
+        ]);
         let s = Status::build(Inputs {
             running: true,
             now,
@@ -454,6 +482,7 @@ mod tests {
             last_sleep: None,
             reminders: Vec::new(),
             grace: Vec::new(),
+            settings: &settings,
         });
         assert_eq!(s.open.len(), 1);
         assert_eq!(s.open[0].window_end, Some(t0 + TimeDelta::hours(24)));
@@ -466,5 +495,11 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("22 h left"), "{text}");
+        assert!(
+            text.contains("settings from: collector_url policy, grace_enforcement collector"),
+            "{text}"
+        );
+        let json = serde_json::to_value(&s).unwrap();
+        assert_eq!(json["settings"]["collector_url"], "policy");
     }
 }

@@ -63,6 +63,7 @@ impl Agent {
             last_sleep: state.last_sleep.map(|(a, b)| [a, b]),
             reminders,
             grace: self.grace_items(&state),
+            settings: &self.config.origins,
         })
     }
 }
@@ -110,10 +111,12 @@ pub fn offline_status(
     } = Remembered::read(journal)?;
     let enrolment = journal.enrolment()?;
     let now = now + read_offset(journal)?;
-    let policy = answer
-        .as_ref()
-        .and_then(|a| a.policy.clone())
-        .unwrap_or_default();
+    let policy = config.overrides.over(
+        answer
+            .as_ref()
+            .and_then(|a| a.policy.clone())
+            .unwrap_or_default(),
+    );
     let tracked = journal.sessions()?;
     let sessions: Vec<&Tracked> = tracked.iter().collect();
     Ok(Status::build(Inputs {
@@ -134,6 +137,7 @@ pub fn offline_status(
         last_sleep: None,
         reminders: Vec::new(),
         grace: Vec::new(),
+        settings: &config.origins,
     }))
 }
 

@@ -225,7 +225,8 @@ impl Agent {
             }
         }
         if let Some(policy) = &answer.policy {
-            state.policy = policy.clone();
+            // This machine's registry overrides (RemindBefore, GraceEnforcement) win.
+            state.policy = self.config.overrides.over(policy.clone());
         }
         state.last_sync = Some(now);
         state.last_error = None;
