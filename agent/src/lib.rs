@@ -2,6 +2,8 @@
 //! one by one and the binary stays a thin command line.
 //!
 //! Map:
+//! - [`accounts`] — Windows accounts as `u32` ids (SID → id and name, kept in the
+//!   journal so an offline machine names its users as before); Linux has uids.
 //! - [`config`] — the agent's TOML configuration, environment overrides, default paths.
 //! - [`watch`] — which product processes run now: on Linux the kernel's process events
 //!   (netlink process connector) with an incremental `/proc` listing as backstop, or the
@@ -28,6 +30,7 @@
 //! - [`helper`] — `daymeter-agent session`, the per-user session helper: reports the
 //!   user's idle time to the service and shows its reminders as desktop notifications.
 
+pub mod accounts;
 pub mod activity;
 pub mod config;
 pub mod enforce;

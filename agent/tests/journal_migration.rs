@@ -8,13 +8,16 @@
 
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};
+#[cfg(unix)]
 use std::process::Command;
 use std::time::Duration;
 
 use chrono::{DateTime, FixedOffset, TimeZone};
 
 use daymeter_agent::config::Config;
-use daymeter_agent::journal::migrate::{CRASH_ENV, in_charge};
+#[cfg(unix)]
+use daymeter_agent::journal::migrate::CRASH_ENV;
+use daymeter_agent::journal::migrate::in_charge;
 use daymeter_agent::journal::redb::RedbJournal;
 use daymeter_agent::journal::sled::SledJournal;
 use daymeter_agent::journal::{
@@ -229,6 +232,7 @@ fn migration_child() {
 }
 
 /// Runs the child, which must die at `step`.
+#[cfg(unix)]
 fn crash_at(dir: &Path, to: JournalKind, step: &str) {
     let out = Command::new(std::env::current_exe().unwrap())
         .args([
@@ -250,6 +254,7 @@ fn crash_at(dir: &Path, to: JournalKind, step: &str) {
     );
 }
 
+#[cfg(unix)]
 fn crash_mid_migration_recovers(from: JournalKind, to: JournalKind) {
     for step in [
         "marked",
