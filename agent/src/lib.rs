@@ -7,7 +7,8 @@
 //! - [`config`] — the agent's TOML configuration, environment overrides, default paths.
 //! - [`watch`] — which product processes run now: on Linux the kernel's process events
 //!   (netlink process connector) with an incremental `/proc` listing as backstop, or the
-//!   listing alone where events cannot be had; sysinfo on Windows and macOS; all behind
+//!   listing alone where events cannot be had; a Toolhelp snapshot on Windows; sysinfo on
+//!   macOS; all behind
 //!   [`watch::ProcessSource`].
 //! - [`journal`] — every session, the device token and the collector's cached answers,
 //!   durable across crashes, behind [`journal::Journal`]: redb by default, sled at the

@@ -41,6 +41,10 @@ impl TokenOwner {
 /// A handle closed when dropped.
 pub struct Owned(pub HANDLE);
 
+// SAFETY: a kernel handle is valid from any thread of the process; `Owned` only closes
+// it, once.
+unsafe impl Send for Owned {}
+
 impl Drop for Owned {
     fn drop(&mut self) {
         // SAFETY: the handle was opened by us and is closed once, here.
@@ -192,4 +196,20 @@ fn name_of(sid: PSID) -> Option<String> {
     } else {
         format!("{domain}\\{name}")
     })
+}
+
+/// `DOMAIN\name` of a SID given as a string (`S-1-5-21-…`), as a process lister
+/// reports it.
+pub fn name_of_string(sid: &str) -> Option<String> {
+    use windows_sys::Win32::Security::Authorization::ConvertStringSidToSidW;
+    let wide: Vec<u16> = sid.encode_utf16().chain(Some(0)).collect();
+    let mut binary: PSID = std::ptr::null_mut();
+    // SAFETY: `wide` is NUL-terminated; the SID is allocated by the call and freed below.
+    if unsafe { ConvertStringSidToSidW(wide.as_ptr(), &mut binary) } == 0 {
+        return None;
+    }
+    let name = name_of(binary);
+    // SAFETY: allocated with LocalAlloc by ConvertStringSidToSidW.
+    unsafe { LocalFree(binary) };
+    name
 }
