@@ -4,9 +4,11 @@
 //! own parameters block: AutoCAD's toolsets are `acad.exe /product C3D`) and, for products only, its owner (the token user's SID,
 //! an id from [`crate::accounts`]).
 //!
-//! Chosen over sysinfo because it costs less per poll under Wine (figures in
-//! `docs/performance.md`, "Windows: process polling"): a steady poll is one snapshot and
-//! a walk over it, and opens nothing.
+//! Chosen over sysinfo by design, not yet by measurement (`benches/windows_poll.rs`
+//! compares them; `docs/performance.md`, "Windows: process polling"): a steady poll is
+//! one snapshot and a walk over it and opens nothing, where sysinfo keeps a handle on
+//! every process. Under Wine 8 sysinfo also reads no command lines (it asks only
+//! `ProcessCommandLineInformation`, which Wine does not answer).
 //!
 //! A process instance is its pid and start time ([`ProcessKey`]). A known pid is taken
 //! for the same instance while the snapshot shows it with the same executable name and
