@@ -120,7 +120,8 @@ pub struct Config {
     pub user: Option<String>,
     /// How an owner's login name becomes a licence user.
     pub user_map: UserMap,
-    /// The local socket the service answers on (`status`, `enroll`, session helpers).
+    /// The local socket the service answers on (`status`, `enroll`, session helpers);
+    /// on Windows the name of a named pipe (`\\.\pipe\…`).
     pub socket: PathBuf,
     pub poll_interval: Duration,
     /// A CA trusted in addition to the system roots (a company CA for the collector).
@@ -419,8 +420,25 @@ pub(crate) fn check_poll_interval(text: &str) -> Result<Duration, String> {
 
 /// The system service answers in its 0755 runtime directory (systemd's
 /// `RuntimeDirectory=daymeter`), where every user's session helper can reach it; an
-/// agent run by a user answers in its data directory.
+/// agent run by a user answers in its data directory. On Windows `socket` is a named
+/// pipe's name, [`PIPE`] unless configured.
 fn default_socket(data_dir: &Path) -> PathBuf {
+    #[cfg(windows)]
+    {
+        let _ = data_dir;
+        PathBuf::from(PIPE)
+    }
+    #[cfg(not(windows))]
+    {
+        default_unix_socket(data_dir)
+    }
+}
+
+/// The named pipe the Windows service answers on.
+pub const PIPE: &str = r"\\.\pipe\daymeter-agent";
+
+#[cfg(not(windows))]
+fn default_unix_socket(data_dir: &Path) -> PathBuf {
     #[cfg(unix)]
     {
         // SAFETY: geteuid has no preconditions and cannot fail.

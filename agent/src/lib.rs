@@ -2,12 +2,15 @@
 //! one by one and the binary stays a thin command line.
 //!
 //! Map:
+//! - [`accounts`] — Windows accounts as `u32` ids (SID → id and name, kept in the
+//!   journal so an offline machine names its users as before); Linux has uids.
 //! - [`config`] — the agent's TOML configuration, environment overrides, default paths.
 //! - [`group_policy`] — the Windows registry's settings (Group Policy, the installer's
 //!   values), the order they rank in over the file, and the collector-policy overrides.
 //! - [`watch`] — which product processes run now: on Linux the kernel's process events
 //!   (netlink process connector) with an incremental `/proc` listing as backstop, or the
-//!   listing alone where events cannot be had; sysinfo on Windows and macOS; all behind
+//!   listing alone where events cannot be had; a Toolhelp snapshot on Windows; sysinfo on
+//!   macOS; all behind
 //!   [`watch::ProcessSource`].
 //! - [`journal`] — every session, the device token and the collector's cached answers,
 //!   durable across crashes, behind [`journal::Journal`]: redb by default, sled at the
@@ -33,6 +36,7 @@
 //! - [`helper`] — `daymeter-agent session`, the per-user session helper: reports the
 //!   user's idle time to the service and shows its reminders as desktop notifications.
 
+pub mod accounts;
 pub mod activity;
 pub mod config;
 pub mod enforce;

@@ -205,6 +205,10 @@ impl Agent {
                 .and_then(|a| a.policy.clone())
                 .unwrap_or_default(),
         );
+        // Windows names accounts by SID: the journal's table gives them the ids the
+        // process source, the named pipe and `users::login_of` use.
+        #[cfg(windows)]
+        crate::accounts::install(Arc::new(crate::accounts::Accounts::load(journal.clone())?));
         let offset = read_offset(journal.as_ref())?;
         if !offset.is_zero() {
             tracing::warn!(

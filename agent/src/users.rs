@@ -96,7 +96,17 @@ pub fn login_of(uid: u32) -> Option<String> {
     }
 }
 
-#[cfg(not(unix))]
+/// The login name of an account id on Windows: the account's name without its domain
+/// (`sophie` for `FIRM\sophie`, so `user_map = "{login}@firm.com"` reads as on Linux),
+/// from the account table the agent keeps in its journal ([`crate::accounts`]): named
+/// once per SID and cached, so an offline machine names its users as before. `None`
+/// for an id the table does not know or has not named yet.
+#[cfg(windows)]
+pub fn login_of(uid: u32) -> Option<String> {
+    crate::accounts::installed()?.login_of(uid)
+}
+
+#[cfg(not(any(unix, windows)))]
 pub fn login_of(_uid: u32) -> Option<String> {
     None
 }

@@ -25,8 +25,8 @@ const CHILD_ENV: &str = "DAYMETER_JOURNAL_CHILD";
 /// What the tests need of a backend beyond [`Journal`].
 trait Backend: Journal + Sized {
     const NAME: &'static str;
-    /// The longest a lazy write may stay in memory only.
-    // Used by the kill -9 tests, which need Unix signals.
+    /// The longest a lazy write may stay in memory only (read by the Unix-only test of
+    /// lazy writes).
     #[cfg_attr(not(unix), allow(dead_code))]
     const FLUSH_PERIOD: Duration;
     fn open(dir: &Path) -> Result<Self, JournalError>;

@@ -1,14 +1,13 @@
-//! The helper's end of the service link (`crate::reminder::wire`): one Unix socket
-//! connection opened with the line `session`, the service's hello, then reminders in
-//! and idle reports out, one JSON document per line.
+//! The helper's end of the service link (`crate::reminder::wire`): one connection to
+//! the service's local socket (a Unix socket, or the named pipe on Windows:
+//! [`crate::status_socket::connect`]) opened with the line `session`, the service's
+//! hello, then reminders in and idle reports out, one JSON document per line.
 
 use std::io;
 use std::path::Path;
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
-use tokio::net::UnixStream;
-use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, Lines};
 
 use crate::reminder::Reminder;
 use crate::reminder::wire::{FromHelper, ToHelper};
@@ -44,11 +43,15 @@ pub enum Heard {
 /// An open link, after the hello.
 pub struct Link {
     // No length limit on the service's lines: the socket lives in the service's own
-    // root-owned runtime directory, so whoever answers there is the service.
-    lines: Lines<BufReader<OwnedReadHalf>>,
-    writer: OwnedWriteHalf,
+    // root-owned runtime directory, so whoever answers there is the service (on
+    // Windows the pipe's DACL lets no user create an instance of its name).
+    lines: Lines<BufReader<Box<dyn AsyncRead + Send + Unpin>>>,
+    writer: Box<dyn AsyncWrite + Send + Unpin>,
     /// How often the service wants the idle time.
     pub report_every: Duration,
+    /// The account the service knows this helper as (from the connection, not from
+    /// anything the helper said).
+    pub uid: u32,
 }
 
 impl Link {
@@ -58,8 +61,9 @@ impl Link {
             path: socket.display().to_string(),
             source,
         };
-        let stream = UnixStream::connect(socket).await.map_err(connect_error)?;
-        let (reader, mut writer) = stream.into_split();
+        let (reader, mut writer) = crate::status_socket::connect(socket)
+            .await
+            .map_err(connect_error)?;
         writer
             .write_all(b"session\n")
             .await
@@ -79,6 +83,7 @@ impl Link {
                 Ok(Link {
                     lines,
                     writer,
+                    uid,
                     report_every: Duration::from_millis(report_every_ms).max(FASTEST_REPORTS),
                 })
             }

@@ -22,13 +22,13 @@
 #[cfg(target_os = "linux")]
 pub mod guard;
 pub mod idle;
-#[cfg(unix)]
+#[cfg(any(unix, windows))]
 pub mod link;
 pub mod notify;
 pub mod render;
 #[cfg(target_os = "linux")]
 mod session;
-#[cfg(unix)]
+#[cfg(any(unix, windows))]
 pub mod status;
 
 use std::path::PathBuf;

@@ -1,6 +1,6 @@
 //! The service's status as text, for the notification that answers "Open daymeter
 //! status": the same request `daymeter-agent status` makes (`status` and a newline on
-//! the local socket, one JSON document back), rendered the same way. The service shows
+//! the local socket or pipe, one JSON document back), rendered the same way. The service shows
 //! this account its own sessions only.
 
 use std::path::Path;
@@ -25,16 +25,15 @@ pub async fn text(socket: &Path) -> String {
 }
 
 async fn ask(socket: &Path) -> Result<String, String> {
-    let mut stream = tokio::net::UnixStream::connect(socket)
+    let (read, mut write) = crate::status_socket::connect(socket)
         .await
         .map_err(|e| format!("no service answers on {}: {e}", socket.display()))?;
-    stream
+    write
         .write_all(b"status\n")
         .await
         .map_err(|e| e.to_string())?;
     let mut answer = String::new();
-    stream
-        .take(MAX_ANSWER)
+    read.take(MAX_ANSWER)
         .read_to_string(&mut answer)
         .await
         .map_err(|e| e.to_string())?;

@@ -3,13 +3,17 @@
 //! commands ask the agent that holds it).
 //!
 //! One command per connection: the client writes `status` or `enroll` and a newline,
-//! the agent writes one JSON document and closes. Unix domain socket on Linux and macOS
-//! ([`unix`]); Windows will use a named pipe with the service issue (until then `status`
-//! there reads the journal of a stopped agent).
+//! the agent writes one JSON document and closes; the line `session` instead keeps the
+//! connection for a session helper (`crate::reminder::wire`). Unix domain socket on
+//! Linux and macOS (`unix`), a named pipe on Windows (`pipe`, where the `socket`
+//! setting is the pipe's name); [`connect`] is the client's end of either, for the
+//! session helper.
 //!
 //! Every local account may connect (a designer asks the system's agent about their own
 //! products), so the file's mode decides nothing: each request is authorised by the
-//! caller's credentials as the kernel reports them for the connection ([`Access::of`]):
+//! caller's credentials as the kernel reports them for the connection ([`Access::of`];
+//! on Windows the account id of the connecting process's token user, see
+//! [`crate::accounts`], and [`Access::of_member`]):
 //! - `enroll` only from root or the account the agent runs as: enrolling replaces the
 //!   device's token, which is the service's business, not a designer's;
 //! - `status` from anyone, but a caller who is neither sees only the sessions of
@@ -22,6 +26,8 @@
 //! A refused request is answered (`{"refused": true, "error": …}`), never dropped, so
 //! the command line can say why.
 
+#[cfg(windows)]
+mod pipe;
 #[cfg(unix)]
 mod unix;
 
@@ -33,8 +39,6 @@ use serde_json::json;
 
 use crate::run::{Agent, RunError};
 
-// Used by the Unix socket today, by the Windows named pipe later.
-#[cfg_attr(not(unix), allow(dead_code))]
 /// Longest command line accepted (`ack` and a session id); anything longer is not a
 /// client of ours.
 const MAX_COMMAND: usize = 128;
@@ -58,6 +62,18 @@ impl Access {
             Access::Own(caller_uid)
         }
     }
+
+    /// The Windows rule: [`Access::of`], and members of BUILTIN\Administrators whose
+    /// token is elevated (`admin`) get everything too, as root does on Linux. A
+    /// UAC-filtered administrator's token is not elevated: they see their own sessions
+    /// until they ask from an elevated prompt.
+    pub fn of_member(caller_id: u32, service_id: u32, admin: bool) -> Access {
+        if admin {
+            Access::Full
+        } else {
+            Access::of(caller_id, service_id)
+        }
+    }
 }
 
 /// Starts answering on the configured socket path; a stale socket from a killed agent is
@@ -67,15 +83,17 @@ pub fn serve(agent: Arc<Agent>) -> Result<tokio::task::JoinHandle<()>, RunError>
     {
         unix::serve(agent)
     }
-    #[cfg(not(unix))]
+    #[cfg(windows)]
+    {
+        pipe::serve(agent)
+    }
+    #[cfg(not(any(unix, windows)))]
     {
         let _ = agent;
         Ok(tokio::spawn(async {}))
     }
 }
 
-// Used by the Unix socket today, by the Windows named pipe later.
-#[cfg_attr(not(unix), allow(dead_code))]
 /// The answer to one command from a caller with `access` (`None`: the caller's
 /// credentials could not be read, so nothing is answered but the refusal).
 async fn answer(agent: &Agent, command: &str, access: Option<Access>) -> String {
@@ -121,15 +139,11 @@ async fn answer(agent: &Agent, command: &str, access: Option<Access>) -> String 
     value.to_string()
 }
 
-// Used by the Unix socket today, by the Windows named pipe later.
-#[cfg_attr(not(unix), allow(dead_code))]
 fn status_json(agent: &Agent, only_owner: Option<u32>) -> serde_json::Value {
     serde_json::to_value(agent.status(only_owner))
         .unwrap_or_else(|e| json!({"error": e.to_string()}))
 }
 
-// Used by the Unix socket today, by the Windows named pipe later.
-#[cfg_attr(not(unix), allow(dead_code))]
 fn refused(why: &str) -> String {
     json!({ "refused": true, "enrolled": false, "error": why }).to_string()
 }
@@ -140,13 +154,38 @@ pub fn ask(path: &Path, command: &str) -> io::Result<String> {
     {
         unix::ask(path, command)
     }
-    #[cfg(not(unix))]
+    #[cfg(windows)]
+    {
+        pipe::ask(path, command)
+    }
+    #[cfg(not(any(unix, windows)))]
     {
         let _ = (path, command);
         Err(io::Error::new(
             io::ErrorKind::NotFound,
             "no status socket on this platform yet",
         ))
+    }
+}
+
+/// The two halves of a client's connection to the agent.
+pub type Connection = (
+    Box<dyn tokio::io::AsyncRead + Send + Unpin>,
+    Box<dyn tokio::io::AsyncWrite + Send + Unpin>,
+);
+
+/// Connects to the running agent (the Unix socket, or the named pipe on Windows), for
+/// a client that talks longer than one `ask`: the session helper's link and its status.
+#[cfg(any(unix, windows))]
+pub async fn connect(path: &Path) -> io::Result<Connection> {
+    #[cfg(unix)]
+    {
+        let (read, write) = tokio::net::UnixStream::connect(path).await?.into_split();
+        Ok((Box::new(read), Box::new(write)))
+    }
+    #[cfg(windows)]
+    {
+        pipe::connect(path).await
     }
 }
 
@@ -160,5 +199,74 @@ mod tests {
         assert_eq!(Access::of(998, 998), Access::Full);
         assert_eq!(Access::of(1000, 998), Access::Own(1000));
         assert_eq!(Access::of(1000, 0), Access::Own(1000));
+    }
+
+    #[test]
+    fn on_windows_an_elevated_administrator_has_full_access_and_a_filtered_one_their_own() {
+        // LocalSystem is id 0, as root; the service's own account is full as on Linux.
+        assert_eq!(Access::of_member(0, 1000, false), Access::Full);
+        assert_eq!(Access::of_member(1000, 1000, false), Access::Full);
+        assert_eq!(Access::of_member(1001, 0, true), Access::Full);
+        assert_eq!(Access::of_member(1001, 0, false), Access::Own(1001));
+    }
+
+    #[tokio::test]
+    async fn a_caller_with_their_own_access_may_not_enroll_or_acknowledge() {
+        let agent = scratch_agent();
+        let own = Some(Access::of_member(1001, 0, false));
+        let enroll: serde_json::Value =
+            serde_json::from_str(&answer(&agent, "enroll", own).await).unwrap();
+        assert_eq!(enroll["refused"], true, "{enroll}");
+        let ack: serde_json::Value =
+            serde_json::from_str(&answer(&agent, "ack 0190", own).await).unwrap();
+        assert_eq!(ack["refused"], true, "{ack}");
+        let unknown: serde_json::Value =
+            serde_json::from_str(&answer(&agent, "status", None).await).unwrap();
+        assert_eq!(unknown["refused"], true, "{unknown}");
+        let status: serde_json::Value =
+            serde_json::from_str(&answer(&agent, "status", own).await).unwrap();
+        assert!(status.get("refused").is_none(), "{status}");
+    }
+
+    /// An agent on a scratch journal with no collector, never run.
+    fn scratch_agent() -> Agent {
+        let dir = tempfile::tempdir().expect("scratch folder");
+        let text = format!(
+            "collector_url = \"http://127.0.0.1:9\"\ndata_dir = {:?}\nuser = \"t\"\n",
+            dir.path().display().to_string()
+        );
+        let config = crate::config::Config::parse(
+            std::path::Path::new("agent.toml"),
+            &text,
+            Some("secret-0123456789".to_owned()),
+        )
+        .expect("a configuration");
+        let journal =
+            Arc::new(crate::journal::redb::RedbJournal::open(dir.path()).expect("a journal"));
+        // The folder stays for the test's life (the journal holds files in it).
+        std::mem::forget(dir);
+        Agent::start(
+            config,
+            journal,
+            Arc::new(daymeter_shared::clock::SystemClock),
+            &NoProcesses,
+            None,
+        )
+        .expect("the agent")
+    }
+
+    struct NoProcesses;
+
+    impl crate::watch::ProcessSource for NoProcesses {
+        fn poll(
+            &mut self,
+            _: &dyn Fn(crate::watch::Seen<'_>) -> Option<String>,
+        ) -> std::io::Result<Vec<crate::watch::Running>> {
+            Ok(Vec::new())
+        }
+        fn forget(&mut self) {}
+        fn alive(&self, _: crate::watch::ProcessKey) -> bool {
+            false
+        }
     }
 }

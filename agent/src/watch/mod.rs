@@ -7,15 +7,19 @@
 //! the few processes that run products. On Linux that is `/proc` read directly
 //! ([`procfs`]; a full sysinfo refresh there costs several times a plain `/proc` walk),
 //! told by the kernel's process events which pids changed where it may subscribe to
-//! them ([`connector`]), so that a steady poll lists nothing; on Windows and macOS
-//! sysinfo (`sysinfo`).
+//! them ([`connector`]), so that a steady poll lists nothing; on Windows a Toolhelp
+//! snapshot (`windows`; cheaper than sysinfo there), on macOS sysinfo (`sysinfo`).
 
+#[cfg(any(windows, test))]
+pub mod cmdline;
 #[cfg(target_os = "linux")]
 pub mod connector;
 #[cfg(target_os = "linux")]
 pub mod procfs;
 #[cfg(not(target_os = "linux"))]
 pub mod sysinfo;
+#[cfg(windows)]
+pub mod windows;
 
 use serde::{Deserialize, Serialize};
 
@@ -36,8 +40,9 @@ pub struct Running {
     /// Catalog product id (`acad`, `civil3d`, …).
     pub product: String,
     /// The account running it (on Linux the owner of `/proc/PID`: the process's
-    /// effective uid), read once when the process is recognised; `None` where the
-    /// source does not tell (sysinfo, for now). The status socket shows a local user
+    /// effective uid; on Windows the id of its token user's SID, see
+    /// [`crate::accounts`]), read once when the process is recognised; `None` where the
+    /// source does not tell (sysinfo on macOS, for now). The status socket shows a local user
     /// the sessions of their own processes.
     pub owner: Option<u32>,
     /// The executable's file name (`acad.exe`), for `status`.
@@ -74,7 +79,11 @@ pub fn system() -> Box<dyn ProcessSource> {
             }
         }
     }
-    #[cfg(not(target_os = "linux"))]
+    #[cfg(windows)]
+    {
+        Box::new(self::windows::Toolhelp::new())
+    }
+    #[cfg(not(any(target_os = "linux", windows)))]
     {
         Box::new(self::sysinfo::Sysinfo::new())
     }

@@ -1,4 +1,6 @@
-//! Windows and macOS: processes listed through sysinfo.
+//! macOS (and Windows, where the agent lists processes with Toolhelp instead:
+//! `watch::windows`; this one stays for comparison, `benches/windows_poll.rs`):
+//! processes listed through sysinfo.
 //!
 //! sysinfo keeps its own table of processes between refreshes; each poll refreshes the
 //! list and asks for nothing else (no CPU, memory or disk figures, no threads), and for
@@ -31,6 +33,7 @@ pub struct Sysinfo {
 struct Known {
     generation: u64,
     product: Option<String>,
+    owner: Option<u32>,
     /// The executable's file name, kept for products only.
     exe: String,
 }
@@ -53,10 +56,29 @@ impl Sysinfo {
 
 /// Only what classification needs, each read once per process.
 fn refresh_kind() -> ProcessRefreshKind {
-    ProcessRefreshKind::nothing()
+    let kind = ProcessRefreshKind::nothing()
         .without_tasks()
         .with_exe(UpdateKind::OnlyIfNotSet)
-        .with_cmd(UpdateKind::OnlyIfNotSet)
+        .with_cmd(UpdateKind::OnlyIfNotSet);
+    // The owner's SID, mapped to an account id (`crate::accounts`).
+    #[cfg(windows)]
+    let kind = kind.with_user(UpdateKind::OnlyIfNotSet);
+    kind
+}
+
+/// The account id of a product process's owner: its SID through the account table.
+#[cfg(windows)]
+fn owner_of(process: &::sysinfo::Process) -> Option<u32> {
+    let sid = process.user_id()?.to_string();
+    Some(
+        crate::accounts::installed_or_memory()
+            .id_of(&sid, || crate::accounts::sid::name_of_string(&sid)),
+    )
+}
+
+#[cfg(not(windows))]
+fn owner_of(_: &::sysinfo::Process) -> Option<u32> {
+    None
 }
 
 fn exited(status: ProcessStatus) -> bool {
@@ -106,6 +128,7 @@ impl ProcessSource for Sysinfo {
                 });
                 Known {
                     generation,
+                    owner: product.as_ref().and_then(|_| owner_of(process)),
                     exe: if product.is_some() {
                         exe.into_owned()
                     } else {
@@ -119,8 +142,7 @@ impl ProcessSource for Sysinfo {
                 running.push(Running {
                     key,
                     product: product.clone(),
-                    // Owners come with the Windows service issue (named pipe callers).
-                    owner: None,
+                    owner: known.owner,
                     exe: known.exe.clone(),
                 });
             }
