@@ -26,6 +26,8 @@ const CHILD_ENV: &str = "DAYMETER_JOURNAL_CHILD";
 trait Backend: Journal + Sized {
     const NAME: &'static str;
     /// The longest a lazy write may stay in memory only.
+    // Read by the crash tests, which need fork (Unix).
+    #[cfg_attr(not(unix), allow(dead_code))]
     const FLUSH_PERIOD: Duration;
     fn open(dir: &Path) -> Result<Self, JournalError>;
     fn strict(&self) -> Result<Vec<Tracked>, JournalError>;
