@@ -1,9 +1,14 @@
 //! Closing a product whose offline grace ran out ([`crate::grace`] decides when).
 //!
-//! Asking is the normal way: on Unix SIGTERM, on Windows WM_CLOSE (to come, behind the
-//! same [`Closer`]). A product that has unsaved work asks its user to save, and keeps
-//! running until they answer: nothing is lost. Killing (SIGKILL) is only for
-//! `enforce = kill`.
+//! Asking is the normal way: on Linux SIGTERM, on Windows `WM_CLOSE` to the product's
+//! windows, both behind the same [`Closer`]. A product that has unsaved work asks its
+//! user to save, and keeps running until they answer: nothing is lost. Killing (SIGKILL,
+//! `TerminateProcess`) is only for `enforce = kill`.
+//!
+//! On Windows the service runs in session 0, which cannot reach the windows on a user's
+//! desktop: the ask goes to the session helpers of the process's owner
+//! ([`SessionHelpers`]), which post `WM_CLOSE` from inside the user's session
+//! ([`windows`]). Linux signals from the service itself and ignores the helpers.
 //!
 //! A pid alone is not a process: the product may have ended and its pid been given to
 //! another process since the poll that saw it. Every signal therefore goes to the
@@ -17,13 +22,50 @@ use std::io;
 
 use crate::watch::ProcessKey;
 
+#[cfg(windows)]
+pub mod windows;
+
 /// Asks product processes to close, or ends them.
 pub trait Closer: Send + Sync {
     /// Asks the process to close, as a user closing its window would. An error of kind
     /// `NotFound` means this process instance no longer runs (nothing was signalled).
-    fn ask_to_close(&self, key: ProcessKey) -> io::Result<()>;
+    fn ask_to_close(&self, key: ProcessKey, owner: Owner<'_>) -> io::Result<()>;
     /// Ends the process at once; unsaved work is lost.
     fn kill(&self, key: ProcessKey) -> io::Result<()>;
+}
+
+/// Whose process it is, and the way to that account's session helpers.
+pub struct Owner<'a> {
+    /// The account running the process, where the process source tells.
+    pub uid: Option<u32>,
+    pub helpers: &'a mut dyn SessionHelpers,
+}
+
+impl Owner<'static> {
+    /// Nobody known and no helpers: for a [`Closer`] that does not need them.
+    pub fn unknown() -> Owner<'static> {
+        Owner {
+            uid: None,
+            // A zero-sized value: leaking it allocates nothing.
+            helpers: Box::leak(Box::new(NoHelpers)),
+        }
+    }
+}
+
+/// The session helpers connected to the service (`crate::run`'s links).
+pub trait SessionHelpers {
+    /// Asks every helper of `uid` to close the windows of `key`; returns how many were
+    /// asked (0: none of that account is connected).
+    fn ask_to_close(&mut self, uid: u32, key: ProcessKey) -> usize;
+}
+
+/// No helpers at all: for a [`Closer`] that does not use them, or tests.
+pub struct NoHelpers;
+
+impl SessionHelpers for NoHelpers {
+    fn ask_to_close(&mut self, _uid: u32, _key: ProcessKey) -> usize {
+        0
+    }
 }
 
 /// This platform's [`Closer`].
@@ -32,19 +74,25 @@ pub fn system() -> Box<dyn Closer> {
     Box::new(Signals)
 }
 
-/// Elsewhere, until the platform's own way comes (Windows: WM_CLOSE from the session
-/// helper): nothing can be asked, which the service logs; the grace still warns.
-#[cfg(not(target_os = "linux"))]
+/// This platform's [`Closer`].
+#[cfg(windows)]
+pub fn system() -> Box<dyn Closer> {
+    Box::new(windows::Win32)
+}
+
+/// Elsewhere (macOS): nothing can be asked, which the service logs; the grace still
+/// warns.
+#[cfg(not(any(target_os = "linux", windows)))]
 pub fn system() -> Box<dyn Closer> {
     Box::new(Unsupported)
 }
 
-#[cfg(not(target_os = "linux"))]
+#[cfg(not(any(target_os = "linux", windows)))]
 struct Unsupported;
 
-#[cfg(not(target_os = "linux"))]
+#[cfg(not(any(target_os = "linux", windows)))]
 impl Closer for Unsupported {
-    fn ask_to_close(&self, _key: ProcessKey) -> io::Result<()> {
+    fn ask_to_close(&self, _key: ProcessKey, _owner: Owner<'_>) -> io::Result<()> {
         Err(io::Error::new(
             io::ErrorKind::Unsupported,
             "asking a product to close is not available on this platform yet",
@@ -52,7 +100,7 @@ impl Closer for Unsupported {
     }
 
     fn kill(&self, key: ProcessKey) -> io::Result<()> {
-        self.ask_to_close(key)
+        self.ask_to_close(key, Owner::unknown())
     }
 }
 
@@ -64,7 +112,8 @@ pub struct Signals;
 
 #[cfg(target_os = "linux")]
 impl Closer for Signals {
-    fn ask_to_close(&self, key: ProcessKey) -> io::Result<()> {
+    /// The service signals the process itself: the helpers are not needed.
+    fn ask_to_close(&self, key: ProcessKey, _owner: Owner<'_>) -> io::Result<()> {
         linux::signal(key, libc::SIGTERM)
     }
 

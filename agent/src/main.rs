@@ -95,13 +95,14 @@ enum Command {
     },
     /// Run this desktop session's helper: idle time to the agent, reminders shown.
     ///
-    /// As the systemd user unit or the XDG autostart entry starts it: reports the
-    /// session's idle time to the agent and shows its reminders as notifications. One
-    /// per session; a second one exits at once.
-    #[cfg(target_os = "linux")]
+    /// As the systemd user unit or the XDG autostart entry starts it (on Windows the
+    /// Run key): reports the session's idle time to the agent and shows its reminders
+    /// as notifications. One per session; a second one exits at once.
+    #[cfg(any(target_os = "linux", windows))]
     #[command(after_help = ENVIRONMENT)]
     Session {
-        /// The agent's socket (default /run/daymeter/agent.sock, the system service's).
+        /// The agent's socket (default /run/daymeter/agent.sock, the system service's;
+        /// on Windows its named pipe, \\.\pipe\daymeter-agent).
         #[arg(long)]
         socket: Option<PathBuf>,
     },
@@ -163,7 +164,7 @@ fn main() -> ExitCode {
             json,
         } => status(config.as_deref(), socket.as_deref(), json),
         Command::Ack { id, config, socket } => ack(&id, config.as_deref(), socket.as_deref()),
-        #[cfg(target_os = "linux")]
+        #[cfg(any(target_os = "linux", windows))]
         Command::Session { socket } => session(socket),
         #[cfg(windows)]
         Command::Service { config } => service::windows::dispatch(config),
@@ -395,9 +396,11 @@ fn status(config: Option<&Path>, socket: Option<&Path>, json: bool) -> anyhow::R
 
 /// The session helper, on the one-thread runtime: it waits on a socket and a timer, and
 /// a worker pool would be most of its memory.
-#[cfg(target_os = "linux")]
+#[cfg(any(target_os = "linux", windows))]
 fn session(socket: Option<PathBuf>) -> anyhow::Result<()> {
     use daymeter_agent::helper::{self, Options};
+    #[cfg(windows)]
+    const SYSTEM_SOCKET: &str = r"\\.\pipe\daymeter-agent";
     let socket = socket.unwrap_or_else(|| PathBuf::from(SYSTEM_SOCKET));
     runtime()?.block_on(helper::run(Options { socket }, shutdown_signal()))
 }

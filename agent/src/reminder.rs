@@ -148,6 +148,12 @@ pub mod wire {
         Remind(Reminder),
         /// The service refused the connection (the reason is for the helper's log).
         Refused { error: String },
+        /// Ask this process of the helper's user to close, as closing its windows would
+        /// (Windows: `WM_CLOSE` to its top-level windows, which a service outside the
+        /// user's desktop cannot send). `pid` and `started` are the service's
+        /// [`crate::watch::ProcessKey`]: the helper checks the start time before it
+        /// touches anything, so a reused pid is never hit.
+        Close { pid: u32, started: u64 },
     }
 
     /// Helper → service.
@@ -180,6 +186,18 @@ mod tests {
         );
         let back: wire::ToHelper = serde_json::from_str(&text).unwrap();
         assert_eq!(back, wire::ToHelper::Remind(r));
+    }
+
+    #[test]
+    fn a_close_request_names_the_process_instance_and_travels_back_unchanged() {
+        let close = wire::ToHelper::Close {
+            pid: 4242,
+            started: 1_764_979_200,
+        };
+        let text = serde_json::to_string(&close).unwrap();
+        assert_eq!(text, r#"{"close":{"pid":4242,"started":1764979200}}"#);
+        let back: wire::ToHelper = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, close);
     }
 
     #[test]

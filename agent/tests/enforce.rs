@@ -8,7 +8,7 @@ use std::io::Read;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use daymeter_agent::enforce::{Closer, Signals};
+use daymeter_agent::enforce::{Closer, Owner, Signals};
 use daymeter_agent::watch::ProcessKey;
 
 /// A spawned child and its key, killed when dropped (a failed test leaves nothing).
@@ -77,7 +77,9 @@ const ASKS_TO_SAVE: &str = r#"trap 'echo asked' TERM; echo ready; while :; do sl
 fn a_process_that_obeys_sigterm_is_closed_by_asking() {
     let mut p = Proc::spawn("echo ready; exec sleep 60");
     p.ready();
-    Signals.ask_to_close(p.key()).expect("asked");
+    Signals
+        .ask_to_close(p.key(), Owner::unknown())
+        .expect("asked");
     assert_eq!(p.ended(Duration::from_secs(5)), Some(Some(libc::SIGTERM)));
 }
 
@@ -86,7 +88,7 @@ fn a_process_that_asks_to_save_keeps_running_after_the_ask_and_kill_ends_it() {
     let mut p = Proc::spawn(ASKS_TO_SAVE);
     assert_eq!(p.ready(), "ready");
     let key = p.key();
-    Signals.ask_to_close(key).expect("asked");
+    Signals.ask_to_close(key, Owner::unknown()).expect("asked");
     assert_eq!(p.ready(), "asked", "the process saw the ask");
     assert_eq!(
         p.ended(Duration::from_millis(500)),
@@ -103,7 +105,9 @@ fn a_pid_that_belongs_to_another_process_instance_is_not_signalled() {
     p.ready();
     let mut key = p.key();
     key.started += 1;
-    let e = Signals.ask_to_close(key).expect_err("not that process");
+    let e = Signals
+        .ask_to_close(key, Owner::unknown())
+        .expect_err("not that process");
     assert_eq!(e.kind(), std::io::ErrorKind::NotFound, "{e}");
     let e = Signals.kill(key).expect_err("not that process");
     assert_eq!(e.kind(), std::io::ErrorKind::NotFound, "{e}");
@@ -118,6 +122,8 @@ fn a_process_that_ended_is_not_found() {
         started: 0,
     };
     p.0.wait().expect("wait");
-    let e = Signals.ask_to_close(key).expect_err("gone");
+    let e = Signals
+        .ask_to_close(key, Owner::unknown())
+        .expect_err("gone");
     assert_eq!(e.kind(), std::io::ErrorKind::NotFound, "{e}");
 }

@@ -6,6 +6,9 @@
 //! journal with `DAYMETER_TEST_MIGRATION_CRASH` naming a step, and the agent's code
 //! aborts the child there (see [`migration_child`]).
 
+// The crash tests run on Unix only; elsewhere their helpers stand unused.
+#![cfg_attr(not(unix), allow(dead_code, unused_imports))]
+
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 #[cfg(unix)]

@@ -36,6 +36,8 @@ pub enum LinkError {
 pub enum Heard {
     Remind(Box<Reminder>),
     Refused(String),
+    /// Close this process instance's windows ([`ToHelper::Close`]).
+    Close(crate::watch::ProcessKey),
     /// The connection ended (the service stopped or restarted).
     Gone,
 }
@@ -88,7 +90,9 @@ impl Link {
                 })
             }
             Ok(ToHelper::Refused { error }) => Err(LinkError::Refused(error)),
-            Ok(ToHelper::Remind(_)) => Err(LinkError::NoHello("a reminder came first".to_owned())),
+            Ok(ToHelper::Remind(_) | ToHelper::Close { .. }) => {
+                Err(LinkError::NoHello("a request came first".to_owned()))
+            }
             Err(_) => Err(refusal_of(&first)
                 .map(LinkError::Refused)
                 .unwrap_or_else(|| LinkError::NoHello(format!("it said {first:?}")))),
@@ -106,6 +110,9 @@ impl Link {
             match serde_json::from_str::<ToHelper>(&line) {
                 Ok(ToHelper::Remind(r)) => return Heard::Remind(Box::new(r)),
                 Ok(ToHelper::Refused { error }) => return Heard::Refused(error),
+                Ok(ToHelper::Close { pid, started }) => {
+                    return Heard::Close(crate::watch::ProcessKey { pid, started });
+                }
                 Ok(ToHelper::Hello { .. }) => {}
                 // A newer service may say things this helper does not know: skip them.
                 Err(e) => tracing::debug!(error = %e, "skipped a message from the service"),

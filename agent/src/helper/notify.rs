@@ -1,9 +1,12 @@
-//! Showing a rendered reminder on the desktop, behind [`Notifier`] so that Windows can
-//! bring its toast notifications later; the Linux desktop's notification server is in
-//! [`freedesktop`].
+//! Showing a rendered reminder on the desktop, behind [`Notifier`]: the Linux
+//! desktop's notification server is in [`freedesktop`], Windows' toasts (or message
+//! boxes where there are none) in [`windows`], the toasts' XML in [`toast`].
 
 #[cfg(target_os = "linux")]
 pub mod freedesktop;
+pub mod toast;
+#[cfg(windows)]
+pub mod windows;
 
 use super::idle::BoxFuture;
 

@@ -1,5 +1,6 @@
-//! The helper's loop (`super::run`): the session bus first (the guard, the idle
-//! sources, the notifier), then the service link, kept up across service restarts.
+//! The helper's loop (`super::run`): the platform's parts first (on Linux the session
+//! bus: the guard, the idle sources, the notifier; on Windows the session's mutex,
+//! `GetLastInputInfo`, toasts), then the service link, kept up across service restarts.
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -19,9 +20,11 @@ const FIRST_RETRY: Duration = Duration::from_millis(200);
 /// attempt every 30 s, and a service started later is found within 30 s.
 const LAST_RETRY: Duration = Duration::from_secs(30);
 /// How long the session bus may take to let the helper in and answer for its name.
+#[cfg(target_os = "linux")]
 const BUS_WITHIN: Duration = Duration::from_secs(10);
 
 /// See [`super::run`].
+#[cfg(target_os = "linux")]
 pub async fn run(options: Options, shutdown: impl Future) -> anyhow::Result<()> {
     use anyhow::Context;
 
@@ -51,6 +54,30 @@ pub async fn run(options: Options, shutdown: impl Future) -> anyhow::Result<()> 
         style: Style::from_env(),
         idle,
         notifier,
+    };
+    helper.run(shutdown).await
+}
+
+/// See [`super::run`].
+#[cfg(windows)]
+pub async fn run(options: Options, shutdown: impl Future) -> anyhow::Result<()> {
+    use anyhow::Context;
+
+    match guard::take(guard::MUTEX_NAME).context("cannot create the session's helper mutex")? {
+        guard::Guard::Owned => {}
+        guard::Guard::AlreadyRunning => {
+            tracing::info!(
+                name = guard::MUTEX_NAME,
+                "a daymeter session helper already runs in this session; leaving it alone"
+            );
+            return Ok(());
+        }
+    }
+    let helper = Helper {
+        socket: options.socket,
+        style: Style::from_env(),
+        idle: idle::Chain::new(idle::windows::sources()),
+        notifier: notify::windows::Windows::new(notify::windows::choose()),
     };
     helper.run(shutdown).await
 }
@@ -128,6 +155,7 @@ impl<N: Notifier> Helper<N> {
                 heard = link.next() => match heard {
                     Heard::Remind(reminder) => self.show(&reminder).await,
                     Heard::Refused(error) => return Ended::Refused(error),
+                    Heard::Close(key) => close(key),
                     Heard::Gone => return Ended::Gone,
                 },
                 _ = reports.tick() => {
@@ -178,4 +206,31 @@ impl<N: Notifier> Helper<N> {
             tracing::warn!(error = %e, "the status could not be shown");
         }
     }
+}
+
+/// The service asks to close a product of this user (its grace ran out): `WM_CLOSE` to
+/// the product's windows, which only a process in the user's session can send.
+#[cfg(windows)]
+fn close(key: crate::watch::ProcessKey) {
+    match crate::enforce::windows::post_close(key) {
+        Ok(windows) => tracing::info!(
+            pid = key.pid,
+            windows,
+            "the service asked to close a product: WM_CLOSE posted to its windows"
+        ),
+        Err(e) => tracing::warn!(
+            pid = key.pid,
+            error = %e,
+            "the service asked to close a product, which cannot be asked"
+        ),
+    }
+}
+
+/// Elsewhere the service signals the product itself and never asks a helper.
+#[cfg(not(windows))]
+fn close(key: crate::watch::ProcessKey) {
+    tracing::debug!(
+        pid = key.pid,
+        "the service asked this helper to close a product; not done here on this system"
+    );
 }

@@ -48,6 +48,25 @@ impl Links {
     }
 }
 
+impl crate::enforce::SessionHelpers for Links {
+    fn ask_to_close(&mut self, uid: u32, key: crate::watch::ProcessKey) -> usize {
+        let asked = self.send(
+            uid,
+            &ToHelper::Close {
+                pid: key.pid,
+                started: key.started,
+            },
+        );
+        tracing::debug!(
+            uid,
+            pid = key.pid,
+            helpers = asked,
+            "session helpers asked to close a product"
+        );
+        asked
+    }
+}
+
 impl Agent {
     /// A helper of `uid` connected: it will hear that account's reminders. Returns its
     /// id (for [`Agent::helper_gone`]) and the channel its connection writes from.

@@ -108,7 +108,14 @@ impl Agent {
                     r.plan = Some(plan.as_str().to_owned());
                     Agent::tell(state, uid, r, now);
                 }
-                GraceAction::AskToClose { key } => match self.closer.ask_to_close(key) {
+                GraceAction::AskToClose { key } => match self.closer.ask_to_close(
+                    key,
+                    crate::enforce::Owner {
+                        // Windows asks through the owner's session helpers.
+                        uid: sessions.iter().find(|s| s.key == key).and_then(|s| s.uid),
+                        helpers: &mut state.helpers,
+                    },
+                ) {
                     Ok(()) => tracing::warn!(
                         pid = key.pid,
                         "offline grace run out: the product was asked to close"
