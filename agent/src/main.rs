@@ -24,6 +24,7 @@ Configuration file keys (TOML; unknown keys are refused by name):
   data_dir            journal and state (default /var/lib/daymeter as root)
   socket              the local socket for status, enroll and session helpers
                       (default /run/daymeter/agent.sock as root, else DATA_DIR/agent.sock;
+                      on Windows the named pipe \\\\.\\pipe\\daymeter-agent;
                       `session --socket` must name the same path when it is not the default)
   user                charge every session to this licence user (single-user machines)
   user_map            \"{login}@firm.com\" or a table login = \"licence user\" (default: the login)
@@ -31,6 +32,15 @@ Configuration file keys (TOML; unknown keys are refused by name):
   ca_file             a CA trusted besides the system roots
   journal             \"redb\" (default) or \"sled\"; a change migrates the journal at the next run
   catalog             products recognised before the collector's catalog arrives
+
+Windows (the configuration file is then optional; `status` says where each setting came from):
+  HKLM\\Software\\Policies\\Daymeter\\Agent   Group Policy (daymeter.admx), wins over all below:
+                      CollectorUrl, EnrollmentSecret, CaFile, UserMap, PollInterval,
+                      RemindBefore, GraceEnforcement (string values; unknown ones refused)
+  HKLM\\Software\\Daymeter\\Agent            CollectorUrl, EnrollmentSecret written by the MSI
+                      (msiexec /i daymeter-agent.msi COLLECTOR_URL=… ENROLLMENT_SECRET=…)
+  %ProgramData%\\daymeter                     agent.toml, the journal (LocalSystem and
+                      Administrators only), logs\\agent.log of the service
 
 Environment:
   DAYMETER_ENROLLMENT_SECRET  the enrolment secret (wins over the file)

@@ -17,8 +17,10 @@
 //!   directory fsynced: a crash leaves the old or the new enrolment, never half of one.
 //! - **One process**: an exclusive lock on `lock`, taken before the database opens, so
 //!   that a second agent gets one clear error ("another daymeter-agent is probably
-//!   running") whatever the backend; the database's own lock is a second guard. On
-//!   Windows the service's data directory ACLs stand in for the Unix modes.
+//!   running") whatever the backend; the database's own lock is a second guard.
+//! - **Windows**: the directory's access list stands in for the Unix modes
+//!   (`windows_acl`): the agent's account, LocalSystem and Administrators only, set at
+//!   every start and inherited by every file in it.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -213,10 +215,17 @@ fn create_private_dir(dir: &Path) -> Result<(), JournalError> {
     #[cfg(unix)]
     std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
     match builder.create(dir) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists && dir.is_dir() => tighten(dir, 0o700),
-        Err(e) => Err(io_error(dir)(e)),
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists && dir.is_dir() => {
+            #[cfg(unix)]
+            tighten(dir, 0o700)?;
+        }
+        Err(e) => return Err(io_error(dir)(e)),
     }
+    // New or old: the list is set at every start (see `windows_acl`).
+    #[cfg(windows)]
+    super::windows_acl::make_private(dir).map_err(io_error(dir))?;
+    Ok(())
 }
 
 /// Clears the permission bits of `path` beyond `mode` (Unix; elsewhere the service's

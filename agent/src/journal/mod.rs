@@ -22,6 +22,8 @@ mod heal;
 pub mod migrate;
 pub mod redb;
 pub mod sled;
+#[cfg(windows)]
+mod windows_acl;
 
 use std::path::PathBuf;
 

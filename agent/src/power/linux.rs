@@ -3,22 +3,17 @@
 //! suspended time to the boot-time offset at every resume).
 
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use super::SleepClock;
+use super::two_clocks::TwoClocks;
 
 pub use super::SLEEP_FILE_ENV;
 
 /// `CLOCK_BOOTTIME` and `CLOCK_MONOTONIC`, optionally moved by a test file.
 #[derive(Debug, Default, Clone)]
 pub struct BootClock {
-    injected: Option<PathBuf>,
-    /// The largest time asleep read so far, in nanoseconds. The two clocks are read by
-    /// two calls, so their difference comes out short by the moment between them, a
-    /// little more or less each time; keeping the largest makes it never go back.
-    asleep_max: Arc<AtomicU64>,
+    clocks: TwoClocks,
 }
 
 impl BootClock {
@@ -30,9 +25,8 @@ impl BootClock {
     /// The machine's clocks, moved by the file that [`SLEEP_FILE_ENV`] names when it is
     /// set (tests only, announced at warn).
     pub fn from_env() -> BootClock {
-        match super::injected_file_from_env() {
-            Some(path) => BootClock::injected(path),
-            None => BootClock::new(),
+        BootClock {
+            clocks: TwoClocks::from_env(),
         }
     }
 
@@ -40,16 +34,8 @@ impl BootClock {
     /// unreadable file adds nothing.
     pub fn injected(file: PathBuf) -> BootClock {
         BootClock {
-            injected: Some(file),
-            ..BootClock::default()
+            clocks: TwoClocks::injected(file),
         }
-    }
-
-    fn extra(&self) -> Duration {
-        self.injected
-            .as_deref()
-            .map(super::injected_seconds)
-            .unwrap_or_default()
     }
 }
 
@@ -57,16 +43,11 @@ impl SleepClock for BootClock {
     fn asleep(&self) -> Duration {
         let boot = read(libc::CLOCK_BOOTTIME);
         let mono = read(libc::CLOCK_MONOTONIC);
-        let nanos = u64::try_from(boot.saturating_sub(mono).as_nanos()).unwrap_or(u64::MAX);
-        let max = self
-            .asleep_max
-            .fetch_max(nanos, Ordering::Relaxed)
-            .max(nanos);
-        Duration::from_nanos(max) + self.extra()
+        self.clocks.asleep(boot, mono)
     }
 
     fn since_boot(&self) -> Duration {
-        read(libc::CLOCK_BOOTTIME) + self.extra()
+        self.clocks.since_boot(read(libc::CLOCK_BOOTTIME))
     }
 }
 

@@ -24,6 +24,8 @@ pub mod announce;
 pub mod linux;
 #[cfg(target_os = "linux")]
 pub mod logind;
+#[cfg(any(target_os = "linux", windows))]
+mod two_clocks;
 #[cfg(windows)]
 pub mod windows;
 

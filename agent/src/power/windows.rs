@@ -11,25 +11,19 @@
 //! ([`super::announce`]); this clock finds every sleep afterwards whether announced or
 //! not, and measures it.
 
-use std::path::PathBuf;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use windows_sys::Win32::System::SystemInformation::GetTickCount64;
 use windows_sys::Win32::System::WindowsProgramming::QueryUnbiasedInterruptTime;
 
 use super::SleepClock;
+use super::two_clocks::TwoClocks;
 
 /// The tick count and the unbiased interrupt time, optionally moved by a test file
 /// ([`super::SLEEP_FILE_ENV`]).
 #[derive(Debug, Default, Clone)]
 pub struct TickClock {
-    injected: Option<PathBuf>,
-    /// The largest time asleep read so far, in nanoseconds: the two clocks are read by
-    /// two calls and tick at different steps, so their difference wobbles; keeping the
-    /// largest makes it never go back.
-    asleep_max: Arc<AtomicU64>,
+    clocks: TwoClocks,
 }
 
 impl TickClock {
@@ -40,16 +34,8 @@ impl TickClock {
     /// The machine's clocks, moved by the test file when one is named.
     pub fn from_env() -> TickClock {
         TickClock {
-            injected: super::injected_file_from_env(),
-            ..TickClock::default()
+            clocks: TwoClocks::from_env(),
         }
-    }
-
-    fn extra(&self) -> Duration {
-        self.injected
-            .as_deref()
-            .map(super::injected_seconds)
-            .unwrap_or_default()
     }
 }
 
@@ -75,17 +61,11 @@ fn unbiased() -> Duration {
 impl SleepClock for TickClock {
     fn asleep(&self) -> Duration {
         let awake = unbiased();
-        let total = ticks();
-        let nanos = u64::try_from(total.saturating_sub(awake).as_nanos()).unwrap_or(u64::MAX);
-        let max = self
-            .asleep_max
-            .fetch_max(nanos, Ordering::Relaxed)
-            .max(nanos);
-        Duration::from_nanos(max) + self.extra()
+        self.clocks.asleep(ticks(), awake)
     }
 
     fn since_boot(&self) -> Duration {
-        ticks() + self.extra()
+        self.clocks.since_boot(ticks())
     }
 }
 

@@ -6,7 +6,8 @@
 //! their owner and command line (a toolset is `acad.exe /product C3D`), which a virtual
 //! service account (`NT SERVICE\daymeter-agent`) may not do for other users'
 //! processes, and it creates the named pipe every interactive user connects to. It
-//! holds no secret beyond the device token, kept owner-only in its data directory.
+//! holds no secret beyond the device token, kept in a journal directory whose access list
+//! admits only LocalSystem and the Administrators (`journal::windows_acl`).
 //!
 //! Stop and shutdown end the agent cleanly (open sessions' `last_seen` persisted, exit
 //! code 0); a suspend announced by `SERVICE_CONTROL_POWEREVENT` (`PBT_APMSUSPEND`) is
@@ -96,6 +97,7 @@ fn serve() -> anyhow::Result<()> {
         .set_service_status(state(ServiceState::Running, ServiceExitCode::Win32(0)))
         .context("cannot report the service running")?;
     tracing::info!(config = %config.display(), "service started");
+    ensure_recovery();
     let result = super::run(
         &config,
         async move { stop.notified().await },
@@ -185,6 +187,27 @@ pub fn install(config: Option<&Path>, start: bool) -> anyhow::Result<()> {
             .with_context(|| format!("the service {SERVICE_NAME} was created but did not start"))?;
     }
     Ok(())
+}
+
+/// Sets the recovery actions on the running service itself: the MSI's ServiceInstall
+/// row cannot carry them (wixl writes no MsiServiceConfigFailureActions), and an admin
+/// who reset them by hand gets them back at the next start. A failure is logged, never
+/// fatal: metering matters more than restarts.
+fn ensure_recovery() {
+    let service = ServiceManager::local_computer(None::<&str>, ServiceManagerAccess::CONNECT)
+        .and_then(|manager| {
+            manager.open_service(
+                SERVICE_NAME,
+                ServiceAccess::CHANGE_CONFIG | ServiceAccess::QUERY_CONFIG,
+            )
+        });
+    let set = match service {
+        Ok(service) => set_recovery(&service),
+        Err(e) => Err(anyhow::Error::new(e).context("cannot open the service's own entry")),
+    };
+    if let Err(e) = set {
+        tracing::warn!(error = %format!("{e:#}"), "the service's recovery actions could not be set");
+    }
 }
 
 /// Restart on failure, crashes and error exits alike.

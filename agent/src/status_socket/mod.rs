@@ -42,6 +42,12 @@ use crate::run::{Agent, RunError};
 /// Longest command line accepted (`ack` and a session id); anything longer is not a
 /// client of ours.
 const MAX_COMMAND: usize = 128;
+/// How long a client waits for the agent's answer: a status is answered in
+/// milliseconds, but an agent busy flushing a large journal to a slow disk may take a
+/// while; a hung agent must not hang `status` for good.
+const ANSWER_WAIT: std::time::Duration = std::time::Duration::from_secs(90);
+/// How long a connection may take to send its command.
+const COMMAND_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// What a caller may ask.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,6 +98,48 @@ pub fn serve(agent: Arc<Agent>) -> Result<tokio::task::JoinHandle<()>, RunError>
         let _ = agent;
         Ok(tokio::spawn(async {}))
     }
+}
+
+/// One connection, on either transport: reads the command line (at most
+/// [`MAX_COMMAND`] bytes within [`COMMAND_WAIT`]), then keeps the connection for a
+/// session helper or writes the one answer. `caller` is the account id and its access
+/// as the system named them for this connection (`None`: it could not tell).
+async fn one_connection<R, W>(
+    agent: Arc<Agent>,
+    caller: Option<(u32, Access)>,
+    read: R,
+    mut write: W,
+) where
+    R: tokio::io::AsyncRead + Unpin,
+    W: tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+
+    let mut line = String::new();
+    let mut reader = BufReader::new(read).take(MAX_COMMAND as u64);
+    // A caller that connects and says nothing must not hold a task and a descriptor
+    // (or a pipe instance) for good: any account may connect.
+    let read = tokio::time::timeout(COMMAND_WAIT, reader.read_line(&mut line));
+    if !matches!(read.await, Ok(Ok(_))) {
+        return;
+    }
+    if line.trim() == "session" {
+        match caller {
+            // A session helper: the connection stays open, and the account the system
+            // named is the one whose reminders it hears.
+            Some((id, _)) => crate::run::serve_helper(agent, id, reader.into_inner(), write).await,
+            None => {
+                let refusal = refused("the agent cannot tell which account is asking");
+                let _ = write.write_all(refusal.as_bytes()).await;
+            }
+        }
+        return;
+    }
+    let answer = answer(&agent, line.trim(), caller.map(|(_, access)| access)).await;
+    let _ = write.write_all(answer.as_bytes()).await;
+    // The end of the answer; on a pipe a flush (what was written stays readable by the
+    // client until it reads the end: only DisconnectNamedPipe would discard it).
+    let _ = write.shutdown().await;
 }
 
 /// The answer to one command from a caller with `access` (`None`: the caller's

@@ -18,7 +18,6 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::windows::named_pipe::{ClientOptions, NamedPipeServer, ServerOptions};
 use windows_sys::Win32::Foundation::{ERROR_PIPE_BUSY, HANDLE, LocalFree};
 use windows_sys::Win32::Security::Authorization::{
@@ -27,12 +26,10 @@ use windows_sys::Win32::Security::Authorization::{
 use windows_sys::Win32::Security::{PSECURITY_DESCRIPTOR, SECURITY_ATTRIBUTES};
 use windows_sys::Win32::System::Pipes::GetNamedPipeClientProcessId;
 
-use super::{Access, MAX_COMMAND, answer};
+use super::Access;
 use crate::accounts::{Accounts, sid};
 use crate::run::{Agent, RunError};
 
-/// How long a connection may take to send its command.
-const COMMAND_WAIT: Duration = Duration::from_secs(5);
 /// How long a client waits while every instance of the pipe is busy.
 const BUSY_WAIT: Duration = Duration::from_secs(5);
 /// Read and write, without `FILE_APPEND_DATA` (`FILE_CREATE_PIPE_INSTANCE` on a pipe):
@@ -167,31 +164,8 @@ async fn one_connection(
             None
         }
     };
-    let (read, mut write) = tokio::io::split(pipe);
-    let mut line = String::new();
-    let mut reader = BufReader::new(read).take(MAX_COMMAND as u64);
-    // A caller that connects and says nothing must not hold an instance for good.
-    let read = tokio::time::timeout(COMMAND_WAIT, reader.read_line(&mut line));
-    if !matches!(read.await, Ok(Ok(_))) {
-        return;
-    }
-    if line.trim() == "session" {
-        match caller {
-            Some((id, _)) => {
-                crate::run::serve_helper(agent, id, reader.into_inner(), write).await;
-            }
-            None => {
-                let refusal = super::refused("the agent cannot tell which account is asking");
-                let _ = write.write_all(refusal.as_bytes()).await;
-            }
-        }
-        return;
-    }
-    let answer = answer(&agent, line.trim(), caller.map(|(_, access)| access)).await;
-    let _ = write.write_all(answer.as_bytes()).await;
-    let _ = write.flush().await;
-    // Dropping the instance closes it; what was written stays readable by the client
-    // until it reads the end (only DisconnectNamedPipe would discard it).
+    let (read, write) = tokio::io::split(pipe);
+    super::one_connection(agent, caller, read, write).await;
 }
 
 /// Opens the pipe as a client (the standard library's file open), waiting while every
@@ -220,10 +194,21 @@ pub(super) fn ask(name: &Path, command: &str) -> io::Result<String> {
     let mut pipe = open_blocking(name)?;
     pipe.write_all(command.as_bytes())?;
     pipe.write_all(b"\n")?;
-    let mut answer = String::new();
-    // The standard library reads a pipe the server closed as the end of the file.
-    pipe.read_to_string(&mut answer)?;
-    Ok(answer)
+    // A synchronous pipe has no read timeout: the read waits on a thread of its own,
+    // abandoned (the command ends soon after) if the agent never answers.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut answer = String::new();
+        // The standard library reads a pipe the server closed as the end of the file.
+        let read = pipe.read_to_string(&mut answer).map(|_| answer);
+        let _ = tx.send(read);
+    });
+    rx.recv_timeout(super::ANSWER_WAIT).map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("the agent did not answer within {:?}", super::ANSWER_WAIT),
+        )
+    })?
 }
 
 pub(super) async fn connect(name: &Path) -> io::Result<super::Connection> {

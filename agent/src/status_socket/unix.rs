@@ -5,13 +5,8 @@ use std::io;
 use std::path::Path;
 use std::sync::Arc;
 
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-
-use super::{Access, MAX_COMMAND, answer};
+use super::Access;
 use crate::run::{Agent, RunError};
-
-/// How long a connection may take to send its command.
-const COMMAND_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 pub(super) fn serve(agent: Arc<Agent>) -> Result<tokio::task::JoinHandle<()>, RunError> {
     use std::os::unix::fs::PermissionsExt;
@@ -49,43 +44,14 @@ pub(super) fn serve(agent: Arc<Agent>) -> Result<tokio::task::JoinHandle<()>, Ru
             let agent = agent.clone();
             tokio::spawn(async move {
                 let caller = match stream.peer_cred() {
-                    Ok(cred) => Some(cred.uid()),
+                    Ok(cred) => Some((cred.uid(), Access::of(cred.uid(), service_uid))),
                     Err(e) => {
                         tracing::warn!(error = %e, "cannot read a status socket caller's credentials");
                         None
                     }
                 };
-                let access = caller.map(|uid| Access::of(uid, service_uid));
-                let (read, mut write) = stream.into_split();
-                let mut line = String::new();
-                let mut reader = BufReader::new(read).take(MAX_COMMAND as u64);
-                // A caller that connects and says nothing must not hold a task and a
-                // descriptor for good: any account may connect.
-                let read = tokio::time::timeout(COMMAND_WAIT, reader.read_line(&mut line));
-                if !matches!(read.await, Ok(Ok(_))) {
-                    return;
-                }
-                if line.trim() == "session" {
-                    match caller {
-                        // A session helper: the connection stays open, and the account
-                        // the kernel named is the one whose reminders it hears.
-                        Some(uid) => {
-                            crate::run::serve_helper(agent, uid, reader.into_inner(), write).await;
-                        }
-                        None => {
-                            let _ = write
-                                .write_all(
-                                    super::refused("the agent cannot tell which account is asking")
-                                        .as_bytes(),
-                                )
-                                .await;
-                        }
-                    }
-                    return;
-                }
-                let answer = answer(&agent, line.trim(), access).await;
-                let _ = write.write_all(answer.as_bytes()).await;
-                let _ = write.shutdown().await;
+                let (read, write) = stream.into_split();
+                super::one_connection(agent, caller, read, write).await;
             });
         }
     }))
@@ -94,7 +60,7 @@ pub(super) fn serve(agent: Arc<Agent>) -> Result<tokio::task::JoinHandle<()>, Ru
 pub(super) fn ask(path: &Path, command: &str) -> io::Result<String> {
     use std::io::{Read, Write};
     let mut stream = std::os::unix::net::UnixStream::connect(path)?;
-    stream.set_read_timeout(Some(std::time::Duration::from_secs(90)))?;
+    stream.set_read_timeout(Some(super::ANSWER_WAIT))?;
     stream.write_all(command.as_bytes())?;
     stream.write_all(b"\n")?;
     let mut answer = String::new();
