@@ -9,6 +9,8 @@
 //! - [`auth`] — device tokens, secrets, constant-time comparison.
 //! - [`config`] — flags, environment, config file, generated dev config.
 //! - [`import`] — the rules an import is merged into the settings by.
+//! - [`reports`] — what licence admins ask (tokens, usage, forecast, advice, concurrent
+//!   use), as rules over what the store returns.
 //! - [`priority`] — the database writer first: request threads run nicer.
 
 pub mod api;
@@ -17,6 +19,7 @@ pub mod config;
 pub mod import;
 pub mod priority;
 pub mod replay;
+pub mod reports;
 pub mod serve;
 pub mod store;
 pub mod sync_body;

@@ -1,0 +1,111 @@
+//! What licence admins ask of the collector, answered by backend-neutral rules over what
+//! the store returns (usage days, sessions, the ledger, the settings): no report reads
+//! a database, so a PostgreSQL backend gets every report for free and each rule is
+//! tested on plain rows.
+//!
+//! - [`range`] — `range=past-30-days` … `past-12-months`, or `from`/`to`.
+//! - [`tokens`] — tokens used and by day; by product (bands, averages); by user
+//!   (days used, weekly days per product).
+//! - [`usage`] — per user and product: days used and inactive, last accessed, status.
+//! - [`forecast`] — a team's burn rate, when its balance runs out, what expires unused.
+//! - [`advice`] — Flex tokens against a subscription, per user and product.
+//! - [`concurrent`] — one user's sessions of one product overlapping on two devices.
+//!
+//! A report covers the users a [`Filter`] keeps: `team`, `user` and `product`, each
+//! optional, combined with "and".
+
+pub mod advice;
+pub mod concurrent;
+pub mod forecast;
+pub mod range;
+pub mod tokens;
+pub mod usage;
+
+use std::collections::{BTreeMap, HashMap};
+
+use daymeter_shared::ledger::{DEFAULT_TEAM, Team};
+
+/// Which rows a report covers.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Filter {
+    pub team: Option<String>,
+    pub user: Option<String>,
+    pub product: Option<String>,
+}
+
+/// Each user's team, looked up once per report rather than by scanning every team's
+/// list for every row (10,000 users make that 10⁸ comparisons).
+#[derive(Debug, Clone, Default)]
+pub struct Teams {
+    by_user: HashMap<String, String>,
+}
+
+impl Teams {
+    pub fn new(teams: &BTreeMap<String, Team>) -> Teams {
+        let mut by_user = HashMap::new();
+        // The first team (by name) that lists a user is theirs, as `ledger::team_of`
+        // decides.
+        for (name, team) in teams {
+            for user in &team.users {
+                by_user.entry(user.clone()).or_insert_with(|| name.clone());
+            }
+        }
+        Teams { by_user }
+    }
+
+    /// The user's team (`default` if none lists them).
+    pub fn of<'a>(&'a self, user: &str) -> &'a str {
+        self.by_user.get(user).map_or(DEFAULT_TEAM, String::as_str)
+    }
+}
+
+impl Filter {
+    /// Whether the report covers `product` used by `user`.
+    pub fn keeps(&self, teams: &Teams, user: &str, product: &str) -> bool {
+        self.user.as_deref().is_none_or(|u| u == user)
+            && self.product.as_deref().is_none_or(|p| p == product)
+            && self.team.as_deref().is_none_or(|t| t == teams.of(user))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_user_no_team_lists_is_in_the_default_team() {
+        let mut teams = BTreeMap::new();
+        teams.insert(
+            "civil".to_owned(),
+            Team {
+                users: vec!["ana".to_owned()],
+                low_balance: None,
+            },
+        );
+        let teams = Teams::new(&teams);
+        assert_eq!(teams.of("ana"), "civil");
+        assert_eq!(teams.of("ben"), DEFAULT_TEAM);
+    }
+
+    #[test]
+    fn a_filter_combines_team_user_and_product_with_and() {
+        let mut map = BTreeMap::new();
+        map.insert(
+            "civil".to_owned(),
+            Team {
+                users: vec!["ana".to_owned()],
+                low_balance: None,
+            },
+        );
+        let teams = Teams::new(&map);
+        let f = Filter {
+            team: Some("civil".to_owned()),
+            user: None,
+            product: Some("acad".to_owned()),
+        };
+        assert!(f.keeps(&teams, "ana", "acad"));
+        assert!(!f.keeps(&teams, "ana", "revit"));
+        assert!(!f.keeps(&teams, "ben", "acad"));
+        assert!(Filter::default().keeps(&teams, "ben", "revit"));
+    }
+}
