@@ -10,6 +10,8 @@
 //! - [`forecast`] — a team's burn rate, when its balance runs out, what expires unused.
 //! - [`advice`] — Flex tokens against a subscription, per user and product.
 //! - [`concurrent`] — one user's sessions of one product overlapping on two devices.
+//! - [`waste`] — days charged while the product was idle or asleep, rollovers, and what
+//!   `rollover = active` would save.
 //!
 //! A report covers the users a [`Filter`] keeps: `team`, `user` and `product`, each
 //! optional, combined with "and".
@@ -20,6 +22,7 @@ pub mod forecast;
 pub mod range;
 pub mod tokens;
 pub mod usage;
+pub mod waste;
 
 use std::collections::{BTreeMap, HashMap};
 
