@@ -24,7 +24,24 @@ pub fn agent_exe() -> PathBuf {
         "WINEPREFIX is not set: run scripts/test-windows"
     );
     assert!(exe.is_file(), "{} does not exist", exe.display());
+    start_wine();
     exe
+}
+
+/// Starts Wine's own services (services.exe, winedevice, rpcss) once, from a command
+/// whose output nobody reads: the first `wine` command of a Wine server starts them,
+/// and they inherit that command's stdout and stderr — a test reading its output to
+/// the end would wait for them, which never end.
+fn start_wine() {
+    static STARTED: OnceLock<()> = OnceLock::new();
+    STARTED.get_or_init(|| {
+        let _ = Command::new("wine")
+            .args(["cmd", "/c", "exit"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    });
 }
 
 /// A Linux path as Wine's programs name it (`Z:\tmp\…`).

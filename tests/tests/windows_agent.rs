@@ -318,9 +318,21 @@ async fn the_msi_installs_a_service_that_enrols_and_meters_with_no_config_file()
         .as_str()
         .expect("the licence user: the product owner's login")
         .to_owned();
-    collector
-        .sessions_where(&user, |s| s.len() == 1 && s[0]["product"] == "acad")
-        .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !collector
+        .sessions_of(&user)
+        .await
+        .first()
+        .is_some_and(|s| s["product"] == "acad")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no session of {user} reached the collector; the service's log:\n{}",
+            std::fs::read_to_string(program_data().join("logs").join("agent.log"))
+                .unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
     product.stop();
 
     let removed = wine_builtin(&["msiexec", "/x", &win_path(&msi), "/qn"]);
