@@ -150,7 +150,8 @@ mod bench {
             let Ok(comm) = std::fs::read_to_string(path.join("comm")) else {
                 continue;
             };
-            if comm.trim() != "wineserver" {
+            // `wineserver64` on Debian's 64-bit Wine.
+            if !comm.trim().starts_with("wineserver") {
                 continue;
             }
             let stat = std::fs::read_to_string(path.join("stat")).ok()?;
