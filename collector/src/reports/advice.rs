@@ -14,7 +14,7 @@ use daymeter_shared::entitlement::Plan;
 use daymeter_shared::usage::UsageDay;
 use serde::Serialize;
 
-use super::{Filter, Teams};
+use super::{Filter, Teams, round2};
 
 /// The import's prices.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -105,10 +105,6 @@ pub fn lines(
             }
         })
         .collect()
-}
-
-fn round2(x: f64) -> f64 {
-    (x * 100.0).round() / 100.0
 }
 
 #[cfg(test)]

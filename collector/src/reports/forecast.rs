@@ -12,6 +12,8 @@
 use chrono::{NaiveDate, TimeDelta};
 use serde::Serialize;
 
+use super::round2;
+
 /// How far ahead the forecast looks: beyond it a balance counts as lasting.
 pub const HORIZON_DAYS: i64 = 5 * 366;
 
@@ -106,10 +108,6 @@ pub fn forecast(
         runs_out_on,
         expiring_unused: expiring.round() as u64,
     }
-}
-
-fn round2(x: f64) -> f64 {
-    (x * 100.0).round() / 100.0
 }
 
 #[cfg(test)]

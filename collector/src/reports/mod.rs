@@ -62,12 +62,59 @@ impl Teams {
     }
 }
 
+/// Two decimals: what a spreadsheet shows, and what a test can compare exactly.
+pub(crate) fn round2(x: f64) -> f64 {
+    (x * 100.0).round() / 100.0
+}
+
+/// `count ÷ months`, or 0 for a range of no months.
+pub(crate) fn per_month(count: f64, months: f64) -> f64 {
+    if months > 0.0 {
+        round2(count / months)
+    } else {
+        0.0
+    }
+}
+
 impl Filter {
     /// Whether the report covers `product` used by `user`.
     pub fn keeps(&self, teams: &Teams, user: &str, product: &str) -> bool {
         self.user.as_deref().is_none_or(|u| u == user)
             && self.product.as_deref().is_none_or(|p| p == product)
             && self.team.as_deref().is_none_or(|t| t == teams.of(user))
+    }
+}
+
+/// Rows for the rules' tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::borrow::Cow;
+
+    use chrono::{DateTime, NaiveDate, TimeDelta, Utc};
+    use daymeter_shared::entitlement::Plan;
+    use daymeter_shared::usage::UsageDay;
+
+    pub fn day(s: &str) -> NaiveDate {
+        s.parse().expect("a day")
+    }
+
+    /// A day of `product` for `user` opened at 09:00 UTC on `on`: Flex with `tokens`,
+    /// or a subscription's day with none.
+    pub fn row(user: &str, product: &str, on: &str, tokens: u64) -> UsageDay<'static> {
+        let start: DateTime<Utc> = format!("{on}T09:00:00Z").parse().expect("an instant");
+        UsageDay {
+            user: Cow::Owned(user.to_owned()),
+            product: Cow::Owned(product.to_owned()),
+            day: day(on),
+            window_start: start,
+            window_end: start + TimeDelta::hours(24),
+            plan: if tokens > 0 {
+                Plan::Flex
+            } else {
+                Plan::Subscription
+            },
+            tokens,
+        }
     }
 }
 

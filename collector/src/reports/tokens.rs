@@ -134,7 +134,7 @@ pub fn by_product(
                 users: users.len(),
                 tokens,
                 days_used: users.values().map(|(_, d)| d.len()).sum(),
-                average_tokens_per_month: per_month(tokens, range),
+                average_tokens_per_month: super::per_month(tokens as f64, range.months),
                 users_by_band,
             }
         })
@@ -146,15 +146,6 @@ fn band(tokens: u64) -> &'static str {
         .iter()
         .find(|(max, _)| tokens <= *max)
         .map_or(TOP_BAND, |(_, name)| name)
-}
-
-fn per_month(tokens: u64, range: &ReportRange) -> f64 {
-    if range.months > 0.0 {
-        // Two decimals: what a spreadsheet shows and a test can compare.
-        (tokens as f64 / range.months * 100.0).round() / 100.0
-    } else {
-        0.0
-    }
 }
 
 /// One user's line.
@@ -247,33 +238,8 @@ fn in_range<'r, 'a>(
 
 #[cfg(test)]
 mod tests {
-    use std::borrow::Cow;
-
-    use chrono::{DateTime, Utc};
-    use daymeter_shared::entitlement::Plan;
-
     use super::*;
-
-    fn day(s: &str) -> NaiveDate {
-        s.parse().expect("a day")
-    }
-
-    fn row(user: &str, product: &str, on: &str, tokens: u64) -> UsageDay<'static> {
-        let start: DateTime<Utc> = format!("{on}T09:00:00Z").parse().expect("an instant");
-        UsageDay {
-            user: Cow::Owned(user.to_owned()),
-            product: Cow::Owned(product.to_owned()),
-            day: day(on),
-            window_start: start,
-            window_end: start + TimeDelta::hours(24),
-            plan: if tokens > 0 {
-                Plan::Flex
-            } else {
-                Plan::Subscription
-            },
-            tokens,
-        }
-    }
+    use crate::reports::testing::{day, row};
 
     fn november() -> ReportRange {
         ReportRange {

@@ -126,11 +126,7 @@ pub fn lines(
                 last_accessed: last,
                 days_used: days,
                 days_inactive,
-                monthly_average: if range.months > 0.0 {
-                    (days as f64 / range.months * 100.0).round() / 100.0
-                } else {
-                    0.0
-                },
+                monthly_average: super::per_month(days as f64, range.months),
                 tokens,
                 status,
             }
@@ -140,27 +136,11 @@ pub fn lines(
 
 #[cfg(test)]
 mod tests {
-    use std::borrow::Cow;
-
-    use chrono::{DateTime, TimeDelta, Utc};
-
     use super::*;
-
-    fn day(s: &str) -> NaiveDate {
-        s.parse().expect("a day")
-    }
+    use crate::reports::testing::day;
 
     fn row(user: &str, product: &str, on: &str) -> UsageDay<'static> {
-        let start: DateTime<Utc> = format!("{on}T09:00:00Z").parse().expect("an instant");
-        UsageDay {
-            user: Cow::Owned(user.to_owned()),
-            product: Cow::Owned(product.to_owned()),
-            day: day(on),
-            window_start: start,
-            window_end: start + TimeDelta::hours(24),
-            plan: Plan::Subscription,
-            tokens: 0,
-        }
+        crate::reports::testing::row(user, product, on, 0)
     }
 
     fn seat(user: &str, product: &str, from: Option<&str>) -> Entitlement {
