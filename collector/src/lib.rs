@@ -8,15 +8,16 @@
 //! - [`store`] — the storage trait and its SQLite implementation.
 //! - [`auth`] — device tokens, secrets, constant-time comparison.
 //! - [`config`] — flags, environment, config file, generated dev config.
-//! - [`import`] — the rules an import is merged into the settings by.
+//! - [`settings`] — policy, catalog, entitlements and teams as one value: pricing,
+//!   teams, and the rules an import is merged into them by.
 //! - [`priority`] — the database writer first: request threads run nicer.
 
 pub mod api;
 pub mod auth;
 pub mod config;
-pub mod import;
 pub mod priority;
 pub mod replay;
 pub mod serve;
+pub mod settings;
 pub mod store;
 pub mod sync_body;

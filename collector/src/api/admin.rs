@@ -15,10 +15,10 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{ApiError, AppState, admin_json, check_admin, json_response};
-use crate::import;
+use crate::settings::import;
 use crate::store::{SessionFilter, Settings, Store};
 
-/// `POST /v1/admin/import`: the document merged by [`crate::import`]'s rules, stored,
+/// `POST /v1/admin/import`: the document merged by [`crate::settings::import`]'s rules, stored,
 /// and published; every key's usage days are recomputed by the store.
 pub(super) async fn import<S: Store>(
     State(state): State<Arc<AppState<S>>>,
@@ -29,7 +29,7 @@ pub(super) async fn import<S: Store>(
     let _one_import_at_a_time = state.imports.lock().await;
     let current = state.settings();
     let (settings, replace) = import::merge(&current, &doc).map_err(refused)?;
-    if settings.policy.window < current.policy.window {
+    if import::shortens_window(&current, &settings) {
         let longest = state.store.longest_session().await?;
         import::window_fits(longest, settings.policy.window).map_err(refused)?;
     }

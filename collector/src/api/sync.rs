@@ -9,7 +9,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use chrono::{DateTime, Utc};
-use daymeter_shared::entitlement::{Entitlement, Plan, Pricing};
+use daymeter_shared::entitlement::Plan;
 use daymeter_shared::record::Problem;
 use daymeter_shared::session::{CLOCK_TOLERANCE, check_name};
 use daymeter_shared::time::ZoneCache;
@@ -222,18 +222,9 @@ fn entitlements_of<'s>(
     let t = now.timestamp_nanos_opt().unwrap_or_default();
     settings
         .catalog
-        .iter()
-        .map(|(id, product)| {
-            let held: Vec<&Entitlement> = settings
-                .entitlements
-                .iter()
-                .filter(|e| e.user == user && &e.product == id)
-                .collect();
-            let (plan, tokens_per_day) = Pricing {
-                tokens_per_day: product.tokens_per_day,
-                entitlements: &held,
-            }
-            .at(t);
+        .keys()
+        .map(|id| {
+            let (plan, tokens_per_day) = settings.pricing(user, id).at(t);
             EntitlementNow {
                 product: id,
                 plan,
@@ -274,21 +265,10 @@ async fn open_windows<S: Store>(
         .filter(|r| r.user == user && products.contains(&&*r.product))
     {
         if row.window_start <= now && now < row.window_end {
-            let held: Vec<&Entitlement> = settings
-                .entitlements
-                .iter()
-                .filter(|e| e.user == user && e.product == row.product)
-                .collect();
-            let rate = settings
-                .catalog
-                .get(&*row.product)
-                .map_or(0, |p| p.tokens_per_day);
-            let next = Pricing {
-                tokens_per_day: rate,
-                entitlements: &held,
-            }
-            .at(row.window_end.timestamp_nanos_opt().unwrap_or_default())
-            .1;
+            let next = settings
+                .pricing(user, &row.product)
+                .at(row.window_end.timestamp_nanos_opt().unwrap_or_default())
+                .1;
             out.push(OpenWindow {
                 product: row.product.to_string(),
                 window_start: stamp(row.window_start),

@@ -10,15 +10,14 @@ pub mod sqlite;
 use std::future::Future;
 
 use chrono::{DateTime, NaiveDate, Utc};
-use daymeter_shared::catalog::Catalog;
-use daymeter_shared::entitlement::Entitlement;
-use daymeter_shared::ledger::{Purchase, Team};
-use daymeter_shared::policy::Policy;
+use daymeter_shared::ledger::Purchase;
 use daymeter_shared::record::Problem;
 use daymeter_shared::session::OwnedSession;
 use daymeter_shared::time::Zone;
 use daymeter_shared::usage::UsageDay;
 use thiserror::Error;
+
+pub use crate::settings::Settings;
 
 /// A failure of the store itself (not of a record).
 #[derive(Debug, Error)]
@@ -41,17 +40,6 @@ pub struct Device {
     pub token_hash: [u8; 32],
     pub enrolled_at: DateTime<Utc>,
     pub revoked: bool,
-}
-
-/// Policy, catalog, entitlements and teams: what accounting needs besides sessions.
-/// Small, read on every sync, changed only by imports, so the server keeps a copy in
-/// memory.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Settings {
-    pub policy: Policy,
-    pub catalog: Catalog,
-    pub entitlements: Vec<Entitlement>,
-    pub teams: std::collections::BTreeMap<String, Team>,
 }
 
 /// Why usage days are being recomputed; written into the ledger's reasons.

@@ -47,7 +47,6 @@ use statements::*;
 use writer::*;
 
 use batches::{BATCH_MAX, Batch};
-use daymeter_shared::entitlement::Pricing;
 use daymeter_shared::record::Problem;
 use daymeter_shared::session::{RawSession, Session};
 use daymeter_shared::time::{Zone, ZoneCache};
@@ -58,7 +57,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use tails::{Drawn, Held, StoredDay, StoredDays, Tail, Tails};
 use tokio::sync::oneshot;
 
-use daymeter_shared::ledger::{Ledger, Purchase, team_of};
+use daymeter_shared::ledger::{Ledger, Purchase};
 
 use super::{
     Balance, Cause, Device, Ingest, IngestOutcome, LedgerEntry, PurchaseCorrection, PurchaseState,

@@ -154,7 +154,7 @@ pub(super) fn ingest_into(
     }
     outcome.team_remaining = memory
         .ledgers
-        .of(t, team_of(&settings.teams, user))?
+        .of(t, settings.team_of(user))?
         .remaining(ingest.at);
     // The statement below changes nothing while the recorded last sync is this recent:
     // skipped then (it was a twentieth of a 5-session sync's writer instructions).
@@ -645,7 +645,7 @@ pub(super) fn settle(
 ) -> Result<(), StoreError> {
     let mut rows: Vec<StoredDay> = Vec::new();
     let mut starts: Vec<i64> = Vec::new();
-    if let Some(entry) = settings.catalog.get(product) {
+    if settings.catalog.contains_key(product) {
         let resume = tail.resume_at(from);
         let spans: Vec<Span<'_>> = tail.sessions[tail.first_from(from)..]
             .iter()
@@ -654,15 +654,8 @@ pub(super) fn settle(
         let rules = settings.policy.rules();
         let mut windows = Vec::new();
         walk_from(&spans, &rules, &resume, &mut windows);
-        let held: Vec<_> = settings
-            .entitlements
-            .iter()
-            .filter(|e| e.user == user && e.product == product)
-            .collect();
-        let pricing = Pricing {
-            tokens_per_day: entry.tokens_per_day,
-            entitlements: &held,
-        };
+        let pricing = settings.pricing(user, product);
+        let pricing = pricing.rules();
         for w in &windows {
             let p = priced(w, &rules, &pricing);
             starts.push(w.start);
@@ -677,7 +670,7 @@ pub(super) fn settle(
         }
     }
     let mut stored = tail.days.split_off(&from);
-    let team = team_of(&settings.teams, user);
+    let team = settings.team_of(user);
     let mut put = hot.take(Sql::PutDay)?;
     put.raw_bind_parameter(1, user).map_err(db)?;
     put.raw_bind_parameter(2, product).map_err(db)?;
