@@ -5,7 +5,10 @@
 //! transaction, and answers only once that transaction is durable. Implementations are
 //! free to group many ingests into one commit.
 
+pub(crate) mod balances;
+pub(crate) mod settle;
 pub mod sqlite;
+pub(crate) mod tails;
 
 use std::future::Future;
 

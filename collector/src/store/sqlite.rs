@@ -21,13 +21,12 @@ use std::sync::{Arc, Mutex, mpsc};
 use std::thread;
 
 use chrono::{DateTime, NaiveDate, Utc};
-use daymeter_shared::accounting::{Resume, Span, WindowKind, walk_from};
+use daymeter_shared::accounting::Resume;
 
 mod batches;
 mod ids;
 mod repair;
 mod runs;
-mod tails;
 
 mod durability;
 mod ingest;
@@ -46,15 +45,17 @@ use persist::*;
 use statements::*;
 use writer::*;
 
+use super::balances::balances;
+use super::settle::{Entry, Key, Sink, settle};
+use super::tails::{Drawn, Held, StoredDay, StoredDays, Tail, Tails};
 use batches::{BATCH_MAX, Batch};
 use daymeter_shared::record::Problem;
 use daymeter_shared::session::{RawSession, Session};
 use daymeter_shared::time::{Zone, ZoneCache};
-use daymeter_shared::usage::{UsageDay, priced};
+use daymeter_shared::usage::UsageDay;
 use ids::{Ids, Lookup};
 use runs::{KeyedRun, Run, Runs};
 use rusqlite::{Connection, OptionalExtension, params};
-use tails::{Drawn, Held, StoredDay, StoredDays, Tail, Tails};
 use tokio::sync::oneshot;
 
 use daymeter_shared::ledger::{Ledger, Purchase};

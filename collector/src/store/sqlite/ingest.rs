@@ -1,5 +1,5 @@
-//! A sync's sessions into the database: batches, ids, runs, and settling each touched
-//! key (its days walked, priced, compared with the stored days, charged or reversed).
+//! A sync's sessions into the database: batches, ids, runs, and each touched key's
+//! tail loaded or kept for `store::settle`, which decides its days and ledger entries.
 
 use super::*;
 
@@ -425,17 +425,9 @@ pub(super) fn sync_key(
         }
     };
     let from = tail.resume_point(since);
-    settle(
-        t,
-        user,
-        product,
-        settings,
-        (Cause::Sync, at),
-        tail,
-        from,
-        ledgers,
-        hot,
-    )?;
+    let key = Key::of(settings, user, product);
+    let mut sink = SqliteSink::new(t, hot, ledgers, key, at);
+    settle(&mut sink, settings, key, Cause::Sync, tail, from)?;
     tail.trim();
     Ok(())
 }
@@ -625,114 +617,4 @@ pub(super) fn resume_state(
         resume.short_reach = r;
     }
     Ok(resume)
-}
-
-/// Recomputes one key's usage days from `from` (a resume point of its tail) and writes
-/// the difference, booking it in the ledger: a changed or vanished day's entries are
-/// reversed, a new or changed day draws from its team's purchases. The tail's days
-/// follow. `(cause, at)`: why and when, for the ledger.
-#[allow(clippy::too_many_arguments)]
-pub(super) fn settle(
-    t: &Connection,
-    user: &str,
-    product: &str,
-    settings: &Settings,
-    (cause, at): (Cause, &str),
-    tail: &mut Tail,
-    from: i64,
-    ledgers: &mut Ledgers,
-    hot: &mut Hot<'_>,
-) -> Result<(), StoreError> {
-    let mut rows: Vec<StoredDay> = Vec::new();
-    let mut starts: Vec<i64> = Vec::new();
-    if settings.catalog.contains_key(product) {
-        let resume = tail.resume_at(from);
-        let spans: Vec<Span<'_>> = tail.sessions[tail.first_from(from)..]
-            .iter()
-            .map(Held::span)
-            .collect();
-        let rules = settings.policy.rules();
-        let mut windows = Vec::new();
-        walk_from(&spans, &rules, &resume, &mut windows);
-        let pricing = settings.pricing(user, product);
-        let pricing = pricing.rules();
-        for w in &windows {
-            let p = priced(w, &rules, &pricing);
-            starts.push(w.start);
-            rows.push(StoredDay {
-                end: w.end,
-                day: daymeter_shared::time::date_text(p.day),
-                plan: p.plan.as_str().to_owned(),
-                tokens: p.tokens as i64,
-                short: w.kind == WindowKind::ShortFree,
-                drawn: Drawn::new(),
-            });
-        }
-    }
-    let mut stored = tail.days.split_off(&from);
-    let team = settings.team_of(user);
-    let mut put = hot.take(Sql::PutDay)?;
-    put.raw_bind_parameter(1, user).map_err(db)?;
-    put.raw_bind_parameter(2, product).map_err(db)?;
-    let mut books = Books {
-        t,
-        hot,
-        entries: Vec::new(),
-        booked: 0,
-        team,
-        user,
-        product,
-        at,
-        ledgers,
-        changed: Default::default(),
-    };
-    for (start, mut row) in starts.into_iter().zip(rows) {
-        let before = stored.remove(&start);
-        if let Some(old) = before.as_ref().filter(|old| old.same_day(&row)) {
-            tail.days.insert(start, old.clone());
-            continue;
-        }
-        let reason = match &before {
-            Some(old) => {
-                let why = format!("day changed ({})", cause.as_str());
-                books.reverse(start, &old.day, &old.drawn, &why)?;
-                format!("day recomputed ({})", cause.as_str())
-            }
-            None if cause == Cause::Sync => "usage".to_owned(),
-            None => format!("day added ({})", cause.as_str()),
-        };
-        if row.tokens > 0 {
-            row.drawn = books.charge(
-                start,
-                &row.day,
-                DateTime::from_timestamp_nanos(start),
-                row.tokens as u64,
-                &reason,
-            )?;
-        }
-        let drawn = serde_json::to_string(&row.drawn).map_err(corrupt)?;
-        // User and product are bound once, before the loop.
-        put.raw_bind_parameter(3, start).map_err(db)?;
-        put.raw_bind_parameter(4, row.end).map_err(db)?;
-        put.raw_bind_parameter(5, &row.day).map_err(db)?;
-        put.raw_bind_parameter(6, &row.plan).map_err(db)?;
-        put.raw_bind_parameter(7, row.tokens).map_err(db)?;
-        put.raw_bind_parameter(8, row.short).map_err(db)?;
-        put.raw_bind_parameter(9, &drawn).map_err(db)?;
-        put.raw_execute().map_err(db)?;
-        tail.days.insert(start, row);
-    }
-    books.hot.give_back(Sql::PutDay, put);
-    if !stored.is_empty() {
-        let mut drop_row = books.hot.take(Sql::DropDay)?;
-        for (start, old) in &stored {
-            drop_row
-                .execute(params![user, product, start])
-                .map_err(db)?;
-            let why = format!("day removed ({})", cause.as_str());
-            books.reverse(*start, &old.day, &old.drawn, &why)?;
-        }
-        books.hot.give_back(Sql::DropDay, drop_row);
-    }
-    books.save()
 }
