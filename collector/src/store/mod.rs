@@ -6,6 +6,8 @@
 //! free to group many ingests into one commit.
 
 pub(crate) mod balances;
+#[cfg(test)]
+pub(crate) mod conformance;
 pub(crate) mod settle;
 pub mod sqlite;
 pub(crate) mod tails;
