@@ -4,6 +4,7 @@
 //! - [`replay`] — `daymeter-collector replay FILE|-`: accounting without a server.
 //! - [`serve`] — `daymeter-collector serve`: the HTTP server until SIGTERM.
 //! - [`api`] — the protocol's endpoints and error object, a module per resource.
+//! - [`sync_answer`] — what a sync answers: plans now, open windows, reminders due.
 //! - [`sync_body`] — a sync's body read in one pass (sessions parsed and as received).
 //! - [`store`] — the storage trait and its SQLite implementation.
 //! - [`auth`] — device tokens, secrets, constant-time comparison.
@@ -20,4 +21,5 @@ pub mod replay;
 pub mod serve;
 pub mod settings;
 pub mod store;
+pub mod sync_answer;
 pub mod sync_body;
