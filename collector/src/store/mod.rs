@@ -4,6 +4,14 @@
 //! batch of sessions *and* recomputes the usage days of every key it touched in one
 //! transaction, and answers only once that transaction is durable. Implementations are
 //! free to group many ingests into one commit.
+//!
+//! Map — the rules, written once against any backend, then the backends:
+//! - `settle` — settling a key: walk, price, compare with the stored days, ledger
+//!   reasons, charge and reverse, through the `settle::Sink` a backend implements.
+//! - `tails` — what the walk resumes from: a key's sessions and days from an instant on.
+//! - `balances` — teams' balances from what a backend reads, by the shared ledger rules.
+//! - `conformance` (tests) — what every [`Store`] must do, instantiated per backend.
+//! - [`sqlite`] — the SQLite backend: its own I/O only.
 
 pub(crate) mod balances;
 #[cfg(test)]

@@ -13,6 +13,13 @@
 //! the teams' purchase balances (so a sync's reminders need no read of their own), every
 //! stored session id (`ids`) and each recently synced key's tail (`tails`), so that a
 //! sync reads nothing back from the database.
+//!
+//! Files by role: `writer` (the thread, its groups and memory), `durability` (log sync
+//! and checkpoints), `statements` (the statements every sync runs), `migrations`
+//! (numbered `.sql` files) and `repair`, `ingest` (a sync's sessions into batches, ids
+//! and runs), `settling` (a key's tail loaded or kept, then `store::settle`), `persist`
+//! (devices, purchases, settings, and `SqliteSink`), `store` (the [`Store`] trait on
+//! the writer and the readers), `batches`, `ids`, `runs`, `tests`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -32,6 +39,7 @@ mod durability;
 mod ingest;
 mod migrations;
 mod persist;
+mod settling;
 mod statements;
 mod store;
 #[cfg(test)]
@@ -42,6 +50,7 @@ use durability::*;
 use ingest::*;
 use migrations::*;
 use persist::*;
+use settling::*;
 use statements::*;
 use writer::*;
 
