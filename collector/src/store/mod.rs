@@ -35,8 +35,11 @@ pub use crate::settings::Settings;
 /// A failure of the store itself (not of a record).
 #[derive(Debug, Error)]
 pub enum StoreError {
+    /// The database failed, with the backend's own error kept as the source: a second
+    /// backend must tell a retryable serialization failure from a real one. The message
+    /// repeats it because the logs print errors by their message alone.
     #[error("database: {0}")]
-    Database(String),
+    Database(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("stored data is unreadable: {0}")]
     Corrupt(String),
     #[error("the store is shutting down")]

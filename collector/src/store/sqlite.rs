@@ -96,7 +96,7 @@ const RESTART_REST: u64 = 2 << 20;
 const CHECKPOINT_PAUSE: std::time::Duration = std::time::Duration::from_millis(200);
 
 fn db(e: rusqlite::Error) -> StoreError {
-    StoreError::Database(e.to_string())
+    StoreError::Database(Box::new(e))
 }
 
 fn corrupt(e: impl std::fmt::Display) -> StoreError {
@@ -158,7 +158,7 @@ enum Reply {
 
 impl Reply {
     fn send(self, commit: &Result<(), String>) {
-        let fail = |r: &Result<(), String>| r.clone().map_err(StoreError::Database);
+        let fail = |r: &Result<(), String>| r.clone().map_err(|e| StoreError::Database(e.into()));
         // A receiver that went away (client gone) needs no answer.
         match self {
             Reply::Ingest(tx, r, ingest) => {
@@ -204,8 +204,9 @@ impl SqliteStore {
     /// Opens (creating if needed) the database at `path` and starts its writer thread.
     pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| StoreError::Database(format!("creating {}: {e}", dir.display())))?;
+            std::fs::create_dir_all(dir).map_err(|e| {
+                StoreError::Database(format!("creating {}: {e}", dir.display()).into())
+            })?;
         }
         let mut conn = open(path)?;
         // Durability below rests on the write-ahead log (commits are synced by syncing
@@ -214,10 +215,13 @@ impl SqliteStore {
             .query_row("PRAGMA journal_mode", [], |r| r.get(0))
             .map_err(db)?;
         if !mode.eq_ignore_ascii_case("wal") {
-            return Err(StoreError::Database(format!(
-                "{} is in journal mode {mode}, not WAL (is its file system a network or read-only one?)",
-                path.display()
-            )));
+            return Err(StoreError::Database(
+                format!(
+                    "{} is in journal mode {mode}, not WAL (is its file system a network or read-only one?)",
+                    path.display()
+                )
+                .into(),
+            ));
         }
         let was = migrate(&mut conn)?;
         if (1..OBJECT_SESSIONS_VERSION).contains(&was) {
@@ -252,7 +256,7 @@ impl SqliteStore {
         let db_file = std::fs::OpenOptions::new()
             .write(true)
             .open(path)
-            .map_err(|e| StoreError::Database(format!("opening {}: {e}", path.display())))?;
+            .map_err(|e| StoreError::Database(format!("opening {}: {e}", path.display()).into()))?;
         let restart_due = Arc::new(AtomicBool::new(false));
         let (ckpt_tx, ckpt_rx) = mpsc::channel();
         let checkpoints = {
@@ -260,7 +264,9 @@ impl SqliteStore {
             thread::Builder::new()
                 .name("daymeter-db-checkpoint".into())
                 .spawn(move || checkpoint_loop(checkpointer, db_file, ckpt_rx, &restart_due))
-                .map_err(|e| StoreError::Database(format!("starting the checkpoint thread: {e}")))?
+                .map_err(|e| {
+                    StoreError::Database(format!("starting the checkpoint thread: {e}").into())
+                })?
         };
         let (sync_tx, sync_rx) = mpsc::channel();
         let syncer = {
@@ -268,7 +274,9 @@ impl SqliteStore {
             thread::Builder::new()
                 .name("daymeter-db-sync".into())
                 .spawn(move || sync_loop(wal, sync_rx))
-                .map_err(|e| StoreError::Database(format!("starting the sync thread: {e}")))?
+                .map_err(|e| {
+                    StoreError::Database(format!("starting the sync thread: {e}").into())
+                })?
         };
         let writer = Writer {
             conn,
@@ -291,7 +299,7 @@ impl SqliteStore {
         let worker = thread::Builder::new()
             .name("daymeter-db-writer".into())
             .spawn(move || writer.run(rx))
-            .map_err(|e| StoreError::Database(format!("starting the writer thread: {e}")))?;
+            .map_err(|e| StoreError::Database(format!("starting the writer thread: {e}").into()))?;
         Ok(SqliteStore {
             writer: Mutex::new(Some(tx)),
             worker: Mutex::new(Some(worker)),
@@ -348,7 +356,7 @@ impl SqliteStore {
             result
         })
         .await
-        .map_err(|e| StoreError::Database(format!("reader task: {e}")))?
+        .map_err(|e| StoreError::Database(format!("reader task: {e}").into()))?
     }
 }
 

@@ -431,3 +431,32 @@ async fn ledger_entries_are_numbered_one_by_one_across_batches_and_a_restart() {
     );
     let _ = std::fs::remove_dir_all(path.parent().unwrap());
 }
+
+/// A database error keeps SQLite's own as its source, so that a caller can tell its
+/// kind (here a constraint, not a busy or full database).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_database_error_keeps_sqlites_own_as_its_source() {
+    let path = temp_db("error-source");
+    let store = SqliteStore::open(&path).unwrap();
+    let device = Device {
+        id: "ws-1".into(),
+        hostname: "ws-1".into(),
+        os: "linux".into(),
+        agent_version: "0".into(),
+        token_hash: [1; 32],
+        enrolled_at: Utc::now(),
+        revoked: false,
+    };
+    store.add_device(device.clone()).await.unwrap();
+    let e = store.add_device(device).await.unwrap_err();
+    let source = std::error::Error::source(&e).expect("a source");
+    let sqlite = source
+        .downcast_ref::<rusqlite::Error>()
+        .expect("SQLite's error");
+    assert!(
+        matches!(sqlite, rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ConstraintViolation),
+        "{sqlite:?}"
+    );
+    store.close();
+    let _ = std::fs::remove_dir_all(path.parent().unwrap());
+}
