@@ -4,22 +4,25 @@
 //! - [`replay`] — `daymeter-collector replay FILE|-`: accounting without a server.
 //! - [`serve`] — `daymeter-collector serve`: the HTTP server until SIGTERM.
 //! - [`api`] — the protocol's endpoints and error object, a module per resource.
+//! - [`sync_answer`] — what a sync answers: plans now, open windows, reminders due.
 //! - [`sync_body`] — a sync's body read in one pass (sessions parsed and as received).
 //! - [`store`] — the storage trait and its SQLite implementation.
 //! - [`auth`] — device tokens, secrets, constant-time comparison.
 //! - [`config`] — flags, environment, config file, generated dev config.
-//! - [`import`] — the rules an import is merged into the settings by.
-//! - [`reports`] — what licence admins ask (tokens, usage, forecast, advice, concurrent
-//!   use), as rules over what the store returns.
+//! - [`settings`] — policy, catalog, entitlements and teams as one value: pricing,
+//!   teams, and the rules an import is merged into them by.
+//! - [`reports`] — what licence admins ask (tokens, usage, waste, forecast, advice,
+//!   concurrent use), as rules over what the store returns.
 //! - [`priority`] — the database writer first: request threads run nicer.
 
 pub mod api;
 pub mod auth;
 pub mod config;
-pub mod import;
 pub mod priority;
 pub mod replay;
 pub mod reports;
 pub mod serve;
+pub mod settings;
 pub mod store;
+pub mod sync_answer;
 pub mod sync_body;

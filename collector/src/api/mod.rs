@@ -3,22 +3,29 @@
 //! Every error body is the protocol's error object, including the ones hyper and axum
 //! would otherwise answer in plain text (bodies over the limit, malformed JSON).
 //!
-//! Here: the shared state, the error object, body reading and authentication, and the
-//! routes; one module per resource holds its handlers.
+//! Here: the shared state, the error object, body and query reading, authentication,
+//! and the routes; one module per resource holds its handlers, which read the request,
+//! call the store and the rules (`settings`, `sync_answer`), and answer.
 
-mod admin;
+mod devices;
 mod enroll;
+mod import;
+mod ledger;
 mod purchases;
+mod sessions;
 mod sync;
+mod usage_days;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 
 use axum::Router;
 use axum::body::{Body, Bytes};
+use axum::extract::rejection::QueryRejection;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use chrono::NaiveDate;
 use daymeter_shared::clock::Clock;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -252,8 +259,6 @@ fn bad_json(detail: impl std::fmt::Display) -> ApiError {
     )
 }
 
-/// The token of an `Authorization: Bearer …` header; the scheme's name is
-/// case-insensitive (RFC 9110, section 11.1), so `bearer` is the same scheme.
 /// An admin request's JSON body, once the admin token is checked.
 async fn admin_json<S, T: serde::de::DeserializeOwned>(
     state: &AppState<S>,
@@ -265,6 +270,8 @@ async fn admin_json<S, T: serde::de::DeserializeOwned>(
     parse_json(&bytes)
 }
 
+/// The token of an `Authorization: Bearer …` header; the scheme's name is
+/// case-insensitive (RFC 9110, section 11.1), so `bearer` is the same scheme.
 fn bearer(headers: &HeaderMap) -> Option<&str> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;
@@ -297,23 +304,61 @@ fn device_of<S>(state: &AppState<S>, headers: &HeaderMap) -> Result<Device, ApiE
     }
 }
 
+/// The 400 for a query string an endpoint does not take: an unknown parameter, one
+/// given twice, or a value of the wrong form — said by name, so that a misspelt filter
+/// never answers as if no filter had been given.
+fn bad_query(e: QueryRejection) -> ApiError {
+    let detail = e.body_text();
+    let detail = detail
+        .strip_prefix("Failed to deserialize query string: ")
+        .unwrap_or(&detail);
+    let field = detail
+        .split('`')
+        .nth(1)
+        .filter(|_| detail.contains("unknown field") || detail.contains("duplicate field"))
+        .map(str::to_owned);
+    let mut error = ApiError::new(
+        StatusCode::BAD_REQUEST,
+        "bad_query",
+        format!("query string: {detail}"),
+    );
+    error.field = field;
+    error
+}
+
+/// A `YYYY-MM-DD` query parameter, if given.
+fn day_param(name: &'static str, value: Option<&str>) -> Result<Option<NaiveDate>, ApiError> {
+    value
+        .map(|v| {
+            v.parse().map_err(|_| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "bad_day",
+                    format!("{name} {v:?} is not a day (YYYY-MM-DD)"),
+                )
+                .field(name)
+            })
+        })
+        .transpose()
+}
+
 /// Builds the router.
 pub fn router<S: Store>(state: Arc<AppState<S>>) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/v1/enroll", post(enroll::enroll::<S>))
         .route("/v1/sync", post(sync::sync::<S>))
-        .route("/v1/admin/import", post(admin::import::<S>))
-        .route("/v1/admin/usage-days", get(admin::usage_days::<S>))
-        .route("/v1/admin/sessions", get(admin::sessions::<S>))
-        .route("/v1/admin/devices/{id}/revoke", post(admin::revoke::<S>))
+        .route("/v1/admin/import", post(import::import::<S>))
+        .route("/v1/admin/usage-days", get(usage_days::usage_days::<S>))
+        .route("/v1/admin/sessions", get(sessions::sessions::<S>))
+        .route("/v1/admin/devices/{id}/revoke", post(devices::revoke::<S>))
         .route("/v1/admin/purchases", post(purchases::purchase::<S>))
         .route(
             "/v1/admin/purchases/{id}/corrections",
             post(purchases::correct_purchase::<S>),
         )
-        .route("/v1/admin/balances", get(admin::balances::<S>))
-        .route("/v1/admin/ledger", get(admin::ledger::<S>))
+        .route("/v1/admin/balances", get(ledger::balances::<S>))
+        .route("/v1/admin/ledger", get(ledger::ledger::<S>))
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
         })

@@ -9,7 +9,6 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use chrono::{DateTime, Utc};
-use daymeter_shared::entitlement::{Entitlement, Plan, Pricing};
 use daymeter_shared::record::Problem;
 use daymeter_shared::session::{CLOCK_TOLERANCE, check_name};
 use daymeter_shared::time::ZoneCache;
@@ -20,6 +19,9 @@ use super::{
     ApiError, AppState, MAX_SESSIONS, bad_json, device_of, error_object, json_response, read_body,
 };
 use crate::store::{Incoming, Ingest, Settings, Store};
+use crate::sync_answer::{
+    self, EntitlementNow, OpenWindow, Reminder, entitlements_of, reminders, stamp,
+};
 use crate::sync_body::{self, BodyError};
 
 #[derive(Serialize)]
@@ -201,60 +203,6 @@ struct Grace {
     subscription: String,
 }
 
-fn stamp(t: DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-}
-
-/// The user's plan and rate for every catalog product, now.
-/// A product's plan and daily rate for the user now, as the sync answer lists them.
-#[derive(Serialize)]
-struct EntitlementNow<'a> {
-    product: &'a str,
-    plan: Plan,
-    tokens_per_day: u64,
-}
-
-fn entitlements_of<'s>(
-    settings: &'s Settings,
-    user: &str,
-    now: DateTime<Utc>,
-) -> Vec<EntitlementNow<'s>> {
-    let t = now.timestamp_nanos_opt().unwrap_or_default();
-    settings
-        .catalog
-        .iter()
-        .map(|(id, product)| {
-            let held: Vec<&Entitlement> = settings
-                .entitlements
-                .iter()
-                .filter(|e| e.user == user && &e.product == id)
-                .collect();
-            let (plan, tokens_per_day) = Pricing {
-                tokens_per_day: product.tokens_per_day,
-                entitlements: &held,
-            }
-            .at(t);
-            EntitlementNow {
-                product: id,
-                plan,
-                tokens_per_day,
-            }
-        })
-        .collect()
-}
-
-/// The current window of a product the user has running.
-#[derive(Serialize)]
-struct OpenWindow {
-    product: String,
-    window_start: String,
-    window_end: String,
-    /// Tokens the next window will cost if the product is still open when this one ends.
-    next_tokens: u64,
-    #[serde(skip)]
-    end: DateTime<Utc>,
-}
-
 /// The current window of each product the user has running.
 async fn open_windows<S: Store>(
     state: &AppState<S>,
@@ -263,114 +211,9 @@ async fn open_windows<S: Store>(
     open: &[(String, bool)],
     now: DateTime<Utc>,
 ) -> Result<Vec<OpenWindow>, ApiError> {
-    let products: Vec<&str> = open.iter().map(|(p, _)| p.as_str()).collect();
-    if products.is_empty() {
+    if open.is_empty() {
         return Ok(Vec::new());
     }
     let rows = state.store.current_windows(user.to_owned(), now).await?;
-    let mut out = Vec::new();
-    for row in rows
-        .iter()
-        .filter(|r| r.user == user && products.contains(&&*r.product))
-    {
-        if row.window_start <= now && now < row.window_end {
-            let held: Vec<&Entitlement> = settings
-                .entitlements
-                .iter()
-                .filter(|e| e.user == user && e.product == row.product)
-                .collect();
-            let rate = settings
-                .catalog
-                .get(&*row.product)
-                .map_or(0, |p| p.tokens_per_day);
-            let next = Pricing {
-                tokens_per_day: rate,
-                entitlements: &held,
-            }
-            .at(row.window_end.timestamp_nanos_opt().unwrap_or_default())
-            .1;
-            out.push(OpenWindow {
-                product: row.product.to_string(),
-                window_start: stamp(row.window_start),
-                window_end: stamp(row.window_end),
-                next_tokens: next,
-                end: row.window_end,
-            });
-        }
-    }
-    Ok(out)
-}
-
-/// A reminder in the sync answer (spec/protocol.md), with the text the agent shows.
-#[derive(Serialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-enum Reminder<'a> {
-    WindowRollover {
-        product: &'a str,
-        at: String,
-        window_end: String,
-        tokens: u64,
-        text: String,
-    },
-    InsufficientBalance {
-        product: &'a str,
-        balance: u64,
-        tokens_per_day: u64,
-        text: String,
-    },
-}
-
-/// Reminders due now: a running product sitting idle whose window ends within
-/// `remind_before` (closing it saves the next window's tokens), and Flex products the
-/// team's balance (`remaining`) can no longer pay a day of.
-fn reminders<'a>(
-    settings: &Settings,
-    entitlements: &[EntitlementNow<'a>],
-    open: &[(String, bool)],
-    windows: &'a [OpenWindow],
-    remaining: u64,
-    now: DateTime<Utc>,
-) -> Vec<Reminder<'a>> {
-    let mut out = Vec::new();
-    let lead = chrono::TimeDelta::from_std(settings.policy.remind_before).unwrap_or_default();
-    for w in windows {
-        let product = w.product.as_str();
-        let idle = open.iter().any(|(p, idle)| p == product && *idle);
-        let at = w
-            .end
-            .checked_sub_signed(lead)
-            .unwrap_or(DateTime::<Utc>::MIN_UTC);
-        if idle && now >= at {
-            let name = settings
-                .catalog
-                .get(product)
-                .and_then(|p| p.name.clone())
-                .unwrap_or_else(|| product.to_owned());
-            let tokens = w.next_tokens;
-            out.push(Reminder::WindowRollover {
-                product,
-                at: stamp(at),
-                window_end: w.window_end.clone(),
-                tokens,
-                text: format!("{name} has been idle and its day ends at {}. Close it now to avoid being charged {tokens} tokens for another day.", w.window_end),
-            });
-        }
-    }
-    for e in entitlements {
-        let rate = e.tokens_per_day;
-        if e.plan != Plan::Flex || rate == 0 {
-            continue;
-        }
-        let balance = remaining;
-        if balance < rate {
-            let product = e.product;
-            out.push(Reminder::InsufficientBalance {
-                product,
-                balance,
-                tokens_per_day: rate,
-                text: format!("Your team has {balance} tokens left; a day of {product} costs {rate}. Ask your licence admin to add tokens: daymeter warns, it never closes a product for the balance."),
-            });
-        }
-    }
-    out
+    Ok(sync_answer::open_windows(settings, user, open, &rows, now))
 }

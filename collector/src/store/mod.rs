@@ -4,27 +4,42 @@
 //! batch of sessions *and* recomputes the usage days of every key it touched in one
 //! transaction, and answers only once that transaction is durable. Implementations are
 //! free to group many ingests into one commit.
+//!
+//! Map — the rules, written once against any backend, then the backends:
+//! - `settle` — settling a key: walk, price, compare with the stored days, ledger
+//!   reasons, charge and reverse, through the `settle::Sink` a backend implements.
+//! - `tails` — what the walk resumes from: a key's sessions and days from an instant on.
+//! - `balances` — teams' balances from what a backend reads, by the shared ledger rules.
+//! - `conformance` (tests) — what every [`Store`] must do, instantiated per backend.
+//! - [`sqlite`] — the SQLite backend: its own I/O only.
 
+pub(crate) mod balances;
+#[cfg(test)]
+pub(crate) mod conformance;
+pub(crate) mod settle;
 pub mod sqlite;
+pub(crate) mod tails;
 
 use std::future::Future;
 
 use chrono::{DateTime, NaiveDate, Utc};
-use daymeter_shared::catalog::Catalog;
-use daymeter_shared::entitlement::Entitlement;
-use daymeter_shared::ledger::{Purchase, Team};
-use daymeter_shared::policy::Policy;
+use daymeter_shared::ledger::Purchase;
 use daymeter_shared::record::Problem;
 use daymeter_shared::session::OwnedSession;
 use daymeter_shared::time::Zone;
 use daymeter_shared::usage::UsageDay;
 use thiserror::Error;
 
+pub use crate::settings::Settings;
+
 /// A failure of the store itself (not of a record).
 #[derive(Debug, Error)]
 pub enum StoreError {
+    /// The database failed, with the backend's own error kept as the source: a second
+    /// backend must tell a retryable serialization failure from a real one. The message
+    /// repeats it because the logs print errors by their message alone.
     #[error("database: {0}")]
-    Database(String),
+    Database(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("stored data is unreadable: {0}")]
     Corrupt(String),
     #[error("the store is shutting down")]
@@ -41,17 +56,6 @@ pub struct Device {
     pub token_hash: [u8; 32],
     pub enrolled_at: DateTime<Utc>,
     pub revoked: bool,
-}
-
-/// Policy, catalog, entitlements and teams: what accounting needs besides sessions.
-/// Small, read on every sync, changed only by imports, so the server keeps a copy in
-/// memory.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Settings {
-    pub policy: Policy,
-    pub catalog: Catalog,
-    pub entitlements: Vec<Entitlement>,
-    pub teams: std::collections::BTreeMap<String, Team>,
 }
 
 /// Why usage days are being recomputed; written into the ledger's reasons.

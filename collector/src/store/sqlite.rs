@@ -13,6 +13,13 @@
 //! the teams' purchase balances (so a sync's reminders need no read of their own), every
 //! stored session id (`ids`) and each recently synced key's tail (`tails`), so that a
 //! sync reads nothing back from the database.
+//!
+//! Files by role: `writer` (the thread, its groups and memory), `durability` (log sync
+//! and checkpoints), `statements` (the statements every sync runs), `migrations`
+//! (numbered `.sql` files) and `repair`, `ingest` (a sync's sessions into batches, ids
+//! and runs), `settling` (a key's tail loaded or kept, then `store::settle`), `persist`
+//! (devices, purchases, settings, and `SqliteSink`), `store` (the [`Store`] trait on
+//! the writer and the readers), `batches`, `ids`, `runs`, `tests`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -21,18 +28,18 @@ use std::sync::{Arc, Mutex, mpsc};
 use std::thread;
 
 use chrono::{DateTime, NaiveDate, Utc};
-use daymeter_shared::accounting::{Resume, Span, WindowKind, walk_from};
+use daymeter_shared::accounting::Resume;
 
 mod batches;
 mod ids;
 mod repair;
 mod runs;
-mod tails;
 
 mod durability;
 mod ingest;
 mod migrations;
 mod persist;
+mod settling;
 mod statements;
 mod store;
 #[cfg(test)]
@@ -43,22 +50,24 @@ use durability::*;
 use ingest::*;
 use migrations::*;
 use persist::*;
+use settling::*;
 use statements::*;
 use writer::*;
 
+use super::balances::balances;
+use super::settle::{Entry, Key, Sink, settle};
+use super::tails::{Drawn, Held, StoredDay, StoredDays, Tail, Tails};
 use batches::{BATCH_MAX, Batch};
-use daymeter_shared::entitlement::Pricing;
 use daymeter_shared::record::Problem;
 use daymeter_shared::session::{RawSession, Session};
 use daymeter_shared::time::{Zone, ZoneCache};
-use daymeter_shared::usage::{UsageDay, priced};
+use daymeter_shared::usage::UsageDay;
 use ids::{Ids, Lookup};
 use runs::{KeyedRun, Run, Runs};
 use rusqlite::{Connection, OptionalExtension, params};
-use tails::{Drawn, Held, StoredDay, StoredDays, Tail, Tails};
 use tokio::sync::oneshot;
 
-use daymeter_shared::ledger::{Ledger, Purchase, team_of};
+use daymeter_shared::ledger::{Ledger, Purchase};
 
 use super::{
     Balance, Cause, Device, Ingest, IngestOutcome, LedgerEntry, PurchaseCorrection, PurchaseState,
@@ -87,7 +96,7 @@ const RESTART_REST: u64 = 2 << 20;
 const CHECKPOINT_PAUSE: std::time::Duration = std::time::Duration::from_millis(200);
 
 fn db(e: rusqlite::Error) -> StoreError {
-    StoreError::Database(e.to_string())
+    StoreError::Database(Box::new(e))
 }
 
 fn corrupt(e: impl std::fmt::Display) -> StoreError {
@@ -149,7 +158,7 @@ enum Reply {
 
 impl Reply {
     fn send(self, commit: &Result<(), String>) {
-        let fail = |r: &Result<(), String>| r.clone().map_err(StoreError::Database);
+        let fail = |r: &Result<(), String>| r.clone().map_err(|e| StoreError::Database(e.into()));
         // A receiver that went away (client gone) needs no answer.
         match self {
             Reply::Ingest(tx, r, ingest) => {
@@ -195,8 +204,9 @@ impl SqliteStore {
     /// Opens (creating if needed) the database at `path` and starts its writer thread.
     pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| StoreError::Database(format!("creating {}: {e}", dir.display())))?;
+            std::fs::create_dir_all(dir).map_err(|e| {
+                StoreError::Database(format!("creating {}: {e}", dir.display()).into())
+            })?;
         }
         let mut conn = open(path)?;
         // Durability below rests on the write-ahead log (commits are synced by syncing
@@ -205,10 +215,13 @@ impl SqliteStore {
             .query_row("PRAGMA journal_mode", [], |r| r.get(0))
             .map_err(db)?;
         if !mode.eq_ignore_ascii_case("wal") {
-            return Err(StoreError::Database(format!(
-                "{} is in journal mode {mode}, not WAL (is its file system a network or read-only one?)",
-                path.display()
-            )));
+            return Err(StoreError::Database(
+                format!(
+                    "{} is in journal mode {mode}, not WAL (is its file system a network or read-only one?)",
+                    path.display()
+                )
+                .into(),
+            ));
         }
         let was = migrate(&mut conn)?;
         if (1..OBJECT_SESSIONS_VERSION).contains(&was) {
@@ -243,7 +256,7 @@ impl SqliteStore {
         let db_file = std::fs::OpenOptions::new()
             .write(true)
             .open(path)
-            .map_err(|e| StoreError::Database(format!("opening {}: {e}", path.display())))?;
+            .map_err(|e| StoreError::Database(format!("opening {}: {e}", path.display()).into()))?;
         let restart_due = Arc::new(AtomicBool::new(false));
         let (ckpt_tx, ckpt_rx) = mpsc::channel();
         let checkpoints = {
@@ -251,7 +264,9 @@ impl SqliteStore {
             thread::Builder::new()
                 .name("daymeter-db-checkpoint".into())
                 .spawn(move || checkpoint_loop(checkpointer, db_file, ckpt_rx, &restart_due))
-                .map_err(|e| StoreError::Database(format!("starting the checkpoint thread: {e}")))?
+                .map_err(|e| {
+                    StoreError::Database(format!("starting the checkpoint thread: {e}").into())
+                })?
         };
         let (sync_tx, sync_rx) = mpsc::channel();
         let syncer = {
@@ -259,7 +274,9 @@ impl SqliteStore {
             thread::Builder::new()
                 .name("daymeter-db-sync".into())
                 .spawn(move || sync_loop(wal, sync_rx))
-                .map_err(|e| StoreError::Database(format!("starting the sync thread: {e}")))?
+                .map_err(|e| {
+                    StoreError::Database(format!("starting the sync thread: {e}").into())
+                })?
         };
         let writer = Writer {
             conn,
@@ -282,7 +299,7 @@ impl SqliteStore {
         let worker = thread::Builder::new()
             .name("daymeter-db-writer".into())
             .spawn(move || writer.run(rx))
-            .map_err(|e| StoreError::Database(format!("starting the writer thread: {e}")))?;
+            .map_err(|e| StoreError::Database(format!("starting the writer thread: {e}").into()))?;
         Ok(SqliteStore {
             writer: Mutex::new(Some(tx)),
             worker: Mutex::new(Some(worker)),
@@ -339,7 +356,7 @@ impl SqliteStore {
             result
         })
         .await
-        .map_err(|e| StoreError::Database(format!("reader task: {e}")))?
+        .map_err(|e| StoreError::Database(format!("reader task: {e}").into()))?
     }
 }
 

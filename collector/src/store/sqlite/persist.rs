@@ -1,4 +1,5 @@
-//! Devices, purchases and their ledger booking, and the settings, as rows.
+//! Devices, purchases, the settings, and a settled key's days and ledger entries (the
+//! [`Sink`] of `store::settle`), as rows.
 
 use super::*;
 
@@ -74,91 +75,106 @@ impl Ledgers {
     }
 }
 
-/// Ledger bookings of one key's recomputation.
-pub(super) struct Books<'b, 'c> {
+/// Where settling one key goes on this backend (see [`crate::store::settle`]): usage
+/// days through the writer's held statements, ledger entries gathered into one
+/// `ledger_batches` row per key (their JSON array), and what purchases have paid for.
+pub(super) struct SqliteSink<'b, 'c> {
     pub(super) t: &'b Connection,
     pub(super) hot: &'b mut Hot<'c>,
-    /// The entries booked so far, as the JSON array `ledger_batches.entries` holds.
-    pub(super) entries: Vec<u8>,
-    /// How many.
-    pub(super) booked: i64,
-    pub(super) team: &'b str,
-    pub(super) user: &'b str,
-    pub(super) product: &'b str,
+    pub(super) ledgers: &'b mut Ledgers,
+    pub(super) key: Key<'b>,
     /// When the entries are booked (RFC 3339).
     pub(super) at: &'b str,
-    pub(super) ledgers: &'b mut Ledgers,
-    /// Purchases whose use changed, to write back.
-    pub(super) changed: std::collections::BTreeSet<String>,
+    /// The entries booked so far, as the JSON array `ledger_batches.entries` holds.
+    entries: Vec<u8>,
+    /// How many.
+    booked: i64,
+    /// `PutDay` with user and product bound, once a day is written.
+    put: Option<rusqlite::CachedStatement<'c>>,
+    drop_row: Option<rusqlite::CachedStatement<'c>>,
 }
 
-impl Books<'_, '_> {
-    pub(super) fn ledger(&mut self) -> Result<&mut Ledger, StoreError> {
-        self.ledgers.of(self.t, self.team)
+impl<'b, 'c> SqliteSink<'b, 'c> {
+    pub(super) fn new(
+        t: &'b Connection,
+        hot: &'b mut Hot<'c>,
+        ledgers: &'b mut Ledgers,
+        key: Key<'b>,
+        at: &'b str,
+    ) -> SqliteSink<'b, 'c> {
+        SqliteSink {
+            t,
+            hot,
+            ledgers,
+            key,
+            at,
+            entries: Vec::new(),
+            booked: 0,
+            put: None,
+            drop_row: None,
+        }
+    }
+}
+
+impl Sink for SqliteSink<'_, '_> {
+    fn ledger(&mut self) -> Result<&mut Ledger, StoreError> {
+        self.ledgers.of(self.t, self.key.team)
     }
 
-    /// Books an entry; [`Books::save`] writes them all in one batch.
-    pub(super) fn entry(
-        &mut self,
-        day: &str,
-        start: i64,
-        purchase: Option<&str>,
-        tokens: i64,
-        reason: &str,
-    ) -> Result<(), StoreError> {
+    fn put_day(&mut self, start: i64, row: &StoredDay) -> Result<(), StoreError> {
+        let put = match &mut self.put {
+            Some(put) => put,
+            None => {
+                let mut put = self.hot.take(Sql::PutDay)?;
+                // User and product are bound once for the key.
+                put.raw_bind_parameter(1, self.key.user).map_err(db)?;
+                put.raw_bind_parameter(2, self.key.product).map_err(db)?;
+                self.put.insert(put)
+            }
+        };
+        let drawn = serde_json::to_string(&row.drawn).map_err(corrupt)?;
+        put.raw_bind_parameter(3, start).map_err(db)?;
+        put.raw_bind_parameter(4, row.end).map_err(db)?;
+        put.raw_bind_parameter(5, &row.day).map_err(db)?;
+        put.raw_bind_parameter(6, &row.plan).map_err(db)?;
+        put.raw_bind_parameter(7, row.tokens).map_err(db)?;
+        put.raw_bind_parameter(8, row.short).map_err(db)?;
+        put.raw_bind_parameter(9, &drawn).map_err(db)?;
+        put.raw_execute().map_err(db)?;
+        Ok(())
+    }
+
+    fn drop_day(&mut self, start: i64) -> Result<(), StoreError> {
+        let drop_row = match &mut self.drop_row {
+            Some(d) => d,
+            None => self.drop_row.insert(self.hot.take(Sql::DropDay)?),
+        };
+        drop_row
+            .execute(params![self.key.user, self.key.product, start])
+            .map_err(db)?;
+        Ok(())
+    }
+
+    fn book(&mut self, e: Entry<'_>) -> Result<(), StoreError> {
         self.entries
             .push(if self.booked == 0 { b'[' } else { b',' });
-        serde_json::to_writer(&mut self.entries, &(day, start, purchase, tokens, reason))
-            .map_err(corrupt)?;
+        serde_json::to_writer(
+            &mut self.entries,
+            &(e.day, e.window_start, e.purchase, e.tokens, e.reason),
+        )
+        .map_err(corrupt)?;
         self.booked += 1;
         Ok(())
     }
 
-    /// Books a day's tokens against the purchases active at its window start; returns
-    /// what the day's entries now hold.
-    pub(super) fn charge(
-        &mut self,
-        start: i64,
-        day: &str,
-        window_start: DateTime<Utc>,
-        tokens: u64,
-        reason: &str,
-    ) -> Result<Drawn, StoreError> {
-        let draw = self.ledger()?.draw(window_start, tokens);
-        let mut drawn = Drawn::with_capacity(draw.parts.len() + 1);
-        for (purchase, n) in &draw.parts {
-            self.entry(day, start, Some(purchase), *n as i64, reason)?;
-            self.changed.insert(purchase.clone());
-            drawn.push((Some(purchase.clone()), *n as i64));
+    /// Writes the booked entries (one batch) and what the changed purchases have paid for.
+    fn finish(&mut self, changed: &std::collections::BTreeSet<String>) -> Result<(), StoreError> {
+        if let Some(put) = self.put.take() {
+            self.hot.give_back(Sql::PutDay, put);
         }
-        if draw.unfunded > 0 {
-            self.entry(day, start, None, draw.unfunded as i64, reason)?;
-            drawn.push((None, draw.unfunded as i64));
+        if let Some(drop_row) = self.drop_row.take() {
+            self.hot.give_back(Sql::DropDay, drop_row);
         }
-        Ok(drawn)
-    }
-
-    /// Reverses what a day's entries still hold (`drawn`, from its stored row),
-    /// purchase by purchase, under the day they were booked on.
-    pub(super) fn reverse(
-        &mut self,
-        start: i64,
-        day: &str,
-        drawn: &Drawn,
-        reason: &str,
-    ) -> Result<(), StoreError> {
-        for (purchase, tokens) in drawn {
-            self.entry(day, start, purchase.as_deref(), -tokens, reason)?;
-            if let Some(p) = purchase {
-                self.ledger()?.give_back(p, (*tokens).max(0) as u64);
-                self.changed.insert(p.clone());
-            }
-        }
-        Ok(())
-    }
-
-    /// Writes the booked entries (one batch) and what the purchases have paid for.
-    pub(super) fn save(mut self) -> Result<(), StoreError> {
         if self.booked > 0 {
             self.entries.push(b']');
             // Bound as text: SQLite's JSON functions read a blob as its binary JSON.
@@ -168,21 +184,22 @@ impl Books<'_, '_> {
             add.execute(params![
                 seq,
                 self.at,
-                self.team,
-                self.user,
-                self.product,
+                self.key.team,
+                self.key.user,
+                self.key.product,
                 entries
             ])
             .map_err(db)?;
             self.hot.give_back(Sql::AddLedger, add);
+            self.entries.clear();
+            self.booked = 0;
         }
-        if self.changed.is_empty() {
+        if changed.is_empty() {
             return Ok(());
         }
-        let changed = std::mem::take(&mut self.changed);
         let mut put = self.hot.take(Sql::PutUsed)?;
-        let ledger = self.ledgers.of(self.t, self.team)?;
-        for id in &changed {
+        let ledger = self.ledgers.of(self.t, self.key.team)?;
+        for id in changed {
             let used = ledger.used.get(id).copied().unwrap_or(0);
             put.execute(params![id, used as i64]).map_err(db)?;
         }
@@ -327,17 +344,9 @@ pub(super) fn put_settings(
     let now = Utc::now().to_rfc3339();
     for (user, product) in keys {
         let mut tail = load_tail(t, runs, &user, &product, i64::MIN, &[])?;
-        settle(
-            t,
-            &user,
-            &product,
-            settings,
-            (Cause::Import, &now),
-            &mut tail,
-            i64::MIN,
-            ledgers,
-            hot,
-        )?;
+        let key = Key::of(settings, &user, &product);
+        let mut sink = SqliteSink::new(t, hot, ledgers, key, &now);
+        settle(&mut sink, settings, key, Cause::Import, &mut tail, i64::MIN)?;
     }
     Ok(())
 }

@@ -233,41 +233,21 @@ impl Store for SqliteStore {
         settings: Settings,
     ) -> Result<Vec<Balance>, StoreError> {
         self.read(move |c| {
-            let mut teams: BTreeMap<String, Vec<PurchaseState>> = settings.teams.keys().map(|t| (t.clone(), Vec::new())).collect();
+            let mut purchases = Vec::new();
             let mut stmt = c
                 .prepare("SELECT id, team, tokens, purchased_at, expires_at, used FROM purchases ORDER BY expires_at, id")
                 .map_err(db)?;
             for row in stmt.query_map([], purchase_row).map_err(db)? {
                 let (purchase, used) = row.map_err(db)?;
-                let purchase = purchase?;
-                teams.entry(purchase.team.clone()).or_default().push(PurchaseState { purchase, used });
+                purchases.push(PurchaseState { purchase: purchase?, used });
             }
             let mut unfunded: BTreeMap<String, i64> = BTreeMap::new();
             let mut stmt = c.prepare("SELECT team, SUM(tokens) FROM ledger WHERE purchase IS NULL GROUP BY team").map_err(db)?;
             for row in stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))).map_err(db)? {
                 let (team, n) = row.map_err(db)?;
-                teams.entry(team.clone()).or_default();
                 unfunded.insert(team, n);
             }
-            Ok(teams
-                .into_iter()
-                .map(|(team, purchases)| {
-                    let remaining = purchases
-                        .iter()
-                        .filter(|p| p.purchase.active_at(at))
-                        .map(|p| p.purchase.tokens.saturating_sub(p.used))
-                        .sum();
-                    let low_balance = settings.teams.get(&team).and_then(|t| t.low_balance);
-                    Balance {
-                        unfunded: unfunded.get(&team).copied().unwrap_or(0).max(0) as u64,
-                        low: low_balance.is_some_and(|l| remaining < l),
-                        low_balance,
-                        remaining,
-                        purchases,
-                        team,
-                    }
-                })
-                .collect())
+            Ok(balances(at, &settings, purchases, unfunded))
         })
         .await
     }

@@ -1,7 +1,11 @@
+//! The SQLite backend's own tests: migrations and repair, session batches and runs,
+//! ledger batches, the stored form of a session. What every backend must do is the
+//! conformance suite (`store::conformance`), instantiated here for SQLite.
+
 use super::*;
 use crate::store::Incoming;
-use daymeter_shared::catalog::Product;
-use daymeter_shared::policy::{Rollover, ShortSessions};
+use crate::store::conformance::{Harness, history, ingest_of, replayed, session, settings};
+use daymeter_shared::policy::Policy;
 use daymeter_shared::session::OwnedSession;
 use daymeter_shared::session::RawSession;
 use daymeter_shared::time::ZoneCache;
@@ -12,144 +16,36 @@ fn temp_db(name: &str) -> PathBuf {
     dir.join("c.db")
 }
 
-fn session(id: &str, start: &str, end: &str) -> OwnedSession {
-    let text = serde_json::json!({
-        "id": id, "product": "acad", "start": start, "end": end, "tz": "Europe/Berlin"
-    })
-    .to_string();
-    let raw: RawSession<'_> = serde_json::from_str(&text).unwrap();
-    let (mut s, _) = raw.check(&mut ZoneCache::new()).unwrap();
-    s.user = Some("sophie".into());
-    s.device = Some("ws-1".into());
-    s.into_owned()
-}
+/// SQLite stores for the conformance suite, each in a directory of its own.
+struct Sqlite;
 
-/// Sophie's sessions on ws-1, synced now.
-fn ingest_of(sessions: &[OwnedSession]) -> Ingest {
-    let with_zones = sessions.iter().map(|s| {
-        let zone = Zone::of(s.tz.as_deref(), &s.start).unwrap();
-        (s.clone(), zone)
-    });
-    Ingest::new("sophie".into(), "ws-1".into(), with_zones, Utc::now()).unwrap()
-}
+impl Harness for Sqlite {
+    type Store = SqliteStore;
 
-fn settings(policy: Policy) -> Settings {
-    let mut s = Settings {
-        policy,
-        ..Settings::default()
-    };
-    s.catalog.insert(
-        "acad".into(),
-        Product {
-            name: None,
-            tokens_per_day: 7,
-            matches: vec![],
-            rate_confirmed: None,
-        },
-    );
-    s
-}
-
-/// What `replay` says for the same sessions.
-fn replayed(sessions: &[OwnedSession], settings: &Settings) -> Vec<UsageDay<'static>> {
-    let scenario = serde_json::json!({
-        "policy": settings.policy, "catalog": settings.catalog, "sessions": sessions,
-    });
-    daymeter_shared::scenario::replay(scenario.to_string().as_bytes())
-        .unwrap()
-        .usage_days
-}
-
-use daymeter_shared::policy::Policy;
-
-/// A year of sessions, some over night, some short, sent in batches in an order
-/// that exercises resuming: forward, then a late batch from the past.
-fn history() -> Vec<OwnedSession> {
-    let mut out = Vec::new();
-    for day in 1..=60 {
-        let d = chrono::NaiveDate::from_ymd_opt(2026, 1, 1).unwrap() + chrono::Days::new(day);
-        let at = |h: u32, m: u32| format!("{d}T{h:02}:{m:02}:00+01:00");
-        out.push(session(&format!("a{day}"), &at(9, 0), &at(12, 0)));
-        out.push(session(&format!("s{day}"), &at(13, 0), &at(13, 3)));
-        if day % 7 == 0 {
-            let next = d + chrono::Days::new(2);
-            out.push(session(
-                &format!("n{day}"),
-                &at(17, 0),
-                &format!("{next}T08:10:00+01:00"),
-            ));
-        }
+    fn fresh(&self, name: &str) -> SqliteStore {
+        SqliteStore::open(&temp_db(name)).unwrap()
     }
-    out
-}
 
-#[tokio::test(flavor = "multi_thread")]
-async fn settings_survive_a_reopen_and_price_the_ingests_queued_after_them() {
-    let path = temp_db("settings");
-    let store = SqliteStore::open(&path).unwrap();
-    let mut s = settings(Policy::default());
-    s.teams.insert(
-        "design".into(),
-        daymeter_shared::ledger::Team {
-            users: vec!["sophie".into()],
-            low_balance: Some(50),
-        },
-    );
-    store.put_settings(s.clone()).await.unwrap();
-    let first = session(
-        "p1",
-        "2026-02-02T09:00:00+01:00",
-        "2026-02-02T12:00:00+01:00",
-    );
-    let ingest = |sessions: Vec<OwnedSession>| ingest_of(&sessions);
-    store.ingest(ingest(vec![first])).await.unwrap();
-    // A new rate, then a sync queued right behind it: both days at the new rate.
-    let mut repriced = s.clone();
-    if let Some(p) = repriced.catalog.get_mut("acad") {
-        p.tokens_per_day = 9;
+    fn reopen(&self, store: SqliteStore) -> SqliteStore {
+        let path = store.path.clone();
+        store.close();
+        drop(store);
+        SqliteStore::open(&path).unwrap()
     }
-    let second = session(
-        "p2",
-        "2026-02-04T09:00:00+01:00",
-        "2026-02-04T12:00:00+01:00",
-    );
-    let (a, b) = tokio::join!(
-        store.put_settings(repriced.clone()),
-        store.ingest(ingest(vec![second]))
-    );
-    a.unwrap();
-    b.unwrap();
-    let days = store.usage_days(None, None).await.unwrap();
-    assert_eq!(days.len(), 2);
-    assert!(days.iter().all(|d| d.tokens == 9), "{days:?}");
-    store.close();
-    drop(store);
 
-    let store = SqliteStore::open(&path).unwrap();
-    assert_eq!(store.settings().await.unwrap(), repriced);
-    let day = |s: &str| s.parse::<NaiveDate>().ok();
-    assert_eq!(
-        store
-            .usage_days(day("2026-02-03"), None)
-            .await
-            .unwrap()
-            .len(),
-        1
-    );
-    assert_eq!(
-        store
-            .usage_days(None, day("2026-02-03"))
-            .await
-            .unwrap()
-            .len(),
-        1
-    );
-    store.close();
-    let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    fn discard(&self, store: SqliteStore) {
+        let path = store.path.clone();
+        store.close();
+        drop(store);
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    }
 }
 
-/// A database written before usage days recorded what they drew: the migration
-/// reads it from the ledger, and a later re-pricing reverses exactly that.
+/// Every conformance test, as `store::sqlite::tests::conformance::…`.
+mod conformance {
+    crate::store::conformance::conformance_suite!(super::Sqlite);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_list_shaped_session_stored_by_an_earlier_build_is_repaired_at_open() {
     let path = temp_db("repair-list");
@@ -184,6 +80,8 @@ async fn a_list_shaped_session_stored_by_an_earlier_build_is_repaired_at_open() 
     store.close();
 }
 
+/// A database written before usage days recorded what they drew: the migration
+/// reads it from the ledger, and a later re-pricing reverses exactly that.
 #[tokio::test(flavor = "multi_thread")]
 async fn migrated_days_keep_what_they_drew_and_a_repricing_reverses_it() {
     let path = temp_db("migrate-drawn");
@@ -300,39 +198,6 @@ async fn migrated_days_keep_what_they_drew_and_a_repricing_reverses_it() {
         vec![(Some("p1".into()), 4), (None, 6)]
     );
     store.close();
-}
-
-/// A user's last sync is recorded to the minute: a sync less than a minute after
-/// the recorded one leaves it, a later one moves it, also after a restart.
-#[tokio::test(flavor = "multi_thread")]
-async fn last_sync_is_recorded_to_the_minute() {
-    let path = temp_db("last-sync");
-    let t0 = Utc::now();
-    let at = |secs: i64| t0 + chrono::TimeDelta::seconds(secs);
-    let sync = |secs: i64| {
-        Ingest::new("sophie".into(), "ws-1".into(), std::iter::empty(), at(secs)).unwrap()
-    };
-    let mut store = SqliteStore::open(&path).unwrap();
-    assert_eq!(store.last_sync("sophie".into()).await.unwrap(), None);
-    for (secs, recorded) in [(0, 0), (30, 0), (59, 0), (61, 61), (90, 61)] {
-        store.ingest(sync(secs)).await.unwrap();
-        assert_eq!(
-            store.last_sync("sophie".into()).await.unwrap(),
-            Some(at(recorded)),
-            "after a sync at +{secs} s"
-        );
-    }
-    store.close();
-    drop(store);
-    store = SqliteStore::open(&path).unwrap();
-    for (secs, recorded) in [(100, 61), (125, 125)] {
-        store.ingest(sync(secs)).await.unwrap();
-        assert_eq!(
-            store.last_sync("sophie".into()).await.unwrap(),
-            Some(at(recorded)),
-            "after a restart and a sync at +{secs} s"
-        );
-    }
 }
 
 /// A sync of more sessions than a batch holds, naming one id twice (the running
@@ -567,166 +432,31 @@ async fn ledger_entries_are_numbered_one_by_one_across_batches_and_a_restart() {
     let _ = std::fs::remove_dir_all(path.parent().unwrap());
 }
 
+/// A database error keeps SQLite's own as its source, so that a caller can tell its
+/// kind (here a constraint, not a busy or full database).
 #[tokio::test(flavor = "multi_thread")]
-async fn a_failing_write_fails_alone_in_its_group() {
-    let path = temp_db("fails-alone");
+async fn a_database_error_keeps_sqlites_own_as_its_source() {
+    let path = temp_db("error-source");
     let store = SqliteStore::open(&path).unwrap();
-    store
-        .put_settings(settings(Policy::default()))
-        .await
-        .unwrap();
-    let device = |id: &str, hash: u8| Device {
-        id: id.into(),
-        hostname: id.into(),
+    let device = Device {
+        id: "ws-1".into(),
+        hostname: "ws-1".into(),
         os: "linux".into(),
         agent_version: "0".into(),
-        token_hash: [hash; 32],
+        token_hash: [1; 32],
         enrolled_at: Utc::now(),
         revoked: false,
     };
-    store.add_device(device("ws-1", 1)).await.unwrap();
-    let monday = session(
-        "m1",
-        "2026-02-02T09:00:00+01:00",
-        "2026-02-02T12:00:00+01:00",
+    store.add_device(device.clone()).await.unwrap();
+    let e = store.add_device(device).await.unwrap_err();
+    let source = std::error::Error::source(&e).expect("a source");
+    let sqlite = source
+        .downcast_ref::<rusqlite::Error>()
+        .expect("SQLite's error");
+    assert!(
+        matches!(sqlite, rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ConstraintViolation),
+        "{sqlite:?}"
     );
-    // Queued together: the duplicate device fails, the others are stored.
-    let (dup, synced, other) = tokio::join!(
-        store.add_device(device("ws-1", 1)),
-        store.ingest(ingest_of(&[monday])),
-        store.add_device(device("ws-2", 2)),
-    );
-    assert!(dup.is_err());
-    assert_eq!(synced.unwrap().accepted, vec!["m1".to_string()]);
-    other.unwrap();
-    let devices = store.devices().await.unwrap();
-    assert_eq!(devices.len(), 2);
-    assert_eq!(store.usage_days(None, None).await.unwrap().len(), 1);
     store.close();
     let _ = std::fs::remove_dir_all(path.parent().unwrap());
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn bounded_recomputation_equals_replay_whatever_the_batch_order() {
-    for policy in [
-        Policy::default(),
-        Policy {
-            short_sessions: ShortSessions::CountFree,
-            ..Policy::default()
-        },
-        Policy {
-            rollover: Rollover::Active,
-            ..Policy::default()
-        },
-    ] {
-        let path = temp_db("bounded");
-        let store = SqliteStore::open(&path).unwrap();
-        let settings = settings(policy);
-        store.put_settings(settings.clone()).await.unwrap();
-        let all = history();
-        // Forward in batches of 5, but the first 20 sessions arrive last (late).
-        let (early, late) = all.split_at(20);
-        for batch in late.chunks(5).chain(early.chunks(5)) {
-            let ingest = ingest_of(batch);
-            let outcome = store.ingest(ingest).await.unwrap();
-            assert_eq!(outcome.accepted.len(), batch.len());
-        }
-        let stored = store.usage_days(None, None).await.unwrap();
-        assert_eq!(stored, replayed(&all, &settings), "{:?}", settings.policy);
-        store.close();
-        let _ = std::fs::remove_dir_all(path.parent().unwrap());
-    }
-}
-
-/// `session` still running halfway through: no end, last seen then.
-fn running(s: &OwnedSession) -> OwnedSession {
-    let mut open = s.clone();
-    let end = s.end.unwrap();
-    open.end = None;
-    open.last_seen = Some(s.start + (end - s.start) / 2);
-    open
-}
-
-/// The writer's tails and id index against `replay`: shuffled batches of many sizes,
-/// sessions first reported running and later closed, copies sent twice, and a
-/// restart halfway (which empties the tails and rebuilds the index from the table).
-#[tokio::test(flavor = "multi_thread")]
-async fn tails_and_the_id_index_equal_replay_across_shuffles_copies_and_a_restart() {
-    let all = history();
-    for seed in 1..=4u64 {
-        let path = temp_db(&format!("tails-{seed}"));
-        let settings = settings(Policy::default());
-        let mut rng = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        let mut next = move |n: u64| {
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
-            rng % n
-        };
-        // Mostly forward, with some sessions moved later, and a running copy of every
-        // fifth session sent somewhat before the closed one.
-        let mut sends: Vec<(u64, OwnedSession)> = Vec::new();
-        for (i, s) in all.iter().enumerate() {
-            let at = i as u64 * 10 + if next(6) == 0 { next(400) } else { 0 };
-            if i % 5 == 0 {
-                sends.push((at.saturating_sub(15), running(s)));
-            }
-            sends.push((at, s.clone()));
-            if next(10) == 0 {
-                sends.push((at + next(100), s.clone()));
-            }
-        }
-        sends.sort_by_key(|(at, _)| *at);
-        let mut store = SqliteStore::open(&path).unwrap();
-        store.put_settings(settings.clone()).await.unwrap();
-        let mut sent = 0;
-        let half = sends.len() / 2;
-        while sent < sends.len() {
-            if sent >= half && sent < half + 8 {
-                store.close();
-                drop(store);
-                store = SqliteStore::open(&path).unwrap();
-                sent = half + 8;
-                // The batches that would have gone in between go now.
-                let batch: Vec<_> = sends[half..half + 8]
-                    .iter()
-                    .map(|(_, s)| s.clone())
-                    .collect();
-                let outcome = store.ingest(ingest_of(&batch)).await.unwrap();
-                assert!(outcome.rejected.is_empty(), "{outcome:?}");
-                continue;
-            }
-            let n = (1 + next(8) as usize).min(sends.len() - sent);
-            let batch: Vec<_> = sends[sent..sent + n]
-                .iter()
-                .map(|(_, s)| s.clone())
-                .collect();
-            let outcome = store.ingest(ingest_of(&batch)).await.unwrap();
-            assert!(outcome.rejected.is_empty(), "seed {seed}: {outcome:?}");
-            assert_eq!(outcome.accepted.len(), n);
-            sent += n;
-        }
-        let stored = store.usage_days(None, None).await.unwrap();
-        assert_eq!(stored, replayed(&all, &settings), "seed {seed}");
-        let kept = store.sessions(SessionFilter::default()).await.unwrap();
-        assert_eq!(kept.len(), all.len(), "seed {seed}: each id stored once");
-        assert!(
-            kept.iter().all(|s| s.end.is_some()),
-            "seed {seed}: closed copies won"
-        );
-        let charged: i64 = stored.iter().map(|d| d.tokens as i64).sum();
-        let booked: i64 = store
-            .ledger(None, None, usize::MAX)
-            .await
-            .unwrap()
-            .iter()
-            .map(|e| e.tokens)
-            .sum();
-        assert_eq!(
-            booked, charged,
-            "seed {seed}: the ledger holds the usage days"
-        );
-        store.close();
-        let _ = std::fs::remove_dir_all(path.parent().unwrap());
-    }
 }

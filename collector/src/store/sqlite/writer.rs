@@ -194,7 +194,7 @@ impl Writer {
 
 pub(super) fn refuse(job: Job, e: &str) -> Reply {
     fn err<T>(e: &str) -> Result<T, StoreError> {
-        Err(StoreError::Database(e.to_owned()))
+        Err(StoreError::Database(e.into()))
     }
     match job {
         Job::Ingest(ingest, tx) => Reply::Ingest(tx, err(e), ingest),

@@ -18,7 +18,7 @@ use daymeter_shared::record::Problem;
 use daymeter_shared::session::{MAX_WINDOWS, check_name};
 use serde_json::Value;
 
-use crate::store::Settings;
+use super::Settings;
 
 /// The highest daily rate a product may have: far above any real one, and low enough
 /// that no sum of days overflows what the store keeps.
@@ -79,6 +79,13 @@ pub fn merge(current: &Settings, doc: &Value) -> Result<(Settings, bool), Refuse
         merge_teams(&mut settings, teams)?;
     }
     Ok((settings, replace))
+}
+
+/// Whether `merged` shortens the window of `current`: only then must the stored
+/// sessions be checked by [`window_fits`] (a longer window never splits a session into
+/// more windows), and only then does the handler pay the store's scan for them.
+pub fn shortens_window(current: &Settings, merged: &Settings) -> bool {
+    merged.policy.window < current.policy.window
 }
 
 /// Whether the stored sessions still fit `window`: the longest of them (in seconds)

@@ -1,0 +1,33 @@
+//! `POST /v1/admin/devices/{id}/revoke`: a device's token refused from now on.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use serde_json::json;
+
+use super::{ApiError, AppState, check_admin, json_response};
+use crate::store::Store;
+
+pub(super) async fn revoke<S: Store>(
+    State(state): State<Arc<AppState<S>>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    check_admin(&state, &headers)?;
+    if !state.store.revoke_device(id.clone()).await? {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_device",
+            format!("no device {id}"),
+        ));
+    }
+    if let Ok(mut devices) = state.devices.write() {
+        for d in devices.values_mut().filter(|d| d.id == id) {
+            d.revoked = true;
+        }
+    }
+    tracing::info!(device = ?id, "device revoked");
+    Ok(json_response(&json!({ "device_id": id, "revoked": true })))
+}

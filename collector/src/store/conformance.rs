@@ -1,0 +1,378 @@
+//! The conformance suite: what every [`Store`] must do, whatever holds its data —
+//! replay equality under any batch order, copies and restarts; imports ordered with the
+//! syncs queued beside them; the ledger holding exactly the usage days; a failing write
+//! failing alone; last sync to the minute.
+//!
+//! A backend runs it by giving a [`Harness`] (how to make, reopen and discard one of its
+//! stores) to [`conformance_suite!`] in its tests, which instantiates every test below
+//! for it: SQLite does so in `sqlite/tests.rs`; PostgreSQL will do the same. What only
+//! one backend has (SQLite's batches, runs, migrations, repair) stays in its own tests.
+
+use chrono::{NaiveDate, Utc};
+use daymeter_shared::catalog::Product;
+use daymeter_shared::policy::{Policy, Rollover, ShortSessions};
+use daymeter_shared::session::{OwnedSession, RawSession};
+use daymeter_shared::time::{Zone, ZoneCache};
+use daymeter_shared::usage::UsageDay;
+
+use super::{Device, Ingest, SessionFilter, Settings, Store};
+
+/// How the suite gets stores of one backend.
+pub(crate) trait Harness {
+    type Store: Store;
+    /// A store over a new, empty database; `name` tells the tests' databases apart.
+    fn fresh(&self, name: &str) -> Self::Store;
+    /// `store` closed (everything it acknowledged durable) and its database opened again.
+    fn reopen(&self, store: Self::Store) -> Self::Store;
+    /// `store` closed and its database removed.
+    fn discard(&self, store: Self::Store);
+}
+
+/// Instantiates every conformance test as a `#[tokio::test]` of the calling module,
+/// over the stores `$harness` (an expression of a [`Harness`] type) makes.
+macro_rules! conformance_suite {
+    ($harness:expr) => {
+        #[tokio::test(flavor = "multi_thread")]
+        async fn settings_survive_a_reopen_and_price_the_ingests_queued_after_them() {
+            $crate::store::conformance::settings_survive_a_reopen_and_price_the_ingests_queued_after_them(&$harness).await
+        }
+        #[tokio::test(flavor = "multi_thread")]
+        async fn last_sync_is_recorded_to_the_minute() {
+            $crate::store::conformance::last_sync_is_recorded_to_the_minute(&$harness).await
+        }
+        #[tokio::test(flavor = "multi_thread")]
+        async fn a_failing_write_fails_alone_in_its_group() {
+            $crate::store::conformance::a_failing_write_fails_alone_in_its_group(&$harness).await
+        }
+        #[tokio::test(flavor = "multi_thread")]
+        async fn bounded_recomputation_equals_replay_whatever_the_batch_order() {
+            $crate::store::conformance::bounded_recomputation_equals_replay_whatever_the_batch_order(&$harness).await
+        }
+        #[tokio::test(flavor = "multi_thread")]
+        async fn tails_and_the_id_index_equal_replay_across_shuffles_copies_and_a_restart() {
+            $crate::store::conformance::tails_and_the_id_index_equal_replay_across_shuffles_copies_and_a_restart(&$harness).await
+        }
+    };
+}
+pub(crate) use conformance_suite;
+
+pub(crate) fn session(id: &str, start: &str, end: &str) -> OwnedSession {
+    let text = serde_json::json!({
+        "id": id, "product": "acad", "start": start, "end": end, "tz": "Europe/Berlin"
+    })
+    .to_string();
+    let raw: RawSession<'_> = serde_json::from_str(&text).unwrap();
+    let (mut s, _) = raw.check(&mut ZoneCache::new()).unwrap();
+    s.user = Some("sophie".into());
+    s.device = Some("ws-1".into());
+    s.into_owned()
+}
+
+/// Sophie's sessions on ws-1, synced now.
+pub(crate) fn ingest_of(sessions: &[OwnedSession]) -> Ingest {
+    let with_zones = sessions.iter().map(|s| {
+        let zone = Zone::of(s.tz.as_deref(), &s.start).unwrap();
+        (s.clone(), zone)
+    });
+    Ingest::new("sophie".into(), "ws-1".into(), with_zones, Utc::now()).unwrap()
+}
+
+pub(crate) fn settings(policy: Policy) -> Settings {
+    let mut s = Settings {
+        policy,
+        ..Settings::default()
+    };
+    s.catalog.insert(
+        "acad".into(),
+        Product {
+            name: None,
+            tokens_per_day: 7,
+            matches: vec![],
+            rate_confirmed: None,
+        },
+    );
+    s
+}
+
+/// What `replay` says for the same sessions.
+pub(crate) fn replayed(sessions: &[OwnedSession], settings: &Settings) -> Vec<UsageDay<'static>> {
+    let scenario = serde_json::json!({
+        "policy": settings.policy, "catalog": settings.catalog, "sessions": sessions,
+    });
+    daymeter_shared::scenario::replay(scenario.to_string().as_bytes())
+        .unwrap()
+        .usage_days
+}
+
+/// A year of sessions, some over night, some short, sent in batches in an order
+/// that exercises resuming: forward, then a late batch from the past.
+pub(crate) fn history() -> Vec<OwnedSession> {
+    let mut out = Vec::new();
+    for day in 1..=60 {
+        let d = chrono::NaiveDate::from_ymd_opt(2026, 1, 1).unwrap() + chrono::Days::new(day);
+        let at = |h: u32, m: u32| format!("{d}T{h:02}:{m:02}:00+01:00");
+        out.push(session(&format!("a{day}"), &at(9, 0), &at(12, 0)));
+        out.push(session(&format!("s{day}"), &at(13, 0), &at(13, 3)));
+        if day % 7 == 0 {
+            let next = d + chrono::Days::new(2);
+            out.push(session(
+                &format!("n{day}"),
+                &at(17, 0),
+                &format!("{next}T08:10:00+01:00"),
+            ));
+        }
+    }
+    out
+}
+
+/// `session` still running halfway through: no end, last seen then.
+pub(crate) fn running(s: &OwnedSession) -> OwnedSession {
+    let mut open = s.clone();
+    let end = s.end.unwrap();
+    open.end = None;
+    open.last_seen = Some(s.start + (end - s.start) / 2);
+    open
+}
+
+pub(crate) async fn settings_survive_a_reopen_and_price_the_ingests_queued_after_them<
+    H: Harness,
+>(
+    h: &H,
+) {
+    let store = h.fresh("settings");
+    let mut s = settings(Policy::default());
+    s.teams.insert(
+        "design".into(),
+        daymeter_shared::ledger::Team {
+            users: vec!["sophie".into()],
+            low_balance: Some(50),
+        },
+    );
+    store.put_settings(s.clone()).await.unwrap();
+    let first = session(
+        "p1",
+        "2026-02-02T09:00:00+01:00",
+        "2026-02-02T12:00:00+01:00",
+    );
+    let ingest = |sessions: Vec<OwnedSession>| ingest_of(&sessions);
+    store.ingest(ingest(vec![first])).await.unwrap();
+    // A new rate, then a sync queued right behind it: both days at the new rate.
+    let mut repriced = s.clone();
+    if let Some(p) = repriced.catalog.get_mut("acad") {
+        p.tokens_per_day = 9;
+    }
+    let second = session(
+        "p2",
+        "2026-02-04T09:00:00+01:00",
+        "2026-02-04T12:00:00+01:00",
+    );
+    let (a, b) = tokio::join!(
+        store.put_settings(repriced.clone()),
+        store.ingest(ingest(vec![second]))
+    );
+    a.unwrap();
+    b.unwrap();
+    let days = store.usage_days(None, None).await.unwrap();
+    assert_eq!(days.len(), 2);
+    assert!(days.iter().all(|d| d.tokens == 9), "{days:?}");
+    let store = h.reopen(store);
+    assert_eq!(store.settings().await.unwrap(), repriced);
+    let day = |s: &str| s.parse::<NaiveDate>().ok();
+    assert_eq!(
+        store
+            .usage_days(day("2026-02-03"), None)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(
+        store
+            .usage_days(None, day("2026-02-03"))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    h.discard(store);
+}
+
+/// A user's last sync is recorded to the minute: a sync less than a minute after
+/// the recorded one leaves it, a later one moves it, also after a restart.
+pub(crate) async fn last_sync_is_recorded_to_the_minute<H: Harness>(h: &H) {
+    let t0 = Utc::now();
+    let at = |secs: i64| t0 + chrono::TimeDelta::seconds(secs);
+    let sync = |secs: i64| {
+        Ingest::new("sophie".into(), "ws-1".into(), std::iter::empty(), at(secs)).unwrap()
+    };
+    let mut store = h.fresh("last-sync");
+    assert_eq!(store.last_sync("sophie".into()).await.unwrap(), None);
+    for (secs, recorded) in [(0, 0), (30, 0), (59, 0), (61, 61), (90, 61)] {
+        store.ingest(sync(secs)).await.unwrap();
+        assert_eq!(
+            store.last_sync("sophie".into()).await.unwrap(),
+            Some(at(recorded)),
+            "after a sync at +{secs} s"
+        );
+    }
+    store = h.reopen(store);
+    for (secs, recorded) in [(100, 61), (125, 125)] {
+        store.ingest(sync(secs)).await.unwrap();
+        assert_eq!(
+            store.last_sync("sophie".into()).await.unwrap(),
+            Some(at(recorded)),
+            "after a restart and a sync at +{secs} s"
+        );
+    }
+}
+
+pub(crate) async fn a_failing_write_fails_alone_in_its_group<H: Harness>(h: &H) {
+    let store = h.fresh("fails-alone");
+    store
+        .put_settings(settings(Policy::default()))
+        .await
+        .unwrap();
+    let device = |id: &str, hash: u8| Device {
+        id: id.into(),
+        hostname: id.into(),
+        os: "linux".into(),
+        agent_version: "0".into(),
+        token_hash: [hash; 32],
+        enrolled_at: Utc::now(),
+        revoked: false,
+    };
+    store.add_device(device("ws-1", 1)).await.unwrap();
+    let monday = session(
+        "m1",
+        "2026-02-02T09:00:00+01:00",
+        "2026-02-02T12:00:00+01:00",
+    );
+    // Queued together: the duplicate device fails, the others are stored.
+    let (dup, synced, other) = tokio::join!(
+        store.add_device(device("ws-1", 1)),
+        store.ingest(ingest_of(&[monday])),
+        store.add_device(device("ws-2", 2)),
+    );
+    assert!(dup.is_err());
+    assert_eq!(synced.unwrap().accepted, vec!["m1".to_string()]);
+    other.unwrap();
+    let devices = store.devices().await.unwrap();
+    assert_eq!(devices.len(), 2);
+    assert_eq!(store.usage_days(None, None).await.unwrap().len(), 1);
+    h.discard(store);
+}
+
+pub(crate) async fn bounded_recomputation_equals_replay_whatever_the_batch_order<H: Harness>(
+    h: &H,
+) {
+    for policy in [
+        Policy::default(),
+        Policy {
+            short_sessions: ShortSessions::CountFree,
+            ..Policy::default()
+        },
+        Policy {
+            rollover: Rollover::Active,
+            ..Policy::default()
+        },
+    ] {
+        let store = h.fresh("bounded");
+        let settings = settings(policy);
+        store.put_settings(settings.clone()).await.unwrap();
+        let all = history();
+        // Forward in batches of 5, but the first 20 sessions arrive last (late).
+        let (early, late) = all.split_at(20);
+        for batch in late.chunks(5).chain(early.chunks(5)) {
+            let ingest = ingest_of(batch);
+            let outcome = store.ingest(ingest).await.unwrap();
+            assert_eq!(outcome.accepted.len(), batch.len());
+        }
+        let stored = store.usage_days(None, None).await.unwrap();
+        assert_eq!(stored, replayed(&all, &settings), "{:?}", settings.policy);
+        h.discard(store);
+    }
+}
+
+/// The writer's tails and id index against `replay`: shuffled batches of many sizes,
+/// sessions first reported running and later closed, copies sent twice, and a
+/// restart halfway (which empties the tails and rebuilds the index from the table).
+pub(crate) async fn tails_and_the_id_index_equal_replay_across_shuffles_copies_and_a_restart<
+    H: Harness,
+>(
+    h: &H,
+) {
+    let all = history();
+    for seed in 1..=4u64 {
+        let name = format!("tails-{seed}");
+        let settings = settings(Policy::default());
+        let mut rng = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let mut next = move |n: u64| {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng % n
+        };
+        // Mostly forward, with some sessions moved later, and a running copy of every
+        // fifth session sent somewhat before the closed one.
+        let mut sends: Vec<(u64, OwnedSession)> = Vec::new();
+        for (i, s) in all.iter().enumerate() {
+            let at = i as u64 * 10 + if next(6) == 0 { next(400) } else { 0 };
+            if i % 5 == 0 {
+                sends.push((at.saturating_sub(15), running(s)));
+            }
+            sends.push((at, s.clone()));
+            if next(10) == 0 {
+                sends.push((at + next(100), s.clone()));
+            }
+        }
+        sends.sort_by_key(|(at, _)| *at);
+        let mut store = h.fresh(&name);
+        store.put_settings(settings.clone()).await.unwrap();
+        let mut sent = 0;
+        let half = sends.len() / 2;
+        while sent < sends.len() {
+            if sent >= half && sent < half + 8 {
+                store = h.reopen(store);
+                sent = half + 8;
+                // The batches that would have gone in between go now.
+                let batch: Vec<_> = sends[half..half + 8]
+                    .iter()
+                    .map(|(_, s)| s.clone())
+                    .collect();
+                let outcome = store.ingest(ingest_of(&batch)).await.unwrap();
+                assert!(outcome.rejected.is_empty(), "{outcome:?}");
+                continue;
+            }
+            let n = (1 + next(8) as usize).min(sends.len() - sent);
+            let batch: Vec<_> = sends[sent..sent + n]
+                .iter()
+                .map(|(_, s)| s.clone())
+                .collect();
+            let outcome = store.ingest(ingest_of(&batch)).await.unwrap();
+            assert!(outcome.rejected.is_empty(), "seed {seed}: {outcome:?}");
+            assert_eq!(outcome.accepted.len(), n);
+            sent += n;
+        }
+        let stored = store.usage_days(None, None).await.unwrap();
+        assert_eq!(stored, replayed(&all, &settings), "seed {seed}");
+        let kept = store.sessions(SessionFilter::default()).await.unwrap();
+        assert_eq!(kept.len(), all.len(), "seed {seed}: each id stored once");
+        assert!(
+            kept.iter().all(|s| s.end.is_some()),
+            "seed {seed}: closed copies won"
+        );
+        let charged: i64 = stored.iter().map(|d| d.tokens as i64).sum();
+        let booked: i64 = store
+            .ledger(None, None, usize::MAX)
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| e.tokens)
+            .sum();
+        assert_eq!(
+            booked, charged,
+            "seed {seed}: the ledger holds the usage days"
+        );
+        h.discard(store);
+    }
+}
