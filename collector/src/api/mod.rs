@@ -12,6 +12,7 @@ mod enroll;
 mod import;
 mod ledger;
 mod purchases;
+mod reports;
 mod sessions;
 mod sync;
 mod usage_days;
@@ -359,6 +360,14 @@ pub fn router<S: Store>(state: Arc<AppState<S>>) -> Router {
         )
         .route("/v1/admin/balances", get(ledger::balances::<S>))
         .route("/v1/admin/ledger", get(ledger::ledger::<S>))
+        .route("/v1/reports/tokens", get(reports::tokens::<S>))
+        .route("/v1/reports/products", get(reports::products::<S>))
+        .route("/v1/reports/users", get(reports::users::<S>))
+        .route("/v1/reports/usage", get(reports::usage::<S>))
+        .route("/v1/reports/waste", get(reports::waste::<S>))
+        .route("/v1/reports/forecast", get(reports::forecast::<S>))
+        .route("/v1/reports/advice", get(reports::advice::<S>))
+        .route("/v1/reports/concurrent", get(reports::concurrent::<S>))
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
         })

@@ -1,0 +1,388 @@
+//! `GET /v1/reports/{tokens,products,users,usage,waste,forecast,advice,concurrent}`:
+//! admin auth, JSON. Each handler reads what the store returns for the range and hands
+//! it to the rules in [`crate::reports`]; nothing here decides a number.
+//!
+//! Query parameters, all optional: `range` (`past-30-days`, the default, or
+//! `past-3-months` … `past-12-months`) or `from` and `to` (UTC days, both included);
+//! `team`, `user`, `product`. Unknown parameters are refused by name.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, NaiveDate, TimeDelta, Utc};
+use daymeter_shared::entitlement::Pricing;
+use serde::Deserialize;
+use serde_json::json;
+
+use super::{ApiError, AppState, bad_query, check_admin};
+use crate::reports::range::{self, Basis, ReportRange};
+use crate::reports::{Filter, Teams, advice, concurrent, forecast, tokens, usage, waste};
+use crate::store::{SessionFilter, Settings, Store};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ReportQuery {
+    range: Option<String>,
+    from: Option<String>,
+    to: Option<String>,
+    team: Option<String>,
+    user: Option<String>,
+    product: Option<String>,
+}
+
+/// What every report starts from.
+struct Asked {
+    range: ReportRange,
+    filter: Filter,
+    today: NaiveDate,
+    now: DateTime<Utc>,
+}
+
+fn asked<S: Store>(
+    state: &AppState<S>,
+    headers: &HeaderMap,
+    q: Result<Query<ReportQuery>, QueryRejection>,
+    basis: Basis,
+) -> Result<Asked, ApiError> {
+    check_admin(state, headers)?;
+    let Query(q) = q.map_err(bad_query)?;
+    let now = state.clock.now();
+    let today = now.date_naive();
+    let range = range::parse(
+        q.range.as_deref(),
+        q.from.as_deref(),
+        q.to.as_deref(),
+        basis,
+        today,
+    )
+    .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_range", e.message).field(e.field))?;
+    Ok(Asked {
+        range,
+        filter: Filter {
+            team: q.team,
+            user: q.user,
+            product: q.product,
+        },
+        today,
+        now,
+    })
+}
+
+fn range_json(r: &ReportRange) -> serde_json::Value {
+    json!({"from": r.from, "to": r.to, "days": r.days(), "months": r.months})
+}
+
+/// `tokens`: used in the range, remaining, added and expired unused in the last 7 days,
+/// tokens by day for the last year.
+pub(super) async fn tokens<S: Store>(
+    State(state): State<Arc<AppState<S>>>,
+    headers: HeaderMap,
+    q: Result<Query<ReportQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let a = asked(&state, &headers, q, Basis::CompletedMonths)?;
+    let settings = state.settings();
+    let teams = Teams::new(&settings.teams);
+    let first = a.range.from.min(tokens::by_day_from(a.today));
+    let rows = state
+        .store
+        .usage_days(Some(first), Some(a.range.to.max(a.today)))
+        .await?;
+    let used = tokens::used(&rows, &a.range, &a.filter, &teams, a.today);
+    let week_ago = a.now - TimeDelta::days(7);
+    let (mut remaining, mut added, mut expired) = (0u64, 0u64, 0u64);
+    for b in state
+        .store
+        .balances(a.now, Settings::clone(&state.settings()))
+        .await?
+    {
+        if a.filter.team.as_deref().is_some_and(|t| t != b.team) {
+            continue;
+        }
+        remaining += b.remaining;
+        for p in &b.purchases {
+            if p.purchase.purchased_at > week_ago && p.purchase.purchased_at <= a.now {
+                added += p.purchase.tokens;
+            }
+            if p.purchase.expires_at > week_ago && p.purchase.expires_at <= a.now {
+                expired += p.purchase.tokens.saturating_sub(p.used);
+            }
+        }
+    }
+    Ok(Json(json!({
+        "range": range_json(&a.range),
+        "used": used.used,
+        "remaining": remaining,
+        "added_last_7_days": added,
+        "removed_last_7_days": expired,
+        "products_used": used.products_used,
+        "users": used.users,
+        "by_day": used.by_day,
+    }))
+    .into_response())
+}
+
+/// `products`: per product, users, tokens, average per month, users per token band.
+pub(super) async fn products<S: Store>(
+    State(state): State<Arc<AppState<S>>>,
+    headers: HeaderMap,
+    q: Result<Query<ReportQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let a = asked(&state, &headers, q, Basis::CompletedMonths)?;
+    let teams = Teams::new(&state.settings().teams);
+    let rows = state
+        .store
+        .usage_days(Some(a.range.from), Some(a.range.to))
+        .await?;
+    let lines = tokens::by_product(&rows, &a.range, &a.filter, &teams);
+    Ok(Json(json!({"range": range_json(&a.range), "products": lines})).into_response())
+}
+
+/// `users`: per user, products, tokens, days used, weekly days per product.
+pub(super) async fn users<S: Store>(
+    State(state): State<Arc<AppState<S>>>,
+    headers: HeaderMap,
+    q: Result<Query<ReportQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let a = asked(&state, &headers, q, Basis::CompletedMonths)?;
+    let teams = Teams::new(&state.settings().teams);
+    let rows = state
+        .store
+        .usage_days(Some(a.range.from), Some(a.range.to))
+        .await?;
+    let lines = tokens::by_user(&rows, &a.range, &a.filter, &teams);
+    Ok(Json(json!({"range": range_json(&a.range), "users": lines})).into_response())
+}
+
+/// `usage`: per user and product, assignment, last access, days used and inactive,
+/// status. Seat-style: rolling months.
+pub(super) async fn usage<S: Store>(
+    State(state): State<Arc<AppState<S>>>,
+    headers: HeaderMap,
+    q: Result<Query<ReportQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let a = asked(&state, &headers, q, Basis::Rolling)?;
+    let settings = state.settings();
+    let teams = Teams::new(&settings.teams);
+    let rows = state
+        .store
+        .usage_days(Some(a.range.from), Some(a.range.to))
+        .await?;
+    let sessions = state
+        .store
+        .sessions(SessionFilter {
+            user: a.filter.user.clone(),
+            product: a.filter.product.clone(),
+            from: None,
+            to: Some(a.range.to),
+        })
+        .await?;
+    // Last accessed: the UTC date the product was last seen in use (a session's
+    // effective end), which is the day of the last sync that carried it.
+    let mut last: HashMap<(String, String), NaiveDate> = HashMap::new();
+    for s in &sessions {
+        let Some(user) = s.user.as_deref() else {
+            continue;
+        };
+        let day = s.effective_end().naive_utc().date().min(a.range.to);
+        let entry = last
+            .entry((user.to_owned(), s.product.to_string()))
+            .or_insert(day);
+        *entry = (*entry).max(day);
+    }
+    let lines = usage::lines(
+        &rows,
+        &settings.entitlements,
+        &last,
+        &a.range,
+        &a.filter,
+        &teams,
+    );
+    Ok(Json(json!({"range": range_json(&a.range), "usage": lines})).into_response())
+}
+
+/// `waste`: per user and product, idle windows and rollovers with their sessions, and
+/// what `rollover = active` would save.
+pub(super) async fn waste<S: Store>(
+    State(state): State<Arc<AppState<S>>>,
+    headers: HeaderMap,
+    q: Result<Query<ReportQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let a = asked(&state, &headers, q, Basis::CompletedMonths)?;
+    let settings = state.settings();
+    let teams = Teams::new(&settings.teams);
+    let rows = state
+        .store
+        .usage_days(Some(a.range.from), Some(a.range.to))
+        .await?;
+    // The sessions that reach into the range's windows: a window may start the day
+    // before its session's days.
+    let sessions = state
+        .store
+        .sessions(SessionFilter {
+            user: a.filter.user.clone(),
+            product: a.filter.product.clone(),
+            from: Some(a.range.from - TimeDelta::days(1)),
+            to: Some(a.range.to + TimeDelta::days(1)),
+        })
+        .await?;
+    let mut by_key: BTreeMap<(String, String), (Vec<_>, Vec<_>)> = BTreeMap::new();
+    for r in rows
+        .into_iter()
+        .filter(|r| a.filter.keeps(&teams, &r.user, &r.product))
+    {
+        by_key
+            .entry((r.user.to_string(), r.product.to_string()))
+            .or_default()
+            .0
+            .push(r);
+    }
+    for s in sessions {
+        let Some(user) = s.user.as_deref().map(str::to_owned) else {
+            continue;
+        };
+        if let Some(key) = by_key.get_mut(&(user, s.product.to_string())) {
+            key.1.push(s);
+        }
+    }
+    let rules = settings.policy.rules();
+    let mut keys = Vec::new();
+    for ((user, product), (days, sessions)) in &by_key {
+        let entitlements: Vec<_> = settings
+            .entitlements
+            .iter()
+            .filter(|e| &e.user == user && &e.product == product)
+            .collect();
+        let pricing = Pricing {
+            tokens_per_day: settings
+                .catalog
+                .get(product)
+                .map_or(0, |p| p.tokens_per_day),
+            entitlements: &entitlements,
+        };
+        let w = waste::key_waste(user, product, sessions, days, &rules, &pricing);
+        if !w.idle_windows.is_empty() || !w.rollovers.is_empty() {
+            keys.push(w);
+        }
+    }
+    let wasted: u64 = keys.iter().map(|k| k.wasted_tokens).sum();
+    let save: u64 = keys.iter().map(|k| k.active_rollover_would_save).sum();
+    Ok(Json(json!({
+        "range": range_json(&a.range),
+        "wasted_tokens": wasted,
+        "active_rollover_would_save": save,
+        "keys": keys,
+    }))
+    .into_response())
+}
+
+/// `forecast`: per team, burn rates, run-out date, tokens expiring unused.
+pub(super) async fn forecast<S: Store>(
+    State(state): State<Arc<AppState<S>>>,
+    headers: HeaderMap,
+    q: Result<Query<ReportQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let a = asked(&state, &headers, q, Basis::Rolling)?;
+    let teams = Teams::new(&state.settings().teams);
+    let first = a.today - TimeDelta::days(89);
+    let rows = state.store.usage_days(Some(first), Some(a.today)).await?;
+    let mut charged: BTreeMap<&str, Vec<u64>> = BTreeMap::new();
+    for r in &rows {
+        let Ok(i) = usize::try_from((r.day - first).num_days()) else {
+            continue;
+        };
+        if i < 90 {
+            charged
+                .entry(teams.of(&r.user))
+                .or_insert_with(|| vec![0; 90])[i] += r.tokens;
+        }
+    }
+    let mut out = Vec::new();
+    for b in state
+        .store
+        .balances(a.now, Settings::clone(&state.settings()))
+        .await?
+    {
+        if a.filter.team.as_deref().is_some_and(|t| t != b.team) {
+            continue;
+        }
+        let holdings: Vec<forecast::Holding> = b
+            .purchases
+            .iter()
+            .map(|p| forecast::Holding {
+                remaining: p.purchase.tokens.saturating_sub(p.used),
+                expires_on: p.purchase.expires_at.date_naive(),
+            })
+            .collect();
+        let by_day = charged.get(b.team.as_str()).cloned().unwrap_or_default();
+        out.push(forecast::forecast(&b.team, &holdings, &by_day, a.today));
+    }
+    Ok(Json(json!({"today": a.today, "teams": out})).into_response())
+}
+
+/// `advice`: per user and product, a year of Flex tokens against a subscription.
+pub(super) async fn advice<S: Store>(
+    State(state): State<Arc<AppState<S>>>,
+    headers: HeaderMap,
+    q: Result<Query<ReportQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let a = asked(&state, &headers, q, Basis::Rolling)?;
+    let settings = state.settings();
+    let teams = Teams::new(&settings.teams);
+    // Always the last twelve months: a year is what a subscription is priced for.
+    let from = a.today - TimeDelta::days(364);
+    let rows = state.store.usage_days(Some(from), Some(a.today)).await?;
+    let rates: BTreeMap<String, u64> = settings
+        .catalog
+        .iter()
+        .map(|(id, p)| (id.clone(), p.tokens_per_day))
+        .collect();
+    let lines = advice::lines(
+        &rows,
+        from,
+        a.today,
+        &rates,
+        &advice::Prices::default(),
+        &a.filter,
+        &teams,
+    );
+    Ok(Json(json!({"from": from, "to": a.today, "advice": lines})).into_response())
+}
+
+/// `concurrent`: one user's sessions of one product overlapping on two devices.
+pub(super) async fn concurrent<S: Store>(
+    State(state): State<Arc<AppState<S>>>,
+    headers: HeaderMap,
+    q: Result<Query<ReportQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let a = asked(&state, &headers, q, Basis::Rolling)?;
+    let teams = Teams::new(&state.settings().teams);
+    let sessions = state
+        .store
+        .sessions(SessionFilter {
+            user: a.filter.user.clone(),
+            product: a.filter.product.clone(),
+            from: Some(a.range.from),
+            to: Some(a.range.to),
+        })
+        .await?;
+    let spans: Vec<concurrent::Span> = sessions
+        .iter()
+        .filter_map(|s| {
+            Some(concurrent::Span {
+                id: s.id.to_string(),
+                user: s.user.as_deref()?.to_owned(),
+                product: s.product.to_string(),
+                device: s.device.as_deref()?.to_owned(),
+                start: s.start.with_timezone(&Utc),
+                end: s.effective_end().with_timezone(&Utc),
+            })
+        })
+        .collect();
+    let overlaps = concurrent::overlaps(&spans, &a.filter, &teams);
+    Ok(Json(json!({"range": range_json(&a.range), "overlaps": overlaps})).into_response())
+}

@@ -1,0 +1,281 @@
+//! The report API against a real collector over HTTP: a known data set seeded through
+//! `/v1/sync`, every number worked out here by hand from the sessions (not by calling
+//! the collector's report functions).
+//!
+//! November 2026, UTC, policy defaults (24 h windows, 5 min minimum, rollover = open);
+//! acad 7 tokens a day, revit 10; teams civil (ana, ben) and arch (cleo):
+//! - ana, acad on her laptop Mon 2 Nov 09:00–17:00 and Tue 3 Nov 09:00–12:00 (a
+//!   relaunch exactly at the window's end: a second window), revit Tue 13:00–15:00,
+//!   and acad on the office desktop Mon 10:00–11:00 (same login, two devices: listed as
+//!   concurrent, charged once);
+//! - ben, acad left open Fri 6 Nov 17:00 to Mon 9 Nov 09:30, idle from Fri 18:00 to
+//!   Mon 09:00: windows Fri, Sat, Sun (rollovers Sat and Sun; Saturday's window saw no
+//!   use at all);
+//! - cleo, an acad subscription since 1 January, never used;
+//! - civil bought 1,000 tokens on 1 October, before any of these days.
+
+mod support;
+
+use serde_json::{Value, json};
+
+use support::*;
+
+fn session(id: &str, product: &str, start: &str, end: &str) -> Value {
+    json!({ "id": id, "product": product, "start": start, "end": end, "tz": "UTC" })
+}
+
+async fn seeded() -> (TempDir, Collector) {
+    let settings = json!({
+        "catalog": {
+            "acad": { "name": "AutoCAD", "tokens_per_day": 7 },
+            "revit": { "name": "Revit", "tokens_per_day": 10 }
+        },
+        "entitlements": [
+            { "user": "cleo", "product": "acad", "plan": "subscription",
+              "from": "2026-01-01T00:00:00Z" }
+        ],
+        "policy": default_policy(),
+        "teams": {
+            "civil": { "users": ["ana", "ben"] },
+            "arch": { "users": ["cleo"] }
+        }
+    });
+    let (dir, c) = collector_with("reports", &settings).await;
+    // Bought before the days were charged: they draw from it.
+    c.api
+        .admin_post(
+            "/v1/admin/purchases",
+            &json!({ "team": "civil", "tokens": 1000, "purchased_at": "2026-10-01T00:00:00Z",
+                     "expires_at": "2036-01-01T00:00:00Z" }),
+        )
+        .await;
+    let laptop = c.api.enroll("ana-laptop").await;
+    let desktop = c.api.enroll("office-desktop").await;
+    let bens = c.api.enroll("ben-laptop").await;
+    c.api
+        .sync(
+            &laptop,
+            "ana",
+            &[
+                session(
+                    "ana-1",
+                    "acad",
+                    "2026-11-02T09:00:00Z",
+                    "2026-11-02T17:00:00Z",
+                ),
+                session(
+                    "ana-2",
+                    "acad",
+                    "2026-11-03T09:00:00Z",
+                    "2026-11-03T12:00:00Z",
+                ),
+                session(
+                    "ana-3",
+                    "revit",
+                    "2026-11-03T13:00:00Z",
+                    "2026-11-03T15:00:00Z",
+                ),
+            ],
+        )
+        .await;
+    c.api
+        .sync(
+            &desktop,
+            "ana",
+            &[session(
+                "ana-4",
+                "acad",
+                "2026-11-02T10:00:00Z",
+                "2026-11-02T11:00:00Z",
+            )],
+        )
+        .await;
+    let mut weekend = session(
+        "ben-1",
+        "acad",
+        "2026-11-06T17:00:00Z",
+        "2026-11-09T09:30:00Z",
+    );
+    weekend["idle"] = json!([["2026-11-06T18:00:00Z", "2026-11-09T09:00:00Z"]]);
+    c.api.sync(&bens, "ben", &[weekend]).await;
+    (dir, c)
+}
+
+const NOVEMBER: &str = "from=2026-11-01&to=2026-11-30";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_token_report_sums_the_charged_days_of_the_range() {
+    let (_dir, c) = seeded().await;
+    let r = c
+        .api
+        .admin_get(&format!("/v1/reports/tokens?{NOVEMBER}"))
+        .await;
+    // ana: acad Mon + Tue (14), revit Tue (10); ben: acad Fri, Sat, Sun (21).
+    assert_eq!(r["used"], 45, "{r}");
+    assert_eq!(r["products_used"], 2);
+    assert_eq!(r["users"], 2);
+    assert_eq!(r["by_day"].as_array().map(Vec::len), Some(365));
+    let civil = c
+        .api
+        .admin_get(&format!("/v1/reports/tokens?{NOVEMBER}&team=civil"))
+        .await;
+    assert_eq!(civil["used"], 45);
+    assert_eq!(civil["remaining"], 1000 - 45);
+    let arch = c
+        .api
+        .admin_get(&format!("/v1/reports/tokens?{NOVEMBER}&team=arch"))
+        .await;
+    assert_eq!(arch["used"], 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_product_and_user_reports_split_the_same_days() {
+    let (_dir, c) = seeded().await;
+    let p = c
+        .api
+        .admin_get(&format!("/v1/reports/products?{NOVEMBER}"))
+        .await;
+    let products = p["products"].as_array().expect("products");
+    let acad = products
+        .iter()
+        .find(|x| x["product"] == "acad")
+        .expect("acad");
+    assert_eq!(
+        (acad["users"].as_u64(), acad["tokens"].as_u64()),
+        (Some(2), Some(35))
+    );
+    let revit = products
+        .iter()
+        .find(|x| x["product"] == "revit")
+        .expect("revit");
+    assert_eq!(
+        (revit["users"].as_u64(), revit["tokens"].as_u64()),
+        (Some(1), Some(10))
+    );
+
+    let u = c
+        .api
+        .admin_get(&format!("/v1/reports/users?{NOVEMBER}"))
+        .await;
+    let users = u["users"].as_array().expect("users");
+    let ana = users.iter().find(|x| x["user"] == "ana").expect("ana");
+    assert_eq!(ana["tokens"], 24);
+    assert_eq!(ana["days_used"], 2, "2 and 3 November");
+    assert_eq!(ana["team"], "civil");
+    let ben = users.iter().find(|x| x["user"] == "ben").expect("ben");
+    assert_eq!(
+        (ben["tokens"].as_u64(), ben["days_used"].as_u64()),
+        (Some(21), Some(3))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unused_subscription_is_inactive_and_used_products_are_active() {
+    let (_dir, c) = seeded().await;
+    let r = c
+        .api
+        .admin_get(&format!("/v1/reports/usage?{NOVEMBER}"))
+        .await;
+    let lines = r["usage"].as_array().expect("usage");
+    let of = |user: &str, product: &str| {
+        lines
+            .iter()
+            .find(|l| l["user"] == user && l["product"] == product)
+            .unwrap_or_else(|| panic!("no line for {user} {product}: {r}"))
+    };
+    assert_eq!(of("cleo", "acad")["status"], "inactive");
+    assert_eq!(of("cleo", "acad")["days_inactive"], 30);
+    assert_eq!(of("ana", "acad")["status"], "active");
+    assert_eq!(of("ana", "acad")["last_accessed"], "2026-11-03");
+    assert_eq!(of("ana", "acad")["days_inactive"], 27);
+    assert_eq!(of("ben", "acad")["days_used"], 3);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_waste_report_finds_the_idle_weekend_and_what_active_rollover_saves() {
+    let (_dir, c) = seeded().await;
+    let r = c
+        .api
+        .admin_get(&format!("/v1/reports/waste?{NOVEMBER}"))
+        .await;
+    assert_eq!(r["wasted_tokens"], 7, "Saturday's window: {r}");
+    // Under rollover = active: Friday, then Monday from 09:00: 14 instead of 21.
+    assert_eq!(r["active_rollover_would_save"], 7);
+    let keys = r["keys"].as_array().expect("keys");
+    assert_eq!(keys.len(), 1, "only ben's acad wasted anything: {r}");
+    assert_eq!(keys[0]["rollovers"].as_array().map(Vec::len), Some(2));
+    assert_eq!(keys[0]["idle_windows"][0]["sessions"], json!(["ben-1"]));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_login_on_two_devices_at_once_is_listed_as_concurrent_and_charged_once() {
+    let (_dir, c) = seeded().await;
+    let r = c
+        .api
+        .admin_get(&format!("/v1/reports/concurrent?{NOVEMBER}"))
+        .await;
+    let overlaps = r["overlaps"].as_array().expect("overlaps");
+    assert_eq!(overlaps.len(), 1, "{r}");
+    assert_eq!(overlaps[0]["user"], "ana");
+    assert_eq!(overlaps[0]["from"], "2026-11-02T10:00:00Z");
+    assert_eq!(overlaps[0]["to"], "2026-11-02T11:00:00Z");
+    let days = c
+        .api
+        .admin_get("/v1/admin/usage-days?from=2026-11-02&to=2026-11-02&user=ana&product=acad")
+        .await;
+    assert_eq!(days["usage_days"].as_array().map(Vec::len), Some(1));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_forecast_counts_the_balance_left_after_the_charged_days() {
+    let (_dir, c) = seeded().await;
+    let r = c.api.admin_get("/v1/reports/forecast?team=civil").await;
+    let teams = r["teams"].as_array().expect("teams");
+    assert_eq!(teams.len(), 1, "{r}");
+    assert_eq!(teams[0]["remaining"], 1000 - 45);
+    // The charged days, worked out by hand; the burn rate is what the last 30 days
+    // (today included) charged, per day.
+    let charged = [
+        ("2026-11-02", 7),
+        ("2026-11-03", 17),
+        ("2026-11-06", 7),
+        ("2026-11-07", 7),
+        ("2026-11-08", 7),
+    ];
+    let today = chrono::Utc::now().date_naive();
+    let recent: u64 = charged
+        .iter()
+        .filter(|(d, _)| {
+            let d: chrono::NaiveDate = d.parse().expect("a day");
+            d > today - chrono::TimeDelta::days(30) && d <= today
+        })
+        .map(|(_, t)| t)
+        .sum();
+    let burn = (recent as f64 / 30.0 * 100.0).round() / 100.0;
+    assert_eq!(teams[0]["burn_per_day_30"].as_f64(), Some(burn), "{r}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bad_range_or_an_unknown_parameter_is_refused_by_name() {
+    let (_dir, c) = seeded().await;
+    for (query, field) in [
+        ("range=past-4-months", "range"),
+        ("from=2026-11-31&to=2026-12-01", "from"),
+        ("from=2026-11-02&to=2026-11-01", "to"),
+        ("teem=civil", "teem"),
+    ] {
+        let r = c
+            .api
+            .get(&format!("/v1/reports/tokens?{query}"), Some(ADMIN_TOKEN))
+            .await;
+        assert_eq!(
+            r.status,
+            reqwest::StatusCode::BAD_REQUEST,
+            "{query}: {}",
+            r.body
+        );
+        assert_eq!(r.body["error"]["field"], field, "{query}: {}", r.body);
+    }
+    let r = c.api.get("/v1/reports/tokens", None).await;
+    assert_eq!(r.status, reqwest::StatusCode::UNAUTHORIZED);
+}
