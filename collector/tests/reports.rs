@@ -12,7 +12,8 @@
 //!   Mon 09:00: windows Fri, Sat, Sun (rollovers Sat and Sun; Saturday's window saw no
 //!   use at all);
 //! - cleo, an acad subscription since 1 January, never used;
-//! - civil bought 1,000 tokens on 1 October, before any of these days.
+//! - civil bought 1,000 tokens on 1 October, before any of these days;
+//! - ana and cleo are named in the import; team arch hashes its people.
 
 mod support;
 
@@ -37,7 +38,11 @@ async fn seeded() -> (TempDir, Collector) {
         "policy": default_policy(),
         "teams": {
             "civil": { "users": ["ana", "ben"] },
-            "arch": { "users": ["cleo"] }
+            "arch": { "users": ["cleo"], "personal_data": "hashed" }
+        },
+        "users": {
+            "ana": { "email": "ana@firm.example", "first_name": "Ana", "last_name": "Núñez" },
+            "cleo": { "email": "cleo@firm.example", "first_name": "Cleo", "last_name": "Ruiz" }
         }
     });
     let (dir, c) = collector_with("reports", &settings).await;
@@ -183,8 +188,13 @@ async fn an_unused_subscription_is_inactive_and_used_products_are_active() {
             .find(|l| l["user"] == user && l["product"] == product)
             .unwrap_or_else(|| panic!("no line for {user} {product}: {r}"))
     };
-    assert_eq!(of("cleo", "acad")["status"], "inactive");
-    assert_eq!(of("cleo", "acad")["days_inactive"], 30);
+    // cleo's team hashes its people: her line is the arch team's one.
+    let cleo = lines
+        .iter()
+        .find(|l| l["team"] == "arch")
+        .unwrap_or_else(|| panic!("no line for arch: {r}"));
+    assert_eq!(cleo["status"], "inactive");
+    assert_eq!(cleo["days_inactive"], 30);
     assert_eq!(of("ana", "acad")["status"], "active");
     assert_eq!(of("ana", "acad")["last_accessed"], "2026-11-03");
     assert_eq!(of("ana", "acad")["days_inactive"], 27);
@@ -278,4 +288,137 @@ async fn a_bad_range_or_an_unknown_parameter_is_refused_by_name() {
     }
     let r = c.api.get("/v1/reports/tokens", None).await;
     assert_eq!(r.status, reqwest::StatusCode::UNAUTHORIZED);
+}
+
+/// The raw body of an admin GET.
+async fn admin_bytes(c: &Collector, path: &str) -> (String, Vec<u8>) {
+    let r = c
+        .api
+        .http
+        .get(format!("{}{path}", c.api.base))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .expect("GET");
+    assert!(r.status().is_success(), "GET {path}: {}", r.status());
+    let content_type = r
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    (content_type, r.bytes().await.expect("body").to_vec())
+}
+
+fn csv_rows(bytes: &[u8], delimiter: u8) -> Vec<Vec<String>> {
+    let text = bytes
+        .strip_prefix(b"\xEF\xBB\xBF")
+        .expect("UTF-8 with a byte-order mark, for Excel");
+    csv::ReaderBuilder::new()
+        .delimiter(delimiter)
+        .has_headers(false)
+        .from_reader(text)
+        .records()
+        .map(|r| {
+            r.expect("an RFC 4180 record")
+                .iter()
+                .map(str::to_owned)
+                .collect()
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_token_usage_export_has_the_vendors_columns_and_one_row_per_charged_day() {
+    let (_dir, c) = seeded().await;
+    let (content_type, bytes) =
+        admin_bytes(&c, &format!("/v1/exports/token-usage.csv?{NOVEMBER}")).await;
+    assert!(content_type.starts_with("text/csv"), "{content_type}");
+    let rows = csv_rows(&bytes, b',');
+    assert_eq!(
+        rows[0],
+        [
+            "Team",
+            "Email",
+            "First name",
+            "Last name",
+            "User",
+            "Product",
+            "Feature",
+            "Day used",
+            "Tokens used"
+        ]
+    );
+    let days = &rows[1..];
+    // ana: acad 2 and 3 Nov, revit 3 Nov; ben: acad 6, 7, 8 Nov.
+    assert_eq!(days.len(), 6, "{rows:?}");
+    let tokens: u64 = days
+        .iter()
+        .map(|r| r[8].parse::<u64>().expect("tokens"))
+        .sum();
+    assert_eq!(tokens, 45);
+    let ana = days.iter().find(|r| r[4] == "ana").expect("ana's row");
+    assert_eq!(
+        ana[..7],
+        [
+            "civil",
+            "ana@firm.example",
+            "Ana",
+            "Núñez",
+            "ana",
+            "AutoCAD",
+            "acad"
+        ]
+    );
+    let (_, semicolons) = admin_bytes(
+        &c,
+        &format!("/v1/exports/token-usage.csv?{NOVEMBER}&delimiter=%3B&user=ben"),
+    )
+    .await;
+    let rows = csv_rows(&semicolons, b';');
+    assert_eq!(rows.len(), 1 + 3, "ben's three days: {rows:?}");
+    assert_eq!(rows[0][0], "Team");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hashed_team_is_never_named_in_an_export_or_a_report() {
+    let (_dir, c) = seeded().await;
+    let (_, bytes) = admin_bytes(&c, &format!("/v1/exports/usage.csv?{NOVEMBER}")).await;
+    let text = String::from_utf8(bytes.clone()).expect("UTF-8");
+    assert!(
+        !text.contains("cleo") && !text.contains("Cleo") && !text.contains("Ruiz"),
+        "{text}"
+    );
+    let rows = csv_rows(&bytes, b',');
+    let arch: Vec<_> = rows.iter().filter(|r| r[0] == "arch").collect();
+    assert_eq!(arch.len(), 1, "{rows:?}");
+    let pseudonym = &arch[0][4];
+    assert!(pseudonym.starts_with("u-"), "{pseudonym}");
+    assert_eq!(arch[0][1], *pseudonym, "the email is the pseudonym too");
+    assert_eq!(arch[0][6], "Inactive");
+    // The same pseudonym in the JSON report.
+    let usage = c
+        .api
+        .admin_get(&format!("/v1/reports/usage?{NOVEMBER}&team=arch"))
+        .await;
+    assert_eq!(usage["usage"][0]["user"], pseudonym.as_str(), "{usage}");
+    assert!(!usage.to_string().contains("cleo"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_export_with_an_unknown_delimiter_or_parameter_is_refused_by_name() {
+    let (_dir, c) = seeded().await;
+    for (query, field) in [("delimiter=%7C", "delimiter"), ("format=xlsx", "format")] {
+        let r = c
+            .api
+            .get(&format!("/v1/exports/usage.csv?{query}"), Some(ADMIN_TOKEN))
+            .await;
+        assert_eq!(
+            r.status,
+            reqwest::StatusCode::BAD_REQUEST,
+            "{query}: {}",
+            r.body
+        );
+        assert_eq!(r.body["error"]["field"], field, "{query}: {}", r.body);
+    }
 }

@@ -15,13 +15,33 @@ use serde::{Deserialize, Serialize};
 /// The team of users with no team of their own.
 pub const DEFAULT_TEAM: &str = "default";
 
-/// A team: its users, and the balance below which admins are alerted.
+/// A team: its users, the balance below which admins are alerted, and whether its
+/// people are named in reports.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Team {
     #[serde(default)]
     pub users: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub low_balance: Option<u64>,
+    #[serde(default, skip_serializing_if = "PersonalData::is_shown")]
+    pub personal_data: PersonalData,
+}
+
+/// How a team's people appear in reports, exports, mail and the dashboard.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PersonalData {
+    /// Names and emails as imported.
+    #[default]
+    Shown,
+    /// Replaced by a keyed hash, the same in every report.
+    Hashed,
+}
+
+impl PersonalData {
+    pub fn is_shown(&self) -> bool {
+        *self == PersonalData::Shown
+    }
 }
 
 /// The team a user belongs to (`default` if none lists them).

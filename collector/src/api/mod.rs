@@ -9,6 +9,7 @@
 
 mod devices;
 mod enroll;
+mod exports;
 mod import;
 mod ledger;
 mod purchases;
@@ -360,6 +361,12 @@ pub fn router<S: Store>(state: Arc<AppState<S>>) -> Router {
         )
         .route("/v1/admin/balances", get(ledger::balances::<S>))
         .route("/v1/admin/ledger", get(ledger::ledger::<S>))
+        .route(
+            "/v1/exports/token-usage.csv",
+            get(exports::token_usage::<S>),
+        )
+        .route("/v1/exports/seat-usage.csv", get(exports::seat_usage::<S>))
+        .route("/v1/exports/usage.csv", get(exports::usage_csv::<S>))
         .route("/v1/reports/tokens", get(reports::tokens::<S>))
         .route("/v1/reports/products", get(reports::products::<S>))
         .route("/v1/reports/users", get(reports::users::<S>))

@@ -2,6 +2,9 @@
 //! admin auth, JSON. Each handler reads what the store returns for the range and hands
 //! it to the rules in [`crate::reports`]; nothing here decides a number.
 //!
+//! Users of a team whose `personal_data` is `hashed` appear under their keyed pseudonym
+//! ([`People`]), as in the CSV exports.
+//!
 //! Query parameters, all optional: `range` (`past-30-days`, the default, or
 //! `past-3-months` … `past-12-months`) or `from` and `to` (UTC days, both included);
 //! `team`, `user`, `product`. Unknown parameters are refused by name.
@@ -20,6 +23,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::{ApiError, AppState, bad_query, check_admin};
+use crate::reports::people::People;
 use crate::reports::range::{self, Basis, ReportRange};
 use crate::reports::{Filter, Teams, advice, concurrent, forecast, tokens, usage, waste};
 use crate::store::{SessionFilter, Settings, Store};
@@ -71,6 +75,22 @@ fn asked<S: Store>(
         today,
         now,
     })
+}
+
+/// Puts each line's user as reports show them: the id, or the keyed pseudonym of a
+/// team that hashes its people ([`People`]).
+fn name_users<S, T>(
+    state: &AppState<S>,
+    settings: &Settings,
+    teams: &Teams,
+    lines: &mut [T],
+    user: impl Fn(&mut T) -> &mut String,
+) {
+    let people = People::new(settings, teams, state.admin_token.expose());
+    for line in lines {
+        let u = user(line);
+        *u = people.user(u);
+    }
 }
 
 fn range_json(r: &ReportRange) -> serde_json::Value {
@@ -149,12 +169,14 @@ pub(super) async fn users<S: Store>(
     q: Result<Query<ReportQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let a = asked(&state, &headers, q, Basis::CompletedMonths)?;
-    let teams = Teams::new(&state.settings().teams);
+    let settings = state.settings();
+    let teams = Teams::new(&settings.teams);
     let rows = state
         .store
         .usage_days(Some(a.range.from), Some(a.range.to))
         .await?;
-    let lines = tokens::by_user(&rows, &a.range, &a.filter, &teams);
+    let mut lines = tokens::by_user(&rows, &a.range, &a.filter, &teams);
+    name_users(&state, &settings, &teams, &mut lines, |l| &mut l.user);
     Ok(Json(json!({"range": range_json(&a.range), "users": lines})).into_response())
 }
 
@@ -194,7 +216,7 @@ pub(super) async fn usage<S: Store>(
             .or_insert(day);
         *entry = (*entry).max(day);
     }
-    let lines = usage::lines(
+    let mut lines = usage::lines(
         &rows,
         &settings.entitlements,
         &last,
@@ -202,6 +224,7 @@ pub(super) async fn usage<S: Store>(
         &a.filter,
         &teams,
     );
+    name_users(&state, &settings, &teams, &mut lines, |l| &mut l.user);
     Ok(Json(json!({"range": range_json(&a.range), "usage": lines})).into_response())
 }
 
@@ -269,6 +292,7 @@ pub(super) async fn waste<S: Store>(
             keys.push(w);
         }
     }
+    name_users(&state, &settings, &teams, &mut keys, |k| &mut k.user);
     let wasted: u64 = keys.iter().map(|k| k.wasted_tokens).sum();
     let save: u64 = keys.iter().map(|k| k.active_rollover_would_save).sum();
     Ok(Json(json!({
@@ -341,7 +365,7 @@ pub(super) async fn advice<S: Store>(
         .iter()
         .map(|(id, p)| (id.clone(), p.tokens_per_day))
         .collect();
-    let lines = advice::lines(
+    let mut lines = advice::lines(
         &rows,
         from,
         a.today,
@@ -350,6 +374,7 @@ pub(super) async fn advice<S: Store>(
         &a.filter,
         &teams,
     );
+    name_users(&state, &settings, &teams, &mut lines, |l| &mut l.user);
     Ok(Json(json!({"from": from, "to": a.today, "advice": lines})).into_response())
 }
 
@@ -360,7 +385,8 @@ pub(super) async fn concurrent<S: Store>(
     q: Result<Query<ReportQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let a = asked(&state, &headers, q, Basis::Rolling)?;
-    let teams = Teams::new(&state.settings().teams);
+    let settings = state.settings();
+    let teams = Teams::new(&settings.teams);
     let sessions = state
         .store
         .sessions(SessionFilter {
@@ -383,6 +409,7 @@ pub(super) async fn concurrent<S: Store>(
             })
         })
         .collect();
-    let overlaps = concurrent::overlaps(&spans, &a.filter, &teams);
+    let mut overlaps = concurrent::overlaps(&spans, &a.filter, &teams);
+    name_users(&state, &settings, &teams, &mut overlaps, |o| &mut o.user);
     Ok(Json(json!({"range": range_json(&a.range), "overlaps": overlaps})).into_response())
 }

@@ -10,6 +10,8 @@
 //! - [`forecast`] — a team's burn rate, when its balance runs out, what expires unused.
 //! - [`advice`] — Flex tokens against a subscription, per user and product.
 //! - [`concurrent`] — one user's sessions of one product overlapping on two devices.
+//! - [`people`] — names and emails as imported, or a keyed hash for a hashed team.
+//! - [`exports`] — the CSV exports' rows, with the vendor's columns.
 //! - [`waste`] — days charged while the product was idle or asleep, rollovers, and what
 //!   `rollover = active` would save.
 //!
@@ -18,7 +20,9 @@
 
 pub mod advice;
 pub mod concurrent;
+pub mod exports;
 pub mod forecast;
+pub mod people;
 pub mod range;
 pub mod tokens;
 pub mod usage;
@@ -130,6 +134,7 @@ mod tests {
             Team {
                 users: vec!["ana".to_owned()],
                 low_balance: None,
+                ..Team::default()
             },
         );
         let teams = Teams::new(&teams);
@@ -145,6 +150,7 @@ mod tests {
             Team {
                 users: vec!["ana".to_owned()],
                 low_balance: None,
+                ..Team::default()
             },
         );
         let teams = Teams::new(&map);

@@ -18,7 +18,7 @@ use daymeter_shared::record::Problem;
 use daymeter_shared::session::{MAX_WINDOWS, check_name};
 use serde_json::Value;
 
-use super::Settings;
+use super::{Person, Settings};
 
 /// The highest daily rate a product may have: far above any real one, and low enough
 /// that no sum of days overflows what the store keeps.
@@ -77,6 +77,9 @@ pub fn merge(current: &Settings, doc: &Value) -> Result<(Settings, bool), Refuse
     }
     if let Some(teams) = doc.get("teams").filter(|v| !v.is_null()) {
         merge_teams(&mut settings, teams)?;
+    }
+    if let Some(users) = doc.get("users").filter(|v| !v.is_null()) {
+        merge_people(&mut settings, users)?;
     }
     Ok((settings, replace))
 }
@@ -196,6 +199,43 @@ fn merge_teams(settings: &mut Settings, teams: &Value) -> Result<(), Refused> {
     Ok(())
 }
 
+/// `"users": {"ana": {"email": …, "first_name": …, "last_name": …}}`: who each licence
+/// user is, merged by user (a user given again is replaced whole).
+fn merge_people(settings: &mut Settings, users: &Value) -> Result<(), Refused> {
+    let Value::Object(entries) = users else {
+        return Err(Refused::new(
+            "users",
+            Problem::WrongType {
+                field: "users",
+                expected: "an object of people by licence user",
+            },
+        ));
+    };
+    for (user, entry) in entries {
+        let record = format!("user {user:?}");
+        check_name("users", user).map_err(|p| Refused::new(&record, p))?;
+        let person: Person = serde_json::from_value(entry.clone()).map_err(|e| {
+            Refused::new(
+                &record,
+                Problem::Malformed(format!(
+                    "a user is {{\"email\": …, \"first_name\": …, \"last_name\": …}}, each a string: {e}"
+                )),
+            )
+        })?;
+        for (field, value) in [
+            ("email", &person.email),
+            ("first_name", &person.first_name),
+            ("last_name", &person.last_name),
+        ] {
+            if let Some(v) = value {
+                check_name(field, v).map_err(|p| Refused::new(&record, p))?;
+            }
+        }
+        settings.people.insert(user.clone(), person);
+    }
+    Ok(())
+}
+
 /// Refuses the keys an import does not know, at every level, by name.
 fn only_known_keys(doc: &Value) -> Result<(), Refused> {
     let check = |record: &str, value: &Value, allowed: &[&str]| match value {
@@ -224,7 +264,14 @@ fn only_known_keys(doc: &Value) -> Result<(), Refused> {
     check(
         "import",
         doc,
-        &["catalog", "entitlements", "teams", "policy", "replace"],
+        &[
+            "catalog",
+            "entitlements",
+            "teams",
+            "users",
+            "policy",
+            "replace",
+        ],
     )?;
     if let Some(policy) = top.get("policy") {
         check("policy", policy, Policy::KEYS)?;
@@ -255,7 +302,20 @@ fn only_known_keys(doc: &Value) -> Result<(), Refused> {
     }
     if let Some(Value::Object(teams)) = top.get("teams") {
         for (name, team) in teams {
-            check(&format!("team {name:?}"), team, &["users", "low_balance"])?;
+            check(
+                &format!("team {name:?}"),
+                team,
+                &["users", "low_balance", "personal_data"],
+            )?;
+        }
+    }
+    if let Some(Value::Object(users)) = top.get("users") {
+        for (user, person) in users {
+            check(
+                &format!("user {user:?}"),
+                person,
+                &["email", "first_name", "last_name"],
+            )?;
         }
     }
     Ok(())
@@ -277,6 +337,27 @@ mod tests {
             (r.code, r.field.as_deref()),
             ("unknown_key", Some("grace_flexx"))
         );
+    }
+
+    #[test]
+    fn people_and_a_teams_personal_data_are_imported_and_a_misspelt_key_refused() {
+        let (s, _) = merge(
+            &Settings::default(),
+            &json!({
+                "teams": {"hr": {"users": ["ben"], "personal_data": "hashed"}},
+                "users": {"ben": {"email": "ben@firm.example", "first_name": "Ben"}}
+            }),
+        )
+        .expect("merged");
+        assert_eq!(
+            s.teams["hr"].personal_data,
+            daymeter_shared::ledger::PersonalData::Hashed
+        );
+        assert_eq!(s.people["ben"].email.as_deref(), Some("ben@firm.example"));
+        let r = refused(json!({"users": {"ben": {"e_mail": "ben@firm.example"}}}));
+        assert_eq!((r.code, r.field.as_deref()), ("unknown_key", Some("e_mail")));
+        let r = refused(json!({"teams": {"hr": {"personal_data": "hidden"}}}));
+        assert!(r.message.contains("hidden"), "{}", r.message);
     }
 
     #[test]

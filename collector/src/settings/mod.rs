@@ -29,6 +29,21 @@ pub struct Settings {
     pub catalog: Catalog,
     pub entitlements: Vec<Entitlement>,
     pub teams: BTreeMap<String, Team>,
+    /// Who each licence user is, for reports: `"users": {"ana": {"email": …}}` in an
+    /// import.
+    pub people: BTreeMap<String, Person>,
+}
+
+/// A licence user's name and email, as the import gives them (each optional).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Person {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_name: Option<String>,
 }
 
 impl Settings {

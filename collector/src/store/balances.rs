@@ -70,6 +70,7 @@ mod tests {
             Team {
                 users: vec!["sophie".into()],
                 low_balance: Some(50),
+                ..Default::default()
             },
         );
         settings.teams.insert("idle".into(), Team::default());

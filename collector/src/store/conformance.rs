@@ -146,6 +146,7 @@ pub(crate) async fn settings_survive_a_reopen_and_price_the_ingests_queued_after
         daymeter_shared::ledger::Team {
             users: vec!["sophie".into()],
             low_balance: Some(50),
+            ..Default::default()
         },
     );
     store.put_settings(s.clone()).await.unwrap();

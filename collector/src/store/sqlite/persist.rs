@@ -332,6 +332,11 @@ pub(super) fn put_settings(
         serde_json::to_string(&settings.entitlements).map_err(corrupt)?
     ])
     .map_err(db)?;
+    put.execute(params![
+        "people",
+        serde_json::to_string(&settings.people).map_err(corrupt)?
+    ])
+    .map_err(db)?;
     let keys: Vec<(String, String)> = {
         let mut stmt = t
             .prepare("SELECT DISTINCT user, product FROM session_runs")
@@ -368,6 +373,7 @@ pub(super) fn read_settings(conn: &Connection) -> Result<Settings, StoreError> {
                 settings.entitlements = serde_json::from_str(&value).map_err(corrupt)?
             }
             "teams" => settings.teams = serde_json::from_str(&value).map_err(corrupt)?,
+            "people" => settings.people = serde_json::from_str(&value).map_err(corrupt)?,
             _ => {}
         }
     }

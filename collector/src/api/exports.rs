@@ -1,0 +1,274 @@
+//! `GET /v1/exports/{token-usage,seat-usage,usage}.csv`: the reports' filters, CSV out.
+//!
+//! RFC 4180 (the `csv` crate), UTF-8 with a byte-order mark so that Excel reads accents
+//! right, `delimiter=;` for spreadsheets in locales whose decimal separator is the
+//! comma. The file is written on a blocking thread in 64 KiB chunks that go out as they
+//! fill, so a large export is never held whole as text. (The rows it is written from
+//! are the store's answer for the range, in memory.)
+
+use std::io::{self, Write};
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use chrono::NaiveDate;
+use daymeter_shared::usage::UsageDay;
+use serde::Deserialize;
+use tokio::sync::mpsc;
+
+use super::{ApiError, AppState, bad_query, check_admin};
+use crate::reports::people::People;
+use crate::reports::range::{self, Basis};
+use crate::reports::{Filter, Teams, exports, usage};
+use crate::settings::Settings;
+use crate::store::{SessionFilter, Store};
+
+/// A chunk goes out once it holds this much.
+const CHUNK: usize = 64 * 1024;
+/// What Excel needs to read a CSV file as UTF-8.
+const BOM: &[u8] = b"\xEF\xBB\xBF";
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ExportQuery {
+    range: Option<String>,
+    from: Option<String>,
+    to: Option<String>,
+    team: Option<String>,
+    user: Option<String>,
+    product: Option<String>,
+    delimiter: Option<String>,
+}
+
+/// Which export.
+#[derive(Clone, Copy)]
+enum Kind {
+    TokenUsage,
+    SeatUsage,
+    Usage,
+}
+
+impl Kind {
+    fn file(self) -> &'static str {
+        match self {
+            Kind::TokenUsage => "token-usage.csv",
+            Kind::SeatUsage => "seat-usage.csv",
+            Kind::Usage => "usage.csv",
+        }
+    }
+
+    /// Token exports count completed months, seat and usage exports rolling ones, as
+    /// their reports do.
+    fn basis(self) -> Basis {
+        match self {
+            Kind::TokenUsage => Basis::CompletedMonths,
+            Kind::SeatUsage | Kind::Usage => Basis::Rolling,
+        }
+    }
+}
+
+pub(super) async fn token_usage<S: Store>(
+    state: State<Arc<AppState<S>>>,
+    headers: HeaderMap,
+    q: Result<Query<ExportQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    export(state, headers, q, Kind::TokenUsage).await
+}
+
+pub(super) async fn seat_usage<S: Store>(
+    state: State<Arc<AppState<S>>>,
+    headers: HeaderMap,
+    q: Result<Query<ExportQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    export(state, headers, q, Kind::SeatUsage).await
+}
+
+pub(super) async fn usage_csv<S: Store>(
+    state: State<Arc<AppState<S>>>,
+    headers: HeaderMap,
+    q: Result<Query<ExportQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    export(state, headers, q, Kind::Usage).await
+}
+
+async fn export<S: Store>(
+    State(state): State<Arc<AppState<S>>>,
+    headers: HeaderMap,
+    q: Result<Query<ExportQuery>, QueryRejection>,
+    kind: Kind,
+) -> Result<Response, ApiError> {
+    check_admin(&state, &headers)?;
+    let Query(q) = q.map_err(bad_query)?;
+    let delimiter = match q.delimiter.as_deref() {
+        None | Some(",") => b',',
+        Some(";") => b';',
+        Some(other) => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_delimiter",
+                format!("delimiter {other:?}: \",\" (the default) or \";\""),
+            )
+            .field("delimiter"));
+        }
+    };
+    let today = state.clock.now().date_naive();
+    let range = range::parse(
+        q.range.as_deref(),
+        q.from.as_deref(),
+        q.to.as_deref(),
+        kind.basis(),
+        today,
+    )
+    .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_range", e.message).field(e.field))?;
+    let filter = Filter {
+        team: q.team,
+        user: q.user,
+        product: q.product,
+    };
+    let settings = state.settings();
+    let rows = state
+        .store
+        .usage_days(Some(range.from), Some(range.to))
+        .await?;
+    let last = match kind {
+        Kind::Usage => last_accessed(&state, &filter, range.to).await?,
+        _ => Vec::new(),
+    };
+    let secret = state.admin_token.expose().to_owned();
+    let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(4);
+    tokio::task::spawn_blocking(move || {
+        let out = Chunks {
+            tx: tx.clone(),
+            buf: Vec::with_capacity(CHUNK),
+        };
+        let written = write_csv(
+            out, delimiter, kind, &settings, &rows, &last, &range, &filter, &secret,
+        );
+        if let Err(e) = written {
+            // The client sees a cut-off body; the log says why.
+            tracing::warn!(file = kind.file(), error = %e, "a CSV export stopped");
+            let _ = tx.blocking_send(Err(e));
+        }
+    });
+    let stream = Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
+    let disposition = format!("attachment; filename=\"{}\"", kind.file());
+    Ok((
+        [
+            (header::CONTENT_TYPE, "text/csv; charset=utf-8".to_owned()),
+            (header::CONTENT_DISPOSITION, disposition),
+        ],
+        stream,
+    )
+        .into_response())
+}
+
+/// Per (user, product), the UTC date the product was last seen in use.
+async fn last_accessed<S: Store>(
+    state: &AppState<S>,
+    filter: &Filter,
+    to: NaiveDate,
+) -> Result<Vec<((String, String), NaiveDate)>, ApiError> {
+    let sessions = state
+        .store
+        .sessions(SessionFilter {
+            user: filter.user.clone(),
+            product: filter.product.clone(),
+            from: None,
+            to: Some(to),
+        })
+        .await?;
+    Ok(sessions
+        .iter()
+        .filter_map(|s| {
+            Some((
+                (s.user.as_deref()?.to_owned(), s.product.to_string()),
+                s.effective_end().naive_utc().date().min(to),
+            ))
+        })
+        .collect())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn write_csv(
+    out: Chunks,
+    delimiter: u8,
+    kind: Kind,
+    settings: &Settings,
+    rows: &[UsageDay<'_>],
+    last: &[((String, String), NaiveDate)],
+    range: &range::ReportRange,
+    filter: &Filter,
+    secret: &str,
+) -> io::Result<()> {
+    let teams = Teams::new(&settings.teams);
+    let people = People::new(settings, &teams, secret);
+    let mut out = out;
+    out.write_all(BOM)?;
+    let mut csv = csv::WriterBuilder::new()
+        .delimiter(delimiter)
+        .from_writer(out);
+    let catalog = &settings.catalog;
+    match kind {
+        Kind::TokenUsage => {
+            csv.write_record(exports::TOKEN_USAGE)?;
+            for r in exports::token_usage(rows, range, filter, &teams, &people, catalog) {
+                csv.write_record(&r)?;
+            }
+        }
+        Kind::SeatUsage => {
+            csv.write_record(exports::SEAT_USAGE)?;
+            for r in exports::seat_usage(rows, range, filter, &teams, &people, catalog) {
+                csv.write_record(&r)?;
+            }
+        }
+        Kind::Usage => {
+            let mut latest = std::collections::HashMap::new();
+            for (key, day) in last {
+                let e = latest.entry(key.clone()).or_insert(*day);
+                *e = (*e).max(*day);
+            }
+            let lines = usage::lines(rows, &settings.entitlements, &latest, range, filter, &teams);
+            csv.write_record(exports::USAGE)?;
+            for r in exports::usage(&lines, &teams, &people, catalog) {
+                csv.write_record(&r)?;
+            }
+        }
+    }
+    let mut out = csv.into_inner().map_err(|e| e.into_error())?;
+    out.flush()
+}
+
+/// A writer that sends what it holds as a body chunk each time it passes [`CHUNK`].
+struct Chunks {
+    tx: mpsc::Sender<io::Result<Bytes>>,
+    buf: Vec<u8>,
+}
+
+impl Write for Chunks {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= CHUNK {
+            self.send()?;
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        if !self.buf.is_empty() {
+            self.send()?;
+        }
+        Ok(())
+    }
+}
+
+impl Chunks {
+    fn send(&mut self) -> io::Result<()> {
+        let chunk = Bytes::from(std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK)));
+        self.tx
+            .blocking_send(Ok(chunk))
+            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the client went away"))
+    }
+}
