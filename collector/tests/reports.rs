@@ -13,7 +13,8 @@
 //!   use at all);
 //! - cleo, an acad subscription since 1 January, never used;
 //! - civil bought 1,000 tokens on 1 October, before any of these days;
-//! - ana and cleo are named in the import; team arch hashes its people.
+//! - ana and cleo are named in the import; team arch hashes its people;
+//! - a token costs 3 EUR, a year of acad 2,100 EUR (break-even: 100 days of 21 EUR).
 
 mod support;
 
@@ -28,9 +29,11 @@ fn session(id: &str, product: &str, start: &str, end: &str) -> Value {
 async fn seeded() -> (TempDir, Collector) {
     let settings = json!({
         "catalog": {
-            "acad": { "name": "AutoCAD", "tokens_per_day": 7 },
+            "acad": { "name": "AutoCAD", "tokens_per_day": 7, "subscription_price": 2100 },
             "revit": { "name": "Revit", "tokens_per_day": 10 }
         },
+        "token_price": 3.0,
+        "currency": "EUR",
         "entitlements": [
             { "user": "cleo", "product": "acad", "plan": "subscription",
               "from": "2026-01-01T00:00:00Z" }
@@ -421,4 +424,34 @@ async fn an_export_with_an_unknown_delimiter_or_parameter_is_refused_by_name() {
         );
         assert_eq!(r.body["error"]["field"], field, "{query}: {}", r.body);
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn plan_advice_prices_a_year_of_flex_days_against_a_subscription() {
+    let (_dir, c) = seeded().await;
+    let r = c
+        .api
+        .admin_get("/v1/reports/advice?user=ana&product=acad")
+        .await;
+    // ana's acad days, if they are within the last twelve months when the test runs.
+    let today = chrono::Utc::now().date_naive();
+    let days = ["2026-11-02", "2026-11-03"]
+        .iter()
+        .filter(|d| {
+            let d: chrono::NaiveDate = d.parse().expect("a day");
+            d > today - chrono::TimeDelta::days(365) && d <= today
+        })
+        .count() as u64;
+    let lines = r["advice"].as_array().expect("advice");
+    if days == 0 {
+        assert!(lines.is_empty(), "{r}");
+        return;
+    }
+    let ana = &lines[0];
+    assert_eq!(ana["tokens"].as_u64(), Some(days * 7), "{r}");
+    assert_eq!(ana["flex_cost"].as_f64(), Some((days * 7 * 3) as f64));
+    assert_eq!(ana["currency"], "EUR");
+    assert_eq!(ana["subscription_price"].as_f64(), Some(2100.0));
+    assert_eq!(ana["break_even_days"], 100);
+    assert_eq!(ana["recommendation"], "flex");
 }

@@ -370,7 +370,13 @@ pub(super) async fn advice<S: Store>(
         from,
         a.today,
         &rates,
-        &advice::Prices::default(),
+        &advice::Prices {
+            token: settings
+                .prices
+                .token_price
+                .zip(settings.prices.currency.clone()),
+            subscription: settings.prices.subscription_price.clone(),
+        },
         &a.filter,
         &teams,
     );

@@ -81,6 +81,7 @@ pub fn merge(current: &Settings, doc: &Value) -> Result<(Settings, bool), Refuse
     if let Some(users) = doc.get("users").filter(|v| !v.is_null()) {
         merge_people(&mut settings, users)?;
     }
+    merge_token_price(&mut settings, doc)?;
     Ok((settings, replace))
 }
 
@@ -131,7 +132,57 @@ fn merge_catalog(settings: &mut Settings, catalog: &Value) -> Result<(), Refused
                 },
             ));
         }
+        match entry.get("subscription_price") {
+            None | Some(Value::Null) => {}
+            Some(v) => {
+                let price = price(v, "subscription_price").map_err(|p| Refused::new(&record, p))?;
+                settings.prices.subscription_price.insert(id.clone(), price);
+            }
+        }
         settings.catalog.insert(id.clone(), product);
+    }
+    Ok(())
+}
+
+/// A price: a finite number, 0 or more.
+fn price(value: &Value, field: &'static str) -> Result<f64, Problem> {
+    value
+        .as_f64()
+        .filter(|p| p.is_finite() && *p >= 0.0)
+        .ok_or(Problem::WrongType {
+            field,
+            expected: "a price: a number, 0 or more",
+        })
+}
+
+/// `token_price` and `currency` (ISO 4217: three capital letters), for plan advice.
+fn merge_token_price(settings: &mut Settings, doc: &Value) -> Result<(), Refused> {
+    if let Some(v) = doc.get("token_price").filter(|v| !v.is_null()) {
+        settings.prices.token_price =
+            Some(price(v, "token_price").map_err(|p| Refused::new("import", p))?);
+    }
+    if let Some(v) = doc.get("currency").filter(|v| !v.is_null()) {
+        let currency = v
+            .as_str()
+            .filter(|c| c.len() == 3 && c.bytes().all(|b| b.is_ascii_uppercase()))
+            .ok_or_else(|| {
+                Refused::new(
+                    "import",
+                    Problem::WrongType {
+                        field: "currency",
+                        expected: "an ISO 4217 code such as \"EUR\"",
+                    },
+                )
+            })?;
+        settings.prices.currency = Some(currency.to_owned());
+    }
+    if settings.prices.token_price.is_some() && settings.prices.currency.is_none() {
+        let mut refused = Refused::new(
+            "import",
+            Problem::Malformed("token_price needs its currency (\"currency\": \"EUR\")".to_owned()),
+        );
+        refused.field = Some("currency".to_owned());
+        return Err(refused);
     }
     Ok(())
 }
@@ -270,6 +321,8 @@ fn only_known_keys(doc: &Value) -> Result<(), Refused> {
             "teams",
             "users",
             "policy",
+            "token_price",
+            "currency",
             "replace",
         ],
     )?;
@@ -282,7 +335,13 @@ fn only_known_keys(doc: &Value) -> Result<(), Refused> {
             check(
                 &record,
                 product,
-                &["name", "tokens_per_day", "match", "rate_confirmed"],
+                &[
+                    "name",
+                    "tokens_per_day",
+                    "match",
+                    "rate_confirmed",
+                    "subscription_price",
+                ],
             )?;
             if let Some(Value::Array(rules)) = product.get("match") {
                 for rule in rules {
@@ -355,7 +414,10 @@ mod tests {
         );
         assert_eq!(s.people["ben"].email.as_deref(), Some("ben@firm.example"));
         let r = refused(json!({"users": {"ben": {"e_mail": "ben@firm.example"}}}));
-        assert_eq!((r.code, r.field.as_deref()), ("unknown_key", Some("e_mail")));
+        assert_eq!(
+            (r.code, r.field.as_deref()),
+            ("unknown_key", Some("e_mail"))
+        );
         let r = refused(json!({"teams": {"hr": {"personal_data": "hidden"}}}));
         assert!(r.message.contains("hidden"), "{}", r.message);
     }

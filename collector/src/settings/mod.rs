@@ -32,6 +32,20 @@ pub struct Settings {
     /// Who each licence user is, for reports: `"users": {"ana": {"email": …}}` in an
     /// import.
     pub people: BTreeMap<String, Person>,
+    /// What tokens and subscriptions cost, for plan advice.
+    pub prices: Prices,
+}
+
+/// Prices from the import: `token_price` with its `currency` at the top, and per
+/// catalog product its `subscription_price` (a year, in the same currency).
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Prices {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_price: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub currency: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub subscription_price: BTreeMap<String, f64>,
 }
 
 /// A licence user's name and email, as the import gives them (each optional).

@@ -337,6 +337,11 @@ pub(super) fn put_settings(
         serde_json::to_string(&settings.people).map_err(corrupt)?
     ])
     .map_err(db)?;
+    put.execute(params![
+        "prices",
+        serde_json::to_string(&settings.prices).map_err(corrupt)?
+    ])
+    .map_err(db)?;
     let keys: Vec<(String, String)> = {
         let mut stmt = t
             .prepare("SELECT DISTINCT user, product FROM session_runs")
@@ -374,6 +379,7 @@ pub(super) fn read_settings(conn: &Connection) -> Result<Settings, StoreError> {
             }
             "teams" => settings.teams = serde_json::from_str(&value).map_err(corrupt)?,
             "people" => settings.people = serde_json::from_str(&value).map_err(corrupt)?,
+            "prices" => settings.prices = serde_json::from_str(&value).map_err(corrupt)?,
             _ => {}
         }
     }
