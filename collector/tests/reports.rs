@@ -455,3 +455,46 @@ async fn plan_advice_prices_a_year_of_flex_days_against_a_subscription() {
     assert_eq!(ana["break_even_days"], 100);
     assert_eq!(ana["recommendation"], "flex");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_tabular_report_comes_as_csv_with_the_same_numbers() {
+    let (_dir, c) = seeded().await;
+    let (content_type, bytes) = admin_bytes(
+        &c,
+        &format!("/v1/reports/products?{NOVEMBER}&format=csv&delimiter=%3B"),
+    )
+    .await;
+    assert!(content_type.starts_with("text/csv"), "{content_type}");
+    let rows = csv_rows(&bytes, b';');
+    let column = |name: &str| {
+        rows[0]
+            .iter()
+            .position(|c| c == name)
+            .unwrap_or_else(|| panic!("no column {name}: {:?}", rows[0]))
+    };
+    let (product, tokens, band) = (
+        column("product"),
+        column("tokens"),
+        column("users_by_band.0-100"),
+    );
+    let acad = rows.iter().find(|r| r[product] == "acad").expect("acad");
+    assert_eq!(acad[tokens], "35");
+    assert_eq!(acad[band], "2");
+    for report in [
+        "tokens",
+        "users",
+        "usage",
+        "waste",
+        "forecast",
+        "advice",
+        "concurrent",
+    ] {
+        let (content_type, bytes) =
+            admin_bytes(&c, &format!("/v1/reports/{report}?format=csv")).await;
+        assert!(
+            content_type.starts_with("text/csv"),
+            "{report}: {content_type}"
+        );
+        assert!(bytes.starts_with(b"\xEF\xBB\xBF"), "{report}");
+    }
+}

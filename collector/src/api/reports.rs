@@ -1,5 +1,5 @@
 //! `GET /v1/reports/{tokens,products,users,usage,waste,forecast,advice,concurrent}`:
-//! admin auth, JSON. Each handler reads what the store returns for the range and hands
+//! admin auth, JSON, or with `format=csv` the report's table as CSV (tokens: by day). Each handler reads what the store returns for the range and hands
 //! it to the rules in [`crate::reports`]; nothing here decides a number.
 //!
 //! Users of a team whose `personal_data` is `hashed` appear under their keyed pseudonym
@@ -15,7 +15,7 @@ use std::sync::Arc;
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, NaiveDate, TimeDelta, Utc};
 use daymeter_shared::entitlement::Pricing;
@@ -37,6 +37,8 @@ pub(super) struct ReportQuery {
     team: Option<String>,
     user: Option<String>,
     product: Option<String>,
+    format: Option<String>,
+    delimiter: Option<String>,
 }
 
 /// What every report starts from.
@@ -45,6 +47,117 @@ struct Asked {
     filter: Filter,
     today: NaiveDate,
     now: DateTime<Utc>,
+    format: Format,
+}
+
+/// `format=json` (the default) or `format=csv` (with `delimiter=,` or `;`).
+#[derive(Clone, Copy)]
+enum Format {
+    Json,
+    Csv(u8),
+}
+
+fn format_of(format: Option<&str>, delimiter: Option<&str>) -> Result<Format, ApiError> {
+    let delimiter = match delimiter {
+        None | Some(",") => b',',
+        Some(";") => b';',
+        Some(other) => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_delimiter",
+                format!("delimiter {other:?}: \",\" (the default) or \";\""),
+            )
+            .field("delimiter"));
+        }
+    };
+    match format {
+        None | Some("json") => Ok(Format::Json),
+        Some("csv") => Ok(Format::Csv(delimiter)),
+        Some(other) => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_format",
+            format!("format {other:?}: json (the default) or csv"),
+        )
+        .field("format")),
+    }
+}
+
+/// The report as asked: the whole document as JSON, or its table (`doc[table]`, a list)
+/// as CSV — one row per entry, a column per field, nested fields as `parent.child`,
+/// lists as JSON text in their cell.
+fn answer(
+    a: &Asked,
+    doc: serde_json::Value,
+    table: &str,
+    file: &str,
+) -> Result<Response, ApiError> {
+    let Format::Csv(delimiter) = a.format else {
+        return Ok(Json(doc).into_response());
+    };
+    let empty = Vec::new();
+    let entries = doc.get(table).and_then(|t| t.as_array()).unwrap_or(&empty);
+    let rows: Vec<Vec<(String, String)>> = entries
+        .iter()
+        .map(|e| {
+            let mut cells = Vec::new();
+            flatten("", e, &mut cells);
+            cells
+        })
+        .collect();
+    let header: Vec<&str> = rows
+        .first()
+        .map(|r| r.iter().map(|(k, _)| k.as_str()).collect())
+        .unwrap_or_default();
+    let internal =
+        |e: csv::Error| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string());
+    let mut out = csv::WriterBuilder::new()
+        .delimiter(delimiter)
+        .from_writer(b"\xEF\xBB\xBF".to_vec());
+    out.write_record(&header).map_err(internal)?;
+    for row in &rows {
+        let cell = |k: &&str| {
+            row.iter()
+                .find(|(name, _)| name == k)
+                .map_or("", |(_, v)| v.as_str())
+        };
+        out.write_record(header.iter().map(cell))
+            .map_err(internal)?;
+    }
+    let bytes = out
+        .into_inner()
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
+    Ok((
+        [
+            (header::CONTENT_TYPE, "text/csv; charset=utf-8".to_owned()),
+            (
+                header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"{file}.csv\""),
+            ),
+        ],
+        bytes,
+    )
+        .into_response())
+}
+
+fn flatten(prefix: &str, value: &serde_json::Value, out: &mut Vec<(String, String)>) {
+    use serde_json::Value;
+    match value {
+        Value::Object(map) => {
+            for (k, v) in map {
+                let name = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                flatten(&name, v, out);
+            }
+        }
+        Value::Null => out.push((prefix.to_owned(), String::new())),
+        Value::String(s) => out.push((prefix.to_owned(), s.clone())),
+        Value::Array(_) | Value::Bool(_) | Value::Number(_) => {
+            out.push((prefix.to_owned(), value.to_string()))
+        }
+    }
 }
 
 fn asked<S: Store>(
@@ -65,6 +178,7 @@ fn asked<S: Store>(
         today,
     )
     .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_range", e.message).field(e.field))?;
+    let format = format_of(q.format.as_deref(), q.delimiter.as_deref())?;
     Ok(Asked {
         range,
         filter: Filter {
@@ -74,6 +188,7 @@ fn asked<S: Store>(
         },
         today,
         now,
+        format,
     })
 }
 
@@ -133,7 +248,7 @@ pub(super) async fn tokens<S: Store>(
             }
         }
     }
-    Ok(Json(json!({
+    let doc = json!({
         "range": range_json(&a.range),
         "used": used.used,
         "remaining": remaining,
@@ -142,8 +257,9 @@ pub(super) async fn tokens<S: Store>(
         "products_used": used.products_used,
         "users": used.users,
         "by_day": used.by_day,
-    }))
-    .into_response())
+    });
+    // As CSV: the tokens by day.
+    answer(&a, doc, "by_day", "tokens-by-day")
 }
 
 /// `products`: per product, users, tokens, average per month, users per token band.
@@ -159,7 +275,8 @@ pub(super) async fn products<S: Store>(
         .usage_days(Some(a.range.from), Some(a.range.to))
         .await?;
     let lines = tokens::by_product(&rows, &a.range, &a.filter, &teams);
-    Ok(Json(json!({"range": range_json(&a.range), "products": lines})).into_response())
+    let doc = json!({"range": range_json(&a.range), "products": lines});
+    answer(&a, doc, "products", "products")
 }
 
 /// `users`: per user, products, tokens, days used, weekly days per product.
@@ -177,7 +294,8 @@ pub(super) async fn users<S: Store>(
         .await?;
     let mut lines = tokens::by_user(&rows, &a.range, &a.filter, &teams);
     name_users(&state, &settings, &teams, &mut lines, |l| &mut l.user);
-    Ok(Json(json!({"range": range_json(&a.range), "users": lines})).into_response())
+    let doc = json!({"range": range_json(&a.range), "users": lines});
+    answer(&a, doc, "users", "users")
 }
 
 /// `usage`: per user and product, assignment, last access, days used and inactive,
@@ -225,7 +343,8 @@ pub(super) async fn usage<S: Store>(
         &teams,
     );
     name_users(&state, &settings, &teams, &mut lines, |l| &mut l.user);
-    Ok(Json(json!({"range": range_json(&a.range), "usage": lines})).into_response())
+    let doc = json!({"range": range_json(&a.range), "usage": lines});
+    answer(&a, doc, "usage", "usage")
 }
 
 /// `waste`: per user and product, idle windows and rollovers with their sessions, and
@@ -295,13 +414,13 @@ pub(super) async fn waste<S: Store>(
     name_users(&state, &settings, &teams, &mut keys, |k| &mut k.user);
     let wasted: u64 = keys.iter().map(|k| k.wasted_tokens).sum();
     let save: u64 = keys.iter().map(|k| k.active_rollover_would_save).sum();
-    Ok(Json(json!({
+    let doc = json!({
         "range": range_json(&a.range),
         "wasted_tokens": wasted,
         "active_rollover_would_save": save,
         "keys": keys,
-    }))
-    .into_response())
+    });
+    answer(&a, doc, "keys", "waste")
 }
 
 /// `forecast`: per team, burn rates, run-out date, tokens expiring unused.
@@ -345,7 +464,8 @@ pub(super) async fn forecast<S: Store>(
         let by_day = charged.get(b.team.as_str()).cloned().unwrap_or_default();
         out.push(forecast::forecast(&b.team, &holdings, &by_day, a.today));
     }
-    Ok(Json(json!({"today": a.today, "teams": out})).into_response())
+    let doc = json!({"today": a.today, "teams": out});
+    answer(&a, doc, "teams", "forecast")
 }
 
 /// `advice`: per user and product, a year of Flex tokens against a subscription.
@@ -381,7 +501,8 @@ pub(super) async fn advice<S: Store>(
         &teams,
     );
     name_users(&state, &settings, &teams, &mut lines, |l| &mut l.user);
-    Ok(Json(json!({"from": from, "to": a.today, "advice": lines})).into_response())
+    let doc = json!({"from": from, "to": a.today, "advice": lines});
+    answer(&a, doc, "advice", "advice")
 }
 
 /// `concurrent`: one user's sessions of one product overlapping on two devices.
@@ -417,5 +538,6 @@ pub(super) async fn concurrent<S: Store>(
         .collect();
     let mut overlaps = concurrent::overlaps(&spans, &a.filter, &teams);
     name_users(&state, &settings, &teams, &mut overlaps, |o| &mut o.user);
-    Ok(Json(json!({"range": range_json(&a.range), "overlaps": overlaps})).into_response())
+    let doc = json!({"range": range_json(&a.range), "overlaps": overlaps});
+    answer(&a, doc, "overlaps", "concurrent")
 }
