@@ -498,3 +498,35 @@ async fn every_tabular_report_comes_as_csv_with_the_same_numbers() {
         assert!(bytes.starts_with(b"\xEF\xBB\xBF"), "{report}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_device_list_names_each_device_and_its_last_sync_and_reports_use_hostnames() {
+    let (_dir, c) = seeded().await;
+    let r = c.api.admin_get("/v1/admin/devices").await;
+    let devices = r["devices"].as_array().expect("devices");
+    let hostnames: Vec<_> = devices.iter().map(|d| d["hostname"].as_str()).collect();
+    assert_eq!(
+        hostnames,
+        [
+            Some("ana-laptop"),
+            Some("ben-laptop"),
+            Some("office-desktop")
+        ]
+    );
+    for d in devices {
+        assert!(d["last_sync"].is_string(), "each has synced: {d}");
+        assert_eq!(d["revoked"], false);
+        assert_eq!(d["os"], "linux");
+        assert!(d.get("token_hash").is_none());
+    }
+    let r = c
+        .api
+        .admin_get(&format!("/v1/reports/concurrent?{NOVEMBER}"))
+        .await;
+    let o = &r["overlaps"][0];
+    let sides = [
+        o["first"]["hostname"].as_str(),
+        o["second"]["hostname"].as_str(),
+    ];
+    assert_eq!(sides, [Some("ana-laptop"), Some("office-desktop")], "{r}");
+}

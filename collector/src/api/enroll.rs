@@ -71,6 +71,7 @@ pub(super) async fn enroll<S: Store>(
         token_hash: token_hash(&token),
         enrolled_at: state.clock.now(),
         revoked: false,
+        last_sync: None,
     };
     match &previous {
         None => {

@@ -353,6 +353,7 @@ pub fn router<S: Store>(state: Arc<AppState<S>>) -> Router {
         .route("/v1/admin/import", post(import::import::<S>))
         .route("/v1/admin/usage-days", get(usage_days::usage_days::<S>))
         .route("/v1/admin/sessions", get(sessions::sessions::<S>))
+        .route("/v1/admin/devices", get(devices::list::<S>))
         .route("/v1/admin/devices/{id}/revoke", post(devices::revoke::<S>))
         .route("/v1/admin/purchases", post(purchases::purchase::<S>))
         .route(

@@ -537,6 +537,14 @@ pub(super) async fn concurrent<S: Store>(
         })
         .collect();
     let mut overlaps = concurrent::overlaps(&spans, &a.filter, &teams);
+    let hostnames: HashMap<String, String> = state
+        .store
+        .devices()
+        .await?
+        .into_iter()
+        .map(|d| (d.id, d.hostname))
+        .collect();
+    concurrent::name_devices(&mut overlaps, |id| hostnames.get(id).cloned());
     name_users(&state, &settings, &teams, &mut overlaps, |o| &mut o.user);
     let doc = json!({"range": range_json(&a.range), "overlaps": overlaps});
     answer(&a, doc, "overlaps", "concurrent")

@@ -35,6 +35,17 @@ pub struct Overlap {
 pub struct Side {
     pub session: String,
     pub device: String,
+    /// The device's hostname, where the caller names it ([`name_devices`]).
+    pub hostname: Option<String>,
+}
+
+/// Puts each side's hostname, as `hostname_of` knows it.
+pub fn name_devices(overlaps: &mut [Overlap], hostname_of: impl Fn(&str) -> Option<String>) {
+    for o in overlaps {
+        for side in [&mut o.first, &mut o.second] {
+            side.hostname = hostname_of(&side.device);
+        }
+    }
 }
 
 /// Every pair of the key's sessions on different devices that share time, the earlier
@@ -62,10 +73,12 @@ pub fn overlaps(spans: &[Span], filter: &Filter, teams: &Teams) -> Vec<Overlap> 
                         first: Side {
                             session: o.id.clone(),
                             device: o.device.clone(),
+                            hostname: None,
                         },
                         second: Side {
                             session: s.id.clone(),
                             device: s.device.clone(),
+                            hostname: None,
                         },
                         from: s.start,
                         to: o.end.min(s.end),

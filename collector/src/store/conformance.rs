@@ -241,6 +241,7 @@ pub(crate) async fn a_failing_write_fails_alone_in_its_group<H: Harness>(h: &H) 
         token_hash: [hash; 32],
         enrolled_at: Utc::now(),
         revoked: false,
+        last_sync: None,
     };
     store.add_device(device("ws-1", 1)).await.unwrap();
     let monday = session(

@@ -56,6 +56,8 @@ pub struct Device {
     pub token_hash: [u8; 32],
     pub enrolled_at: DateTime<Utc>,
     pub revoked: bool,
+    /// Its last successful sync, to the minute (`None`: none yet).
+    pub last_sync: Option<DateTime<Utc>>,
 }
 
 /// Why usage days are being recomputed; written into the ledger's reasons.

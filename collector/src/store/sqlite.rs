@@ -289,6 +289,7 @@ impl SqliteStore {
                 next_row: None,
                 batch: Batch::new(),
                 last_syncs: HashMap::new(),
+                device_syncs: HashMap::new(),
             },
             wal,
             restart_due,

@@ -170,6 +170,17 @@ pub(super) fn ingest_into(
             memory.last_syncs.insert(user.to_owned(), ingest.at);
         }
     }
+    let device = &ingest.device;
+    if memory.device_syncs.get(device).is_none_or(|at| *at < stale) {
+        let mut touch = hot.take(Sql::TouchDevice)?;
+        let changed = touch
+            .execute(params![device, ingest.at.to_rfc3339(), stale.to_rfc3339()])
+            .map_err(db)?;
+        hot.give_back(Sql::TouchDevice, touch);
+        if changed > 0 {
+            memory.device_syncs.insert(device.clone(), ingest.at);
+        }
+    }
     Ok(outcome)
 }
 

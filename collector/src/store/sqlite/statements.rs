@@ -9,6 +9,7 @@ pub(super) enum Sql {
     FindSession,
     UpdateSession,
     TouchUser,
+    TouchDevice,
     PutDay,
     DropDay,
     AddLedger,
@@ -16,7 +17,7 @@ pub(super) enum Sql {
 }
 
 impl Sql {
-    const COUNT: usize = 8;
+    const COUNT: usize = 9;
 
     pub(super) fn text(self) -> &'static str {
         match self {
@@ -32,6 +33,10 @@ impl Sql {
             Sql::TouchUser => {
                 "INSERT INTO users (user, last_sync) VALUES (?1, ?2)
                  ON CONFLICT (user) DO UPDATE SET last_sync = excluded.last_sync WHERE users.last_sync < ?3"
+            }
+            // To the minute too, for the same reason.
+            Sql::TouchDevice => {
+                "UPDATE devices SET last_sync = ?2 WHERE id = ?1 AND (last_sync IS NULL OR last_sync < ?3)"
             }
             Sql::PutDay => {
                 "INSERT INTO usage_days (user, product, window_start_ns, window_end_ns, day, plan, tokens, short_row, drawn)

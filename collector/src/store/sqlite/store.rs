@@ -7,7 +7,7 @@ impl Store for SqliteStore {
     async fn devices(&self) -> Result<Vec<Device>, StoreError> {
         self.read(|c| {
             let mut stmt = c
-                .prepare("SELECT id, hostname, os, agent_version, token_hash, enrolled_at, revoked FROM devices")
+                .prepare("SELECT id, hostname, os, agent_version, token_hash, enrolled_at, revoked, last_sync FROM devices")
                 .map_err(db)?;
             let rows = stmt
                 .query_map([], |r| {
@@ -19,12 +19,18 @@ impl Store for SqliteStore {
                         r.get::<_, Vec<u8>>(4)?,
                         r.get::<_, String>(5)?,
                         r.get::<_, bool>(6)?,
+                        r.get::<_, Option<String>>(7)?,
                     ))
                 })
                 .map_err(db)?;
             let mut out = Vec::new();
             for row in rows {
-                let (id, hostname, os, agent_version, hash, enrolled_at, revoked) = row.map_err(db)?;
+                let (id, hostname, os, agent_version, hash, enrolled_at, revoked, last_sync) =
+                    row.map_err(db)?;
+                let last_sync = last_sync
+                    .map(|t| DateTime::parse_from_rfc3339(&t).map(|t| t.to_utc()))
+                    .transpose()
+                    .map_err(corrupt)?;
                 out.push(Device {
                     id,
                     hostname,
@@ -33,6 +39,7 @@ impl Store for SqliteStore {
                     token_hash: hash.try_into().map_err(|_| corrupt("token hash is not 32 bytes"))?,
                     enrolled_at: DateTime::parse_from_rfc3339(&enrolled_at).map_err(corrupt)?.to_utc(),
                     revoked,
+                    last_sync,
                 });
             }
             Ok(out)

@@ -446,6 +446,7 @@ async fn a_database_error_keeps_sqlites_own_as_its_source() {
         token_hash: [1; 32],
         enrolled_at: Utc::now(),
         revoked: false,
+        last_sync: None,
     };
     store.add_device(device.clone()).await.unwrap();
     let e = store.add_device(device).await.unwrap_err();

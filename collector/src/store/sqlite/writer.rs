@@ -254,6 +254,8 @@ pub(super) struct Memory {
     pub(super) batch: Batch,
     /// Each user's last sync as this writer last recorded it in `users`.
     pub(super) last_syncs: HashMap<String, DateTime<Utc>>,
+    /// Each device's last sync as this writer last recorded it in `devices`.
+    pub(super) device_syncs: HashMap<String, DateTime<Utc>>,
 }
 
 impl Memory {
@@ -270,6 +272,7 @@ impl Memory {
         self.ledgers.clear();
         self.next_row = None;
         self.last_syncs.clear();
+        self.device_syncs.clear();
         self.ids.rollback();
         self.runs.rollback();
         self.tails.clear();
