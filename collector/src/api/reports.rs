@@ -42,7 +42,7 @@ pub(super) struct ReportQuery {
 }
 
 /// What every report starts from.
-struct Asked {
+pub(crate) struct Asked {
     range: ReportRange,
     filter: Filter,
     today: NaiveDate,
@@ -212,14 +212,23 @@ fn range_json(r: &ReportRange) -> serde_json::Value {
     json!({"from": r.from, "to": r.to, "days": r.days(), "months": r.months})
 }
 
-/// `tokens`: used in the range, remaining, added and expired unused in the last 7 days,
-/// tokens by day for the last year.
 pub(super) async fn tokens<S: Store>(
     State(state): State<Arc<AppState<S>>>,
     headers: HeaderMap,
     q: Result<Query<ReportQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let a = asked(&state, &headers, q, Basis::CompletedMonths)?;
+    let doc = tokens_doc(&state, &a).await?;
+    // As CSV: the tokens by day.
+    answer(&a, doc, "by_day", "tokens-by-day")
+}
+
+/// `tokens`: used in the range, remaining, added and expired unused in the last 7 days,
+/// tokens by day for the last year.
+pub(crate) async fn tokens_doc<S: Store>(
+    state: &AppState<S>,
+    a: &Asked,
+) -> Result<serde_json::Value, ApiError> {
     let settings = state.settings();
     let teams = Teams::new(&settings.teams);
     let first = a.range.from.min(tokens::by_day_from(a.today));
@@ -258,17 +267,24 @@ pub(super) async fn tokens<S: Store>(
         "users": used.users,
         "by_day": used.by_day,
     });
-    // As CSV: the tokens by day.
-    answer(&a, doc, "by_day", "tokens-by-day")
+    Ok(doc)
 }
 
-/// `products`: per product, users, tokens, average per month, users per token band.
 pub(super) async fn products<S: Store>(
     State(state): State<Arc<AppState<S>>>,
     headers: HeaderMap,
     q: Result<Query<ReportQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let a = asked(&state, &headers, q, Basis::CompletedMonths)?;
+    let doc = products_doc(&state, &a).await?;
+    answer(&a, doc, "products", "products")
+}
+
+/// `products`: per product, users, tokens, average per month, users per token band.
+pub(crate) async fn products_doc<S: Store>(
+    state: &AppState<S>,
+    a: &Asked,
+) -> Result<serde_json::Value, ApiError> {
     let teams = Teams::new(&state.settings().teams);
     let rows = state
         .store
@@ -276,16 +292,24 @@ pub(super) async fn products<S: Store>(
         .await?;
     let lines = tokens::by_product(&rows, &a.range, &a.filter, &teams);
     let doc = json!({"range": range_json(&a.range), "products": lines});
-    answer(&a, doc, "products", "products")
+    Ok(doc)
 }
 
-/// `users`: per user, products, tokens, days used, weekly days per product.
 pub(super) async fn users<S: Store>(
     State(state): State<Arc<AppState<S>>>,
     headers: HeaderMap,
     q: Result<Query<ReportQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let a = asked(&state, &headers, q, Basis::CompletedMonths)?;
+    let doc = users_doc(&state, &a).await?;
+    answer(&a, doc, "users", "users")
+}
+
+/// `users`: per user, products, tokens, days used, weekly days per product.
+pub(crate) async fn users_doc<S: Store>(
+    state: &AppState<S>,
+    a: &Asked,
+) -> Result<serde_json::Value, ApiError> {
     let settings = state.settings();
     let teams = Teams::new(&settings.teams);
     let rows = state
@@ -295,17 +319,25 @@ pub(super) async fn users<S: Store>(
     let mut lines = tokens::by_user(&rows, &a.range, &a.filter, &teams);
     name_users(&state, &settings, &teams, &mut lines, |l| &mut l.user);
     let doc = json!({"range": range_json(&a.range), "users": lines});
-    answer(&a, doc, "users", "users")
+    Ok(doc)
 }
 
-/// `usage`: per user and product, assignment, last access, days used and inactive,
-/// status. Seat-style: rolling months.
 pub(super) async fn usage<S: Store>(
     State(state): State<Arc<AppState<S>>>,
     headers: HeaderMap,
     q: Result<Query<ReportQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let a = asked(&state, &headers, q, Basis::Rolling)?;
+    let doc = usage_doc(&state, &a).await?;
+    answer(&a, doc, "usage", "usage")
+}
+
+/// `usage`: per user and product, assignment, last access, days used and inactive,
+/// status. Seat-style: rolling months.
+pub(crate) async fn usage_doc<S: Store>(
+    state: &AppState<S>,
+    a: &Asked,
+) -> Result<serde_json::Value, ApiError> {
     let settings = state.settings();
     let teams = Teams::new(&settings.teams);
     let rows = state
@@ -344,17 +376,25 @@ pub(super) async fn usage<S: Store>(
     );
     name_users(&state, &settings, &teams, &mut lines, |l| &mut l.user);
     let doc = json!({"range": range_json(&a.range), "usage": lines});
-    answer(&a, doc, "usage", "usage")
+    Ok(doc)
 }
 
-/// `waste`: per user and product, idle windows and rollovers with their sessions, and
-/// what `rollover = active` would save.
 pub(super) async fn waste<S: Store>(
     State(state): State<Arc<AppState<S>>>,
     headers: HeaderMap,
     q: Result<Query<ReportQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let a = asked(&state, &headers, q, Basis::CompletedMonths)?;
+    let doc = waste_doc(&state, &a).await?;
+    answer(&a, doc, "keys", "waste")
+}
+
+/// `waste`: per user and product, idle windows and rollovers with their sessions, and
+/// what `rollover = active` would save.
+pub(crate) async fn waste_doc<S: Store>(
+    state: &AppState<S>,
+    a: &Asked,
+) -> Result<serde_json::Value, ApiError> {
     let settings = state.settings();
     let teams = Teams::new(&settings.teams);
     let rows = state
@@ -420,16 +460,24 @@ pub(super) async fn waste<S: Store>(
         "active_rollover_would_save": save,
         "keys": keys,
     });
-    answer(&a, doc, "keys", "waste")
+    Ok(doc)
 }
 
-/// `forecast`: per team, burn rates, run-out date, tokens expiring unused.
 pub(super) async fn forecast<S: Store>(
     State(state): State<Arc<AppState<S>>>,
     headers: HeaderMap,
     q: Result<Query<ReportQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let a = asked(&state, &headers, q, Basis::Rolling)?;
+    let doc = forecast_doc(&state, &a).await?;
+    answer(&a, doc, "teams", "forecast")
+}
+
+/// `forecast`: per team, burn rates, run-out date, tokens expiring unused.
+pub(crate) async fn forecast_doc<S: Store>(
+    state: &AppState<S>,
+    a: &Asked,
+) -> Result<serde_json::Value, ApiError> {
     let teams = Teams::new(&state.settings().teams);
     let first = a.today - TimeDelta::days(89);
     let rows = state.store.usage_days(Some(first), Some(a.today)).await?;
@@ -465,16 +513,24 @@ pub(super) async fn forecast<S: Store>(
         out.push(forecast::forecast(&b.team, &holdings, &by_day, a.today));
     }
     let doc = json!({"today": a.today, "teams": out});
-    answer(&a, doc, "teams", "forecast")
+    Ok(doc)
 }
 
-/// `advice`: per user and product, a year of Flex tokens against a subscription.
 pub(super) async fn advice<S: Store>(
     State(state): State<Arc<AppState<S>>>,
     headers: HeaderMap,
     q: Result<Query<ReportQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let a = asked(&state, &headers, q, Basis::Rolling)?;
+    let doc = advice_doc(&state, &a).await?;
+    answer(&a, doc, "advice", "advice")
+}
+
+/// `advice`: per user and product, a year of Flex tokens against a subscription.
+pub(crate) async fn advice_doc<S: Store>(
+    state: &AppState<S>,
+    a: &Asked,
+) -> Result<serde_json::Value, ApiError> {
     let settings = state.settings();
     let teams = Teams::new(&settings.teams);
     // Always the last twelve months: a year is what a subscription is priced for.
@@ -502,16 +558,24 @@ pub(super) async fn advice<S: Store>(
     );
     name_users(&state, &settings, &teams, &mut lines, |l| &mut l.user);
     let doc = json!({"from": from, "to": a.today, "advice": lines});
-    answer(&a, doc, "advice", "advice")
+    Ok(doc)
 }
 
-/// `concurrent`: one user's sessions of one product overlapping on two devices.
 pub(super) async fn concurrent<S: Store>(
     State(state): State<Arc<AppState<S>>>,
     headers: HeaderMap,
     q: Result<Query<ReportQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let a = asked(&state, &headers, q, Basis::Rolling)?;
+    let doc = concurrent_doc(&state, &a).await?;
+    answer(&a, doc, "overlaps", "concurrent")
+}
+
+/// `concurrent`: one user's sessions of one product overlapping on two devices.
+pub(crate) async fn concurrent_doc<S: Store>(
+    state: &AppState<S>,
+    a: &Asked,
+) -> Result<serde_json::Value, ApiError> {
     let settings = state.settings();
     let teams = Teams::new(&settings.teams);
     let sessions = state
@@ -547,5 +611,5 @@ pub(super) async fn concurrent<S: Store>(
     concurrent::name_devices(&mut overlaps, |id| hostnames.get(id).cloned());
     name_users(&state, &settings, &teams, &mut overlaps, |o| &mut o.user);
     let doc = json!({"range": range_json(&a.range), "overlaps": overlaps});
-    answer(&a, doc, "overlaps", "concurrent")
+    Ok(doc)
 }
