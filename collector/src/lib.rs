@@ -9,6 +9,7 @@
 //! - [`store`] — the storage trait and its SQLite implementation.
 //! - [`auth`] — device tokens, secrets, constant-time comparison.
 //! - [`config`] — flags, environment, config file, generated dev config.
+//! - [`dashboard`] — the admin's pages in the browser: login, reports, charts.
 //! - [`settings`] — policy, catalog, entitlements and teams as one value: pricing,
 //!   teams, and the rules an import is merged into them by.
 //! - [`reports`] — what licence admins ask (tokens, usage, waste, forecast, advice,
@@ -18,6 +19,7 @@
 pub mod api;
 pub mod auth;
 pub mod config;
+pub mod dashboard;
 pub mod priority;
 pub mod replay;
 pub mod reports;

@@ -23,13 +23,14 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         SqliteStore::open(&config.db_path)
             .with_context(|| format!("opening {}", config.db_path.display()))?,
     );
-    let state = AppState::load(
+    let mut state = AppState::load(
         store.clone(),
         Arc::new(SystemClock),
         config.enrollment_secret,
         config.admin_token,
     )
     .await?;
+    state.secure_cookies = config.tls.is_some();
     let app = router(Arc::new(state));
     let listener = std::net::TcpListener::bind(config.listen)
         .with_context(|| format!("listening on {}", config.listen))?;

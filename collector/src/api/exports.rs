@@ -19,7 +19,7 @@ use daymeter_shared::usage::UsageDay;
 use serde::Deserialize;
 use tokio::sync::mpsc;
 
-use super::{ApiError, AppState, bad_query, check_admin};
+use super::{ApiError, AppState, bad_query, check_reader};
 use crate::reports::people::People;
 use crate::reports::range::{self, Basis};
 use crate::reports::{Filter, Teams, exports, usage};
@@ -100,7 +100,7 @@ async fn export<S: Store>(
     q: Result<Query<ExportQuery>, QueryRejection>,
     kind: Kind,
 ) -> Result<Response, ApiError> {
-    check_admin(&state, &headers)?;
+    check_reader(&state, &headers)?;
     let Query(q) = q.map_err(bad_query)?;
     let delimiter = match q.delimiter.as_deref() {
         None | Some(",") => b',',

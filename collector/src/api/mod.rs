@@ -14,6 +14,8 @@ mod import;
 mod ledger;
 mod purchases;
 mod reports;
+
+pub use reports::report_docs;
 mod sessions;
 mod sync;
 mod usage_days;
@@ -56,6 +58,10 @@ pub struct AppState<S> {
     pub imports: tokio::sync::Mutex<()>,
     /// The settings' part of a sync's answer, serialized once per settings.
     fixed: Mutex<Option<Arc<Fixed>>>,
+    /// The dashboard's logins.
+    pub sessions: crate::dashboard::sessions::Sessions,
+    /// Served over TLS: the dashboard's cookie is `Secure`.
+    pub secure_cookies: bool,
 }
 
 /// The parts of a sync's answer that depend on the settings alone (catalog and policy),
@@ -91,6 +97,8 @@ impl<S: Store> AppState<S> {
             settings: RwLock::new(Arc::new(settings)),
             imports: tokio::sync::Mutex::new(()),
             fixed: Mutex::new(None),
+            sessions: Default::default(),
+            secure_cookies: false,
         })
     }
 
@@ -289,6 +297,20 @@ fn check_admin<S>(state: &AppState<S>, headers: &HeaderMap) -> Result<(), ApiErr
     }
 }
 
+/// For reads only (reports and exports): the admin token, or a dashboard session's
+/// cookie, so that the dashboard's export buttons are plain links. Never for a change:
+/// a cookie rides along with requests a browser is tricked into sending.
+fn check_reader<S>(state: &AppState<S>, headers: &HeaderMap) -> Result<(), ApiError> {
+    if bearer(headers).is_some() {
+        return check_admin(state, headers);
+    }
+    let now = state.clock.now();
+    match crate::dashboard::sessions::cookie_of(headers) {
+        Some(id) if state.sessions.csrf_of(id, now).is_some() => Ok(()),
+        _ => Err(ApiError::unauthorized("admin token missing or wrong")),
+    }
+}
+
 fn device_of<S>(state: &AppState<S>, headers: &HeaderMap) -> Result<Device, ApiError> {
     let token = bearer(headers).ok_or_else(|| ApiError::unauthorized("device token missing"))?;
     let hash = token_hash(token);
@@ -348,6 +370,12 @@ fn day_param(name: &'static str, value: Option<&str>) -> Result<Option<NaiveDate
 pub fn router<S: Store>(state: Arc<AppState<S>>) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
+        .route("/", get(crate::dashboard::index::<S>))
+        .route(
+            "/login",
+            get(crate::dashboard::login_page).post(crate::dashboard::login::<S>),
+        )
+        .route("/logout", post(crate::dashboard::logout::<S>))
         .route("/v1/enroll", post(enroll::enroll::<S>))
         .route("/v1/sync", post(sync::sync::<S>))
         .route("/v1/admin/import", post(import::import::<S>))

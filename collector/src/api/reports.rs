@@ -22,7 +22,7 @@ use daymeter_shared::entitlement::Pricing;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{ApiError, AppState, bad_query, check_admin};
+use super::{ApiError, AppState, bad_query, check_reader};
 use crate::reports::people::People;
 use crate::reports::range::{self, Basis, ReportRange};
 use crate::reports::{Filter, Teams, advice, concurrent, forecast, tokens, usage, waste};
@@ -166,7 +166,7 @@ fn asked<S: Store>(
     q: Result<Query<ReportQuery>, QueryRejection>,
     basis: Basis,
 ) -> Result<Asked, ApiError> {
-    check_admin(state, headers)?;
+    check_reader(state, headers)?;
     let Query(q) = q.map_err(bad_query)?;
     let now = state.clock.now();
     let today = now.date_naive();
@@ -317,7 +317,7 @@ pub(crate) async fn users_doc<S: Store>(
         .usage_days(Some(a.range.from), Some(a.range.to))
         .await?;
     let mut lines = tokens::by_user(&rows, &a.range, &a.filter, &teams);
-    name_users(&state, &settings, &teams, &mut lines, |l| &mut l.user);
+    name_users(state, &settings, &teams, &mut lines, |l| &mut l.user);
     let doc = json!({"range": range_json(&a.range), "users": lines});
     Ok(doc)
 }
@@ -374,7 +374,7 @@ pub(crate) async fn usage_doc<S: Store>(
         &a.filter,
         &teams,
     );
-    name_users(&state, &settings, &teams, &mut lines, |l| &mut l.user);
+    name_users(state, &settings, &teams, &mut lines, |l| &mut l.user);
     let doc = json!({"range": range_json(&a.range), "usage": lines});
     Ok(doc)
 }
@@ -451,7 +451,7 @@ pub(crate) async fn waste_doc<S: Store>(
             keys.push(w);
         }
     }
-    name_users(&state, &settings, &teams, &mut keys, |k| &mut k.user);
+    name_users(state, &settings, &teams, &mut keys, |k| &mut k.user);
     let wasted: u64 = keys.iter().map(|k| k.wasted_tokens).sum();
     let save: u64 = keys.iter().map(|k| k.active_rollover_would_save).sum();
     let doc = json!({
@@ -556,7 +556,7 @@ pub(crate) async fn advice_doc<S: Store>(
         &a.filter,
         &teams,
     );
-    name_users(&state, &settings, &teams, &mut lines, |l| &mut l.user);
+    name_users(state, &settings, &teams, &mut lines, |l| &mut l.user);
     let doc = json!({"from": from, "to": a.today, "advice": lines});
     Ok(doc)
 }
@@ -609,7 +609,43 @@ pub(crate) async fn concurrent_doc<S: Store>(
         .map(|d| (d.id, d.hostname))
         .collect();
     concurrent::name_devices(&mut overlaps, |id| hostnames.get(id).cloned());
-    name_users(&state, &settings, &teams, &mut overlaps, |o| &mut o.user);
+    name_users(state, &settings, &teams, &mut overlaps, |o| &mut o.user);
     let doc = json!({"range": range_json(&a.range), "overlaps": overlaps});
     Ok(doc)
+}
+
+impl Asked {
+    /// A named range (`past-30-days` …) over everything, as the dashboard asks.
+    fn named(range: &str, basis: Basis, now: DateTime<Utc>) -> Result<Asked, ApiError> {
+        let today = now.date_naive();
+        let range = range::parse(Some(range), None, None, basis, today).map_err(|e| {
+            ApiError::new(StatusCode::BAD_REQUEST, "bad_range", e.message).field(e.field)
+        })?;
+        Ok(Asked {
+            range,
+            filter: Filter::default(),
+            today,
+            now,
+            format: Format::Json,
+        })
+    }
+}
+
+/// Every report the dashboard shows over `range`, as the JSON API answers them.
+pub async fn report_docs<S: Store>(
+    state: &AppState<S>,
+    range: &str,
+) -> Result<crate::dashboard::page::Docs, ApiError> {
+    let now = state.clock.now();
+    let tokens_range = Asked::named(range, Basis::CompletedMonths, now)?;
+    let seats_range = Asked::named(range, Basis::Rolling, now)?;
+    Ok(crate::dashboard::page::Docs {
+        tokens: tokens_doc(state, &tokens_range).await?,
+        products: products_doc(state, &tokens_range).await?,
+        users: users_doc(state, &tokens_range).await?,
+        usage: usage_doc(state, &seats_range).await?,
+        waste: waste_doc(state, &tokens_range).await?,
+        forecast: forecast_doc(state, &seats_range).await?,
+        advice: advice_doc(state, &seats_range).await?,
+    })
 }

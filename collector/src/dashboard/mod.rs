@@ -1,0 +1,121 @@
+//! The admin's dashboard in the browser: `/` (a visitor without a session is sent to
+//! `/login`), `POST /login` with the admin token, `POST /logout`.
+//!
+//! - [`sessions`] — login sessions, the cookie and CSRF tokens.
+//! - [`page`] — the HTML (maud), from the report documents of [`crate::api`].
+//! - [`chart`] — inline SVG charts.
+//!
+//! The page is server-rendered and works with JavaScript off. Its numbers are the JSON
+//! API's: each section is drawn from the same document `/v1/reports/…` answers with.
+//! The CSV export buttons are plain links: the exports accept the session cookie as
+//! well as the admin token (reads only; a session never authorises a change but its
+//! own logout, which also needs the form's CSRF token).
+
+pub mod chart;
+pub mod page;
+pub mod sessions;
+
+use std::sync::Arc;
+
+use axum::Form;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Redirect, Response};
+use serde::Deserialize;
+
+use crate::api::{ApiError, AppState, report_docs};
+use crate::store::Store;
+
+#[derive(Deserialize)]
+pub struct LoginForm {
+    token: String,
+}
+
+#[derive(Deserialize)]
+pub struct LogoutForm {
+    csrf: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PageQuery {
+    range: Option<String>,
+}
+
+fn html(markup: maud::Markup) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            // Nothing of the page may be framed, sniffed or cached by a shared proxy.
+            (header::X_FRAME_OPTIONS, "DENY"),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        markup.into_string(),
+    )
+        .into_response()
+}
+
+pub async fn login_page() -> Response {
+    html(page::login(None))
+}
+
+pub async fn login<S: Store>(
+    State(state): State<Arc<AppState<S>>>,
+    Form(form): Form<LoginForm>,
+) -> Result<Response, ApiError> {
+    if !state.admin_token.matches(&form.token) {
+        tracing::warn!("dashboard login refused: wrong admin token");
+        let mut r = html(page::login(Some("That is not the admin token.")));
+        *r.status_mut() = StatusCode::UNAUTHORIZED;
+        return Ok(r);
+    }
+    let opened = state
+        .sessions
+        .open(state.clock.now())
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
+    tracing::info!("dashboard login");
+    let mut r = Redirect::to("/").into_response();
+    if let Ok(cookie) = sessions::set_cookie(&opened.id, state.secure_cookies).parse() {
+        r.headers_mut().insert(header::SET_COOKIE, cookie);
+    }
+    Ok(r)
+}
+
+pub async fn logout<S: Store>(
+    State(state): State<Arc<AppState<S>>>,
+    headers: HeaderMap,
+    Form(form): Form<LogoutForm>,
+) -> Response {
+    if let Some(id) = sessions::cookie_of(&headers) {
+        let expected = state.sessions.csrf_of(id, state.clock.now());
+        if expected.is_some_and(|c| crate::auth::same_secret(c.as_bytes(), form.csrf.as_bytes())) {
+            state.sessions.close(id);
+        } else {
+            return (StatusCode::FORBIDDEN, "the form is stale: reload the page").into_response();
+        }
+    }
+    let mut r = Redirect::to("/login").into_response();
+    if let Ok(cookie) = sessions::clear_cookie().parse() {
+        r.headers_mut().insert(header::SET_COOKIE, cookie);
+    }
+    r
+}
+
+pub async fn index<S: Store>(
+    State(state): State<Arc<AppState<S>>>,
+    headers: HeaderMap,
+    Query(q): Query<PageQuery>,
+) -> Result<Response, ApiError> {
+    let now = state.clock.now();
+    let Some(csrf) = sessions::cookie_of(&headers).and_then(|id| state.sessions.csrf_of(id, now))
+    else {
+        return Ok(Redirect::to("/login").into_response());
+    };
+    let range = q.range.unwrap_or_else(|| "past-30-days".to_owned());
+    if !page::RANGES.iter().any(|(r, _)| *r == range) {
+        return Ok(Redirect::to("/").into_response());
+    }
+    let docs = report_docs(&state, &range).await?;
+    Ok(html(page::dashboard(&range, &csrf, &docs)))
+}
