@@ -530,3 +530,69 @@ async fn the_device_list_names_each_device_and_its_last_sync_and_reports_use_hos
     ];
     assert_eq!(sides, [Some("ana-laptop"), Some("office-desktop")], "{r}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_late_session_that_changes_a_past_day_changes_every_report_alike() {
+    let (_dir, c) = seeded().await;
+    let before = c
+        .api
+        .admin_get(&format!("/v1/reports/tokens?{NOVEMBER}"))
+        .await;
+    // ana's revit day arrives late from the office desktop: 4 Nov, a new Revit day.
+    let desktop = c.api.enroll("office-desktop-2").await;
+    c.api
+        .sync(
+            &desktop,
+            "ana",
+            &[session(
+                "ana-late",
+                "revit",
+                "2026-11-04T14:00:00Z",
+                "2026-11-04T18:00:00Z",
+            )],
+        )
+        .await;
+    let tokens = c
+        .api
+        .admin_get(&format!("/v1/reports/tokens?{NOVEMBER}"))
+        .await;
+    assert_eq!(tokens["used"], before["used"].as_u64().expect("used") + 10);
+    let products = c
+        .api
+        .admin_get(&format!("/v1/reports/products?{NOVEMBER}"))
+        .await;
+    let revit = products["products"]
+        .as_array()
+        .expect("products")
+        .iter()
+        .find(|p| p["product"] == "revit")
+        .expect("revit");
+    assert_eq!(revit["tokens"], 20);
+    let users = c
+        .api
+        .admin_get(&format!("/v1/reports/users?{NOVEMBER}"))
+        .await;
+    let ana = users["users"]
+        .as_array()
+        .expect("users")
+        .iter()
+        .find(|u| u["user"] == "ana")
+        .expect("ana");
+    assert_eq!(
+        (ana["tokens"].as_u64(), ana["days_used"].as_u64()),
+        (Some(34), Some(3))
+    );
+    let (_, csv) = admin_bytes(&c, &format!("/v1/exports/token-usage.csv?{NOVEMBER}")).await;
+    let rows = csv_rows(&csv, b',');
+    let sum: u64 = rows[1..]
+        .iter()
+        .map(|r| r[8].parse::<u64>().expect("tokens"))
+        .sum();
+    assert_eq!(
+        sum,
+        tokens["used"].as_u64().expect("used"),
+        "the export agrees"
+    );
+    let civil = c.api.admin_get("/v1/reports/forecast?team=civil").await;
+    assert_eq!(civil["teams"][0]["remaining"], 1000 - 55);
+}
