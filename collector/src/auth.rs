@@ -83,3 +83,54 @@ mod tests {
         assert!(!same_hash(&token_hash("x"), &token_hash("y")));
     }
 }
+
+/// An admin password as stored in the config (`admin_password_hash`): Argon2id with a
+/// random salt, as a PHC string (`$argon2id$v=19$…`). Made by
+/// `daymeter-collector hash-password`, which reads the password from stdin so that it
+/// is never in argv or a shell history.
+pub fn hash_password(password: &str) -> Result<String, String> {
+    use argon2::password_hash::{PasswordHasher, SaltString};
+    let mut salt = [0u8; 16];
+    getrandom::fill(&mut salt).map_err(|e| e.to_string())?;
+    let salt = SaltString::encode_b64(&salt).map_err(|e| e.to_string())?;
+    argon2::Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| e.to_string())
+}
+
+/// Whether `phc` is a password hash this collector can check, and if not why.
+pub fn check_password_hash(phc: &str) -> Result<(), String> {
+    argon2::password_hash::PasswordHash::new(phc)
+        .map(|_| ())
+        .map_err(|e| {
+            format!(
+                "not a PHC password hash ({e}); make one with `daymeter-collector hash-password`"
+            )
+        })
+}
+
+/// Whether `password` matches the stored hash `phc` (constant time inside argon2).
+pub fn verify_password(phc: &str, password: &str) -> bool {
+    use argon2::password_hash::{PasswordHash, PasswordVerifier};
+    PasswordHash::new(phc).is_ok_and(|h| {
+        argon2::Argon2::default()
+            .verify_password(password.as_bytes(), &h)
+            .is_ok()
+    })
+}
+
+#[cfg(test)]
+mod password_tests {
+    use super::*;
+
+    #[test]
+    fn a_password_checks_against_its_hash_and_no_other() {
+        let phc = hash_password("correct horse battery staple").expect("hashed");
+        assert!(phc.starts_with("$argon2id$"), "{phc}");
+        assert!(check_password_hash(&phc).is_ok());
+        assert!(verify_password(&phc, "correct horse battery staple"));
+        assert!(!verify_password(&phc, "correct horse battery stapler"));
+        assert!(check_password_hash("plaintext").is_err());
+    }
+}

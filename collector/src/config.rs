@@ -45,6 +45,9 @@ pub struct ServeArgs {
 struct FileConfig {
     enrollment_secret: Option<String>,
     admin_token: Option<String>,
+    /// The dashboard's admin password, as an Argon2 PHC string (`hash-password`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    admin_password_hash: Option<String>,
 }
 
 /// Where the collector keeps its data, and the secrets it checks.
@@ -55,6 +58,8 @@ pub struct ServeConfig {
     pub tls: Option<(PathBuf, PathBuf)>,
     pub enrollment_secret: Secret,
     pub admin_token: Secret,
+    /// The dashboard's admin password hash, when one is configured.
+    pub admin_password_hash: Option<String>,
 }
 
 /// The platform data directory (`~/.local/share/daymeter` on Linux).
@@ -85,6 +90,7 @@ impl ServeConfig {
             let dev = dev_config(&dir)?;
             file.enrollment_secret = file.enrollment_secret.or(dev.enrollment_secret);
             file.admin_token = file.admin_token.or(dev.admin_token);
+            file.admin_password_hash = file.admin_password_hash.or(dev.admin_password_hash);
         }
         let (Some(enrollment), Some(admin)) = (file.enrollment_secret, file.admin_token) else {
             bail!("no enrollment secret or admin token configured");
@@ -92,12 +98,17 @@ impl ServeConfig {
         if enrollment.len() < 16 || admin.len() < 16 {
             bail!("the enrollment secret and admin token must be at least 16 characters");
         }
+        if let Some(phc) = &file.admin_password_hash {
+            crate::auth::check_password_hash(phc)
+                .map_err(|e| anyhow::anyhow!("admin_password_hash: {e}"))?;
+        }
         Ok(ServeConfig {
             listen: args.listen,
             db_path,
             tls: args.tls_cert.zip(args.tls_key),
             enrollment_secret: Secret::new(enrollment),
             admin_token: Secret::new(admin),
+            admin_password_hash: file.admin_password_hash,
         })
     }
 }
@@ -128,6 +139,7 @@ fn dev_config(dir: &Path) -> Result<FileConfig> {
     let config = FileConfig {
         enrollment_secret: Some(new_token()?),
         admin_token: Some(new_token()?),
+        admin_password_hash: None,
     };
     let text = toml::to_string(&config)?;
     write_owner_only(&path, text.as_bytes())?;

@@ -21,6 +21,7 @@ const ENVIRONMENT: &str = "\
 Config file keys (--config, TOML; unknown keys are refused by name):
   enrollment_secret   what a device shows to enrol (at least 16 characters)
   admin_token         the bearer token of the admin API (at least 16 characters)
+  admin_password_hash the dashboard's admin password, from `hash-password` (optional)
 
 Environment (wins over the file):
   DAYMETER_ENROLLMENT_SECRET  the enrolment secret
@@ -50,12 +51,16 @@ enum Command {
     /// DAYMETER_ADMIN_TOKEN or --config; with neither, a dev config is generated.
     #[command(after_help = ENVIRONMENT)]
     Serve(ServeArgs),
+    /// Read an admin password from standard input (one line) and print its Argon2 hash
+    /// for the config file's `admin_password_hash`: the dashboard's password login.
+    HashPassword,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Replay { file } => daymeter_collector::replay::run(&file),
+        Command::HashPassword => hash_password(),
         Command::Serve(args) => {
             init_logs();
             let mut runtime = tokio::runtime::Builder::new_multi_thread();
@@ -89,6 +94,31 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+    }
+}
+
+/// `hash-password`: the password from stdin, never argv (a shell keeps its history and
+/// `ps` shows argv to every account).
+fn hash_password() -> ExitCode {
+    let mut line = String::new();
+    if let Err(e) = std::io::stdin().read_line(&mut line) {
+        eprintln!("daymeter-collector: reading the password: {e}");
+        return ExitCode::FAILURE;
+    }
+    let password = line.trim_end_matches(['\n', '\r']);
+    if password.len() < 12 {
+        eprintln!("daymeter-collector: the admin password must be at least 12 characters");
+        return ExitCode::FAILURE;
+    }
+    match daymeter_collector::auth::hash_password(password) {
+        Ok(phc) => {
+            println!("admin_password_hash = \"{phc}\"");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("daymeter-collector: hashing the password: {e}");
+            ExitCode::FAILURE
         }
     }
 }

@@ -31,6 +31,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     )
     .await?;
     state.secure_cookies = config.tls.is_some();
+    state.admin_password_hash = config.admin_password_hash.clone();
     let app = router(Arc::new(state));
     let listener = std::net::TcpListener::bind(config.listen)
         .with_context(|| format!("listening on {}", config.listen))?;

@@ -213,3 +213,49 @@ async fn logging_out_needs_the_pages_csrf_token_and_ends_the_session() {
         .expect("GET /");
     assert_eq!(after.headers()[LOCATION], "/login", "the session is over");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_configured_admin_password_logs_in_and_a_wrong_one_does_not() {
+    let dir = TempDir::new("dashboard-password");
+    let hashed = std::process::Command::new(BIN)
+        .arg("hash-password")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write;
+            child
+                .stdin
+                .take()
+                .expect("stdin")
+                .write_all(b"a-long-admin-password\n")?;
+            child.wait_with_output()
+        })
+        .expect("hash-password");
+    assert!(hashed.status.success());
+    let config = dir.path.join("collector.toml");
+    std::fs::write(&config, &hashed.stdout).expect("the config file");
+    let c = Collector::start_with(&dir, &["--config", config.to_str().expect("UTF-8")]);
+    let page = client()
+        .get(format!("{}/login", c.api.base))
+        .send()
+        .await
+        .expect("GET /login")
+        .text()
+        .await
+        .expect("HTML");
+    assert!(page.contains("name=\"password\""), "{page}");
+    for (password, status) in [
+        ("not-the-password", StatusCode::UNAUTHORIZED),
+        ("a-long-admin-password", StatusCode::SEE_OTHER),
+    ] {
+        let r = client()
+            .post(format!("{}/login", c.api.base))
+            .header(CONTENT_TYPE, FORM)
+            .body(format!("password={password}"))
+            .send()
+            .await
+            .expect("POST /login");
+        assert_eq!(r.status(), status, "{password}");
+    }
+}

@@ -62,6 +62,8 @@ pub struct AppState<S> {
     pub sessions: crate::dashboard::sessions::Sessions,
     /// Served over TLS: the dashboard's cookie is `Secure`.
     pub secure_cookies: bool,
+    /// The dashboard's admin password (an Argon2 PHC string), when configured.
+    pub admin_password_hash: Option<String>,
 }
 
 /// The parts of a sync's answer that depend on the settings alone (catalog and policy),
@@ -99,6 +101,7 @@ impl<S: Store> AppState<S> {
             fixed: Mutex::new(None),
             sessions: Default::default(),
             secure_cookies: false,
+            admin_password_hash: None,
         })
     }
 
@@ -373,7 +376,7 @@ pub fn router<S: Store>(state: Arc<AppState<S>>) -> Router {
         .route("/", get(crate::dashboard::index::<S>))
         .route(
             "/login",
-            get(crate::dashboard::login_page).post(crate::dashboard::login::<S>),
+            get(crate::dashboard::login_page::<S>).post(crate::dashboard::login::<S>),
         )
         .route("/logout", post(crate::dashboard::logout::<S>))
         .route("/v1/enroll", post(enroll::enroll::<S>))

@@ -54,15 +54,23 @@ fn layout(title: &str, body: Markup) -> Markup {
     }
 }
 
-/// The login form; `error` says why the last attempt failed.
-pub fn login(error: Option<&str>) -> Markup {
+/// The login form (with a password field where an admin password is configured);
+/// `error` says why the last attempt failed.
+pub fn login(password: bool, error: Option<&str>) -> Markup {
     layout(
         "Log in",
         html! {
             form.login method="post" action="/login" {
                 h1 { "daymeter" }
-                label for="token" { "Admin token" }
-                input #token type="password" name="token" autocomplete="current-password" required;
+                @if password {
+                    label for="password" { "Admin password" }
+                    input #password type="password" name="password" autocomplete="current-password";
+                    label for="token" { "or the admin token" }
+                    input #token type="password" name="token" autocomplete="off";
+                } @else {
+                    label for="token" { "Admin token" }
+                    input #token type="password" name="token" autocomplete="current-password" required;
+                }
                 @if let Some(e) = error { p.error { (e) } }
                 button type="submit" { "Log in" }
             }

@@ -81,6 +81,11 @@ pub struct Collector {
 impl Collector {
     /// Starts the collector on `dir`'s database and waits for its `listening on` line.
     pub fn start(dir: &TempDir) -> Collector {
+        Collector::start_with(dir, &[])
+    }
+
+    /// As [`Collector::start`], with more arguments to `serve`.
+    pub fn start_with(dir: &TempDir, extra: &[&str]) -> Collector {
         let log = fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -90,6 +95,7 @@ impl Collector {
         let mut child = Command::new(BIN)
             .args(["serve", "--listen", "127.0.0.1:0", "--db"])
             .arg(format!("sqlite://{}", db.display()))
+            .args(extra)
             .env("DAYMETER_ENROLLMENT_SECRET", ENROLLMENT_SECRET)
             .env("DAYMETER_ADMIN_TOKEN", ADMIN_TOKEN)
             .env_remove("DAYMETER_LOG")
