@@ -224,7 +224,7 @@ async fn seed_user(
             // About two days in three, different days for different users and products.
             let h =
                 (u as u64).wrapping_mul(2_654_435_761) ^ (back as u64 * 40_503) ^ (p as u64 * 97);
-            if h % 3 == 0 {
+            if h.is_multiple_of(3) {
                 continue;
             }
             // One in twenty left open overnight.
