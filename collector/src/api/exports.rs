@@ -14,7 +14,6 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use chrono::NaiveDate;
 use daymeter_shared::usage::UsageDay;
 use serde::Deserialize;
 use tokio::sync::mpsc;
@@ -24,7 +23,7 @@ use crate::reports::people::People;
 use crate::reports::range::{self, Basis};
 use crate::reports::{Filter, Teams, exports, usage};
 use crate::settings::Settings;
-use crate::store::{SessionFilter, Store};
+use crate::store::Store;
 
 /// A chunk goes out once it holds this much.
 const CHUNK: usize = 64 * 1024;
@@ -102,18 +101,7 @@ async fn export<S: Store>(
 ) -> Result<Response, ApiError> {
     check_reader(&state, &headers)?;
     let Query(q) = q.map_err(bad_query)?;
-    let delimiter = match q.delimiter.as_deref() {
-        None | Some(",") => b',',
-        Some(";") => b';',
-        Some(other) => {
-            return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "bad_delimiter",
-                format!("delimiter {other:?}: \",\" (the default) or \";\""),
-            )
-            .field("delimiter"));
-        }
-    };
+    let delimiter = super::reports::delimiter_of(q.delimiter.as_deref())?;
     let today = state.clock.now().date_naive();
     let range = range::parse(
         q.range.as_deref(),
@@ -133,8 +121,11 @@ async fn export<S: Store>(
         .store
         .usage_days(Some(range.from), Some(range.to))
         .await?;
-    let last = match kind {
-        Kind::Usage => last_accessed(&state, &filter, range.to).await?,
+    let lines = match kind {
+        Kind::Usage => {
+            let teams = Teams::new(&settings.teams);
+            super::reports::usage_lines(&state, &settings, &teams, &range, &filter).await?
+        }
         _ => Vec::new(),
     };
     let secret = state.admin_token.expose().to_owned();
@@ -145,7 +136,7 @@ async fn export<S: Store>(
             buf: Vec::with_capacity(CHUNK),
         };
         let written = write_csv(
-            out, delimiter, kind, &settings, &rows, &last, &range, &filter, &secret,
+            out, delimiter, kind, &settings, &rows, &lines, &range, &filter, &secret,
         );
         if let Err(e) = written {
             // The client sees a cut-off body; the log says why.
@@ -165,32 +156,6 @@ async fn export<S: Store>(
         .into_response())
 }
 
-/// Per (user, product), the UTC date the product was last seen in use.
-async fn last_accessed<S: Store>(
-    state: &AppState<S>,
-    filter: &Filter,
-    to: NaiveDate,
-) -> Result<Vec<((String, String), NaiveDate)>, ApiError> {
-    let sessions = state
-        .store
-        .sessions(SessionFilter {
-            user: filter.user.clone(),
-            product: filter.product.clone(),
-            from: None,
-            to: Some(to),
-        })
-        .await?;
-    Ok(sessions
-        .iter()
-        .filter_map(|s| {
-            Some((
-                (s.user.as_deref()?.to_owned(), s.product.to_string()),
-                s.effective_end().naive_utc().date().min(to),
-            ))
-        })
-        .collect())
-}
-
 #[allow(clippy::too_many_arguments)]
 fn write_csv(
     out: Chunks,
@@ -198,7 +163,7 @@ fn write_csv(
     kind: Kind,
     settings: &Settings,
     rows: &[UsageDay<'_>],
-    last: &[((String, String), NaiveDate)],
+    lines: &[usage::UsageLine],
     range: &range::ReportRange,
     filter: &Filter,
     secret: &str,
@@ -225,14 +190,8 @@ fn write_csv(
             }
         }
         Kind::Usage => {
-            let mut latest = std::collections::HashMap::new();
-            for (key, day) in last {
-                let e = latest.entry(key.clone()).or_insert(*day);
-                *e = (*e).max(*day);
-            }
-            let lines = usage::lines(rows, &settings.entitlements, &latest, range, filter, &teams);
             csv.write_record(exports::USAGE)?;
-            for r in exports::usage(&lines, &teams, &people, catalog) {
+            for r in exports::usage(lines, &teams, &people, catalog) {
                 csv.write_record(&r)?;
             }
         }

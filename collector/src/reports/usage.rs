@@ -134,6 +134,26 @@ pub fn lines(
         .collect()
 }
 
+/// Per (user, product), the UTC date the product was last seen in use — a session's
+/// effective end, which is the day of the last sync that carried it — at most `to`.
+pub fn last_accessed(
+    sessions: &[daymeter_shared::session::Session<'_>],
+    to: NaiveDate,
+) -> HashMap<(String, String), NaiveDate> {
+    let mut last: HashMap<(String, String), NaiveDate> = HashMap::new();
+    for s in sessions {
+        let Some(user) = s.user.as_deref() else {
+            continue;
+        };
+        let day = s.effective_end().naive_utc().date().min(to);
+        let entry = last
+            .entry((user.to_owned(), s.product.to_string()))
+            .or_insert(day);
+        *entry = (*entry).max(day);
+    }
+    last
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

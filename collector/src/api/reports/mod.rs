@@ -1,0 +1,298 @@
+//! `GET /v1/reports/{tokens,products,users,usage,waste,forecast,advice,concurrent}`:
+//! admin auth, JSON, or with `format=csv` the report's table as CSV (tokens: by day). Each handler reads what the store returns for the range and hands
+//! it to the rules in [`crate::reports`]; nothing here decides a number.
+//!
+//! Users of a team whose `personal_data` is `hashed` appear under their keyed pseudonym
+//! ([`People`]), as in the CSV exports.
+//!
+//! Query parameters, all optional: `range` (`past-30-days`, the default, or
+//! `past-3-months` … `past-12-months`) or `from` and `to` (UTC days, both included);
+//! `team`, `user`, `product`. Unknown parameters are refused by name.
+
+mod docs;
+
+pub(super) use docs::usage_lines;
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, NaiveDate, Utc};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::{ApiError, AppState, bad_query, check_reader};
+use crate::reports::people::People;
+use crate::reports::range::{self, Basis, ReportRange};
+use crate::reports::{Filter, Teams};
+use crate::store::{Settings, Store};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ReportQuery {
+    range: Option<String>,
+    from: Option<String>,
+    to: Option<String>,
+    team: Option<String>,
+    user: Option<String>,
+    product: Option<String>,
+    format: Option<String>,
+    delimiter: Option<String>,
+}
+
+/// What every report starts from.
+pub(crate) struct Asked {
+    range: ReportRange,
+    filter: Filter,
+    today: NaiveDate,
+    now: DateTime<Utc>,
+    format: Format,
+}
+
+/// `format=json` (the default) or `format=csv` (with `delimiter=,` or `;`).
+#[derive(Clone, Copy)]
+enum Format {
+    Json,
+    Csv(u8),
+}
+
+/// `delimiter=,` (the default) or `;`, for CSV.
+pub(super) fn delimiter_of(delimiter: Option<&str>) -> Result<u8, ApiError> {
+    match delimiter {
+        None | Some(",") => Ok(b','),
+        Some(";") => Ok(b';'),
+        Some(other) => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_delimiter",
+            format!("delimiter {other:?}: \",\" (the default) or \";\""),
+        )
+        .field("delimiter")),
+    }
+}
+
+fn format_of(format: Option<&str>, delimiter: Option<&str>) -> Result<Format, ApiError> {
+    let delimiter = delimiter_of(delimiter)?;
+    match format {
+        None | Some("json") => Ok(Format::Json),
+        Some("csv") => Ok(Format::Csv(delimiter)),
+        Some(other) => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_format",
+            format!("format {other:?}: json (the default) or csv"),
+        )
+        .field("format")),
+    }
+}
+
+/// The report as asked: the whole document as JSON, or its table (`doc[table]`, a list)
+/// as CSV — one row per entry, a column per field, nested fields as `parent.child`,
+/// lists as JSON text in their cell.
+fn answer(
+    a: &Asked,
+    doc: serde_json::Value,
+    table: &str,
+    file: &str,
+) -> Result<Response, ApiError> {
+    let Format::Csv(delimiter) = a.format else {
+        return Ok(Json(doc).into_response());
+    };
+    let empty = Vec::new();
+    let entries = doc.get(table).and_then(|t| t.as_array()).unwrap_or(&empty);
+    let rows: Vec<Vec<(String, String)>> = entries
+        .iter()
+        .map(|e| {
+            let mut cells = Vec::new();
+            flatten("", e, &mut cells);
+            cells
+        })
+        .collect();
+    let header: Vec<&str> = rows
+        .first()
+        .map(|r| r.iter().map(|(k, _)| k.as_str()).collect())
+        .unwrap_or_default();
+    let internal =
+        |e: csv::Error| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string());
+    let mut out = csv::WriterBuilder::new()
+        .delimiter(delimiter)
+        .from_writer(b"\xEF\xBB\xBF".to_vec());
+    out.write_record(&header).map_err(internal)?;
+    for row in &rows {
+        let cell = |k: &&str| {
+            row.iter()
+                .find(|(name, _)| name == k)
+                .map_or("", |(_, v)| v.as_str())
+        };
+        out.write_record(header.iter().map(cell))
+            .map_err(internal)?;
+    }
+    let bytes = out
+        .into_inner()
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
+    Ok((
+        [
+            (header::CONTENT_TYPE, "text/csv; charset=utf-8".to_owned()),
+            (
+                header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"{file}.csv\""),
+            ),
+        ],
+        bytes,
+    )
+        .into_response())
+}
+
+fn flatten(prefix: &str, value: &serde_json::Value, out: &mut Vec<(String, String)>) {
+    use serde_json::Value;
+    match value {
+        Value::Object(map) => {
+            for (k, v) in map {
+                let name = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                flatten(&name, v, out);
+            }
+        }
+        Value::Null => out.push((prefix.to_owned(), String::new())),
+        Value::String(s) => out.push((prefix.to_owned(), s.clone())),
+        Value::Array(_) | Value::Bool(_) | Value::Number(_) => {
+            out.push((prefix.to_owned(), value.to_string()))
+        }
+    }
+}
+
+fn asked<S: Store>(
+    state: &AppState<S>,
+    headers: &HeaderMap,
+    q: Result<Query<ReportQuery>, QueryRejection>,
+    basis: Basis,
+) -> Result<Asked, ApiError> {
+    check_reader(state, headers)?;
+    let Query(q) = q.map_err(bad_query)?;
+    let now = state.clock.now();
+    let today = now.date_naive();
+    let range = range::parse(
+        q.range.as_deref(),
+        q.from.as_deref(),
+        q.to.as_deref(),
+        basis,
+        today,
+    )
+    .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_range", e.message).field(e.field))?;
+    let format = format_of(q.format.as_deref(), q.delimiter.as_deref())?;
+    Ok(Asked {
+        range,
+        filter: Filter {
+            team: q.team,
+            user: q.user,
+            product: q.product,
+        },
+        today,
+        now,
+        format,
+    })
+}
+
+/// Puts each line's user as reports show them: the id, or the keyed pseudonym of a
+/// team that hashes its people ([`People`]).
+fn name_users<S, T>(
+    state: &AppState<S>,
+    settings: &Settings,
+    teams: &Teams,
+    lines: &mut [T],
+    user: impl Fn(&mut T) -> &mut String,
+) {
+    let people = People::new(settings, teams, state.admin_token.expose());
+    for line in lines {
+        let u = user(line);
+        *u = people.user(u);
+    }
+}
+
+fn range_json(r: &ReportRange) -> serde_json::Value {
+    json!({"from": r.from, "to": r.to, "days": r.days(), "months": r.months})
+}
+
+/// One thin handler per report: the query read and checked ([`asked`]), the document
+/// built ([`docs`]), the answer in the asked format with the report's table for CSV.
+macro_rules! report {
+    ($name:ident, $doc:ident, $basis:expr, $table:literal, $file:literal) => {
+        pub(in crate::api) async fn $name<S: Store>(
+            State(state): State<Arc<AppState<S>>>,
+            headers: HeaderMap,
+            q: Result<Query<ReportQuery>, QueryRejection>,
+        ) -> Result<Response, ApiError> {
+            let a = asked(&state, &headers, q, $basis)?;
+            let doc = docs::$doc(&state, &a).await?;
+            answer(&a, doc, $table, $file)
+        }
+    };
+}
+
+// As CSV, the tokens report is its tokens by day.
+report!(
+    tokens,
+    tokens_doc,
+    Basis::CompletedMonths,
+    "by_day",
+    "tokens-by-day"
+);
+report!(
+    products,
+    products_doc,
+    Basis::CompletedMonths,
+    "products",
+    "products"
+);
+report!(users, users_doc, Basis::CompletedMonths, "users", "users");
+report!(usage, usage_doc, Basis::Rolling, "usage", "usage");
+report!(waste, waste_doc, Basis::CompletedMonths, "keys", "waste");
+report!(forecast, forecast_doc, Basis::Rolling, "teams", "forecast");
+report!(advice, advice_doc, Basis::Rolling, "advice", "advice");
+report!(
+    concurrent,
+    concurrent_doc,
+    Basis::Rolling,
+    "overlaps",
+    "concurrent"
+);
+
+impl Asked {
+    /// A named range (`past-30-days` …) over everything, as the dashboard asks.
+    fn named(range: &str, basis: Basis, now: DateTime<Utc>) -> Result<Asked, ApiError> {
+        let today = now.date_naive();
+        let range = range::parse(Some(range), None, None, basis, today).map_err(|e| {
+            ApiError::new(StatusCode::BAD_REQUEST, "bad_range", e.message).field(e.field)
+        })?;
+        Ok(Asked {
+            range,
+            filter: Filter::default(),
+            today,
+            now,
+            format: Format::Json,
+        })
+    }
+}
+
+/// Every report the dashboard shows over `range`, as the JSON API answers them.
+pub async fn report_docs<S: Store>(
+    state: &AppState<S>,
+    range: &str,
+) -> Result<crate::dashboard::page::Docs, ApiError> {
+    let now = state.clock.now();
+    let tokens_range = Asked::named(range, Basis::CompletedMonths, now)?;
+    let seats_range = Asked::named(range, Basis::Rolling, now)?;
+    Ok(crate::dashboard::page::Docs {
+        tokens: docs::tokens_doc(state, &tokens_range).await?,
+        products: docs::products_doc(state, &tokens_range).await?,
+        users: docs::users_doc(state, &tokens_range).await?,
+        usage: docs::usage_doc(state, &seats_range).await?,
+        waste: docs::waste_doc(state, &tokens_range).await?,
+        forecast: docs::forecast_doc(state, &seats_range).await?,
+        advice: docs::advice_doc(state, &seats_range).await?,
+    })
+}
