@@ -10,6 +10,7 @@
 //! - [`auth`] — device tokens, secrets, constant-time comparison.
 //! - [`config`] — flags, environment, config file, generated dev config.
 //! - [`dashboard`] — the admin's pages in the browser: login, reports, charts.
+//! - [`mail`] — when scheduled reports and alerts go out (sending comes next).
 //! - [`settings`] — policy, catalog, entitlements and teams as one value: pricing,
 //!   teams, and the rules an import is merged into them by.
 //! - [`reports`] — what licence admins ask (tokens, usage, waste, forecast, advice,
@@ -20,6 +21,7 @@ pub mod api;
 pub mod auth;
 pub mod config;
 pub mod dashboard;
+pub mod mail;
 pub mod priority;
 pub mod replay;
 pub mod reports;
