@@ -35,6 +35,9 @@ pub struct LoginForm {
     password: String,
 }
 
+/// Password checks running at once (see [`login`]).
+static VERIFYING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
+
 #[derive(Deserialize)]
 pub struct LogoutForm {
     csrf: String,
@@ -71,7 +74,10 @@ pub async fn login<S: Store>(
     let by_token = !form.token.is_empty() && state.admin_token.matches(&form.token);
     let by_password = match (&state.admin_password_hash, form.password.is_empty()) {
         (Some(phc), false) => {
-            // Argon2 takes tens of milliseconds of CPU on purpose: off the request threads.
+            // Argon2 takes tens of milliseconds of CPU on purpose: off the request threads,
+            // and two at a time at most, so that a flood of guesses cannot take every core
+            // from the syncs.
+            let _turn = VERIFYING.acquire().await;
             let (phc, password) = (phc.clone(), form.password.clone());
             tokio::task::spawn_blocking(move || crate::auth::verify_password(&phc, &password))
                 .await

@@ -22,6 +22,8 @@ use daymeter_shared::time::{Nanos, Zone, nanos};
 use daymeter_shared::usage::{UsageDay, priced};
 use serde::Serialize;
 
+use super::range::ReportRange;
+
 /// A charged window that was wasted, or opened by a rollover.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct WasteWindow {
@@ -45,13 +47,16 @@ pub struct KeyWaste {
     pub active_rollover_would_save: u64,
 }
 
-/// `sessions` are the key's stored sessions (one copy per id), `days` its charged days
-/// in window order; `rules` and `pricing` are the key's policy and prices now.
+/// `sessions` are the key's stored sessions (one copy per id) that reach into `range`,
+/// `days` its charged days in `range` in window order; `rules` and `pricing` are the
+/// key's policy and prices now. The `rollover = active` walk counts only the windows it
+/// dates in `range`, as `days` are, so the saving compares like with like.
 pub fn key_waste(
     user: &str,
     product: &str,
     sessions: &[Session<'_>],
     days: &[UsageDay<'_>],
+    range: &ReportRange,
     rules: &Rules,
     pricing: &Pricing<'_>,
 ) -> KeyWaste {
@@ -87,7 +92,7 @@ pub fn key_waste(
         previous_end = Some(d.window_end);
     }
     let now: u64 = days.iter().map(|d| d.tokens).sum();
-    let active = tokens_under_active(sessions, rules, pricing);
+    let active = tokens_under_active(sessions, range, rules, pricing);
     KeyWaste {
         user: user.to_owned(),
         product: product.to_owned(),
@@ -128,7 +133,12 @@ fn in_use_within(s: &Session<'_>, from: Nanos, to: Nanos) -> bool {
 }
 
 /// The key's tokens had its windows been walked with `rollover = active`.
-fn tokens_under_active(sessions: &[Session<'_>], rules: &Rules, pricing: &Pricing<'_>) -> u64 {
+fn tokens_under_active(
+    sessions: &[Session<'_>],
+    range: &ReportRange,
+    rules: &Rules,
+    pricing: &Pricing<'_>,
+) -> u64 {
     let active = Rules {
         rollover: Rollover::Active,
         ..*rules
@@ -147,7 +157,9 @@ fn tokens_under_active(sessions: &[Session<'_>], rules: &Rules, pricing: &Pricin
     accounting::walk(&spans, &active, &mut windows);
     windows
         .iter()
-        .map(|w| priced(w, &active, pricing).tokens)
+        .map(|w| priced(w, &active, pricing))
+        .filter(|p| range.contains(p.day))
+        .map(|p| p.tokens)
         .sum()
 }
 
@@ -194,6 +206,14 @@ mod tests {
             .collect()
     }
 
+    fn november() -> ReportRange {
+        ReportRange {
+            from: "2026-11-01".parse().expect("a day"),
+            to: "2026-11-30".parse().expect("a day"),
+            months: 1.0,
+        }
+    }
+
     #[test]
     fn a_product_left_open_and_idle_over_a_weekend_wastes_the_days_it_rolled_into() {
         // Friday 17:00 → Monday 09:30, idle from Friday 18:00 to Monday 09:00.
@@ -210,7 +230,7 @@ mod tests {
         };
         let days = days_of(&s, &rules, &pricing);
         assert_eq!(days.len(), 3, "Fri, Sat, Sun windows under rollover = open");
-        let w = key_waste("ana", "acad", &s, &days, &rules, &pricing);
+        let w = key_waste("ana", "acad", &s, &days, &november(), &rules, &pricing);
         // Saturday's window saw no use at all; Friday's had an hour, Sunday's (to
         // Monday 17:00) the half hour on Monday morning.
         assert_eq!(w.idle_windows.len(), 1);
@@ -236,7 +256,7 @@ mod tests {
             entitlements: &[],
         };
         let days = days_of(&s, &rules, &pricing);
-        let w = key_waste("ana", "acad", &s, &days, &rules, &pricing);
+        let w = key_waste("ana", "acad", &s, &days, &november(), &rules, &pricing);
         assert_eq!(
             (
                 w.wasted_tokens,

@@ -195,7 +195,7 @@ pub(crate) async fn waste_doc<S: Store>(
                 .map_or(0, |p| p.tokens_per_day),
             entitlements: &entitlements,
         };
-        let w = waste::key_waste(user, product, sessions, days, &rules, &pricing);
+        let w = waste::key_waste(user, product, sessions, days, &a.range, &rules, &pricing);
         if !w.idle_windows.is_empty() || !w.rollovers.is_empty() {
             keys.push(w);
         }
