@@ -49,6 +49,10 @@ macro_rules! conformance_suite {
             $crate::store::conformance::bounded_recomputation_equals_replay_whatever_the_batch_order(&$harness).await
         }
         #[tokio::test(flavor = "multi_thread")]
+        async fn report_totals_stay_exact_under_late_sessions_a_reprice_and_a_restart() {
+            $crate::store::conformance::report_totals_stay_exact_under_late_sessions_a_reprice_and_a_restart(&$harness).await
+        }
+        #[tokio::test(flavor = "multi_thread")]
         async fn tails_and_the_id_index_equal_replay_across_shuffles_copies_and_a_restart() {
             $crate::store::conformance::tails_and_the_id_index_equal_replay_across_shuffles_copies_and_a_restart(&$harness).await
         }
@@ -363,6 +367,7 @@ pub(crate) async fn tails_and_the_id_index_equal_replay_across_shuffles_copies_a
             kept.iter().all(|s| s.end.is_some()),
             "seed {seed}: closed copies won"
         );
+        assert_totals_follow_the_days(&store, &format!("seed {seed}")).await;
         let charged: i64 = stored.iter().map(|d| d.tokens as i64).sum();
         let booked: i64 = store
             .ledger(None, None, usize::MAX)
@@ -377,4 +382,134 @@ pub(crate) async fn tails_and_the_id_index_equal_replay_across_shuffles_copies_a
         );
         h.discard(store);
     }
+}
+
+/// What the reports' totals must hold, computed here from the days and sessions
+/// themselves: each key's months, each product's days, each key's last access, and a
+/// page's days and sessions read by user equal to the same read whole.
+pub(crate) async fn assert_totals_follow_the_days<S: Store>(store: &S, case: &str) {
+    use std::collections::BTreeMap;
+    let days = store.usage_days(None, None).await.unwrap();
+    let (from, to) = (day("2000-01-01"), day("2100-12-31"));
+    let mut want: BTreeMap<(String, String, String), super::tally::Month> = BTreeMap::new();
+    let mut by_product: BTreeMap<(NaiveDate, String), (u64, u64)> = BTreeMap::new();
+    for d in &days {
+        let mut t = super::tally::Tally::default();
+        t.count(&d.day.to_string(), d.tokens as i64, 1);
+        for (month, m) in t.months {
+            want.entry((d.user.to_string(), d.product.to_string(), month))
+                .or_default()
+                .add(&m);
+        }
+        let e = by_product
+            .entry((d.day, d.product.to_string()))
+            .or_default();
+        e.0 += d.tokens;
+        e.1 += 1;
+    }
+    let got: BTreeMap<_, _> = store
+        .key_months(from, to, None)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|k| {
+            (
+                (k.user, k.product, super::tally::month_of(k.first)),
+                k.month,
+            )
+        })
+        .collect();
+    assert_eq!(got, want, "{case}: key months");
+    let paged = store
+        .key_months(from, to, Some(vec!["sophie".into(), "nobody".into()]))
+        .await
+        .unwrap();
+    assert_eq!(paged.len(), want.len(), "{case}: key months by user");
+    let products: BTreeMap<_, _> = store
+        .product_days(from, to)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| ((p.day, p.product), (p.tokens, p.days)))
+        .collect();
+    assert_eq!(products, by_product, "{case}: product days");
+    let sessions = store.sessions(SessionFilter::default()).await.unwrap();
+    let last = sessions
+        .iter()
+        .map(|s| s.effective_end().with_timezone(&Utc))
+        .max();
+    let reaches = store.reaches(None).await.unwrap();
+    assert_eq!(
+        reaches.iter().map(|r| r.last_end).max(),
+        last,
+        "{case}: last access"
+    );
+    assert_eq!(
+        store.users_page(None, 10).await.unwrap(),
+        if sessions.is_empty() {
+            vec![]
+        } else {
+            vec!["sophie".to_owned()]
+        },
+        "{case}: users page"
+    );
+    let mine = store
+        .users_days(vec!["sophie".into()], from, to)
+        .await
+        .unwrap();
+    assert_eq!(mine, days, "{case}: a page's days");
+    let page = store
+        .sessions(SessionFilter {
+            users: Some(vec!["sophie".into()]),
+            ..SessionFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(page, sessions, "{case}: a page's sessions");
+}
+
+fn day(s: &str) -> NaiveDate {
+    s.parse().unwrap()
+}
+
+/// Totals kept by settling equal totals made from the days: late batches, sessions
+/// first seen running, a price change that reprices every day, a product dropped from
+/// the catalog, and a restart.
+pub(crate) async fn report_totals_stay_exact_under_late_sessions_a_reprice_and_a_restart<
+    H: Harness,
+>(
+    h: &H,
+) {
+    let mut store = h.fresh("totals");
+    let mut settings = settings(Policy::default());
+    store.put_settings(settings.clone()).await.unwrap();
+    assert_totals_follow_the_days(&store, "empty").await;
+    let all = history();
+    let (early, late) = all.split_at(30);
+    for batch in late.chunks(7) {
+        let running: Vec<_> = batch.iter().map(running).collect();
+        store.ingest(ingest_of(&running)).await.unwrap();
+        store.ingest(ingest_of(batch)).await.unwrap();
+    }
+    assert_totals_follow_the_days(&store, "forward").await;
+    for batch in early.chunks(4) {
+        store.ingest(ingest_of(batch)).await.unwrap();
+    }
+    assert_totals_follow_the_days(&store, "late").await;
+    settings.catalog.get_mut("acad").unwrap().tokens_per_day = 9;
+    store.put_settings(settings.clone()).await.unwrap();
+    assert_totals_follow_the_days(&store, "repriced").await;
+    store = h.reopen(store);
+    assert_totals_follow_the_days(&store, "reopened").await;
+    settings.catalog.clear();
+    store.put_settings(settings.clone()).await.unwrap();
+    assert_totals_follow_the_days(&store, "dropped").await;
+    assert!(
+        store
+            .key_months(day("2000-01-01"), day("2100-12-31"), None)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    h.discard(store);
 }

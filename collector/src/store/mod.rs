@@ -9,6 +9,7 @@
 //! - `settle` — settling a key: walk, price, compare with the stored days, ledger
 //!   reasons, charge and reverse, through the `settle::Sink` a backend implements.
 //! - `tails` — what the walk resumes from: a key's sessions and days from an instant on.
+//! - `tally` — monthly totals of usage days, kept in step by `settle`, for reports.
 //! - `balances` — teams' balances from what a backend reads, by the shared ledger rules.
 //! - `conformance` (tests) — what every [`Store`] must do, instantiated per backend.
 //! - [`sqlite`] — the SQLite backend: its own I/O only.
@@ -19,6 +20,7 @@ pub(crate) mod conformance;
 pub(crate) mod settle;
 pub mod sqlite;
 pub(crate) mod tails;
+pub(crate) mod tally;
 
 use std::future::Future;
 
@@ -215,9 +217,28 @@ pub struct IngestOutcome {
 pub struct SessionFilter {
     pub user: Option<String>,
     pub product: Option<String>,
+    /// Only these users' sessions (a page of a per-user report), when given.
+    pub users: Option<Vec<String>>,
     /// Sessions overlapping these UTC days (inclusive).
     pub from: Option<NaiveDate>,
     pub to: Option<NaiveDate>,
+}
+
+/// One product's usage days on one day, over all users.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProductDay {
+    pub product: String,
+    pub day: NaiveDate,
+    pub tokens: u64,
+    pub days: u64,
+}
+
+/// A key's latest session end.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reach {
+    pub user: String,
+    pub product: String,
+    pub last_end: DateTime<Utc>,
 }
 
 /// A stored session with its owner.
@@ -261,6 +282,42 @@ pub trait Store: Send + Sync + 'static {
         &self,
         from: Option<NaiveDate>,
         to: Option<NaiveDate>,
+    ) -> impl Future<Output = Result<Vec<UsageDay<'static>>, StoreError>> + Send;
+    /// Each key's monthly totals ([`tally::KeyMonth`]) for the months that overlap
+    /// `[from, to]`, of `users` only when given, sorted by user, product, month. What
+    /// reports read instead of the days themselves: a row per key and month.
+    fn key_months(
+        &self,
+        from: NaiveDate,
+        to: NaiveDate,
+        users: Option<Vec<String>>,
+    ) -> impl Future<Output = Result<Vec<tally::KeyMonth>, StoreError>> + Send;
+    /// Each product's tokens and usage days by day in `[from, to]`, over all users.
+    fn product_days(
+        &self,
+        from: NaiveDate,
+        to: NaiveDate,
+    ) -> impl Future<Output = Result<Vec<ProductDay>, StoreError>> + Send;
+    /// Each key's latest session end (its last access), of `users` only when given,
+    /// sorted by user and product.
+    fn reaches(
+        &self,
+        users: Option<Vec<String>>,
+    ) -> impl Future<Output = Result<Vec<Reach>, StoreError>> + Send;
+    /// Users that have sent sessions, in order, those after `after`, at most `limit`:
+    /// how per-user reports are paged.
+    fn users_page(
+        &self,
+        after: Option<String>,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send;
+    /// The usage days of `users` whose `day` is in `[from, to]`, sorted by user,
+    /// product, window start: a page of a per-user report.
+    fn users_days(
+        &self,
+        users: Vec<String>,
+        from: NaiveDate,
+        to: NaiveDate,
     ) -> impl Future<Output = Result<Vec<UsageDay<'static>>, StoreError>> + Send;
     fn sessions(
         &self,

@@ -19,6 +19,7 @@ use daymeter_shared::time::date_text;
 use daymeter_shared::usage::priced;
 
 use super::tails::{Drawn, Held, StoredDay, Tail};
+use super::tally::Tally;
 use super::{Cause, Settings, StoreError};
 
 /// One key being settled, and the team whose purchases pay for its days.
@@ -61,6 +62,12 @@ pub trait Sink {
     fn put_day(&mut self, start: i64, day: &StoredDay) -> Result<(), StoreError>;
     /// Deletes the usage day whose window starts at `start`.
     fn drop_day(&mut self, start: i64) -> Result<(), StoreError>;
+    /// Adds the key's settling to its monthly totals ([`Tally`]: differences, so a
+    /// backend adds them to what it stores, in the same transaction as the days).
+    fn tally(&mut self, tally: &Tally) -> Result<(), StoreError>;
+    /// Records the latest effective end (ns) among the key's sessions, if later than
+    /// the one recorded: its last access, for reports.
+    fn reach(&mut self, last_end: i64) -> Result<(), StoreError>;
     /// Books one ledger entry (a backend may hold them until [`Sink::finish`]).
     fn book(&mut self, entry: Entry<'_>) -> Result<(), StoreError>;
     /// Ends the key: writes what is held, and what each purchase in `changed` has now
@@ -120,12 +127,17 @@ pub fn settle(
         sink,
         changed: BTreeSet::new(),
     };
+    let mut tally = Tally::default();
     for (start, mut row) in fresh {
         let before = stored.remove(&start);
         if let Some(old) = before.as_ref().filter(|old| old.same_day(&row)) {
             tail.days.insert(start, old.clone());
             continue;
         }
+        if let Some(old) = &before {
+            tally.count(&old.day, old.tokens, -1);
+        }
+        tally.count(&row.day, row.tokens, 1);
         let reason = match &before {
             Some(old) => {
                 let why = format!("day changed ({})", cause.as_str());
@@ -142,9 +154,16 @@ pub fn settle(
         tail.days.insert(start, row);
     }
     for (start, old) in &stored {
+        tally.count(&old.day, old.tokens, -1);
         books.sink.drop_day(*start)?;
         let why = format!("day removed ({})", cause.as_str());
         books.reverse(*start, &old.day, &old.drawn, &why)?;
+    }
+    if !tally.is_empty() {
+        books.sink.tally(&tally)?;
+    }
+    if let Some(last_end) = tail.sessions.iter().map(|s| s.end).max() {
+        books.sink.reach(last_end)?;
     }
     books.sink.finish(&books.changed)
 }
@@ -236,6 +255,8 @@ mod tests {
         days: StoredDays,
         entries: Vec<(String, i64, Option<String>, i64, String)>,
         used: Vec<(String, u64)>,
+        months: std::collections::BTreeMap<String, crate::store::tally::Month>,
+        reach: Option<i64>,
     }
 
     impl Sink for Recorder {
@@ -248,6 +269,16 @@ mod tests {
         }
         fn drop_day(&mut self, start: i64) -> Result<(), StoreError> {
             self.days.remove(&start);
+            Ok(())
+        }
+        fn tally(&mut self, tally: &Tally) -> Result<(), StoreError> {
+            for (month, delta) in &tally.months {
+                self.months.entry(month.clone()).or_default().add(delta);
+            }
+            Ok(())
+        }
+        fn reach(&mut self, last_end: i64) -> Result<(), StoreError> {
+            self.reach = self.reach.max(Some(last_end));
             Ok(())
         }
         fn book(&mut self, e: Entry<'_>) -> Result<(), StoreError> {

@@ -30,9 +30,11 @@ use std::thread;
 use chrono::{DateTime, NaiveDate, Utc};
 use daymeter_shared::accounting::Resume;
 
+mod backfill;
 mod batches;
 mod ids;
 mod repair;
+mod reports;
 mod runs;
 
 mod durability;
@@ -57,6 +59,7 @@ use writer::*;
 use super::balances::balances;
 use super::settle::{Entry, Key, Sink, settle};
 use super::tails::{Drawn, Held, StoredDay, StoredDays, Tail, Tails};
+use super::tally::{KeyMonth, Month, Tally, month_of};
 use batches::{BATCH_MAX, Batch};
 use daymeter_shared::record::Problem;
 use daymeter_shared::session::{RawSession, Session};
@@ -249,6 +252,9 @@ impl SqliteStore {
         let settings = Arc::new(read_settings(&conn)?);
         let ids = load_ids(&conn)?;
         let runs = gather_runs(&conn)?;
+        if (1..backfill::TOTALS_VERSION).contains(&was) {
+            backfill::report_totals(&mut conn, &runs)?;
+        }
         let mut wal = path.as_os_str().to_owned();
         wal.push("-wal");
         let wal = PathBuf::from(wal);

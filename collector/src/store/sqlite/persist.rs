@@ -155,6 +155,56 @@ impl Sink for SqliteSink<'_, '_> {
         Ok(())
     }
 
+    fn tally(&mut self, tally: &Tally) -> Result<(), StoreError> {
+        let (user, product) = (self.key.user, self.key.product);
+        let mut get = self.hot.take(Sql::GetMonth)?;
+        let mut put = self.hot.take(Sql::PutMonth)?;
+        let mut drop_month = self.hot.take(Sql::DropMonth)?;
+        let mut add_day = self.hot.take(Sql::AddProductDay)?;
+        for (month, delta) in &tally.months {
+            let stored: Option<Vec<u8>> = get
+                .query_row(params![month, user, product], |r| r.get(0))
+                .optional()
+                .map_err(db)?;
+            let mut m = match stored {
+                Some(bytes) => Month::from_bytes(&bytes)
+                    .ok_or_else(|| corrupt(format!("key_months {month} {user} {product}")))?,
+                None => Month::default(),
+            };
+            m.add(delta);
+            if m.is_empty() {
+                drop_month
+                    .execute(params![month, user, product])
+                    .map_err(db)?;
+            } else {
+                let tokens: i64 = m.tokens.iter().sum();
+                let days: i64 = m.days.iter().sum();
+                put.execute(params![month, user, product, tokens, days, m.to_bytes()])
+                    .map_err(db)?;
+            }
+            for (i, (&t, &d)) in delta.tokens.iter().zip(&delta.days).enumerate() {
+                if t != 0 || d != 0 {
+                    let day = format!("{month}-{:02}", i + 1);
+                    add_day.execute(params![product, day, t, d]).map_err(db)?;
+                }
+            }
+        }
+        self.hot.give_back(Sql::GetMonth, get);
+        self.hot.give_back(Sql::PutMonth, put);
+        self.hot.give_back(Sql::DropMonth, drop_month);
+        self.hot.give_back(Sql::AddProductDay, add_day);
+        Ok(())
+    }
+
+    fn reach(&mut self, last_end: i64) -> Result<(), StoreError> {
+        let mut reach = self.hot.take(Sql::Reach)?;
+        reach
+            .execute(params![self.key.user, self.key.product, last_end])
+            .map_err(db)?;
+        self.hot.give_back(Sql::Reach, reach);
+        Ok(())
+    }
+
     fn book(&mut self, e: Entry<'_>) -> Result<(), StoreError> {
         self.entries
             .push(if self.booked == 0 { b'[' } else { b',' });

@@ -93,6 +93,14 @@ impl Runs {
         runs
     }
 
+    /// Each held run's key and latest end.
+    pub fn reaches(&self) -> impl Iterator<Item = (&str, &str, i64)> {
+        self.by_user.iter().flat_map(|(user, runs)| {
+            runs.iter()
+                .map(move |(product, run)| (user.as_str(), product.as_str(), run.end))
+        })
+    }
+
     pub fn push(&mut self, k: KeyedRun) {
         self.by_user
             .entry(k.user.clone())

@@ -14,10 +14,15 @@ pub(super) enum Sql {
     DropDay,
     AddLedger,
     PutUsed,
+    GetMonth,
+    PutMonth,
+    DropMonth,
+    AddProductDay,
+    Reach,
 }
 
 impl Sql {
-    const COUNT: usize = 9;
+    const COUNT: usize = 14;
 
     pub(super) fn text(self) -> &'static str {
         match self {
@@ -52,6 +57,27 @@ impl Sql {
                 "INSERT INTO ledger_batches (seq, at, team, user, product, entries) VALUES (?1, ?2, ?3, ?4, ?5, ?6)"
             }
             Sql::PutUsed => "UPDATE purchases SET used = ?2 WHERE id = ?1",
+            Sql::GetMonth => {
+                "SELECT by_day FROM key_months WHERE month = ?1 AND user = ?2 AND product = ?3"
+            }
+            Sql::PutMonth => {
+                "INSERT INTO key_months (month, user, product, tokens, days, by_day) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT (month, user, product) DO UPDATE SET tokens = excluded.tokens,
+                   days = excluded.days, by_day = excluded.by_day"
+            }
+            Sql::DropMonth => {
+                "DELETE FROM key_months WHERE month = ?1 AND user = ?2 AND product = ?3"
+            }
+            Sql::AddProductDay => {
+                "INSERT INTO product_days (product, day, tokens, days) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (day, product) DO UPDATE SET tokens = tokens + excluded.tokens,
+                   days = days + excluded.days"
+            }
+            Sql::Reach => {
+                "INSERT INTO key_reach (user, product, last_end_ns) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (user, product) DO UPDATE SET last_end_ns = excluded.last_end_ns
+                 WHERE excluded.last_end_ns > key_reach.last_end_ns"
+            }
         }
     }
 }

@@ -2,6 +2,7 @@
 //! the pool of reader connections.
 
 use super::*;
+use crate::store::{ProductDay, Reach};
 
 impl Store for SqliteStore {
     async fn devices(&self) -> Result<Vec<Device>, StoreError> {
@@ -120,7 +121,55 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn key_months(
+        &self,
+        from: NaiveDate,
+        to: NaiveDate,
+        users: Option<Vec<String>>,
+    ) -> Result<Vec<KeyMonth>, StoreError> {
+        let (first, last) = (month_of(from), month_of(to));
+        self.read(move |c| reports::key_months(c, &first, &last, users.as_deref()))
+            .await
+    }
+
+    async fn product_days(
+        &self,
+        from: NaiveDate,
+        to: NaiveDate,
+    ) -> Result<Vec<ProductDay>, StoreError> {
+        self.read(move |c| reports::product_days(c, from, to)).await
+    }
+
+    async fn reaches(&self, users: Option<Vec<String>>) -> Result<Vec<Reach>, StoreError> {
+        self.read(move |c| reports::reaches(c, users.as_deref()))
+            .await
+    }
+
+    async fn users_page(
+        &self,
+        after: Option<String>,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        self.read(move |c| reports::users_page(c, after.as_deref(), limit))
+            .await
+    }
+
+    async fn users_days(
+        &self,
+        users: Vec<String>,
+        from: NaiveDate,
+        to: NaiveDate,
+    ) -> Result<Vec<UsageDay<'static>>, StoreError> {
+        self.read(move |c| reports::users_days(c, &users, from, to))
+            .await
+    }
+
     async fn sessions(&self, filter: SessionFilter) -> Result<Vec<StoredSession>, StoreError> {
+        if filter.users.is_some() {
+            return self
+                .read(move |c| reports::users_sessions(c, &filter))
+                .await;
+        }
         self.read(move |c| {
             let from = filter.from.map_or(i64::MIN, day_start_ns);
             let to = filter

@@ -461,3 +461,30 @@ async fn a_database_error_keeps_sqlites_own_as_its_source() {
     store.close();
     let _ = std::fs::remove_dir_all(path.parent().unwrap());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_database_from_before_the_report_totals_gets_them_built_at_open() {
+    let path = temp_db("totals-backfill");
+    let store = SqliteStore::open(&path).unwrap();
+    store
+        .put_settings(settings(Policy::default()))
+        .await
+        .unwrap();
+    for batch in history().chunks(9) {
+        store.ingest(ingest_of(batch)).await.unwrap();
+    }
+    store.close();
+    drop(store);
+    {
+        // As an earlier build left it: no totals, the version before theirs.
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch("DROP TABLE key_months; DROP TABLE product_days; DROP TABLE key_reach;")
+            .unwrap();
+        conn.pragma_update(None, "user_version", backfill::TOTALS_VERSION - 1)
+            .unwrap();
+    }
+    let store = SqliteStore::open(&path).unwrap();
+    crate::store::conformance::assert_totals_follow_the_days(&store, "backfilled").await;
+    assert!(!store.reaches(None).await.unwrap().is_empty());
+    store.close();
+}

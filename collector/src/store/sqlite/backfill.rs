@@ -1,0 +1,93 @@
+//! The report totals (`key_months`, `product_days`, `key_reach`) of a database written
+//! before they existed, built once when the store opens after the migration that made
+//! their tables. From then on settling keeps them (see `store::tally`).
+
+use std::collections::HashMap;
+
+use rusqlite::{Connection, params};
+
+use super::Tally;
+use super::runs::Runs;
+use super::{StoreError, db};
+
+/// The version whose migration created the totals' tables.
+pub(super) const TOTALS_VERSION: i64 = 11;
+
+/// Fills the totals from the usage days and the sessions' runs (`runs`: those held in
+/// memory, not yet in `session_runs`). One transaction: a crash leaves the version
+/// before, and the next start builds them again.
+pub(super) fn report_totals(conn: &mut Connection, runs: &Runs) -> Result<(), StoreError> {
+    let tx = conn.transaction().map_err(db)?;
+    let mut by_key: HashMap<(String, String), Tally> = HashMap::new();
+    {
+        let mut stmt = tx
+            .prepare("SELECT user, product, day, tokens FROM usage_days")
+            .map_err(db)?;
+        let mut rows = stmt.query([]).map_err(db)?;
+        while let Some(r) = rows.next().map_err(db)? {
+            let key = (r.get(0).map_err(db)?, r.get(1).map_err(db)?);
+            let day: String = r.get(2).map_err(db)?;
+            let tokens: i64 = r.get(3).map_err(db)?;
+            by_key.entry(key).or_default().count(&day, tokens, 1);
+        }
+    }
+    tx.execute("DELETE FROM key_months", []).map_err(db)?;
+    tx.execute("DELETE FROM product_days", []).map_err(db)?;
+    let mut days: HashMap<(String, String), (i64, i64)> = HashMap::new();
+    {
+        let mut put = tx
+            .prepare(
+                "INSERT INTO key_months (month, user, product, tokens, days, by_day) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )
+            .map_err(db)?;
+        for ((user, product), tally) in &by_key {
+            for (month, m) in &tally.months {
+                let tokens: i64 = m.tokens.iter().sum();
+                let count: i64 = m.days.iter().sum();
+                put.execute(params![month, user, product, tokens, count, m.to_bytes()])
+                    .map_err(db)?;
+                for (i, (&t, &d)) in m.tokens.iter().zip(&m.days).enumerate() {
+                    if d != 0 || t != 0 {
+                        let e = days
+                            .entry((product.clone(), format!("{month}-{:02}", i + 1)))
+                            .or_default();
+                        e.0 += t;
+                        e.1 += d;
+                    }
+                }
+            }
+        }
+        let mut put = tx
+            .prepare(
+                "INSERT INTO product_days (product, day, tokens, days) VALUES (?1, ?2, ?3, ?4)",
+            )
+            .map_err(db)?;
+        for ((product, day), (t, d)) in &days {
+            put.execute(params![product, day, t, d]).map_err(db)?;
+        }
+    }
+    tx.execute(
+        "INSERT OR REPLACE INTO key_reach (user, product, last_end_ns)
+         SELECT user, product, MAX(end_ns) FROM session_runs GROUP BY user, product",
+        [],
+    )
+    .map_err(db)?;
+    {
+        let mut reach = tx
+            .prepare(
+                "INSERT INTO key_reach (user, product, last_end_ns) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (user, product) DO UPDATE SET last_end_ns = excluded.last_end_ns
+                 WHERE excluded.last_end_ns > key_reach.last_end_ns",
+            )
+            .map_err(db)?;
+        for (user, product, end) in runs.reaches() {
+            reach.execute(params![user, product, end]).map_err(db)?;
+        }
+    }
+    tx.commit().map_err(db)?;
+    tracing::info!(
+        keys = by_key.len(),
+        "built the report totals from the stored usage days"
+    );
+    Ok(())
+}

@@ -1,0 +1,33 @@
+-- Totals the reports read instead of a year of usage days (see `store::tally`).
+-- `key_months`: one row per key and month (`YYYY-MM`) with each day's tokens and
+-- usage days (248 bytes: 31 tokens, then 31 counts, little-endian 32-bit), ordered by
+-- month so that a range of months is one range of the table; a key's rows are found
+-- through the month and the user. Filled from the usage days after this migration.
+CREATE TABLE key_months (
+    month TEXT NOT NULL,
+    user TEXT NOT NULL,
+    product TEXT NOT NULL,
+    tokens INTEGER NOT NULL,
+    days INTEGER NOT NULL,
+    by_day BLOB NOT NULL,
+    PRIMARY KEY (month, user, product)
+) WITHOUT ROWID;
+-- Each product's tokens and usage days by day, over all users: the tokens-by-day chart
+-- and a year's totals in a few hundred rows.
+CREATE TABLE product_days (
+    product TEXT NOT NULL,
+    day TEXT NOT NULL,
+    tokens INTEGER NOT NULL,
+    days INTEGER NOT NULL,
+    PRIMARY KEY (day, product)
+) WITHOUT ROWID;
+-- The latest effective end (ns) of each key's sessions: its last access, without
+-- reading its sessions.
+CREATE TABLE key_reach (
+    user TEXT NOT NULL,
+    product TEXT NOT NULL,
+    last_end_ns INTEGER NOT NULL,
+    PRIMARY KEY (user, product)
+) WITHOUT ROWID;
+-- A page of users' months: their rows without scanning every user's.
+CREATE INDEX key_months_by_user ON key_months (user, month);

@@ -1,0 +1,267 @@
+//! What reports read: the monthly totals, products by day, each key's last access, and
+//! a page of users' days and sessions — a few thousand rows, where the days themselves
+//! are millions.
+
+use super::*;
+use crate::store::{ProductDay, Reach, SessionFilter};
+
+/// A day's window may start up to a day before or after its date (its zone's offset),
+/// so a page's days are looked for two days either side, then kept by date.
+const DAY_SLACK_NS: i64 = 2 * 86_400 * 1_000_000_000;
+
+pub(super) fn key_months(
+    c: &Connection,
+    first: &str,
+    last: &str,
+    users: Option<&[String]>,
+) -> Result<Vec<KeyMonth>, StoreError> {
+    let mut out = Vec::new();
+    let mut push = |r: &rusqlite::Row<'_>| -> Result<(), StoreError> {
+        let month: String = r.get(0).map_err(db)?;
+        let bytes: Vec<u8> = r.get(3).map_err(db)?;
+        let first = format!("{month}-01")
+            .parse()
+            .map_err(|_| corrupt(format!("key_months month {month:?}")))?;
+        out.push(KeyMonth {
+            user: r.get(1).map_err(db)?,
+            product: r.get(2).map_err(db)?,
+            first,
+            month: Month::from_bytes(&bytes)
+                .ok_or_else(|| corrupt(format!("key_months {month} by_day")))?,
+        });
+        Ok(())
+    };
+    match users {
+        None => {
+            let mut stmt = c
+                .prepare_cached(
+                    "SELECT month, user, product, by_day FROM key_months
+                     WHERE month BETWEEN ?1 AND ?2",
+                )
+                .map_err(db)?;
+            let mut rows = stmt.query(params![first, last]).map_err(db)?;
+            while let Some(r) = rows.next().map_err(db)? {
+                push(r)?;
+            }
+        }
+        Some(users) => {
+            let mut stmt = c
+                .prepare_cached(
+                    "SELECT month, user, product, by_day FROM key_months INDEXED BY key_months_by_user
+                     WHERE user = ?3 AND month BETWEEN ?1 AND ?2",
+                )
+                .map_err(db)?;
+            for user in users {
+                let mut rows = stmt.query(params![first, last, user]).map_err(db)?;
+                while let Some(r) = rows.next().map_err(db)? {
+                    push(r)?;
+                }
+            }
+        }
+    }
+    out.sort_unstable_by(|a, b| {
+        (&a.user, &a.product, a.first).cmp(&(&b.user, &b.product, b.first))
+    });
+    Ok(out)
+}
+
+pub(super) fn product_days(
+    c: &Connection,
+    from: NaiveDate,
+    to: NaiveDate,
+) -> Result<Vec<ProductDay>, StoreError> {
+    let mut stmt = c
+        .prepare_cached(
+            "SELECT product, day, tokens, days FROM product_days
+             WHERE day BETWEEN ?1 AND ?2 AND days != 0 ORDER BY day, product",
+        )
+        .map_err(db)?;
+    let mut rows = stmt
+        .query(params![from.to_string(), to.to_string()])
+        .map_err(db)?;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next().map_err(db)? {
+        let day: String = r.get(1).map_err(db)?;
+        out.push(ProductDay {
+            product: r.get(0).map_err(db)?,
+            day: day.parse().map_err(corrupt)?,
+            tokens: r.get::<_, i64>(2).map_err(db)?.max(0) as u64,
+            days: r.get::<_, i64>(3).map_err(db)?.max(0) as u64,
+        });
+    }
+    Ok(out)
+}
+
+pub(super) fn reaches(c: &Connection, users: Option<&[String]>) -> Result<Vec<Reach>, StoreError> {
+    let mut out = Vec::new();
+    let mut push = |r: &rusqlite::Row<'_>| -> Result<(), StoreError> {
+        out.push(Reach {
+            user: r.get(0).map_err(db)?,
+            product: r.get(1).map_err(db)?,
+            last_end: DateTime::from_timestamp_nanos(r.get(2).map_err(db)?),
+        });
+        Ok(())
+    };
+    match users {
+        None => {
+            let mut stmt = c
+                .prepare_cached("SELECT user, product, last_end_ns FROM key_reach")
+                .map_err(db)?;
+            let mut rows = stmt.query([]).map_err(db)?;
+            while let Some(r) = rows.next().map_err(db)? {
+                push(r)?;
+            }
+        }
+        Some(users) => {
+            let mut stmt = c
+                .prepare_cached("SELECT user, product, last_end_ns FROM key_reach WHERE user = ?1")
+                .map_err(db)?;
+            for user in users {
+                let mut rows = stmt.query([user]).map_err(db)?;
+                while let Some(r) = rows.next().map_err(db)? {
+                    push(r)?;
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+pub(super) fn users_page(
+    c: &Connection,
+    after: Option<&str>,
+    limit: usize,
+) -> Result<Vec<String>, StoreError> {
+    let mut stmt = c
+        .prepare_cached(
+            "SELECT DISTINCT user FROM key_reach WHERE (?1 IS NULL OR user > ?1) ORDER BY user LIMIT ?2",
+        )
+        .map_err(db)?;
+    let rows = stmt
+        .query_map(params![after, limit as i64], |r| r.get(0))
+        .map_err(db)?;
+    rows.collect::<Result<_, _>>().map_err(db)
+}
+
+pub(super) fn users_days(
+    c: &Connection,
+    users: &[String],
+    from: NaiveDate,
+    to: NaiveDate,
+) -> Result<Vec<UsageDay<'static>>, StoreError> {
+    let mut stmt = c
+        .prepare_cached(
+            "SELECT product, day, window_start_ns, window_end_ns, plan, tokens FROM usage_days
+             WHERE user = ?1 AND window_start_ns BETWEEN ?2 AND ?3 AND day BETWEEN ?4 AND ?5",
+        )
+        .map_err(db)?;
+    let (lo, hi) = (
+        day_start_ns(from) - DAY_SLACK_NS,
+        day_start_ns(to) + DAY_SLACK_NS,
+    );
+    let (first, last) = (from.to_string(), to.to_string());
+    let mut out = Vec::new();
+    for user in users {
+        let mut rows = stmt.query(params![user, lo, hi, first, last]).map_err(db)?;
+        while let Some(r) = rows.next().map_err(db)? {
+            let day: String = r.get(1).map_err(db)?;
+            let plan: String = r.get(4).map_err(db)?;
+            out.push(UsageDay {
+                user: user.clone().into(),
+                product: r.get::<_, String>(0).map_err(db)?.into(),
+                day: day.parse().map_err(corrupt)?,
+                window_start: DateTime::from_timestamp_nanos(r.get(2).map_err(db)?),
+                window_end: DateTime::from_timestamp_nanos(r.get(3).map_err(db)?),
+                plan: serde_json::from_value(serde_json::Value::String(plan)).map_err(corrupt)?,
+                tokens: r.get::<_, i64>(5).map_err(db)?.max(0) as u64,
+            });
+        }
+    }
+    out.sort_by(|a, b| {
+        (&a.user, &a.product, a.window_start).cmp(&(&b.user, &b.product, b.window_start))
+    });
+    Ok(out)
+}
+
+/// The sessions of `filter.users` overlapping its days, found through their runs
+/// (`session_runs`) and the batches written since the runs were last written out,
+/// rather than by reading every batch.
+pub(super) fn users_sessions(
+    c: &Connection,
+    filter: &SessionFilter,
+) -> Result<Vec<StoredSession>, StoreError> {
+    let from = filter.from.map_or(i64::MIN, day_start_ns);
+    let to = filter
+        .to
+        .and_then(|d| d.succ_opt())
+        .map_or(i64::MAX, day_start_ns);
+    let users = filter.users.as_deref().unwrap_or_default();
+    let covered: i64 = c
+        .query_row(
+            "SELECT IFNULL(MAX(last_row), 0) FROM session_runs",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(db)?;
+    let mut runs = c
+        .prepare_cached(
+            "SELECT first_row, last_row FROM session_runs
+             WHERE user = ?1 AND (?2 IS NULL OR product = ?2) AND end_ns >= ?3 AND start_ns < ?4",
+        )
+        .map_err(db)?;
+    // The batches holding a run: from the one its first row is in, to its last row.
+    let mut batches = c
+        .prepare_cached(
+            "SELECT first_row, device, product, bodies, ends FROM session_batches
+             WHERE user = ?1 AND first_row BETWEEN
+               IFNULL((SELECT MAX(first_row) FROM session_batches WHERE first_row <= ?2), 0) AND ?3",
+        )
+        .map_err(db)?;
+    let mut zones = ZoneCache::new();
+    let mut out = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for user in users {
+        let mut wanted: Vec<(i64, i64)> = runs
+            .query_map(params![user, filter.product, from, to], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .map_err(db)?
+            .collect::<Result<_, _>>()
+            .map_err(db)?;
+        // Rows not yet in any run written out.
+        wanted.push((covered + 1, i64::MAX));
+        for (lo, hi) in wanted {
+            let mut rows = batches.query(params![user, lo, hi]).map_err(db)?;
+            while let Some(r) = rows.next().map_err(db)? {
+                let first: i64 = r.get(0).map_err(db)?;
+                let device: String = r.get(1).map_err(db)?;
+                let product: String = r.get(2).map_err(db)?;
+                if filter.product.as_deref().is_some_and(|p| p != product) {
+                    continue;
+                }
+                let batch = stored_batch(first, r.get(3).map_err(db)?, r.get(4).map_err(db)?)?;
+                for (row, body) in (first..).zip(batch.iter()) {
+                    if row < lo || row > hi || !seen.insert(row) {
+                        continue;
+                    }
+                    let (mut s, _) = read_back(body, row, &mut zones)?;
+                    if s.start_nanos() >= to || s.end_nanos() < from {
+                        continue;
+                    }
+                    s.user = Some(user.clone().into());
+                    s.device = Some(device.clone().into());
+                    out.push(s.into_owned());
+                }
+            }
+        }
+    }
+    out.sort_by(|a, b| {
+        (&a.user, &a.product, a.start_nanos(), &a.id).cmp(&(
+            &b.user,
+            &b.product,
+            b.start_nanos(),
+            &b.id,
+        ))
+    });
+    Ok(out)
+}

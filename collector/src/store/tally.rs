@@ -1,0 +1,191 @@
+//! Monthly totals of usage days, kept beside the days themselves so that reports read
+//! thousands of rows instead of a year of days.
+//!
+//! Why per month and per day of the month: token reports cover whole months (one row a
+//! key and month answers them), but `past-30-days` and the seat reports are rolling, so
+//! a row also keeps each day's tokens and count; a partial month is summed from those.
+//! Why counts, not a set of days: a key can have two usage days dated the same day (a
+//! short free launch beside a charged window), and taking one away must leave the other.
+//!
+//! Exact under late and corrected sessions by construction: [`super::settle::settle`]
+//! turns every day it writes, rewrites or drops into a [`Tally`] of differences, which
+//! the backend adds to its stored [`Month`]s in the same transaction as the days.
+
+use std::collections::BTreeMap;
+
+use chrono::{Datelike, NaiveDate};
+
+/// One key's days in one month: tokens and usage days per day of the month (index 0
+/// is the 1st).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Month {
+    pub tokens: [i64; 31],
+    pub days: [i64; 31],
+}
+
+impl Month {
+    /// Nothing left: the row can go.
+    pub fn is_empty(&self) -> bool {
+        self.days.iter().all(|&d| d == 0) && self.tokens.iter().all(|&t| t == 0)
+    }
+
+    pub fn add(&mut self, other: &Month) {
+        for i in 0..31 {
+            self.tokens[i] += other.tokens[i];
+            self.days[i] += other.days[i];
+        }
+    }
+
+    /// The stored form: 31 tokens then 31 counts, each a little-endian i32 (248 bytes).
+    /// A day's tokens fit: a product's daily rate is far below 2³¹.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(248);
+        for v in self.tokens.iter().chain(&self.days) {
+            out.extend_from_slice(&(*v as i32).to_le_bytes());
+        }
+        out
+    }
+
+    pub fn from_bytes(bytes: &[u8]) -> Option<Month> {
+        if bytes.len() != 248 {
+            return None;
+        }
+        let mut m = Month::default();
+        for (i, chunk) in bytes.chunks_exact(4).enumerate() {
+            let v = i64::from(i32::from_le_bytes(chunk.try_into().ok()?));
+            if i < 31 {
+                m.tokens[i] = v;
+            } else {
+                m.days[i - 31] = v;
+            }
+        }
+        Some(m)
+    }
+
+    /// Tokens of the days `first..=last` of the month (1-based, clamped).
+    pub fn tokens_between(&self, first: u32, last: u32) -> i64 {
+        slice(&self.tokens, first, last).iter().sum()
+    }
+
+    /// Whether the day (1-based) has a usage day.
+    pub fn used_on(&self, day: u32) -> bool {
+        self.days
+            .get(day.wrapping_sub(1) as usize)
+            .is_some_and(|&d| d > 0)
+    }
+}
+
+fn slice(values: &[i64; 31], first: u32, last: u32) -> &[i64] {
+    let lo = first.max(1) as usize - 1;
+    let hi = (last.min(31) as usize).max(lo);
+    &values[lo..hi]
+}
+
+/// One key's [`Month`] as a store reads it back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyMonth {
+    pub user: String,
+    pub product: String,
+    /// The month's first day.
+    pub first: NaiveDate,
+    pub month: Month,
+}
+
+impl KeyMonth {
+    /// Each day of the month in `[from, to]` with a usage day: the date, its tokens and
+    /// how many usage days are dated on it.
+    pub fn days_between(
+        &self,
+        from: NaiveDate,
+        to: NaiveDate,
+    ) -> impl Iterator<Item = (NaiveDate, u64, u64)> + '_ {
+        (0..31u32).filter_map(move |i| {
+            let count = self.month.days[i as usize];
+            if count <= 0 {
+                return None;
+            }
+            let day = self.first.with_day(i + 1)?;
+            (from <= day && day <= to).then(|| {
+                let tokens = self.month.tokens[i as usize].max(0) as u64;
+                (day, tokens, count as u64)
+            })
+        })
+    }
+
+    /// Whether the whole month lies in `[from, to]`.
+    pub fn within(&self, from: NaiveDate, to: NaiveDate) -> bool {
+        let last = self
+            .first
+            .checked_add_months(chrono::Months::new(1))
+            .and_then(|d| d.pred_opt())
+            .unwrap_or(self.first);
+        from <= self.first && last <= to
+    }
+}
+
+/// The first day of the month of `day`.
+#[allow(dead_code)]
+pub fn month_start(day: NaiveDate) -> NaiveDate {
+    day.with_day(1).unwrap_or(day)
+}
+
+/// `YYYY-MM` of a day: the month a usage day is totalled in.
+pub fn month_of(day: NaiveDate) -> String {
+    format!("{:04}-{:02}", day.year(), day.month())
+}
+
+/// The differences one settling makes to a key's months.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Tally {
+    pub months: BTreeMap<String, Month>,
+}
+
+impl Tally {
+    /// Adds (`sign` 1) or takes away (`sign` -1) a usage day dated `day` (`YYYY-MM-DD`)
+    /// with `tokens`. A day that does not parse is left out: the days themselves are
+    /// checked where they are made.
+    pub fn count(&mut self, day: &str, tokens: i64, sign: i64) {
+        let Ok(date) = day.parse::<NaiveDate>() else {
+            return;
+        };
+        let m = self.months.entry(month_of(date)).or_default();
+        let i = date.day0() as usize;
+        m.tokens[i] += sign * tokens;
+        m.days[i] += sign;
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.months.values().all(Month::is_empty)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_day_taken_away_leaves_another_dated_the_same_day() {
+        let mut stored = Month::default();
+        let mut t = Tally::default();
+        t.count("2026-03-05", 6, 1);
+        t.count("2026-03-05", 0, 1);
+        stored.add(&t.months["2026-03"]);
+        let mut t = Tally::default();
+        t.count("2026-03-05", 6, -1);
+        stored.add(&t.months["2026-03"]);
+        assert!(stored.used_on(5));
+        assert_eq!(stored.tokens_between(1, 31), 0);
+    }
+
+    #[test]
+    fn a_month_reads_back_as_written() {
+        let mut t = Tally::default();
+        t.count("2026-01-31", 8, 1);
+        t.count("2026-01-01", 5, 1);
+        let m = &t.months["2026-01"];
+        assert_eq!(Month::from_bytes(&m.to_bytes()).as_ref(), Some(m));
+        assert_eq!(m.tokens_between(2, 31), 8);
+        assert_eq!(m.tokens_between(1, 1), 5);
+        assert!(!m.used_on(0) && !m.used_on(32));
+    }
+}
