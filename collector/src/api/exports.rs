@@ -124,7 +124,8 @@ async fn export<S: Store>(
     let lines = match kind {
         Kind::Usage => {
             let teams = Teams::new(&settings.teams);
-            super::reports::usage_lines(&state, &settings, &teams, &range, &filter).await?
+            let users = super::reports::report_users(&state, &settings, &teams, &filter).await?;
+            super::reports::usage_lines(&state, &settings, &teams, &range, &filter, &users).await?
         }
         _ => Vec::new(),
     };

@@ -32,6 +32,7 @@ pub(super) async fn sessions<S: Store>(
         from: day_param("from", q.from.as_deref())?,
         to: day_param("to", q.to.as_deref())?,
         user: q.user,
+        users: None,
         product: q.product,
     };
     let sessions = state.store.sessions(filter).await?;

@@ -10,6 +10,8 @@
 //! - [`forecast`] — a team's burn rate, when its balance runs out, what expires unused.
 //! - [`advice`] — Flex tokens against a subscription, per user and product.
 //! - [`concurrent`] — one user's sessions of one product overlapping on two devices.
+//! - [`totals`] — each key's use in a range from the store's monthly totals; a page's
+//!   days rebuilt from its months.
 //! - [`people`] — names and emails as imported, or a keyed hash for a hashed team.
 //! - [`exports`] — the CSV exports' rows, with the vendor's columns.
 //! - [`waste`] — days charged while the product was idle or asleep, rollovers, and what
@@ -25,6 +27,7 @@ pub mod forecast;
 pub mod people;
 pub mod range;
 pub mod tokens;
+pub mod totals;
 pub mod usage;
 pub mod waste;
 

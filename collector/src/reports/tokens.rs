@@ -17,6 +17,7 @@ use daymeter_shared::usage::UsageDay;
 use serde::Serialize;
 
 use super::range::ReportRange;
+use super::totals::{KeyUse, key_uses_of_days};
 use super::{Filter, Teams};
 
 /// The days "tokens by day" covers: a year, today included.
@@ -58,24 +59,27 @@ pub fn used(
 ) -> Used {
     let first = by_day_from(today);
     let mut by_day = vec![0u64; BY_DAY_DAYS as usize];
-    let (mut used, mut products, mut users) = (0, BTreeSet::new(), BTreeSet::new());
     for r in rows
         .iter()
         .filter(|r| filter.keeps(teams, &r.user, &r.product))
     {
-        if range.contains(r.day) {
-            used += r.tokens;
-            products.insert(&*r.product);
-            users.insert(&*r.user);
-        }
         if let Ok(i) = usize::try_from((r.day - first).num_days())
             && let Some(slot) = by_day.get_mut(i)
         {
             *slot += r.tokens;
         }
     }
+    used_of(&key_uses_of_days(rows, range, filter, teams), by_day, today)
+}
+
+/// [`Used`] from each key's use in the range and the tokens of each day of the year
+/// before `today` (oldest first, [`BY_DAY_DAYS`] of them).
+pub fn used_of(uses: &[KeyUse], by_day: Vec<u64>, today: NaiveDate) -> Used {
+    let first = by_day_from(today);
+    let products: BTreeSet<&str> = uses.iter().map(|u| u.product.as_str()).collect();
+    let users: BTreeSet<&str> = uses.iter().map(|u| u.user.as_str()).collect();
     Used {
-        used,
+        used: uses.iter().map(|u| u.tokens).sum(),
         products_used: products.len(),
         users: users.len(),
         by_day: by_day
@@ -107,33 +111,31 @@ pub fn by_product(
     filter: &Filter,
     teams: &Teams,
 ) -> Vec<ProductLine> {
-    // product → user → (tokens, days)
-    let mut per: BTreeMap<&str, BTreeMap<&str, (u64, BTreeSet<NaiveDate>)>> = BTreeMap::new();
-    for r in in_range(rows, range, filter, teams) {
-        let entry = per
-            .entry(&r.product)
-            .or_default()
-            .entry(&r.user)
-            .or_default();
-        entry.0 += r.tokens;
-        entry.1.insert(r.day);
+    by_product_of(&key_uses_of_days(rows, range, filter, teams), range)
+}
+
+/// The products' lines from each key's use in the range.
+pub fn by_product_of(uses: &[KeyUse], range: &ReportRange) -> Vec<ProductLine> {
+    let mut per: BTreeMap<&str, Vec<&KeyUse>> = BTreeMap::new();
+    for u in uses {
+        per.entry(&u.product).or_default().push(u);
     }
     per.into_iter()
         .map(|(product, users)| {
-            let tokens: u64 = users.values().map(|(t, _)| t).sum();
+            let tokens: u64 = users.iter().map(|u| u.tokens).sum();
             let mut users_by_band: BTreeMap<&'static str, usize> = BANDS
                 .iter()
                 .map(|(_, name)| (*name, 0))
                 .chain([(TOP_BAND, 0)])
                 .collect();
-            for (spent, _) in users.values() {
-                *users_by_band.entry(band(*spent)).or_default() += 1;
+            for u in &users {
+                *users_by_band.entry(band(u.tokens)).or_default() += 1;
             }
             ProductLine {
                 product: product.to_owned(),
                 users: users.len(),
                 tokens,
-                days_used: users.values().map(|(_, d)| d.len()).sum(),
+                days_used: users.iter().map(|u| u.days_used as usize).sum(),
                 average_tokens_per_month: super::per_month(tokens as f64, range.months),
                 users_by_band,
             }

@@ -425,6 +425,18 @@ pub(crate) async fn assert_totals_follow_the_days<S: Store>(store: &S, case: &st
         .await
         .unwrap();
     assert_eq!(paged.len(), want.len(), "{case}: key months by user");
+    let totals = store.key_totals(from, to).await.unwrap();
+    let mut summed: BTreeMap<(String, String), (u64, u64)> = BTreeMap::new();
+    for ((user, product, _), m) in &want {
+        let e = summed.entry((user.clone(), product.clone())).or_default();
+        e.0 += m.tokens.iter().sum::<i64>() as u64;
+        e.1 += m.used_days() as u64;
+    }
+    let totals: BTreeMap<_, _> = totals
+        .into_iter()
+        .map(|t| ((t.user, t.product), (t.tokens, t.days_used)))
+        .collect();
+    assert_eq!(totals, summed, "{case}: key totals");
     let products: BTreeMap<_, _> = store
         .product_days(from, to)
         .await

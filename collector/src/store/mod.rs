@@ -233,6 +233,15 @@ pub struct ProductDay {
     pub days: u64,
 }
 
+/// A key's tokens and days used over whole months.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyTotal {
+    pub user: String,
+    pub product: String,
+    pub tokens: u64,
+    pub days_used: u64,
+}
+
 /// A key's latest session end.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reach {
@@ -292,6 +301,13 @@ pub trait Store: Send + Sync + 'static {
         to: NaiveDate,
         users: Option<Vec<String>>,
     ) -> impl Future<Output = Result<Vec<tally::KeyMonth>, StoreError>> + Send;
+    /// Each key's tokens and days used over the months from that of `from` to that of
+    /// `to`, whole: what a range of whole months needs, one row a key.
+    fn key_totals(
+        &self,
+        from: NaiveDate,
+        to: NaiveDate,
+    ) -> impl Future<Output = Result<Vec<KeyTotal>, StoreError>> + Send;
     /// Each product's tokens and usage days by day in `[from, to]`, over all users.
     fn product_days(
         &self,

@@ -67,6 +67,11 @@ impl Month {
         slice(&self.tokens, first, last).iter().sum()
     }
 
+    /// The days with any usage day.
+    pub fn used_days(&self) -> i64 {
+        self.days.iter().filter(|&&d| d > 0).count() as i64
+    }
+
     /// Whether the day (1-based) has a usage day.
     pub fn used_on(&self, day: u32) -> bool {
         self.days

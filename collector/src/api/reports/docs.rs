@@ -1,15 +1,18 @@
 //! Each report's document, as `/v1/reports/…` answers it and the dashboard shows it:
 //! what the store returns for the range, handed to the rules in [`crate::reports`].
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
-use chrono::{TimeDelta, Utc};
+use chrono::{NaiveDate, TimeDelta, Utc};
 use daymeter_shared::entitlement::Pricing;
+use daymeter_shared::ledger::DEFAULT_TEAM;
 use serde_json::json;
 
 use super::{Asked, name_users, range_json};
 use crate::api::{ApiError, AppState};
-use crate::reports::{Teams, advice, concurrent, forecast, tokens, usage, waste};
+use crate::reports::range::ReportRange;
+use crate::reports::totals::{self, KeyUse};
+use crate::reports::{Filter, Teams, advice, concurrent, forecast, tokens, usage, waste};
 use crate::store::{SessionFilter, Settings, Store};
 
 /// `tokens`: used in the range, remaining, added and expired unused in the last 7 days,
@@ -20,12 +23,9 @@ pub(crate) async fn tokens_doc<S: Store>(
 ) -> Result<serde_json::Value, ApiError> {
     let settings = state.settings();
     let teams = Teams::new(&settings.teams);
-    let first = a.range.from.min(tokens::by_day_from(a.today));
-    let rows = state
-        .store
-        .usage_days(Some(first), Some(a.range.to.max(a.today)))
-        .await?;
-    let used = tokens::used(&rows, &a.range, &a.filter, &teams, a.today);
+    let uses = key_uses(state, &a.range, &a.filter, &teams).await?;
+    let by_day = tokens_by_day(state, &settings, &teams, &a.filter, a.today).await?;
+    let used = tokens::used_of(&uses, by_day, a.today);
     let week_ago = a.now - TimeDelta::days(7);
     let (mut remaining, mut added, mut expired) = (0u64, 0u64, 0u64);
     for b in state
@@ -59,78 +59,191 @@ pub(crate) async fn tokens_doc<S: Store>(
     Ok(doc)
 }
 
+/// Each key's use in `range` that `filter` keeps, from the store's totals: whole months
+/// one row a key, the months the range cuts day by day.
+async fn key_uses<S: Store>(
+    state: &AppState<S>,
+    range: &ReportRange,
+    filter: &Filter,
+    teams: &Teams,
+) -> Result<Vec<KeyUse>, ApiError> {
+    let split = totals::split(range.from, range.to);
+    let whole = match split.whole {
+        Some((from, to)) => state.store.key_totals(from, to).await?,
+        None => Vec::new(),
+    };
+    let only = filter.user.clone().map(|u| vec![u]);
+    let mut cut = Vec::new();
+    for (from, to) in split.cut {
+        cut.extend(state.store.key_months(from, to, only.clone()).await?);
+    }
+    Ok(totals::key_uses(&whole, &cut, range, filter, teams))
+}
+
+/// Tokens of each day of the year before `today` (oldest first) that `filter` keeps:
+/// from the products' days when no user or team is asked, else from those users'
+/// months.
+async fn tokens_by_day<S: Store>(
+    state: &AppState<S>,
+    settings: &Settings,
+    teams: &Teams,
+    filter: &Filter,
+    today: NaiveDate,
+) -> Result<Vec<u64>, ApiError> {
+    let first = tokens::by_day_from(today);
+    let mut by_day = vec![0u64; tokens::BY_DAY_DAYS as usize];
+    let mut add = |day: NaiveDate, tokens: u64| {
+        if let Ok(i) = usize::try_from((day - first).num_days())
+            && let Some(slot) = by_day.get_mut(i)
+        {
+            *slot += tokens;
+        }
+    };
+    if filter.user.is_none() && filter.team.is_none() {
+        for p in state.store.product_days(first, today).await? {
+            if filter.product.as_deref().is_none_or(|f| f == p.product) {
+                add(p.day, p.tokens);
+            }
+        }
+        return Ok(by_day);
+    }
+    let users = match (&filter.user, &filter.team) {
+        (Some(user), _) => Some(vec![user.clone()]),
+        (None, Some(team)) => settings.teams.get(team).map(|t| t.users.clone()),
+        (None, None) => None,
+    };
+    for m in state.store.key_months(first, today, users).await? {
+        if filter.keeps(teams, &m.user, &m.product) {
+            for (day, tokens, _) in m.days_between(first, today) {
+                add(day, tokens);
+            }
+        }
+    }
+    Ok(by_day)
+}
+
 /// `products`: per product, users, tokens, average per month, users per token band.
 pub(crate) async fn products_doc<S: Store>(
     state: &AppState<S>,
     a: &Asked,
 ) -> Result<serde_json::Value, ApiError> {
     let teams = Teams::new(&state.settings().teams);
-    let rows = state
-        .store
-        .usage_days(Some(a.range.from), Some(a.range.to))
-        .await?;
-    let lines = tokens::by_product(&rows, &a.range, &a.filter, &teams);
+    let uses = key_uses(state, &a.range, &a.filter, &teams).await?;
+    let lines = tokens::by_product_of(&uses, &a.range);
     let doc = json!({"range": range_json(&a.range), "products": lines});
     Ok(doc)
 }
 
-/// `users`: per user, products, tokens, days used, weekly days per product.
+/// The users a per-user report covers, in order: those that sent sessions and those
+/// with an entitlement, kept by `filter`.
+pub(crate) async fn report_users<S: Store>(
+    state: &AppState<S>,
+    settings: &Settings,
+    teams: &Teams,
+    filter: &Filter,
+) -> Result<Vec<String>, ApiError> {
+    if let Some(user) = &filter.user {
+        return Ok(vec![user.clone()]);
+    }
+    let mut users: BTreeSet<String> = state
+        .store
+        .users_page(None, usize::MAX)
+        .await?
+        .into_iter()
+        .collect();
+    users.extend(settings.entitlements.iter().map(|e| e.user.clone()));
+    Ok(users
+        .into_iter()
+        .filter(|u| filter.team.as_deref().is_none_or(|t| t == teams.of(u)))
+        .collect())
+}
+
+/// `users`: per user, products, tokens, days used, weekly days per product; a page of
+/// users at a time.
 pub(crate) async fn users_doc<S: Store>(
     state: &AppState<S>,
     a: &Asked,
 ) -> Result<serde_json::Value, ApiError> {
     let settings = state.settings();
     let teams = Teams::new(&settings.teams);
-    let rows = state
+    let all = report_users(state, &settings, &teams, &a.filter).await?;
+    let (page, paging) = a.page.of(&all);
+    let months = state
         .store
-        .usage_days(Some(a.range.from), Some(a.range.to))
+        .key_months(a.range.from, a.range.to, Some(page.to_vec()))
         .await?;
+    let rows = totals::day_rows(&months, a.range.from, a.range.to);
     let mut lines = tokens::by_user(&rows, &a.range, &a.filter, &teams);
     name_users(state, &settings, &teams, &mut lines, |l| &mut l.user);
-    let doc = json!({"range": range_json(&a.range), "users": lines});
+    let doc = json!({"range": range_json(&a.range), "page": paging, "users": lines});
     Ok(doc)
 }
 
 /// `usage`: per user and product, assignment, last access, days used and inactive,
-/// status. Seat-style: rolling months.
+/// status. Seat-style: rolling months. A page of users at a time.
 pub(crate) async fn usage_doc<S: Store>(
     state: &AppState<S>,
     a: &Asked,
 ) -> Result<serde_json::Value, ApiError> {
     let settings = state.settings();
     let teams = Teams::new(&settings.teams);
-    let mut lines = usage_lines(state, &settings, &teams, &a.range, &a.filter).await?;
+    let all = report_users(state, &settings, &teams, &a.filter).await?;
+    let (page, paging) = a.page.of(&all);
+    let mut lines = usage_lines(state, &settings, &teams, &a.range, &a.filter, page).await?;
     name_users(state, &settings, &teams, &mut lines, |l| &mut l.user);
-    let doc = json!({"range": range_json(&a.range), "usage": lines});
+    let doc = json!({"range": range_json(&a.range), "page": paging, "usage": lines});
     Ok(doc)
 }
 
-/// The usage report's lines, by licence user id (before any pseudonym): for the JSON
-/// report and the usage CSV alike.
+/// The usage report's lines of `users`, by licence user id (before any pseudonym): for
+/// the JSON report and the usage CSV alike.
 pub(crate) async fn usage_lines<S: Store>(
     state: &AppState<S>,
     settings: &Settings,
     teams: &Teams,
     range: &crate::reports::range::ReportRange,
     filter: &crate::reports::Filter,
+    users: &[String],
 ) -> Result<Vec<usage::UsageLine>, ApiError> {
-    let rows = state
+    let months = state
         .store
-        .usage_days(Some(range.from), Some(range.to))
+        .key_months(range.from, range.to, Some(users.to_vec()))
         .await?;
-    let sessions = state
-        .store
-        .sessions(SessionFilter {
-            user: filter.user.clone(),
-            product: filter.product.clone(),
-            from: None,
-            to: Some(range.to),
-        })
-        .await?;
-    let last = usage::last_accessed(&sessions, range.to);
+    let rows = totals::day_rows(&months, range.from, range.to);
+    // Last access from each key's latest session end; a key whose sessions reach past
+    // the range's end is read from its sessions (the last one before the end counts).
+    let mut last = HashMap::new();
+    let mut past = Vec::new();
+    for r in state.store.reaches(Some(users.to_vec())).await? {
+        let day = r.last_end.date_naive();
+        if day <= range.to {
+            last.insert((r.user, r.product), day);
+        } else if !past.contains(&r.user) {
+            past.push(r.user);
+        }
+    }
+    if !past.is_empty() {
+        let sessions = state
+            .store
+            .sessions(SessionFilter {
+                users: Some(past),
+                product: filter.product.clone(),
+                to: Some(range.to),
+                ..SessionFilter::default()
+            })
+            .await?;
+        last.extend(usage::last_accessed(&sessions, range.to));
+    }
+    let wanted: HashSet<&str> = users.iter().map(String::as_str).collect();
+    let entitlements: Vec<_> = settings
+        .entitlements
+        .iter()
+        .filter(|e| wanted.contains(e.user.as_str()))
+        .cloned()
+        .collect();
     Ok(usage::lines(
         &rows,
-        &settings.entitlements,
+        &entitlements,
         &last,
         range,
         filter,
@@ -146,16 +259,19 @@ pub(crate) async fn waste_doc<S: Store>(
 ) -> Result<serde_json::Value, ApiError> {
     let settings = state.settings();
     let teams = Teams::new(&settings.teams);
+    let all = report_users(state, &settings, &teams, &a.filter).await?;
+    let (page, paging) = a.page.of(&all);
     let rows = state
         .store
-        .usage_days(Some(a.range.from), Some(a.range.to))
+        .users_days(page.to_vec(), a.range.from, a.range.to)
         .await?;
     // The sessions that reach into the range's windows: a window may start the day
     // before its session's days.
     let sessions = state
         .store
         .sessions(SessionFilter {
-            user: a.filter.user.clone(),
+            user: None,
+            users: Some(page.to_vec()),
             product: a.filter.product.clone(),
             from: Some(a.range.from - TimeDelta::days(1)),
             to: Some(a.range.to + TimeDelta::days(1)),
@@ -205,6 +321,7 @@ pub(crate) async fn waste_doc<S: Store>(
     let save: u64 = keys.iter().map(|k| k.active_rollover_would_save).sum();
     let doc = json!({
         "range": range_json(&a.range),
+        "page": paging,
         "wasted_tokens": wasted,
         "active_rollover_would_save": save,
         "keys": keys,
@@ -217,24 +334,50 @@ pub(crate) async fn forecast_doc<S: Store>(
     state: &AppState<S>,
     a: &Asked,
 ) -> Result<serde_json::Value, ApiError> {
-    let teams = Teams::new(&state.settings().teams);
+    let settings = state.settings();
+    let teams = Teams::new(&settings.teams);
     let first = a.today - TimeDelta::days(89);
-    let rows = state.store.usage_days(Some(first), Some(a.today)).await?;
-    let mut charged: BTreeMap<&str, Vec<u64>> = BTreeMap::new();
-    for r in &rows {
-        let Ok(i) = usize::try_from((r.day - first).num_days()) else {
-            continue;
-        };
-        if i < 90 {
-            charged
-                .entry(teams.of(&r.user))
-                .or_insert_with(|| vec![0; 90])[i] += r.tokens;
+    // Every team's tokens by day: the named teams' from their users' months, the
+    // default team's (everyone else) from all products' days less theirs.
+    let mut charged: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+    let mut everyone = vec![0i64; 90];
+    for p in state.store.product_days(first, a.today).await? {
+        if let Ok(i) = usize::try_from((p.day - first).num_days())
+            && i < 90
+        {
+            everyone[i] += p.tokens as i64;
         }
     }
+    let named: Vec<String> = settings
+        .teams
+        .values()
+        .flat_map(|t| t.users.iter().cloned())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    if !named.is_empty() {
+        for m in state.store.key_months(first, a.today, Some(named)).await? {
+            let team = teams.of(&m.user);
+            if team == DEFAULT_TEAM {
+                continue;
+            }
+            for (day, tokens, _) in m.days_between(first, a.today) {
+                if let Ok(i) = usize::try_from((day - first).num_days())
+                    && i < 90
+                {
+                    charged
+                        .entry(team.to_owned())
+                        .or_insert_with(|| vec![0; 90])[i] += tokens as i64;
+                    everyone[i] -= tokens as i64;
+                }
+            }
+        }
+    }
+    charged.insert(DEFAULT_TEAM.to_owned(), everyone);
     let mut out = Vec::new();
     for b in state
         .store
-        .balances(a.now, Settings::clone(&state.settings()))
+        .balances(a.now, Settings::clone(&settings))
         .await?
     {
         if a.filter.team.as_deref().is_some_and(|t| t != b.team) {
@@ -248,7 +391,10 @@ pub(crate) async fn forecast_doc<S: Store>(
                 expires_on: p.purchase.expires_at.date_naive(),
             })
             .collect();
-        let by_day = charged.get(b.team.as_str()).cloned().unwrap_or_default();
+        let by_day: Vec<u64> = charged
+            .get(b.team.as_str())
+            .map(|d| d.iter().map(|&t| t.max(0) as u64).collect())
+            .unwrap_or_default();
         out.push(forecast::forecast(&b.team, &holdings, &by_day, a.today));
     }
     let doc = json!({"today": a.today, "teams": out});
@@ -264,7 +410,13 @@ pub(crate) async fn advice_doc<S: Store>(
     let teams = Teams::new(&settings.teams);
     // Always the last twelve months: a year is what a subscription is priced for.
     let from = a.today - TimeDelta::days(364);
-    let rows = state.store.usage_days(Some(from), Some(a.today)).await?;
+    let all = report_users(state, &settings, &teams, &a.filter).await?;
+    let (page, paging) = a.page.of(&all);
+    let months = state
+        .store
+        .key_months(from, a.today, Some(page.to_vec()))
+        .await?;
+    let rows = totals::day_rows(&months, from, a.today);
     let rates: BTreeMap<String, u64> = settings
         .catalog
         .iter()
@@ -286,7 +438,7 @@ pub(crate) async fn advice_doc<S: Store>(
         &teams,
     );
     name_users(state, &settings, &teams, &mut lines, |l| &mut l.user);
-    let doc = json!({"from": from, "to": a.today, "advice": lines});
+    let doc = json!({"from": from, "to": a.today, "page": paging, "advice": lines});
     Ok(doc)
 }
 
@@ -297,10 +449,13 @@ pub(crate) async fn concurrent_doc<S: Store>(
 ) -> Result<serde_json::Value, ApiError> {
     let settings = state.settings();
     let teams = Teams::new(&settings.teams);
+    let all = report_users(state, &settings, &teams, &a.filter).await?;
+    let (page, paging) = a.page.of(&all);
     let sessions = state
         .store
         .sessions(SessionFilter {
-            user: a.filter.user.clone(),
+            user: None,
+            users: Some(page.to_vec()),
             product: a.filter.product.clone(),
             from: Some(a.range.from),
             to: Some(a.range.to),
@@ -329,6 +484,6 @@ pub(crate) async fn concurrent_doc<S: Store>(
         .collect();
     concurrent::name_devices(&mut overlaps, |id| hostnames.get(id).cloned());
     name_users(state, &settings, &teams, &mut overlaps, |o| &mut o.user);
-    let doc = json!({"range": range_json(&a.range), "overlaps": overlaps});
+    let doc = json!({"range": range_json(&a.range), "page": paging, "overlaps": overlaps});
     Ok(doc)
 }

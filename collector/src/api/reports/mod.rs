@@ -11,7 +11,7 @@
 
 mod docs;
 
-pub(super) use docs::usage_lines;
+pub(super) use docs::{report_users, usage_lines};
 
 use std::sync::Arc;
 
@@ -41,6 +41,71 @@ pub(super) struct ReportQuery {
     product: Option<String>,
     format: Option<String>,
     delimiter: Option<String>,
+    page: Option<String>,
+    per_page: Option<String>,
+}
+
+/// Which users of a per-user report (`users`, `usage`, `waste`, `advice`, `concurrent`)
+/// this answer holds: `page` (from 1) of `per_page` users, in user order. As CSV, with
+/// no `page` asked, every user: a file is read whole.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Page {
+    number: usize,
+    per_page: usize,
+}
+
+/// Users per page unless asked.
+pub(crate) const PER_PAGE: usize = 100;
+/// The most users a page may hold.
+pub(crate) const MAX_PER_PAGE: usize = 1000;
+
+impl Page {
+    pub(crate) const FIRST: Page = Page {
+        number: 1,
+        per_page: PER_PAGE,
+    };
+    const ALL: Page = Page {
+        number: 1,
+        per_page: usize::MAX,
+    };
+
+    fn parse(page: Option<&str>, per_page: Option<&str>) -> Result<Page, ApiError> {
+        let number = |field: &'static str, text: Option<&str>, default: usize, max: usize| {
+            let Some(text) = text else {
+                return Ok(default);
+            };
+            match text.parse::<usize>() {
+                Ok(n) if (1..=max).contains(&n) => Ok(n),
+                _ => Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "bad_page",
+                    format!("{field} {text:?}: a whole number from 1 to {max}"),
+                )
+                .field(field)),
+            }
+        };
+        Ok(Page {
+            number: number("page", page, 1, usize::MAX / MAX_PER_PAGE)?,
+            per_page: number("per_page", per_page, PER_PAGE, MAX_PER_PAGE)?,
+        })
+    }
+
+    /// This page's users of `all`, and what the answer says of the paging.
+    pub(crate) fn of<'a>(&self, all: &'a [String]) -> (&'a [String], serde_json::Value) {
+        let start = (self.number - 1)
+            .saturating_mul(self.per_page)
+            .min(all.len());
+        let end = start.saturating_add(self.per_page).min(all.len());
+        let next = (end < all.len()).then_some(self.number + 1);
+        let per_page = (self.per_page != usize::MAX).then_some(self.per_page);
+        let paging = json!({
+            "number": self.number,
+            "per_page": per_page,
+            "users": all.len(),
+            "next": next,
+        });
+        (&all[start..end], paging)
+    }
 }
 
 /// What every report starts from.
@@ -50,6 +115,7 @@ pub(crate) struct Asked {
     today: NaiveDate,
     now: DateTime<Utc>,
     format: Format,
+    page: Page,
 }
 
 /// `format=json` (the default) or `format=csv` (with `delimiter=,` or `;`).
@@ -184,6 +250,10 @@ fn asked<S: Store>(
     )
     .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_range", e.message).field(e.field))?;
     let format = format_of(q.format.as_deref(), q.delimiter.as_deref())?;
+    let page = match (&format, &q.page, &q.per_page) {
+        (Format::Csv(_), None, None) => Page::ALL,
+        _ => Page::parse(q.page.as_deref(), q.per_page.as_deref())?,
+    };
     Ok(Asked {
         range,
         filter: Filter {
@@ -194,6 +264,7 @@ fn asked<S: Store>(
         today,
         now,
         format,
+        page,
     })
 }
 
@@ -274,6 +345,7 @@ impl Asked {
             today,
             now,
             format: Format::Json,
+            page: Page::FIRST,
         })
     }
 }

@@ -37,15 +37,23 @@ pub(super) fn report_totals(conn: &mut Connection, runs: &Runs) -> Result<(), St
     {
         let mut put = tx
             .prepare(
-                "INSERT INTO key_months (month, user, product, tokens, days, by_day) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                "INSERT INTO key_months (month, user, product, tokens, days, used_days, by_day) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )
             .map_err(db)?;
         for ((user, product), tally) in &by_key {
             for (month, m) in &tally.months {
                 let tokens: i64 = m.tokens.iter().sum();
                 let count: i64 = m.days.iter().sum();
-                put.execute(params![month, user, product, tokens, count, m.to_bytes()])
-                    .map_err(db)?;
+                put.execute(params![
+                    month,
+                    user,
+                    product,
+                    tokens,
+                    count,
+                    m.used_days(),
+                    m.to_bytes()
+                ])
+                .map_err(db)?;
                 for (i, (&t, &d)) in m.tokens.iter().zip(&m.days).enumerate() {
                     if d != 0 || t != 0 {
                         let e = days

@@ -179,8 +179,16 @@ impl Sink for SqliteSink<'_, '_> {
             } else {
                 let tokens: i64 = m.tokens.iter().sum();
                 let days: i64 = m.days.iter().sum();
-                put.execute(params![month, user, product, tokens, days, m.to_bytes()])
-                    .map_err(db)?;
+                put.execute(params![
+                    month,
+                    user,
+                    product,
+                    tokens,
+                    days,
+                    m.used_days(),
+                    m.to_bytes()
+                ])
+                .map_err(db)?;
             }
             for (i, (&t, &d)) in delta.tokens.iter().zip(&delta.days).enumerate() {
                 if t != 0 || d != 0 {

@@ -3,7 +3,7 @@
 //! are millions.
 
 use super::*;
-use crate::store::{ProductDay, Reach, SessionFilter};
+use crate::store::{KeyTotal, ProductDay, Reach, SessionFilter};
 
 /// A day's window may start up to a day before or after its date (its zone's offset),
 /// so a page's days are looked for two days either side, then kept by date.
@@ -47,7 +47,7 @@ pub(super) fn key_months(
         Some(users) => {
             let mut stmt = c
                 .prepare_cached(
-                    "SELECT month, user, product, by_day FROM key_months INDEXED BY key_months_by_user
+                    "SELECT month, user, product, by_day FROM key_months INDEXED BY key_months_by_key
                      WHERE user = ?3 AND month BETWEEN ?1 AND ?2",
                 )
                 .map_err(db)?;
@@ -62,6 +62,31 @@ pub(super) fn key_months(
     out.sort_unstable_by(|a, b| {
         (&a.user, &a.product, a.first).cmp(&(&b.user, &b.product, b.first))
     });
+    Ok(out)
+}
+
+pub(super) fn key_totals(
+    c: &Connection,
+    first: &str,
+    last: &str,
+) -> Result<Vec<KeyTotal>, StoreError> {
+    // Summed in key order off the covering index, without sorting.
+    let mut stmt = c
+        .prepare_cached(
+            "SELECT user, product, SUM(tokens), SUM(used_days) FROM key_months INDEXED BY key_months_by_key
+             WHERE month BETWEEN ?1 AND ?2 GROUP BY user, product",
+        )
+        .map_err(db)?;
+    let mut rows = stmt.query(params![first, last]).map_err(db)?;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next().map_err(db)? {
+        out.push(KeyTotal {
+            user: r.get(0).map_err(db)?,
+            product: r.get(1).map_err(db)?,
+            tokens: r.get::<_, i64>(2).map_err(db)?.max(0) as u64,
+            days_used: r.get::<_, i64>(3).map_err(db)?.max(0) as u64,
+        });
+    }
     Ok(out)
 }
 

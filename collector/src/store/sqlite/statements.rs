@@ -61,9 +61,9 @@ impl Sql {
                 "SELECT by_day FROM key_months WHERE month = ?1 AND user = ?2 AND product = ?3"
             }
             Sql::PutMonth => {
-                "INSERT INTO key_months (month, user, product, tokens, days, by_day) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                "INSERT INTO key_months (month, user, product, tokens, days, used_days, by_day) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
                  ON CONFLICT (month, user, product) DO UPDATE SET tokens = excluded.tokens,
-                   days = excluded.days, by_day = excluded.by_day"
+                   days = excluded.days, used_days = excluded.used_days, by_day = excluded.by_day"
             }
             Sql::DropMonth => {
                 "DELETE FROM key_months WHERE month = ?1 AND user = ?2 AND product = ?3"

@@ -2,7 +2,7 @@
 //! the pool of reader connections.
 
 use super::*;
-use crate::store::{ProductDay, Reach};
+use crate::store::{KeyTotal, ProductDay, Reach};
 
 impl Store for SqliteStore {
     async fn devices(&self) -> Result<Vec<Device>, StoreError> {
@@ -129,6 +129,16 @@ impl Store for SqliteStore {
     ) -> Result<Vec<KeyMonth>, StoreError> {
         let (first, last) = (month_of(from), month_of(to));
         self.read(move |c| reports::key_months(c, &first, &last, users.as_deref()))
+            .await
+    }
+
+    async fn key_totals(
+        &self,
+        from: NaiveDate,
+        to: NaiveDate,
+    ) -> Result<Vec<KeyTotal>, StoreError> {
+        let (first, last) = (month_of(from), month_of(to));
+        self.read(move |c| reports::key_totals(c, &first, &last))
             .await
     }
 

@@ -1,6 +1,6 @@
 -- Totals the reports read instead of a year of usage days (see `store::tally`).
 -- `key_months`: one row per key and month (`YYYY-MM`) with each day's tokens and
--- usage days (248 bytes: 31 tokens, then 31 counts, little-endian 32-bit), ordered by
+-- usage days, `used_days` the days with any (248 bytes: 31 tokens, then 31 counts, little-endian 32-bit), ordered by
 -- month so that a range of months is one range of the table; a key's rows are found
 -- through the month and the user. Filled from the usage days after this migration.
 CREATE TABLE key_months (
@@ -9,6 +9,7 @@ CREATE TABLE key_months (
     product TEXT NOT NULL,
     tokens INTEGER NOT NULL,
     days INTEGER NOT NULL,
+    used_days INTEGER NOT NULL,
     by_day BLOB NOT NULL,
     PRIMARY KEY (month, user, product)
 ) WITHOUT ROWID;
@@ -29,5 +30,6 @@ CREATE TABLE key_reach (
     last_end_ns INTEGER NOT NULL,
     PRIMARY KEY (user, product)
 ) WITHOUT ROWID;
--- A page of users' months: their rows without scanning every user's.
-CREATE INDEX key_months_by_user ON key_months (user, month);
+-- Each key's months in key order, with their totals: a range of whole months summed
+-- per key without sorting, and a page of users' rows without scanning every user's.
+CREATE INDEX key_months_by_key ON key_months (user, product, month, tokens, used_days);
