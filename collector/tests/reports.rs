@@ -596,3 +596,49 @@ async fn a_late_session_that_changes_a_past_day_changes_every_report_alike() {
     let civil = c.api.admin_get("/v1/reports/forecast?team=civil").await;
     assert_eq!(civil["teams"][0]["remaining"], 1000 - 55);
 }
+
+/// Per-user reports answer a page of users at a time, in user order: ana, ben (who
+/// synced) and cleo (entitled, never synced).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_per_user_report_pages_its_users_in_order() {
+    let (_dir, c) = seeded().await;
+    let first = c
+        .api
+        .get(
+            &format!("/v1/reports/usage?{NOVEMBER}&per_page=2"),
+            Some(ADMIN_TOKEN),
+        )
+        .await;
+    assert_eq!(first.status, reqwest::StatusCode::OK, "{}", first.body);
+    assert_eq!(first.body["page"]["users"], 3);
+    assert_eq!(first.body["page"]["next"], 2);
+    let users: Vec<&str> = first.body["usage"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["user"].as_str().unwrap())
+        .collect();
+    assert!(
+        users.iter().all(|u| *u == "ana" || *u == "ben"),
+        "{users:?}"
+    );
+    let second = c
+        .api
+        .get(
+            &format!("/v1/reports/usage?{NOVEMBER}&per_page=2&page=2"),
+            Some(ADMIN_TOKEN),
+        )
+        .await;
+    assert_eq!(second.body["page"]["next"], serde_json::Value::Null);
+    let lines = second.body["usage"].as_array().unwrap();
+    assert_eq!(lines.len(), 1, "{}", second.body);
+    assert_eq!(lines[0]["status"], "inactive", "cleo's unused seat");
+    for (query, field) in [("per_page=0", "per_page"), ("page=x", "page")] {
+        let r = c
+            .api
+            .get(&format!("/v1/reports/users?{query}"), Some(ADMIN_TOKEN))
+            .await;
+        assert_eq!(r.status, reqwest::StatusCode::BAD_REQUEST, "{query}");
+        assert_eq!(r.body["error"]["field"], field, "{query}: {}", r.body);
+    }
+}

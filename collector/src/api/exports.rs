@@ -27,6 +27,8 @@ use crate::store::Store;
 
 /// A chunk goes out once it holds this much.
 const CHUNK: usize = 64 * 1024;
+/// Users whose days are read at once.
+const PAGE_USERS: usize = 500;
 /// What Excel needs to read a CSV file as UTF-8.
 const BOM: &[u8] = b"\xEF\xBB\xBF";
 
@@ -117,27 +119,32 @@ async fn export<S: Store>(
         product: q.product,
     };
     let settings = state.settings();
-    let rows = state
-        .store
-        .usage_days(Some(range.from), Some(range.to))
-        .await?;
+    let teams = Teams::new(&settings.teams);
+    let users = super::reports::report_users(&state, &settings, &teams, &filter).await?;
     let lines = match kind {
         Kind::Usage => {
-            let teams = Teams::new(&settings.teams);
-            let users = super::reports::report_users(&state, &settings, &teams, &filter).await?;
             super::reports::usage_lines(&state, &settings, &teams, &range, &filter, &users).await?
         }
         _ => Vec::new(),
     };
     let secret = state.admin_token.expose().to_owned();
     let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(4);
+    let runtime = tokio::runtime::Handle::current();
+    let store = state.clone();
     tokio::task::spawn_blocking(move || {
         let out = Chunks {
             tx: tx.clone(),
             buf: Vec::with_capacity(CHUNK),
         };
+        // The days are read a page of users at a time, so that memory stays flat
+        // whatever the export's size.
+        let days = |page: &[String]| -> io::Result<Vec<UsageDay<'static>>> {
+            runtime
+                .block_on(store.store.users_days(page.to_vec(), range.from, range.to))
+                .map_err(io::Error::other)
+        };
         let written = write_csv(
-            out, delimiter, kind, &settings, &rows, &lines, &range, &filter, &secret,
+            out, delimiter, kind, &settings, &users, days, &lines, &range, &filter, &secret,
         );
         if let Err(e) = written {
             // The client sees a cut-off body; the log says why.
@@ -163,7 +170,8 @@ fn write_csv(
     delimiter: u8,
     kind: Kind,
     settings: &Settings,
-    rows: &[UsageDay<'_>],
+    users: &[String],
+    days: impl Fn(&[String]) -> io::Result<Vec<UsageDay<'static>>>,
     lines: &[usage::UsageLine],
     range: &range::ReportRange,
     filter: &Filter,
@@ -180,14 +188,20 @@ fn write_csv(
     match kind {
         Kind::TokenUsage => {
             csv.write_record(exports::TOKEN_USAGE)?;
-            for r in exports::token_usage(rows, range, filter, &teams, &people, catalog) {
-                csv.write_record(&r)?;
+            for page in users.chunks(PAGE_USERS) {
+                let rows = days(page)?;
+                for r in exports::token_usage(&rows, range, filter, &teams, &people, catalog) {
+                    csv.write_record(&r)?;
+                }
             }
         }
         Kind::SeatUsage => {
             csv.write_record(exports::SEAT_USAGE)?;
-            for r in exports::seat_usage(rows, range, filter, &teams, &people, catalog) {
-                csv.write_record(&r)?;
+            for page in users.chunks(PAGE_USERS) {
+                let rows = days(page)?;
+                for r in exports::seat_usage(&rows, range, filter, &teams, &people, catalog) {
+                    csv.write_record(&r)?;
+                }
             }
         }
         Kind::Usage => {
