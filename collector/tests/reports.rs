@@ -642,3 +642,40 @@ async fn a_per_user_report_pages_its_users_in_order() {
         assert_eq!(r.body["error"]["field"], field, "{query}: {}", r.body);
     }
 }
+
+/// A hashed team's user is asked for by the pseudonym reports show; an unknown team
+/// is refused as the other endpoints refuse it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hashed_user_is_filtered_by_pseudonym_and_an_unknown_team_is_not_found() {
+    let (_dir, c) = seeded().await;
+    let all = c
+        .api
+        .get(&format!("/v1/reports/usage?{NOVEMBER}"), Some(ADMIN_TOKEN))
+        .await;
+    let cleo = all.body["usage"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["user"].as_str().unwrap().to_owned())
+        .find(|u| u.starts_with("u-"))
+        .expect("cleo under a pseudonym");
+    let one = c
+        .api
+        .get(
+            &format!("/v1/reports/usage?{NOVEMBER}&user={cleo}"),
+            Some(ADMIN_TOKEN),
+        )
+        .await;
+    let lines = one.body["usage"].as_array().unwrap();
+    assert_eq!(lines.len(), 1, "{}", one.body);
+    assert_eq!(lines[0]["user"], cleo.as_str());
+    assert_eq!(lines[0]["product"], "acad");
+    for path in [
+        "/v1/reports/tokens?team=nosuch",
+        "/v1/exports/usage.csv?team=nosuch",
+    ] {
+        let r = c.api.get(path, Some(ADMIN_TOKEN)).await;
+        assert_eq!(r.status, reqwest::StatusCode::NOT_FOUND, "{path}");
+        assert_eq!(r.body["error"]["field"], "team", "{path}: {}", r.body);
+    }
+}

@@ -113,11 +113,7 @@ async fn export<S: Store>(
         today,
     )
     .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_range", e.message).field(e.field))?;
-    let filter = Filter {
-        team: q.team,
-        user: q.user,
-        product: q.product,
-    };
+    let filter = super::reports::filter_of(&state, q.team, q.user, q.product)?;
     let settings = state.settings();
     let teams = Teams::new(&settings.teams);
     let users = super::reports::report_users(&state, &settings, &teams, &filter).await?;

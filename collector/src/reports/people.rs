@@ -86,6 +86,19 @@ impl<'s> People<'s> {
         }
     }
 
+    /// The user a report shows as `shown`: a hashed team's user by their pseudonym,
+    /// anyone else by their id.
+    pub fn resolve(&self, shown: &str) -> String {
+        self.settings
+            .teams
+            .values()
+            .filter(|t| t.personal_data == PersonalData::Hashed)
+            .flat_map(|t| &t.users)
+            .find(|u| self.hashed(u) && self.pseudonym(u) == shown)
+            .cloned()
+            .unwrap_or_else(|| shown.to_owned())
+    }
+
     fn pseudonym(&self, user: &str) -> String {
         let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(&self.key) else {
             // HMAC takes a key of any length; kept total rather than panicking.

@@ -29,6 +29,7 @@ use crate::reports::people::People;
 use crate::reports::range::{self, Basis, ReportRange};
 use crate::reports::{Filter, Teams};
 use crate::store::{Settings, Store};
+use daymeter_shared::ledger::DEFAULT_TEAM;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -250,21 +251,47 @@ fn asked<S: Store>(
     )
     .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_range", e.message).field(e.field))?;
     let format = format_of(q.format.as_deref(), q.delimiter.as_deref())?;
+    let filter = filter_of(state, q.team, q.user, q.product)?;
     let page = match (&format, &q.page, &q.per_page) {
         (Format::Csv(_), None, None) => Page::ALL,
         _ => Page::parse(q.page.as_deref(), q.per_page.as_deref())?,
     };
     Ok(Asked {
         range,
-        filter: Filter {
-            team: q.team,
-            user: q.user,
-            product: q.product,
-        },
+        filter,
         today,
         now,
         format,
         page,
+    })
+}
+
+/// The reports' and exports' filter: an unknown `team` refused (404, as elsewhere),
+/// a hashed team's user named by the pseudonym reports show.
+pub(super) fn filter_of<S: Store>(
+    state: &AppState<S>,
+    team: Option<String>,
+    user: Option<String>,
+    product: Option<String>,
+) -> Result<Filter, ApiError> {
+    let settings = state.settings();
+    if let Some(team) = team.as_deref()
+        && team != DEFAULT_TEAM
+        && !settings.teams.contains_key(team)
+    {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_team",
+            format!("no team {team:?} (import it under teams)"),
+        )
+        .field("team"));
+    }
+    let teams = Teams::new(&settings.teams);
+    let people = People::new(&settings, &teams, state.admin_token.expose());
+    Ok(Filter {
+        team,
+        user: user.map(|u| people.resolve(&u)),
+        product,
     })
 }
 
