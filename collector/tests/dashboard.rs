@@ -259,3 +259,18 @@ async fn a_configured_admin_password_logs_in_and_a_wrong_one_does_not() {
         assert_eq!(r.status(), status, "{password}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_misspelt_dashboard_parameter_is_refused_by_name() {
+    let (_dir, c) = collector().await;
+    let cookie = log_in(&c).await;
+    let r = client()
+        .get(format!("{}/?rnage=past-3-months", c.api.base))
+        .header(COOKIE, &cookie)
+        .send()
+        .await
+        .expect("GET /?rnage");
+    assert_eq!(r.status(), reqwest::StatusCode::BAD_REQUEST);
+    let body: serde_json::Value = r.json().await.expect("the error object");
+    assert_eq!(body["error"]["field"], "rnage", "{body}");
+}

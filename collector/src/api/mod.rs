@@ -334,7 +334,7 @@ fn device_of<S>(state: &AppState<S>, headers: &HeaderMap) -> Result<Device, ApiE
 /// The 400 for a query string an endpoint does not take: an unknown parameter, one
 /// given twice, or a value of the wrong form — said by name, so that a misspelt filter
 /// never answers as if no filter had been given.
-fn bad_query(e: QueryRejection) -> ApiError {
+pub(crate) fn bad_query(e: QueryRejection) -> ApiError {
     let detail = e.body_text();
     let detail = detail
         .strip_prefix("Failed to deserialize query string: ")

@@ -18,6 +18,7 @@ pub mod sessions;
 use std::sync::Arc;
 
 use axum::Form;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
@@ -130,8 +131,9 @@ pub async fn logout<S: Store>(
 pub async fn index<S: Store>(
     State(state): State<Arc<AppState<S>>>,
     headers: HeaderMap,
-    Query(q): Query<PageQuery>,
+    q: Result<Query<PageQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
+    let Query(q) = q.map_err(crate::api::bad_query)?;
     let now = state.clock.now();
     let Some(csrf) = sessions::cookie_of(&headers).and_then(|id| state.sessions.csrf_of(id, now))
     else {
