@@ -478,6 +478,21 @@ pub(crate) async fn assert_totals_follow_the_days<S: Store>(store: &S, case: &st
         .await
         .unwrap();
     assert_eq!(page, sessions, "{case}: a page's sessions");
+    let mut unfunded: BTreeMap<String, i64> = BTreeMap::new();
+    for e in store.ledger(None, None, usize::MAX).await.unwrap() {
+        if e.purchase.is_none() {
+            *unfunded.entry(e.team).or_default() += e.tokens;
+        }
+    }
+    let settings = store.settings().await.unwrap();
+    for b in store.balances(Utc::now(), settings).await.unwrap() {
+        let want = unfunded.get(&b.team).copied().unwrap_or(0).max(0) as u64;
+        assert_eq!(
+            b.unfunded, want,
+            "{case}: team {}'s unfunded tokens",
+            b.team
+        );
+    }
 }
 
 fn day(s: &str) -> NaiveDate {

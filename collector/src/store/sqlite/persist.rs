@@ -89,6 +89,8 @@ pub(super) struct SqliteSink<'b, 'c> {
     entries: Vec<u8>,
     /// How many.
     booked: i64,
+    /// Their tokens that no purchase paid (reversals negative).
+    unfunded: i64,
     /// `PutDay` with user and product bound, once a day is written.
     put: Option<rusqlite::CachedStatement<'c>>,
     drop_row: Option<rusqlite::CachedStatement<'c>>,
@@ -110,6 +112,7 @@ impl<'b, 'c> SqliteSink<'b, 'c> {
             at,
             entries: Vec::new(),
             booked: 0,
+            unfunded: 0,
             put: None,
             drop_row: None,
         }
@@ -222,6 +225,9 @@ impl Sink for SqliteSink<'_, '_> {
         )
         .map_err(corrupt)?;
         self.booked += 1;
+        if e.purchase.is_none() {
+            self.unfunded += e.tokens;
+        }
         Ok(())
     }
 
@@ -251,6 +257,13 @@ impl Sink for SqliteSink<'_, '_> {
             self.hot.give_back(Sql::AddLedger, add);
             self.entries.clear();
             self.booked = 0;
+        }
+        if self.unfunded != 0 {
+            let mut add = self.hot.take(Sql::AddUnfunded)?;
+            add.execute(params![self.key.team, self.unfunded])
+                .map_err(db)?;
+            self.hot.give_back(Sql::AddUnfunded, add);
+            self.unfunded = 0;
         }
         if changed.is_empty() {
             return Ok(());

@@ -19,10 +19,11 @@ pub(super) enum Sql {
     DropMonth,
     AddProductDay,
     Reach,
+    AddUnfunded,
 }
 
 impl Sql {
-    const COUNT: usize = 14;
+    const COUNT: usize = 15;
 
     pub(super) fn text(self) -> &'static str {
         match self {
@@ -72,6 +73,10 @@ impl Sql {
                 "INSERT INTO product_days (product, day, tokens, days) VALUES (?1, ?2, ?3, ?4)
                  ON CONFLICT (day, product) DO UPDATE SET tokens = tokens + excluded.tokens,
                    days = days + excluded.days"
+            }
+            Sql::AddUnfunded => {
+                "INSERT INTO team_unfunded (team, tokens) VALUES (?1, ?2)
+                 ON CONFLICT (team) DO UPDATE SET tokens = tokens + excluded.tokens"
             }
             Sql::Reach => {
                 "INSERT INTO key_reach (user, product, last_end_ns) VALUES (?1, ?2, ?3)

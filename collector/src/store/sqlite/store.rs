@@ -308,7 +308,7 @@ impl Store for SqliteStore {
                 purchases.push(PurchaseState { purchase: purchase?, used });
             }
             let mut unfunded: BTreeMap<String, i64> = BTreeMap::new();
-            let mut stmt = c.prepare("SELECT team, SUM(tokens) FROM ledger WHERE purchase IS NULL GROUP BY team").map_err(db)?;
+            let mut stmt = c.prepare("SELECT team, tokens FROM team_unfunded").map_err(db)?;
             for row in stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))).map_err(db)? {
                 let (team, n) = row.map_err(db)?;
                 unfunded.insert(team, n);

@@ -478,7 +478,9 @@ async fn a_database_from_before_the_report_totals_gets_them_built_at_open() {
     {
         // As an earlier build left it: no totals, the version before theirs.
         let conn = Connection::open(&path).unwrap();
-        conn.execute_batch("DROP TABLE key_months; DROP TABLE product_days; DROP TABLE key_reach;")
+        conn.execute_batch(
+            "DROP TABLE key_months; DROP TABLE product_days; DROP TABLE key_reach; DROP TABLE team_unfunded;",
+        )
             .unwrap();
         conn.pragma_update(None, "user_version", backfill::TOTALS_VERSION - 1)
             .unwrap();

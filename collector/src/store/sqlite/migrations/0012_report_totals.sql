@@ -33,3 +33,11 @@ CREATE TABLE key_reach (
 -- Each key's months in key order, with their totals: a range of whole months summed
 -- per key without sorting, and a page of users' rows without scanning every user's.
 CREATE INDEX key_months_by_key ON key_months (user, product, month, tokens, used_days);
+-- Each team's tokens charged that no purchase could pay: its balance's `unfunded`,
+-- which was a sum over every ledger entry's JSON at each request.
+CREATE TABLE team_unfunded (
+    team TEXT PRIMARY KEY,
+    tokens INTEGER NOT NULL
+) WITHOUT ROWID;
+INSERT INTO team_unfunded (team, tokens)
+    SELECT team, SUM(tokens) FROM ledger WHERE purchase IS NULL GROUP BY team;
