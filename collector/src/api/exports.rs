@@ -117,12 +117,6 @@ async fn export<S: Store>(
     let settings = state.settings();
     let teams = Teams::new(&settings.teams);
     let users = super::reports::report_users(&state, &settings, &teams, &filter).await?;
-    let lines = match kind {
-        Kind::Usage => {
-            super::reports::usage_lines(&state, &settings, &teams, &range, &filter, &users).await?
-        }
-        _ => Vec::new(),
-    };
     let secret = state.admin_token.expose().to_owned();
     let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(4);
     let runtime = tokio::runtime::Handle::current();
@@ -139,8 +133,16 @@ async fn export<S: Store>(
                 .block_on(store.store.users_days(page.to_vec(), range.from, range.to))
                 .map_err(io::Error::other)
         };
+        let lines = |page: &[String]| -> io::Result<Vec<usage::UsageLine>> {
+            let teams = Teams::new(&settings.teams);
+            runtime
+                .block_on(super::reports::usage_lines(
+                    &store, &settings, &teams, &range, &filter, page,
+                ))
+                .map_err(|e| io::Error::other(e.message))
+        };
         let written = write_csv(
-            out, delimiter, kind, &settings, &users, days, &lines, &range, &filter, &secret,
+            out, delimiter, kind, &settings, &users, days, lines, &range, &filter, &secret,
         );
         if let Err(e) = written {
             // The client sees a cut-off body; the log says why.
@@ -168,7 +170,7 @@ fn write_csv(
     settings: &Settings,
     users: &[String],
     days: impl Fn(&[String]) -> io::Result<Vec<UsageDay<'static>>>,
-    lines: &[usage::UsageLine],
+    lines: impl Fn(&[String]) -> io::Result<Vec<usage::UsageLine>>,
     range: &range::ReportRange,
     filter: &Filter,
     secret: &str,
@@ -202,8 +204,10 @@ fn write_csv(
         }
         Kind::Usage => {
             csv.write_record(exports::USAGE)?;
-            for r in exports::usage(lines, &teams, &people, catalog) {
-                csv.write_record(&r)?;
+            for page in users.chunks(PAGE_USERS) {
+                for r in exports::usage(&lines(page)?, &teams, &people, catalog) {
+                    csv.write_record(&r)?;
+                }
             }
         }
     }

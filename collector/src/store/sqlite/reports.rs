@@ -266,7 +266,7 @@ pub(super) fn users_sessions(
                 }
                 let batch = stored_batch(first, r.get(3).map_err(db)?, r.get(4).map_err(db)?)?;
                 for (row, body) in (first..).zip(batch.iter()) {
-                    if row < lo || row > hi || !seen.insert(row) {
+                    if row < lo || row > hi || !seen.insert(row) || outside(body, from, to) {
                         continue;
                     }
                     let (mut s, _) = read_back(body, row, &mut zones)?;
@@ -289,4 +289,42 @@ pub(super) fn users_sessions(
         ))
     });
     Ok(out)
+}
+
+/// A session's instants only, read without its idle intervals or its checks.
+#[derive(serde::Deserialize)]
+struct Instants<'a> {
+    #[serde(borrow)]
+    start: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow)]
+    end: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow)]
+    last_seen: Option<std::borrow::Cow<'a, str>>,
+}
+
+/// Whether a stored session surely lies outside `[from, to)` (it starts at or after
+/// `to`, or its effective end is before `from`), judged from its instants alone: a
+/// page's sessions are parsed whole only when they may reach into the range. Anything
+/// it cannot tell leaves the session to the full read.
+fn outside(body: &str, from: i64, to: i64) -> bool {
+    let Ok(i) = serde_json::from_str::<Instants<'_>>(body) else {
+        return false;
+    };
+    let at = |t: &Option<std::borrow::Cow<'_, str>>| {
+        t.as_deref()
+            .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+            .and_then(|t| t.timestamp_nanos_opt())
+    };
+    let Some(start) = at(&i.start) else {
+        return false;
+    };
+    let end = match (&i.end, &i.last_seen) {
+        (Some(_), _) => at(&i.end),
+        (None, Some(_)) => at(&i.last_seen),
+        (None, None) => Some(start),
+    };
+    let Some(end) = end else {
+        return false;
+    };
+    start >= to || end < from
 }
