@@ -36,7 +36,8 @@ pub struct ServeArgs {
     /// TLS private key (PEM).
     #[arg(long, requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
-    /// Config file (TOML) with `enrollment_secret` and `admin_token`.
+    /// Config file (TOML) with `enrollment_secret`, `admin_token`, and optionally
+    /// `admin_password_hash` and a `[mail]` table.
     #[arg(long)]
     pub config: Option<PathBuf>,
 }

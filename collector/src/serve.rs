@@ -38,11 +38,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     let mail = match &config.mail {
         Some(mail) => {
             let mailer = crate::mail::smtp::Mailer::new(mail).context("[mail]")?;
-            Some(crate::mail::worker::spawn(
-                state.clone(),
-                mailer,
-                mail.every,
-            ))
+            Some(crate::mail::worker::spawn(state.clone(), mailer, mail.tick))
         }
         None => {
             tracing::info!("no [mail] in the config: mail is off");

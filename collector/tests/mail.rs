@@ -117,7 +117,7 @@ async fn world(name: &str, settings: &Value) -> World {
         &config,
         format!(
             "[mail]\nhost = \"127.0.0.1\"\nport = {}\nsecurity = \"none\"\nusername = \"{SMTP_USER}\"\n\
-             from = \"daymeter <licences@firm.example>\"\nevery = \"100ms\"\n",
+             from = \"daymeter <licences@firm.example>\"\ntick = \"100ms\"\n",
             smtp.port
         ),
     )

@@ -9,7 +9,7 @@
 //! username = "daymeter"      # or DAYMETER_SMTP_USERNAME
 //! password = "…"             # or DAYMETER_SMTP_PASSWORD
 //! from = "daymeter <licences@firm.example>"
-//! every = "1m"               # how often due mail is looked for (default 1 minute)
+//! tick = "1m"                # how often due mail is looked for (default 1 minute)
 //! root_certificate = "/etc/daymeter/smtp-ca.pem"   # trusted beside the system's roots
 //! ```
 //!
@@ -34,9 +34,9 @@ use crate::auth::Secret;
 pub const USERNAME_ENV: &str = "DAYMETER_SMTP_USERNAME";
 pub const PASSWORD_ENV: &str = "DAYMETER_SMTP_PASSWORD";
 
-/// How often the scheduler looks for due mail unless `every` says otherwise: sends are
-/// scheduled to the minute at best.
-pub const DEFAULT_EVERY: Duration = Duration::from_secs(60);
+/// How often the scheduler looks for due mail unless `tick` says otherwise: sends go out
+/// within a minute of their time.
+pub const DEFAULT_TICK: Duration = Duration::from_secs(60);
 
 /// How the connection to the SMTP server is protected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -72,7 +72,7 @@ pub struct MailFile {
     username: Option<String>,
     password: Option<String>,
     from: Option<String>,
-    every: Option<String>,
+    tick: Option<String>,
     root_certificate: Option<PathBuf>,
 }
 
@@ -85,7 +85,7 @@ impl std::fmt::Debug for MailFile {
             .field("username", &self.username)
             .field("password", &self.password.as_ref().map(|_| "…"))
             .field("from", &self.from)
-            .field("every", &self.every)
+            .field("tick", &self.tick)
             .field("root_certificate", &self.root_certificate)
             .finish()
     }
@@ -99,7 +99,8 @@ pub struct MailConfig {
     pub security: Security,
     pub credentials: Option<(String, Secret)>,
     pub from: lettre::message::Mailbox,
-    pub every: Duration,
+    /// How often the scheduler looks for due mail (a short one in tests).
+    pub tick: Duration,
     pub root_certificate: Option<PathBuf>,
 }
 
@@ -134,13 +135,13 @@ impl MailFile {
             .ok_or_else(|| error("from", "the sender's address is required"))?;
         let from = lettre::message::Mailbox::from_str(&from)
             .map_err(|e| error("from", format!("{from:?} is not an address: {e}")))?;
-        let every = match self.every.as_deref() {
-            None => DEFAULT_EVERY,
+        let tick = match self.tick.as_deref() {
+            None => DEFAULT_TICK,
             Some(text) => humantime::parse_duration(text)
-                .map_err(|e| error("every", format!("{text:?} is not a duration like 1m: {e}")))?,
+                .map_err(|e| error("tick", format!("{text:?} is not a duration like 1m: {e}")))?,
         };
-        if every < Duration::from_millis(10) || every > Duration::from_secs(86_400) {
-            return Err(error("every", "must lie between 10ms and 24h"));
+        if tick < Duration::from_millis(10) || tick > Duration::from_secs(3600) {
+            return Err(error("tick", "must lie between 10ms and 1h"));
         }
         let username = env(USERNAME_ENV).or(self.username);
         let password = env(PASSWORD_ENV).or(self.password);
@@ -171,7 +172,7 @@ impl MailFile {
             security: self.security,
             credentials,
             from,
-            every,
+            tick,
             root_certificate: self.root_certificate,
         })
     }

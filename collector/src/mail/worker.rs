@@ -1,4 +1,4 @@
-//! The scheduler: a task inside `serve` that wakes every `[mail] every` (a minute by
+//! The scheduler: a task inside `serve` that wakes every `[mail] tick` (a minute by
 //! default), reads the time from the collector's clock, and sends what is due.
 //!
 //! - A scheduled mail is due when its stored `next_run` has come ([`schedule::due`]).
@@ -34,11 +34,11 @@ use crate::store::{Settings, Store};
 pub fn spawn<S: Store>(
     state: Arc<AppState<S>>,
     mailer: Mailer,
-    every: Duration,
+    tick_every: Duration,
 ) -> tokio::task::JoinHandle<()> {
-    tracing::info!(every = ?every, "mail scheduler started");
+    tracing::info!(tick = ?tick_every, "mail scheduler started");
     tokio::spawn(async move {
-        let mut ticks = tokio::time::interval(every);
+        let mut ticks = tokio::time::interval(tick_every);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             ticks.tick().await;
