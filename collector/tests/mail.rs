@@ -111,14 +111,23 @@ fn session(id: &str, product: &str, start: &str, end: &str) -> Value {
 /// from the environment.
 async fn world(name: &str, settings: &Value) -> World {
     let smtp = SmtpServer::start().await;
+    let table = format!(
+        "host = \"127.0.0.1\"\nport = {}\nsecurity = \"none\"\n",
+        smtp.port
+    );
+    world_with(name, settings, smtp, &table).await
+}
+
+/// As [`world`], with `smtp` and the `[mail]` keys `table` (the sender, the user, the
+/// tick added).
+async fn world_with(name: &str, settings: &Value, smtp: SmtpServer, table: &str) -> World {
     let dir = TempDir::new(name);
     let config = dir.path.join("mail.toml");
     std::fs::write(
         &config,
         format!(
-            "[mail]\nhost = \"127.0.0.1\"\nport = {}\nsecurity = \"none\"\nusername = \"{SMTP_USER}\"\n\
-             from = \"daymeter <licences@firm.example>\"\ntick = \"100ms\"\n",
-            smtp.port
+            "[mail]\n{table}username = \"{SMTP_USER}\"\n\
+             from = \"daymeter <licences@firm.example>\"\ntick = \"100ms\"\n"
         ),
     )
     .expect("writing the config");
@@ -591,5 +600,64 @@ async fn the_weekly_waste_digest_lists_the_idle_days_of_the_week() {
         w.schedules().await[0]["every"],
         "week",
         "the digest is weekly"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn mail_goes_over_starttls_to_a_relay_whose_certificate_the_configured_root_trusts() {
+    let rcgen::CertifiedKey { cert, signing_key } =
+        rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("a certificate");
+    let smtp = SmtpServer::start_tls(&cert.pem(), &signing_key.serialize_pem()).await;
+    let root = std::env::temp_dir().join(format!("daymeter-smtp-root-{}.pem", std::process::id()));
+    std::fs::write(&root, cert.pem()).expect("writing the root");
+    let table = format!(
+        "host = \"localhost\"\nport = {}\nsecurity = \"starttls\"\nroot_certificate = \"{}\"\n",
+        smtp.port,
+        root.display()
+    );
+    let w = world_with("starttls", &seeded_settings(), smtp, &table).await;
+    w.schedule(
+        json!({ "recipient": "it@firm.example", "kind": "waste_digest",
+                       "start": FIRST_SEND }),
+    )
+    .await;
+    w.set_clock(JUST_AFTER);
+    let mail = w.exactly(1).await.remove(0);
+    let _ = std::fs::remove_file(&root);
+    assert!(mail.encrypted, "sent after STARTTLS");
+    assert_eq!(
+        mail.auth.as_deref(),
+        Some(format!("\0{SMTP_USER}\0{SMTP_PASSWORD}").as_str())
+    );
+    assert_eq!(mail.rcpt_to, ["it@firm.example"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn starttls_to_a_relay_whose_certificate_nothing_trusts_sends_nothing() {
+    let rcgen::CertifiedKey { cert, signing_key } =
+        rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("a certificate");
+    let smtp = SmtpServer::start_tls(&cert.pem(), &signing_key.serialize_pem()).await;
+    let table = format!(
+        "host = \"localhost\"\nport = {}\nsecurity = \"starttls\"\n",
+        smtp.port
+    );
+    let w = world_with("starttls-untrusted", &seeded_settings(), smtp, &table).await;
+    w.schedule(
+        json!({ "recipient": "it@firm.example", "kind": "waste_digest",
+                       "start": FIRST_SEND }),
+    )
+    .await;
+    w.set_clock(JUST_AFTER);
+    tokio::time::sleep(QUIET).await;
+    assert!(w.smtp.received().is_empty(), "never sent in clear instead");
+    let log = std::fs::read_to_string(w.dir.log()).expect("the collector's log");
+    assert!(
+        log.contains("sending failed") && log.to_lowercase().contains("certificate"),
+        "the untrusted certificate is logged: {log}"
+    );
+    assert_eq!(
+        w.schedules().await[0]["next_run"],
+        FIRST_SEND,
+        "still due: tried again at every tick"
     );
 }

@@ -1,13 +1,13 @@
 //! A small SMTP server on loopback for the mail tests: EHLO/HELO, AUTH PLAIN, MAIL FROM,
 //! RCPT TO, DATA, RSET, NOOP and QUIT, each message kept as received (envelope and raw
-//! text). It can be told to refuse every recipient with a temporary error, as a relay
+//! text), optionally offering STARTTLS with a given certificate. It can be told to refuse every recipient with a temporary error, as a relay
 //! does when it is overloaded, to show that a failed send is tried again.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 
 /// One message as the server received it.
@@ -17,6 +17,8 @@ pub struct Received {
     pub rcpt_to: Vec<String>,
     /// The decoded `AUTH PLAIN` response (`\0user\0password`), if the client logged in.
     pub auth: Option<String>,
+    /// Sent over TLS (after STARTTLS).
+    pub encrypted: bool,
     pub data: String,
 }
 
@@ -35,10 +37,15 @@ pub struct SmtpServer {
     pub port: u16,
     received: Arc<Mutex<Vec<Received>>>,
     refuse: Arc<AtomicBool>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 impl SmtpServer {
     pub async fn start() -> SmtpServer {
+        SmtpServer::start_with(None).await
+    }
+
+    async fn start_with(tls: Option<tokio_rustls::TlsAcceptor>) -> SmtpServer {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("binding the SMTP server");
@@ -47,6 +54,7 @@ impl SmtpServer {
             port,
             received: Arc::default(),
             refuse: Arc::default(),
+            tls,
         };
         let s = server.clone();
         tokio::spawn(async move {
@@ -86,26 +94,74 @@ impl SmtpServer {
         }
     }
 
+    /// As [`SmtpServer::start`], offering STARTTLS with `cert` (PEM chain) and `key`
+    /// (PEM): a client that asks upgrades the connection before anything else.
+    pub async fn start_tls(cert: &str, key: &str) -> SmtpServer {
+        use tokio_rustls::rustls;
+        use tokio_rustls::rustls::pki_types::pem::PemObject;
+        let certs = rustls::pki_types::CertificateDer::pem_slice_iter(cert.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .expect("the certificate");
+        let key =
+            rustls::pki_types::PrivateKeyDer::from_pem_slice(key.as_bytes()).expect("the key");
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("protocol versions")
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .expect("a server config");
+        SmtpServer::start_with(Some(tokio_rustls::TlsAcceptor::from(Arc::new(config)))).await
+    }
+
     async fn serve(&self, stream: TcpStream) -> std::io::Result<()> {
-        let (read, mut write) = stream.into_split();
-        let mut lines = BufReader::new(read);
-        write
-            .write_all(b"220 localhost ESMTP daymeter-test\r\n")
+        let mut conn = BufReader::new(stream);
+        conn.write_all(b"220 localhost ESMTP daymeter-test\r\n")
             .await?;
+        let offer = self.tls.is_some();
+        match self.session(&mut conn, offer, false).await? {
+            Ended::Quit => Ok(()),
+            Ended::StartTls => {
+                let Some(acceptor) = self.tls.clone() else {
+                    return Ok(());
+                };
+                let tls = acceptor.accept(conn.into_inner()).await?;
+                let mut conn = BufReader::new(tls);
+                self.session(&mut conn, false, true).await.map(|_| ())
+            }
+        }
+    }
+
+    /// One SMTP conversation on `conn` until QUIT, the end of the connection, or (when
+    /// `offer_tls`) STARTTLS.
+    async fn session<S: AsyncRead + AsyncWrite + Unpin>(
+        &self,
+        conn: &mut BufReader<S>,
+        offer_tls: bool,
+        encrypted: bool,
+    ) -> std::io::Result<Ended> {
         let mut current: Option<Received> = None;
         let mut auth = None;
         let mut line = String::new();
         loop {
             line.clear();
-            if lines.read_line(&mut line).await? == 0 {
-                return Ok(());
+            if conn.read_line(&mut line).await? == 0 {
+                return Ok(Ended::Quit);
             }
             let command = line.trim_end().to_owned();
             let upper = command.to_ascii_uppercase();
             let reply: &[u8] = if upper.starts_with("EHLO") {
-                b"250-localhost\r\n250-AUTH PLAIN\r\n250 8BITMIME\r\n"
+                if offer_tls {
+                    b"250-localhost\r\n250-STARTTLS\r\n250 8BITMIME\r\n"
+                } else {
+                    b"250-localhost\r\n250-AUTH PLAIN\r\n250 8BITMIME\r\n"
+                }
             } else if upper.starts_with("HELO") {
                 b"250 localhost\r\n"
+            } else if upper == "STARTTLS" && offer_tls {
+                conn.write_all(b"220 2.0.0 ready to start TLS\r\n").await?;
+                return Ok(Ended::StartTls);
             } else if let Some(b64) = upper.strip_prefix("AUTH PLAIN ") {
                 let raw = &command[command.len() - b64.len()..];
                 auth = Some(decode_base64(raw));
@@ -115,6 +171,7 @@ impl SmtpServer {
                     mail_from: address(&command["MAIL FROM:".len()..]),
                     rcpt_to: Vec::new(),
                     auth: auth.clone(),
+                    encrypted,
                     data: String::new(),
                 });
                 b"250 2.1.0 ok\r\n"
@@ -128,12 +185,12 @@ impl SmtpServer {
                     b"503 5.5.1 MAIL first\r\n"
                 }
             } else if upper == "DATA" {
-                write.write_all(b"354 end with <CRLF>.<CRLF>\r\n").await?;
+                conn.write_all(b"354 end with <CRLF>.<CRLF>\r\n").await?;
                 let mut data = String::new();
                 loop {
                     line.clear();
-                    if lines.read_line(&mut line).await? == 0 {
-                        return Ok(());
+                    if conn.read_line(&mut line).await? == 0 {
+                        return Ok(Ended::Quit);
                     }
                     if line == ".\r\n" || line == ".\n" {
                         break;
@@ -155,14 +212,20 @@ impl SmtpServer {
             } else if upper == "NOOP" {
                 b"250 2.0.0 ok\r\n"
             } else if upper == "QUIT" {
-                write.write_all(b"221 2.0.0 bye\r\n").await?;
-                return Ok(());
+                conn.write_all(b"221 2.0.0 bye\r\n").await?;
+                return Ok(Ended::Quit);
             } else {
                 b"502 5.5.2 not implemented\r\n"
             };
-            write.write_all(reply).await?;
+            conn.write_all(reply).await?;
         }
     }
+}
+
+/// How a conversation ended.
+enum Ended {
+    Quit,
+    StartTls,
 }
 
 /// `<a@b>` (with any parameters after it) → `a@b`.
