@@ -661,3 +661,41 @@ async fn starttls_to_a_relay_whose_certificate_nothing_trusts_sends_nothing() {
         "still due: tried again at every tick"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_a_mail_table_mail_is_off_and_schedules_are_still_kept() {
+    let dir = TempDir::new("mail-off");
+    let c = Collector::start(&dir);
+    c.api
+        .admin_post(
+            "/v1/admin/mail/schedules",
+            &json!({ "recipient": "it@firm.example", "kind": "waste_digest" }),
+        )
+        .await;
+    let log = std::fs::read_to_string(dir.log()).expect("the collector's log");
+    assert_eq!(log.matches("mail is off").count(), 1, "said once: {log}");
+}
+
+#[test]
+fn a_misspelt_mail_key_stops_serve_naming_the_key() {
+    let dir = TempDir::new("mail-misspelt");
+    let config = dir.path.join("mail.toml");
+    std::fs::write(
+        &config,
+        "[mail]\nhost = \"127.0.0.1\"\nfrom = \"licences@firm.example\"\npasword = \"x\"\n",
+    )
+    .expect("writing the config");
+    let out = std::process::Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--db"])
+        .arg(dir.path.join("collector.db"))
+        .arg("--config")
+        .arg(&config)
+        .env("DAYMETER_ENROLLMENT_SECRET", ENROLLMENT_SECRET)
+        .env("DAYMETER_ADMIN_TOKEN", ADMIN_TOKEN)
+        .output()
+        .expect("running serve");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("pasword"), "{stderr}");
+    assert!(out.stdout.is_empty(), "never listening");
+}

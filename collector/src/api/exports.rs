@@ -183,20 +183,21 @@ pub(crate) async fn csv_file<S: Store>(
         }
         _ => Vec::new(),
     };
-    let mut file = Vec::new();
-    write_csv(
-        &mut file,
-        b',',
-        kind,
-        &settings,
-        &rows,
-        &lines,
-        range,
-        filter,
-        state.admin_token.expose(),
-    )
-    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
-    Ok(file)
+    let secret = state.admin_token.expose().to_owned();
+    let range = *range;
+    let filter = filter.clone();
+    // Written on a blocking thread, as the API's exports are: a year of rows is
+    // seconds of work that must not hold a request thread.
+    tokio::task::spawn_blocking(move || {
+        let mut file = Vec::new();
+        write_csv(
+            &mut file, b',', kind, &settings, &rows, &lines, &range, &filter, &secret,
+        )
+        .map(|()| file)
+    })
+    .await
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))
 }
 
 #[allow(clippy::too_many_arguments)]
