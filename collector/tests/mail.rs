@@ -699,3 +699,41 @@ fn a_misspelt_mail_key_stops_serve_naming_the_key() {
     assert!(stderr.contains("pasword"), "{stderr}");
     assert!(out.stdout.is_empty(), "never listening");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn seat_usage_and_usage_reports_attach_their_exports_and_count_them_in_the_body() {
+    let w = seeded("seat-and-usage").await;
+    for report in ["seat-usage", "usage"] {
+        w.schedule(
+            json!({ "recipient": "it@firm.example", "kind": "report", "report": report,
+                           "every": "week", "start": FIRST_SEND }),
+        )
+        .await;
+    }
+    w.set_clock(JUST_AFTER);
+    let mails = w.exactly(2).await;
+    let by_subject = |s: &str| {
+        mails
+            .iter()
+            .find(|m| subject_of(m) == s)
+            .unwrap_or_else(|| panic!("no mail {s:?}"))
+    };
+    // Tue 3 to Mon 9 November: dan's revit subscription day on Wednesday 4 is the only
+    // day counted under a subscription.
+    let seats = by_subject("daymeter: Seat usage report, 2026-11-03 to 2026-11-09");
+    let body = body_of(seats);
+    assert!(body.contains("Seat days used: 1\nUsers: 1\n"), "{body}");
+    assert!(body.contains("  Revit: 1 day\n"), "{body}");
+    let csv = attachment(seats, "seat-usage.csv");
+    let rows: Vec<&str> = csv.lines().skip(1).collect();
+    assert_eq!(rows, ["civil,,,,dan,Revit,2026-11-04"]);
+
+    // Per user and product: ana acad and revit, ben acad, dan revit used; cleo's acad
+    // seat unused all week.
+    let usage = by_subject("daymeter: Usage report, 2026-11-03 to 2026-11-09");
+    let body = body_of(usage);
+    assert!(body.contains("Users: 4\n"), "{body}");
+    assert!(body.contains("Active: 4\nInactive: 1\n"), "{body}");
+    let csv = attachment(usage, "usage.csv");
+    assert_eq!(csv.lines().count(), 1 + 5, "{csv}");
+}

@@ -113,7 +113,7 @@ pub fn report(
             }
         }
         Export::SeatUsage => {
-            let mut by_product: BTreeMap<&str, u64> = BTreeMap::new();
+            let mut by_product: BTreeMap<&str, usize> = BTreeMap::new();
             for product in table.column("Product") {
                 *by_product.entry(product).or_default() += 1;
             }
@@ -125,7 +125,7 @@ pub fn report(
             if !by_product.is_empty() {
                 body += "\nBy product:\n";
                 for (product, days) in &by_product {
-                    body += &format!("  {product}: {days} days\n");
+                    body += &format!("  {product}: {}\n", plural(*days, "day", "days"));
                 }
             }
         }
