@@ -26,7 +26,7 @@ use mail_parser::MimeHeaders;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use support::smtp::{Received, SmtpServer};
+use support::smtp::{Received, SmtpServer, Wrap};
 use support::*;
 
 const SEEDED_AT: &str = "2026-11-10T06:00:00Z";
@@ -607,7 +607,8 @@ async fn the_weekly_waste_digest_lists_the_idle_days_of_the_week() {
 async fn mail_goes_over_starttls_to_a_relay_whose_certificate_the_configured_root_trusts() {
     let rcgen::CertifiedKey { cert, signing_key } =
         rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("a certificate");
-    let smtp = SmtpServer::start_tls(&cert.pem(), &signing_key.serialize_pem()).await;
+    let smtp =
+        SmtpServer::start_tls(&cert.pem(), &signing_key.serialize_pem(), Wrap::StartTls).await;
     let root = std::env::temp_dir().join(format!("daymeter-smtp-root-{}.pem", std::process::id()));
     std::fs::write(&root, cert.pem()).expect("writing the root");
     let table = format!(
@@ -636,7 +637,8 @@ async fn mail_goes_over_starttls_to_a_relay_whose_certificate_the_configured_roo
 async fn starttls_to_a_relay_whose_certificate_nothing_trusts_sends_nothing() {
     let rcgen::CertifiedKey { cert, signing_key } =
         rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("a certificate");
-    let smtp = SmtpServer::start_tls(&cert.pem(), &signing_key.serialize_pem()).await;
+    let smtp =
+        SmtpServer::start_tls(&cert.pem(), &signing_key.serialize_pem(), Wrap::StartTls).await;
     let table = format!(
         "host = \"localhost\"\nport = {}\nsecurity = \"starttls\"\n",
         smtp.port
@@ -736,4 +738,33 @@ async fn seat_usage_and_usage_reports_attach_their_exports_and_count_them_in_the
     assert!(body.contains("Active: 4\nInactive: 1\n"), "{body}");
     let csv = attachment(usage, "usage.csv");
     assert_eq!(csv.lines().count(), 1 + 5, "{csv}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn mail_goes_over_tls_from_the_first_byte_when_security_is_tls() {
+    let rcgen::CertifiedKey { cert, signing_key } =
+        rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("a certificate");
+    let smtp =
+        SmtpServer::start_tls(&cert.pem(), &signing_key.serialize_pem(), Wrap::Implicit).await;
+    let root = std::env::temp_dir().join(format!(
+        "daymeter-smtp-implicit-root-{}.pem",
+        std::process::id()
+    ));
+    std::fs::write(&root, cert.pem()).expect("writing the root");
+    let table = format!(
+        "host = \"localhost\"\nport = {}\nsecurity = \"tls\"\nroot_certificate = \"{}\"\n",
+        smtp.port,
+        root.display()
+    );
+    let w = world_with("implicit-tls", &seeded_settings(), smtp, &table).await;
+    w.schedule(
+        json!({ "recipient": "it@firm.example", "kind": "waste_digest",
+                       "start": FIRST_SEND }),
+    )
+    .await;
+    w.set_clock(JUST_AFTER);
+    let mail = w.exactly(1).await.remove(0);
+    let _ = std::fs::remove_file(&root);
+    assert!(mail.encrypted, "sent over TLS");
+    assert!(subject_of(&mail).starts_with("daymeter: waste digest"));
 }

@@ -17,7 +17,7 @@ pub struct Received {
     pub rcpt_to: Vec<String>,
     /// The decoded `AUTH PLAIN` response (`\0user\0password`), if the client logged in.
     pub auth: Option<String>,
-    /// Sent over TLS (after STARTTLS).
+    /// Sent over TLS (after STARTTLS, or from the first byte).
     pub encrypted: bool,
     pub data: String,
 }
@@ -37,7 +37,16 @@ pub struct SmtpServer {
     pub port: u16,
     received: Arc<Mutex<Vec<Received>>>,
     refuse: Arc<AtomicBool>,
-    tls: Option<tokio_rustls::TlsAcceptor>,
+    tls: Option<(tokio_rustls::TlsAcceptor, Wrap)>,
+}
+
+/// How a server with a certificate uses it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Wrap {
+    /// Offered by STARTTLS (port 587's way).
+    StartTls,
+    /// From the first byte (port 465's way).
+    Implicit,
 }
 
 impl SmtpServer {
@@ -45,7 +54,7 @@ impl SmtpServer {
         SmtpServer::start_with(None).await
     }
 
-    async fn start_with(tls: Option<tokio_rustls::TlsAcceptor>) -> SmtpServer {
+    async fn start_with(tls: Option<(tokio_rustls::TlsAcceptor, Wrap)>) -> SmtpServer {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("binding the SMTP server");
@@ -94,9 +103,10 @@ impl SmtpServer {
         }
     }
 
-    /// As [`SmtpServer::start`], offering STARTTLS with `cert` (PEM chain) and `key`
-    /// (PEM): a client that asks upgrades the connection before anything else.
-    pub async fn start_tls(cert: &str, key: &str) -> SmtpServer {
+    /// As [`SmtpServer::start`], with `cert` (PEM chain) and `key` (PEM): offered by
+    /// STARTTLS (a client that asks upgrades the connection before anything else), or
+    /// TLS from the first byte.
+    pub async fn start_tls(cert: &str, key: &str, wrap: Wrap) -> SmtpServer {
         use tokio_rustls::rustls;
         use tokio_rustls::rustls::pki_types::pem::PemObject;
         let certs = rustls::pki_types::CertificateDer::pem_slice_iter(cert.as_bytes())
@@ -112,10 +122,17 @@ impl SmtpServer {
         .with_no_client_auth()
         .with_single_cert(certs, key)
         .expect("a server config");
-        SmtpServer::start_with(Some(tokio_rustls::TlsAcceptor::from(Arc::new(config)))).await
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        SmtpServer::start_with(Some((acceptor, wrap))).await
     }
 
     async fn serve(&self, stream: TcpStream) -> std::io::Result<()> {
+        if let Some((acceptor, Wrap::Implicit)) = &self.tls {
+            let mut conn = BufReader::new(acceptor.accept(stream).await?);
+            conn.write_all(b"220 localhost ESMTP daymeter-test\r\n")
+                .await?;
+            return self.session(&mut conn, false, true).await.map(|_| ());
+        }
         let mut conn = BufReader::new(stream);
         conn.write_all(b"220 localhost ESMTP daymeter-test\r\n")
             .await?;
@@ -123,7 +140,7 @@ impl SmtpServer {
         match self.session(&mut conn, offer, false).await? {
             Ended::Quit => Ok(()),
             Ended::StartTls => {
-                let Some(acceptor) = self.tls.clone() else {
+                let Some((acceptor, _)) = self.tls.clone() else {
                     return Ok(());
                 };
                 let tls = acceptor.accept(conn.into_inner()).await?;
