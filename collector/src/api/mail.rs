@@ -23,7 +23,8 @@ pub(super) async fn create<S: Store>(
 ) -> Result<Response, ApiError> {
     check_admin(&state, &headers)?;
     let bytes = read_body(&headers, body).await?;
-    let request: Request = serde_json::from_slice(&bytes).map_err(refused_json)?;
+    let mut de = serde_json::Deserializer::from_slice(&bytes);
+    let request: Request = serde_path_to_error::deserialize(&mut de).map_err(refused_json)?;
     let id = uuid::Uuid::now_v7().to_string();
     let schedule = request
         .check(id, &state.settings(), state.clock.now())
@@ -76,10 +77,12 @@ pub(super) async fn delete<S: Store>(
     Ok(json_response(&json!({ "id": id, "deleted": true })))
 }
 
-/// The 400 for a body that is not a schedule's JSON; an unknown key is named, so that
-/// a misspelt `inactive_for` is never taken as "not given".
-fn refused_json(e: serde_json::Error) -> ApiError {
-    let detail = e.to_string();
+/// The 400 for a body that is not a schedule's JSON, naming the key: an unknown one (so
+/// that a misspelt `inactive_for` is never taken as "not given"), or one whose value is
+/// not text.
+fn refused_json(e: serde_path_to_error::Error<serde_json::Error>) -> ApiError {
+    let path = e.path().to_string();
+    let detail = e.into_inner().to_string();
     let unknown = detail
         .strip_prefix("unknown field `")
         .and_then(|rest| rest.split('`').next())
@@ -91,6 +94,7 @@ fn refused_json(e: serde_json::Error) -> ApiError {
             format!("{key:?} is not a key of a mail schedule"),
         )
         .field(key),
+        None if path != "." => super::bad_json(format!("{path}: {detail}")).field(path),
         None => super::bad_json(detail),
     }
 }
