@@ -31,7 +31,8 @@ Environment (wins over the file):
   DAYMETER_SMTP_USERNAME      the SMTP username of [mail]
   DAYMETER_SMTP_PASSWORD      the SMTP password of [mail]
   DAYMETER_LOG                log filter (default: lifecycle at info, the rest from warn), e.g. debug
-  TOKIO_WORKER_THREADS        request threads (default: one fewer than the cores, at least one)";
+  TOKIO_WORKER_THREADS        request threads (default: one fewer than the cores, at least one)
+  DAYMETER_TEST_CLOCK_FILE    for tests only, never set in production: the clock read from a file";
 
 /// daymeter's collector: authoritative day and token accounting.
 #[derive(Parser)]
