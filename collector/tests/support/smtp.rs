@@ -115,7 +115,7 @@ impl SmtpServer {
         let key =
             rustls::pki_types::PrivateKeyDer::from_pem_slice(key.as_bytes()).expect("the key");
         let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
+            rustls::crypto::aws_lc_rs::default_provider(),
         ))
         .with_safe_default_protocol_versions()
         .expect("protocol versions")
