@@ -768,3 +768,34 @@ async fn mail_goes_over_tls_from_the_first_byte_when_security_is_tls() {
     assert!(mail.encrypted, "sent over TLS");
     assert!(subject_of(&mail).starts_with("daymeter: waste digest"));
 }
+
+/// A crossing that happens while the collector is down — here a purchase expiring — is
+/// alerted once when it is back, from the reading stored before.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_low_balance_crossing_while_the_collector_was_down_is_alerted_once_when_it_is_back() {
+    let mut settings = seeded_settings();
+    settings["teams"]["civil"]["low_balance"] = json!(100);
+    let mut w = world("low-balance-down", &settings).await;
+    w.set_clock("2026-11-25T12:00:00Z");
+    w.api()
+        .admin_post(
+            "/v1/admin/purchases",
+            &json!({ "team": "civil", "tokens": 150, "purchased_at": "2026-10-01T00:00:00Z",
+                     "expires_at": "2026-12-01T00:00:00Z" }),
+        )
+        .await;
+    w.schedule(json!({ "recipient": "finance@firm.example", "kind": "low_balance" }))
+        .await;
+    tokio::time::sleep(QUIET).await;
+    assert!(w.smtp.received().is_empty(), "150 is above 100");
+    w.collector.signal(libc::SIGTERM);
+    w.collector.wait_exit(EXIT_DEADLINE).await;
+    // The purchase expired on 1 December, while the collector was down.
+    w.set_clock("2026-12-02T12:00:00Z");
+    w.restart_stopped().await;
+    let mail = w.exactly(1).await.remove(0);
+    assert_eq!(
+        subject_of(&mail),
+        "daymeter: team civil is low on tokens: 0 left (threshold 100)"
+    );
+}
