@@ -4,6 +4,9 @@
 //! (`DAYMETER_ENROLLMENT_SECRET`, `DAYMETER_ADMIN_TOKEN`) or a config file, never from a
 //! flag that `ps` would show. With neither, `serve` generates both into a dev config in
 //! the data directory, readable by its owner only, so the first run needs no set-up.
+//!
+//! The file's `[mail]` table configures mail over SMTP (see `mail::config`); its SMTP
+//! credentials may come from `DAYMETER_SMTP_USERNAME` and `DAYMETER_SMTP_PASSWORD`.
 
 use std::fs;
 use std::io::Write;
@@ -15,6 +18,7 @@ use clap::Args;
 use serde::{Deserialize, Serialize};
 
 use crate::auth::{Secret, new_token};
+use crate::mail::config::{MailConfig, MailFile};
 
 /// Flags of `daymeter-collector serve`.
 #[derive(Debug, Args)]
@@ -32,7 +36,8 @@ pub struct ServeArgs {
     /// TLS private key (PEM).
     #[arg(long, requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
-    /// Config file (TOML) with `enrollment_secret` and `admin_token`.
+    /// Config file (TOML) with `enrollment_secret`, `admin_token`, and optionally
+    /// `admin_password_hash` and a `[mail]` table.
     #[arg(long)]
     pub config: Option<PathBuf>,
 }
@@ -48,6 +53,10 @@ struct FileConfig {
     /// The dashboard's admin password, as an Argon2 PHC string (`hash-password`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     admin_password_hash: Option<String>,
+    /// Mail over SMTP (`mail::config`); without it no mail is sent. Never written into
+    /// a generated dev config.
+    #[serde(default, skip_serializing)]
+    mail: Option<MailFile>,
 }
 
 /// Where the collector keeps its data, and the secrets it checks.
@@ -60,6 +69,8 @@ pub struct ServeConfig {
     pub admin_token: Secret,
     /// The dashboard's admin password hash, when one is configured.
     pub admin_password_hash: Option<String>,
+    /// Mail over SMTP, when the config file has a `[mail]` table.
+    pub mail: Option<MailConfig>,
 }
 
 /// The platform data directory (`~/.local/share/daymeter` on Linux).
@@ -102,7 +113,13 @@ impl ServeConfig {
             crate::auth::check_password_hash(phc)
                 .map_err(|e| anyhow::anyhow!("admin_password_hash: {e}"))?;
         }
+        let mail = file
+            .mail
+            .take()
+            .map(|m| m.resolve(|k| std::env::var(k).ok()))
+            .transpose()?;
         Ok(ServeConfig {
+            mail,
             listen: args.listen,
             db_path,
             tls: args.tls_cert.zip(args.tls_key),
@@ -140,6 +157,7 @@ fn dev_config(dir: &Path) -> Result<FileConfig> {
         enrollment_secret: Some(new_token()?),
         admin_token: Some(new_token()?),
         admin_password_hash: None,
+        mail: None,
     };
     let text = toml::to_string(&config)?;
     write_owner_only(&path, text.as_bytes())?;

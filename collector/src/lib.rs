@@ -10,7 +10,9 @@
 //! - [`auth`] — device tokens, secrets, constant-time comparison.
 //! - [`config`] — flags, environment, config file, generated dev config.
 //! - [`dashboard`] — the admin's pages in the browser: login, reports, charts.
-//! - [`mail`] — when scheduled reports and alerts go out (sending comes next).
+//! - [`mail`] — scheduled reports, inactive users, low-balance alerts and the waste
+//!   digest, sent over SMTP by a scheduler inside `serve`.
+//! - [`clock`] — the clock `serve` runs on (the system's; a file's in tests).
 //! - [`settings`] — policy, catalog, entitlements and teams as one value: pricing,
 //!   teams, and the rules an import is merged into them by.
 //! - [`reports`] — what licence admins ask (tokens, usage, waste, forecast, advice,
@@ -19,6 +21,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod clock;
 pub mod config;
 pub mod dashboard;
 pub mod mail;

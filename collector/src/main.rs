@@ -22,12 +22,17 @@ Config file keys (--config, TOML; unknown keys are refused by name):
   enrollment_secret   what a device shows to enrol (at least 16 characters)
   admin_token         the bearer token of the admin API (at least 16 characters)
   admin_password_hash the dashboard's admin password, from `hash-password` (optional)
+  [mail]              mail over SMTP: host, port, security (starttls, tls, none), username,
+                      password, from, tick, root_certificate (docs/collector.md, Mail)
 
 Environment (wins over the file):
   DAYMETER_ENROLLMENT_SECRET  the enrolment secret
   DAYMETER_ADMIN_TOKEN        the admin token
+  DAYMETER_SMTP_USERNAME      the SMTP username of [mail]
+  DAYMETER_SMTP_PASSWORD      the SMTP password of [mail]
   DAYMETER_LOG                log filter (default: lifecycle at info, the rest from warn), e.g. debug
-  TOKIO_WORKER_THREADS        request threads (default: one fewer than the cores, at least one)";
+  TOKIO_WORKER_THREADS        request threads (default: one fewer than the cores, at least one)
+  DAYMETER_TEST_CLOCK_FILE    for tests only, never set in production: the clock read from a file";
 
 /// daymeter's collector: authoritative day and token accounting.
 #[derive(Parser)]

@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use daymeter_shared::clock::SystemClock;
 
 use crate::api::{AppState, router};
 use crate::config::{ServeArgs, ServeConfig};
@@ -25,14 +24,27 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     );
     let mut state = AppState::load(
         store.clone(),
-        Arc::new(SystemClock),
+        crate::clock::serve_clock(),
         config.enrollment_secret,
         config.admin_token,
     )
     .await?;
     state.secure_cookies = config.tls.is_some();
     state.admin_password_hash = config.admin_password_hash.clone();
-    let app = router(Arc::new(state));
+    let state = Arc::new(state);
+    let app = router(state.clone());
+    // The scheduler needs nothing the listener does: started here, stopped before the
+    // store closes.
+    let mail = match &config.mail {
+        Some(mail) => {
+            let mailer = crate::mail::smtp::Mailer::new(mail).context("[mail]")?;
+            Some(crate::mail::worker::spawn(state.clone(), mailer, mail.tick))
+        }
+        None => {
+            tracing::info!("no [mail] in the config: mail is off");
+            None
+        }
+    };
     let listener = std::net::TcpListener::bind(config.listen)
         .with_context(|| format!("listening on {}", config.listen))?;
     listener.set_nonblocking(true)?;
@@ -85,6 +97,11 @@ pub async fn run(args: ServeArgs) -> Result<()> {
                 .await?;
         }
     }
+    if let Some(mail) = mail {
+        mail.abort();
+        let _ = mail.await;
+    }
+    drop(state);
     store.close();
     tracing::info!("collector stopped");
     Ok(())

@@ -128,21 +128,17 @@ async fn export<S: Store>(
         };
         // The days are read a page of users at a time, so that memory stays flat
         // whatever the export's size.
-        let days = |page: &[String]| -> io::Result<Vec<UsageDay<'static>>> {
-            runtime
-                .block_on(store.store.users_days(page.to_vec(), range.from, range.to))
-                .map_err(io::Error::other)
-        };
-        let lines = |page: &[String]| -> io::Result<Vec<usage::UsageLine>> {
-            let teams = Teams::new(&settings.teams);
-            runtime
-                .block_on(super::reports::usage_lines(
-                    &store, &settings, &teams, &range, &filter, page,
-                ))
-                .map_err(|e| io::Error::other(e.message))
-        };
         let written = write_csv(
-            out, delimiter, kind, &settings, &users, days, lines, &range, &filter, &secret,
+            out,
+            delimiter,
+            kind,
+            &settings,
+            &users,
+            |page| page_days(&runtime, &store, page, &range),
+            |page| page_lines(&runtime, &store, &settings, page, &range, &filter),
+            &range,
+            &filter,
+            &secret,
         );
         if let Err(e) = written {
             // The client sees a cut-off body; the log says why.
@@ -162,9 +158,83 @@ async fn export<S: Store>(
         .into_response())
 }
 
+/// An export as a whole file, for a scheduled report's attachment: the same rows, the
+/// same columns and the same writer as the API's, so the mail and a download of the
+/// same range agree line for line. Comma-delimited.
+pub(crate) async fn csv_file<S: Store>(
+    state: &Arc<AppState<S>>,
+    export: crate::mail::kinds::Export,
+    range: &range::ReportRange,
+    filter: &Filter,
+) -> Result<Vec<u8>, ApiError> {
+    use crate::mail::kinds::Export;
+    let kind = match export {
+        Export::TokenUsage => Kind::TokenUsage,
+        Export::SeatUsage => Kind::SeatUsage,
+        Export::Usage => Kind::Usage,
+    };
+    let settings = state.settings();
+    let teams = Teams::new(&settings.teams);
+    let users = super::reports::report_users(state, &settings, &teams, filter).await?;
+    let secret = state.admin_token.expose().to_owned();
+    let (range, filter) = (*range, filter.clone());
+    let runtime = tokio::runtime::Handle::current();
+    let store = state.clone();
+    // Written on a blocking thread, as the API's exports are, from the same pages: a
+    // year of rows is seconds of work that must not hold a runtime thread.
+    tokio::task::spawn_blocking(move || {
+        let mut file = Vec::new();
+        write_csv(
+            &mut file,
+            b',',
+            kind,
+            &settings,
+            &users,
+            |page| page_days(&runtime, &store, page, &range),
+            |page| page_lines(&runtime, &store, &settings, page, &range, &filter),
+            &range,
+            &filter,
+            &secret,
+        )
+        .map(|()| file)
+    })
+    .await
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))
+}
+
+/// A page of users' days in the range, read from a blocking thread.
+fn page_days<S: Store>(
+    runtime: &tokio::runtime::Handle,
+    state: &AppState<S>,
+    page: &[String],
+    range: &range::ReportRange,
+) -> io::Result<Vec<UsageDay<'static>>> {
+    runtime
+        .block_on(state.store.users_days(page.to_vec(), range.from, range.to))
+        .map_err(io::Error::other)
+}
+
+/// A page of users' usage lines, computed from a blocking thread.
+fn page_lines<S: Store>(
+    runtime: &tokio::runtime::Handle,
+    state: &AppState<S>,
+    settings: &Settings,
+    page: &[String],
+    range: &range::ReportRange,
+    filter: &Filter,
+) -> io::Result<Vec<usage::UsageLine>> {
+    let teams = Teams::new(&settings.teams);
+    runtime
+        .block_on(super::reports::usage_lines(
+            state, settings, &teams, range, filter, page,
+        ))
+        .map_err(|e| io::Error::other(e.message))
+}
+
 #[allow(clippy::too_many_arguments)]
 fn write_csv(
-    out: Chunks,
+    out: impl Write,
     delimiter: u8,
     kind: Kind,
     settings: &Settings,

@@ -12,10 +12,13 @@ mod enroll;
 mod exports;
 mod import;
 mod ledger;
+mod mail;
 mod purchases;
 mod reports;
 
+pub(crate) use exports::csv_file;
 pub use reports::report_docs;
+pub(crate) use reports::{MailReport, doc_for_mail};
 mod sessions;
 mod sync;
 mod usage_days;
@@ -129,7 +132,8 @@ impl<S: Store> AppState<S> {
         Ok(fixed)
     }
 
-    fn settings(&self) -> Arc<Settings> {
+    /// The settings now.
+    pub(crate) fn settings(&self) -> Arc<Settings> {
         self.settings
             .read()
             .map(|s| s.clone())
@@ -173,6 +177,13 @@ pub fn error_object(code: &str, message: &str, field: Option<&str>) -> Value {
         e["field"] = json!(f);
     }
     e
+}
+
+/// For logs outside a request (the mail scheduler): the code and the message.
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.code, self.message)
+    }
 }
 
 impl IntoResponse for ApiError {
@@ -392,6 +403,14 @@ pub fn router<S: Store>(state: Arc<AppState<S>>) -> Router {
             post(purchases::correct_purchase::<S>),
         )
         .route("/v1/admin/balances", get(ledger::balances::<S>))
+        .route(
+            "/v1/admin/mail/schedules",
+            get(mail::list::<S>).post(mail::create::<S>),
+        )
+        .route(
+            "/v1/admin/mail/schedules/{id}",
+            axum::routing::delete(mail::delete::<S>),
+        )
         .route("/v1/admin/ledger", get(ledger::ledger::<S>))
         .route(
             "/v1/exports/token-usage.csv",

@@ -11,7 +11,7 @@
 //! - Alerts fire once per crossing: a team's low-balance alert when its balance goes
 //!   from at or above its threshold to below it, not at every sync while it stays low.
 
-use chrono::{DateTime, Months, TimeDelta, Utc};
+use chrono::{DateTime, Months, NaiveDate, TimeDelta, Utc};
 
 /// The most schedules one recipient may have.
 pub const MAX_PER_RECIPIENT: usize = 5;
@@ -85,6 +85,24 @@ pub fn due(
     })
 }
 
+/// The days a report covers when the send due at `due` goes out at `now`: the period
+/// before the due day (a weekly report sent on Monday covers Monday to Sunday before
+/// it), stretched to yesterday when the send is late — a collector that was down sends
+/// once, covering everything since. At most [`crate::reports::range::MAX_DAYS`] days.
+pub fn covered(every: Every, due: DateTime<Utc>, now: DateTime<Utc>) -> (NaiveDate, NaiveDate) {
+    let due_day = due.date_naive();
+    let to = due_day.max(now.date_naive()) - TimeDelta::days(1);
+    let from = match every {
+        Every::Week => due_day.checked_sub_signed(TimeDelta::weeks(1)),
+        Every::TwoWeeks => due_day.checked_sub_signed(TimeDelta::weeks(2)),
+        Every::Month => due_day.checked_sub_months(Months::new(1)),
+        Every::ThreeMonths => due_day.checked_sub_months(Months::new(3)),
+    }
+    .unwrap_or(to);
+    let earliest = to - TimeDelta::days(crate::reports::range::MAX_DAYS - 1);
+    (from.max(earliest).min(to), to)
+}
+
 /// Whether a team's balance crossed below its alert threshold between two readings.
 pub fn crossed_below(before: u64, after: u64, threshold: u64) -> bool {
     before >= threshold && after < threshold
@@ -151,6 +169,29 @@ mod tests {
             Every::Month.first_after(start, at("2025-12-01T00:00:00Z")),
             Some(start),
             "a start in the future is the first send"
+        );
+    }
+
+    #[test]
+    fn a_report_covers_the_period_before_its_day_and_a_late_one_reaches_yesterday() {
+        let day = |s: &str| s.parse::<NaiveDate>().expect("a day");
+        let due = at("2026-11-09T07:00:00Z");
+        assert_eq!(
+            covered(Every::Week, due, at("2026-11-09T07:00:30Z")),
+            (day("2026-11-02"), day("2026-11-08"))
+        );
+        assert_eq!(
+            covered(
+                Every::Month,
+                at("2026-03-31T07:00:00Z"),
+                at("2026-03-31T08:00:00Z")
+            ),
+            (day("2026-02-28"), day("2026-03-30"))
+        );
+        assert_eq!(
+            covered(Every::Week, due, at("2026-12-01T12:00:00Z")),
+            (day("2026-11-02"), day("2026-11-30")),
+            "down for three weeks: one report over all of it"
         );
     }
 

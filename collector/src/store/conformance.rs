@@ -1,7 +1,8 @@
 //! The conformance suite: what every [`Store`] must do, whatever holds its data —
 //! replay equality under any batch order, copies and restarts; imports ordered with the
 //! syncs queued beside them; the ledger holding exactly the usage days; a failing write
-//! failing alone; last sync to the minute.
+//! failing alone; last sync to the minute; mail schedules limited per recipient and kept
+//! with their next send and low-balance readings; report totals that follow the days.
 //!
 //! A backend runs it by giving a [`Harness`] (how to make, reopen and discard one of its
 //! stores) to [`conformance_suite!`] in its tests, which instantiates every test below
@@ -15,7 +16,9 @@ use daymeter_shared::session::{OwnedSession, RawSession};
 use daymeter_shared::time::{Zone, ZoneCache};
 use daymeter_shared::usage::UsageDay;
 
-use super::{Device, Ingest, SessionFilter, Settings, Store};
+use super::{Device, Ingest, MailSchedule, SessionFilter, Settings, Store};
+use crate::mail::kinds::{Export, Kind};
+use crate::mail::schedule::{Every, MAX_PER_RECIPIENT};
 
 /// How the suite gets stores of one backend.
 pub(crate) trait Harness {
@@ -47,6 +50,14 @@ macro_rules! conformance_suite {
         #[tokio::test(flavor = "multi_thread")]
         async fn bounded_recomputation_equals_replay_whatever_the_batch_order() {
             $crate::store::conformance::bounded_recomputation_equals_replay_whatever_the_batch_order(&$harness).await
+        }
+        #[tokio::test(flavor = "multi_thread")]
+        async fn at_most_five_mail_schedules_per_recipient_even_when_asked_at_once() {
+            $crate::store::conformance::at_most_five_mail_schedules_per_recipient_even_when_asked_at_once(&$harness).await
+        }
+        #[tokio::test(flavor = "multi_thread")]
+        async fn mail_schedules_next_runs_and_low_balance_readings_survive_a_reopen() {
+            $crate::store::conformance::mail_schedules_next_runs_and_low_balance_readings_survive_a_reopen(&$harness).await
         }
         #[tokio::test(flavor = "multi_thread")]
         async fn report_totals_stay_exact_under_late_sessions_a_reprice_and_a_restart() {
@@ -538,5 +549,121 @@ pub(crate) async fn report_totals_stay_exact_under_late_sessions_a_reprice_and_a
             .unwrap()
             .is_empty()
     );
+    h.discard(store);
+}
+
+/// A weekly token-usage report for `recipient`.
+pub(crate) fn mail_schedule(id: &str, recipient: &str) -> MailSchedule {
+    let start: chrono::DateTime<Utc> = "2026-12-07T07:00:00Z".parse().unwrap();
+    MailSchedule {
+        id: id.into(),
+        recipient: recipient.into(),
+        kind: Kind::Report {
+            report: Export::TokenUsage,
+            team: Some("civil".into()),
+            product: None,
+        },
+        every: Some(Every::Week),
+        start,
+        next_run: Some(start),
+        created_at: "2026-12-06T10:00:00Z".parse().unwrap(),
+    }
+}
+
+/// Seven schedules for one recipient asked for at once (two with the address in
+/// other case): five are stored, whatever order the writer takes them in; another
+/// recipient is not affected.
+pub(crate) async fn at_most_five_mail_schedules_per_recipient_even_when_asked_at_once<
+    H: Harness,
+>(
+    h: &H,
+) {
+    let store = h.fresh("mail-limit");
+    let ask = |i: usize| {
+        // Two of the seven write the address in other case: the same mailbox.
+        let recipient = if i.is_multiple_of(3) {
+            "Ana@Firm.example"
+        } else {
+            "ana@firm.example"
+        };
+        store.add_mail_schedule(
+            mail_schedule(&format!("s{i}"), recipient),
+            MAX_PER_RECIPIENT,
+        )
+    };
+    let (a, b, c, d, e, f, g) =
+        tokio::join!(ask(0), ask(1), ask(2), ask(3), ask(4), ask(5), ask(6));
+    let stored = [a, b, c, d, e, f, g];
+    let accepted = stored.iter().filter(|r| *r.as_ref().unwrap()).count();
+    assert_eq!(accepted, MAX_PER_RECIPIENT);
+    assert!(
+        store
+            .add_mail_schedule(
+                mail_schedule("other", "ben@firm.example"),
+                MAX_PER_RECIPIENT
+            )
+            .await
+            .unwrap()
+    );
+    assert_eq!(store.mail_schedules().await.unwrap().len(), 6);
+    h.discard(store);
+}
+
+pub(crate) async fn mail_schedules_next_runs_and_low_balance_readings_survive_a_reopen<
+    H: Harness,
+>(
+    h: &H,
+) {
+    let mut store = h.fresh("mail-reopen");
+    let report = mail_schedule("r1", "ana@firm.example");
+    let alert = MailSchedule {
+        id: "a1".into(),
+        kind: Kind::LowBalance { team: None },
+        every: None,
+        next_run: None,
+        ..mail_schedule("a1", "ana@firm.example")
+    };
+    for s in [&report, &alert] {
+        assert!(
+            store
+                .add_mail_schedule(s.clone(), MAX_PER_RECIPIENT)
+                .await
+                .unwrap()
+        );
+    }
+    let next: chrono::DateTime<Utc> = "2026-12-14T07:00:00Z".parse().unwrap();
+    assert!(store.set_mail_next_run("r1".into(), next).await.unwrap());
+    assert!(!store.set_mail_next_run("gone".into(), next).await.unwrap());
+    store
+        .set_low_balance_reading("a1".into(), "civil".into(), 120)
+        .await
+        .unwrap();
+    store
+        .set_low_balance_reading("a1".into(), "civil".into(), 90)
+        .await
+        .unwrap();
+    // A reading for a schedule deleted meanwhile is dropped, not an error.
+    store
+        .set_low_balance_reading("gone".into(), "civil".into(), 90)
+        .await
+        .unwrap();
+    store = h.reopen(store);
+    let kept = store.mail_schedules().await.unwrap();
+    let expected_report = MailSchedule {
+        next_run: Some(next),
+        ..report
+    };
+    assert_eq!(
+        kept,
+        vec![alert, expected_report],
+        "by recipient, creation, id"
+    );
+    assert_eq!(
+        store.low_balance_readings().await.unwrap(),
+        vec![("a1".to_owned(), "civil".to_owned(), 90)]
+    );
+    assert!(store.delete_mail_schedule("a1".into()).await.unwrap());
+    assert!(!store.delete_mail_schedule("a1".into()).await.unwrap());
+    assert!(store.low_balance_readings().await.unwrap().is_empty());
     h.discard(store);
 }

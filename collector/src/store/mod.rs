@@ -32,6 +32,7 @@ use daymeter_shared::time::Zone;
 use daymeter_shared::usage::UsageDay;
 use thiserror::Error;
 
+pub use crate::mail::kinds::Schedule as MailSchedule;
 pub use crate::settings::Settings;
 
 /// A failure of the store itself (not of a record).
@@ -391,4 +392,39 @@ pub trait Store: Send + Sync + 'static {
         &self,
         user: String,
     ) -> impl Future<Output = Result<Option<DateTime<Utc>>, StoreError>> + Send;
+    /// Stores a mail schedule unless its recipient (compared without regard to case)
+    /// already has `max_per_recipient`: counted and inserted in one transaction, so two
+    /// requests at once cannot both pass the count. `false`: refused for the limit.
+    fn add_mail_schedule(
+        &self,
+        schedule: MailSchedule,
+        max_per_recipient: usize,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+    /// Every mail schedule, by recipient and creation.
+    fn mail_schedules(&self) -> impl Future<Output = Result<Vec<MailSchedule>, StoreError>> + Send;
+    /// Deletes a schedule and its low-balance readings; `false` if there is none.
+    fn delete_mail_schedule(
+        &self,
+        id: String,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+    /// Records a schedule's next send (after a send succeeded); `false` if it was
+    /// deleted meanwhile.
+    fn set_mail_next_run(
+        &self,
+        id: String,
+        next_run: DateTime<Utc>,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+    /// Each low-balance schedule's last reading of a team's remaining tokens, as
+    /// `(schedule, team, remaining)`.
+    fn low_balance_readings(
+        &self,
+    ) -> impl Future<Output = Result<Vec<(String, String, u64)>, StoreError>> + Send;
+    /// Records a low-balance schedule's reading of a team (ignored if the schedule was
+    /// deleted meanwhile).
+    fn set_low_balance_reading(
+        &self,
+        schedule: String,
+        team: String,
+        remaining: u64,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
 }

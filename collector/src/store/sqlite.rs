@@ -18,7 +18,8 @@
 //! and checkpoints), `statements` (the statements every sync runs), `migrations`
 //! (numbered `.sql` files) and `repair`, `ingest` (a sync's sessions into batches, ids
 //! and runs), `settling` (a key's tail loaded or kept, then `store::settle`), `persist`
-//! (devices, purchases, settings, and `SqliteSink`), `store` (the [`Store`] trait on
+//! (devices, purchases, settings, and `SqliteSink`), `mail` (mail schedules and
+//! low-balance readings), `store` (the [`Store`] trait on
 //! the writer and the readers), `batches`, `ids`, `runs`, `tests`.
 
 use std::collections::{BTreeMap, HashMap};
@@ -39,6 +40,7 @@ mod runs;
 
 mod durability;
 mod ingest;
+mod mail;
 mod migrations;
 mod persist;
 mod settling;
@@ -73,8 +75,8 @@ use tokio::sync::oneshot;
 use daymeter_shared::ledger::{Ledger, Purchase};
 
 use super::{
-    Balance, Cause, Device, Ingest, IngestOutcome, LedgerEntry, PurchaseCorrection, PurchaseState,
-    SessionFilter, Settings, Store, StoreError, StoredSession,
+    Balance, Cause, Device, Ingest, IngestOutcome, LedgerEntry, MailSchedule, PurchaseCorrection,
+    PurchaseState, SessionFilter, Settings, Store, StoreError, StoredSession,
 };
 
 /// Most jobs committed together; bounds the time the first of them waits.
@@ -137,6 +139,21 @@ enum Job {
     CorrectPurchase(
         Box<PurchaseCorrection>,
         oneshot::Sender<Result<bool, StoreError>>,
+    ),
+    /// A mail schedule, and the most its recipient may have.
+    AddMailSchedule(
+        Box<(MailSchedule, usize)>,
+        oneshot::Sender<Result<bool, StoreError>>,
+    ),
+    DeleteMailSchedule(String, oneshot::Sender<Result<bool, StoreError>>),
+    SetMailNextRun(
+        Box<(String, DateTime<Utc>)>,
+        oneshot::Sender<Result<bool, StoreError>>,
+    ),
+    /// Schedule, team, remaining tokens.
+    SetLowBalanceReading(
+        Box<(String, String, u64)>,
+        oneshot::Sender<Result<(), StoreError>>,
     ),
 }
 

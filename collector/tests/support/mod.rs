@@ -5,6 +5,8 @@
 //! Each test file includes this module and uses a part of it, hence `dead_code`.
 #![allow(dead_code)]
 
+pub mod smtp;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io::{BufRead, BufReader};
@@ -86,6 +88,11 @@ impl Collector {
 
     /// As [`Collector::start`], with more arguments to `serve`.
     pub fn start_with(dir: &TempDir, extra: &[&str]) -> Collector {
+        Collector::start_env(dir, extra, &[])
+    }
+
+    /// As [`Collector::start_with`], with more environment variables.
+    pub fn start_env(dir: &TempDir, extra: &[&str], env: &[(&str, &str)]) -> Collector {
         let log = fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -99,6 +106,7 @@ impl Collector {
             .env("DAYMETER_ENROLLMENT_SECRET", ENROLLMENT_SECRET)
             .env("DAYMETER_ADMIN_TOKEN", ADMIN_TOKEN)
             .env_remove("DAYMETER_LOG")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(log)

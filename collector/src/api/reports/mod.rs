@@ -11,7 +11,7 @@
 
 mod docs;
 
-pub(super) use docs::{report_users, usage_lines};
+pub(crate) use docs::{report_users, usage_lines};
 
 use std::sync::Arc;
 
@@ -375,6 +375,37 @@ impl Asked {
             page: Page::FIRST,
         })
     }
+}
+
+/// The documents mail quotes (`crate::mail`), as the JSON API answers them over `range`
+/// and `filter`: the same numbers, users named as there (pseudonyms included).
+pub(crate) async fn doc_for_mail<S: Store>(
+    state: &AppState<S>,
+    report: MailReport,
+    range: ReportRange,
+    filter: Filter,
+) -> Result<serde_json::Value, ApiError> {
+    let now = state.clock.now();
+    let a = Asked {
+        range,
+        filter,
+        today: now.date_naive(),
+        now,
+        format: Format::Json,
+        // A mail lists everyone, not a page.
+        page: Page::ALL,
+    };
+    match report {
+        MailReport::Usage => docs::usage_doc(state, &a).await,
+        MailReport::Waste => docs::waste_doc(state, &a).await,
+    }
+}
+
+/// Which report [`doc_for_mail`] answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum MailReport {
+    Usage,
+    Waste,
 }
 
 /// Every report the dashboard shows over `range`, as the JSON API answers them.

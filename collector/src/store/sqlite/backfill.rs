@@ -11,7 +11,7 @@ use super::runs::Runs;
 use super::{StoreError, db};
 
 /// The version whose migration created the totals' tables.
-pub(super) const TOTALS_VERSION: i64 = 11;
+pub(super) const TOTALS_VERSION: i64 = 12;
 
 /// Fills the totals from the usage days and the sessions' runs (`runs`: those held in
 /// memory, not yet in `session_runs`). One transaction: a crash leaves the version

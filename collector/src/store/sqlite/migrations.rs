@@ -15,6 +15,7 @@ pub(super) const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0008_session_batches.sql"),
     include_str!("migrations/0009_purchase_corrections.sql"),
     include_str!("migrations/0010_device_last_sync.sql"),
+    include_str!("migrations/0011_mail_schedules.sql"),
     include_str!("migrations/0012_report_totals.sql"),
 ];
 

@@ -411,4 +411,44 @@ impl Store for SqliteStore {
         })
         .await
     }
+
+    async fn add_mail_schedule(
+        &self,
+        schedule: MailSchedule,
+        max_per_recipient: usize,
+    ) -> Result<bool, StoreError> {
+        self.write(|tx| Job::AddMailSchedule(Box::new((schedule, max_per_recipient)), tx))
+            .await
+    }
+
+    async fn mail_schedules(&self) -> Result<Vec<MailSchedule>, StoreError> {
+        self.read(mail::read_schedules).await
+    }
+
+    async fn delete_mail_schedule(&self, id: String) -> Result<bool, StoreError> {
+        self.write(|tx| Job::DeleteMailSchedule(id, tx)).await
+    }
+
+    async fn set_mail_next_run(
+        &self,
+        id: String,
+        next_run: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        self.write(|tx| Job::SetMailNextRun(Box::new((id, next_run)), tx))
+            .await
+    }
+
+    async fn low_balance_readings(&self) -> Result<Vec<(String, String, u64)>, StoreError> {
+        self.read(mail::read_readings).await
+    }
+
+    async fn set_low_balance_reading(
+        &self,
+        schedule: String,
+        team: String,
+        remaining: u64,
+    ) -> Result<(), StoreError> {
+        self.write(|tx| Job::SetLowBalanceReading(Box::new((schedule, team, remaining)), tx))
+            .await
+    }
 }

@@ -198,12 +198,16 @@ pub(super) fn refuse(job: Job, e: &str) -> Reply {
     }
     match job {
         Job::Ingest(ingest, tx) => Reply::Ingest(tx, err(e), ingest),
-        Job::AddDevice(_, tx) | Job::PutSettings(_, tx) | Job::AddPurchase(_, tx) => {
-            Reply::Unit(tx, err(e))
-        }
-        Job::Revoke(_, tx) | Job::Reenrol(_, tx) | Job::CorrectPurchase(_, tx) => {
-            Reply::Bool(tx, err(e))
-        }
+        Job::AddDevice(_, tx)
+        | Job::PutSettings(_, tx)
+        | Job::AddPurchase(_, tx)
+        | Job::SetLowBalanceReading(_, tx) => Reply::Unit(tx, err(e)),
+        Job::Revoke(_, tx)
+        | Job::Reenrol(_, tx)
+        | Job::CorrectPurchase(_, tx)
+        | Job::AddMailSchedule(_, tx)
+        | Job::DeleteMailSchedule(_, tx)
+        | Job::SetMailNextRun(_, tx) => Reply::Bool(tx, err(e)),
     }
 }
 
@@ -229,11 +233,19 @@ pub(super) fn answer((job, outcome): (Job, Outcome)) -> Reply {
     match (job, outcome) {
         (Job::Ingest(ingest, tx), Outcome::Ingest(r)) => Reply::Ingest(tx, r, ingest),
         (
-            Job::Revoke(_, tx) | Job::Reenrol(_, tx) | Job::CorrectPurchase(_, tx),
+            Job::Revoke(_, tx)
+            | Job::Reenrol(_, tx)
+            | Job::CorrectPurchase(_, tx)
+            | Job::AddMailSchedule(_, tx)
+            | Job::DeleteMailSchedule(_, tx)
+            | Job::SetMailNextRun(_, tx),
             Outcome::Bool(r),
         ) => Reply::Bool(tx, r),
         (
-            Job::AddDevice(_, tx) | Job::PutSettings(_, tx) | Job::AddPurchase(_, tx),
+            Job::AddDevice(_, tx)
+            | Job::PutSettings(_, tx)
+            | Job::AddPurchase(_, tx)
+            | Job::SetLowBalanceReading(_, tx),
             Outcome::Unit(r),
         ) => Reply::Unit(tx, r),
         (job, _) => refuse(job, "internal error: a job's outcome is of another kind"),
@@ -340,6 +352,12 @@ pub(super) fn apply(t: &Connection, job: &Job, memory: &mut Memory, hot: &mut Ho
         }
         Job::CorrectPurchase(correction, _) => {
             Outcome::Bool(correct_purchase(t, correction, &mut memory.ledgers))
+        }
+        Job::AddMailSchedule(job, _) => Outcome::Bool(mail::add_schedule(t, &job.0, job.1)),
+        Job::DeleteMailSchedule(id, _) => Outcome::Bool(mail::delete_schedule(t, id)),
+        Job::SetMailNextRun(job, _) => Outcome::Bool(mail::set_next_run(t, &job.0, job.1)),
+        Job::SetLowBalanceReading(job, _) => {
+            Outcome::Unit(mail::set_reading(t, &job.0, &job.1, job.2))
         }
         Job::PutSettings(new, _) => {
             let result = put_settings(t, new, &mut memory.ledgers, &mut memory.runs, hot);
