@@ -266,21 +266,44 @@ pub(super) fn users_sessions(
                 }
                 let batch = stored_batch(first, r.get(3).map_err(db)?, r.get(4).map_err(db)?)?;
                 for (row, body) in (first..).zip(batch.iter()) {
-                    if row < lo || row > hi || !seen.insert(row) || outside(body, from, to) {
+                    if row < lo || row > hi || !seen.insert(row) {
                         continue;
                     }
-                    let (mut s, _) = read_back(body, row, &mut zones)?;
-                    if s.start_nanos() >= to || s.end_nanos() < from {
-                        continue;
-                    }
-                    s.user = Some(user.clone().into());
-                    s.device = Some(device.clone().into());
-                    out.push(s.into_owned());
+                    out.extend(read_within(body, row, &mut zones, from, to, user, &device)?);
                 }
             }
         }
     }
-    out.sort_by(|a, b| {
+    sort_sessions(&mut out);
+    Ok(out)
+}
+
+/// The stored session at `row` with its user and device, if it reaches into
+/// `[from, to)` (ns).
+pub(super) fn read_within(
+    body: &str,
+    row: i64,
+    zones: &mut ZoneCache,
+    from: i64,
+    to: i64,
+    user: &str,
+    device: &str,
+) -> Result<Option<StoredSession>, StoreError> {
+    if outside(body, from, to) {
+        return Ok(None);
+    }
+    let (mut s, _) = read_back(body, row, zones)?;
+    if s.start_nanos() >= to || s.end_nanos() < from {
+        return Ok(None);
+    }
+    s.user = Some(user.to_owned().into());
+    s.device = Some(device.to_owned().into());
+    Ok(Some(s.into_owned()))
+}
+
+/// Sessions in the order every read returns them: user, product, start, id.
+pub(super) fn sort_sessions(sessions: &mut [StoredSession]) {
+    sessions.sort_by(|a, b| {
         (&a.user, &a.product, a.start_nanos(), &a.id).cmp(&(
             &b.user,
             &b.product,
@@ -288,7 +311,6 @@ pub(super) fn users_sessions(
             &b.id,
         ))
     });
-    Ok(out)
 }
 
 /// A session's instants only, read without its idle intervals or its checks.

@@ -203,23 +203,12 @@ impl Store for SqliteStore {
                 let device: String = r.get(2).map_err(db)?;
                 let batch = stored_batch(first, r.get(3).map_err(db)?, r.get(4).map_err(db)?)?;
                 for (row, body) in (first..).zip(batch.iter()) {
-                    let (mut s, _) = read_back(body, row, &mut zones)?;
-                    if s.start_nanos() >= to || s.end_nanos() < from {
-                        continue;
-                    }
-                    s.user = Some(user.clone().into());
-                    s.device = Some(device.clone().into());
-                    out.push(s.into_owned());
+                    out.extend(reports::read_within(
+                        body, row, &mut zones, from, to, &user, &device,
+                    )?);
                 }
             }
-            out.sort_by(|a, b| {
-                (&a.user, &a.product, a.start_nanos(), &a.id).cmp(&(
-                    &b.user,
-                    &b.product,
-                    b.start_nanos(),
-                    &b.id,
-                ))
-            });
+            reports::sort_sessions(&mut out);
             Ok(out)
         })
         .await
