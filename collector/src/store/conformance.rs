@@ -456,6 +456,24 @@ pub(crate) async fn assert_totals_follow_the_days<S: Store>(store: &S, case: &st
         .map(|p| ((p.day, p.product), (p.tokens, p.days)))
         .collect();
     assert_eq!(products, by_product, "{case}: product days");
+    let settings = store.settings().await.unwrap();
+    let teams = crate::reports::Teams::new(&settings.teams);
+    let mut by_team: BTreeMap<(String, NaiveDate), (u64, u64)> = BTreeMap::new();
+    for d in &days {
+        let e = by_team
+            .entry((teams.of(&d.user).to_owned(), d.day))
+            .or_default();
+        e.0 += d.tokens;
+        e.1 += 1;
+    }
+    let got: BTreeMap<_, _> = store
+        .team_days(from, to)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| ((t.team, t.day), (t.tokens, t.days)))
+        .collect();
+    assert_eq!(got, by_team, "{case}: team days");
     let sessions = store.sessions(SessionFilter::default()).await.unwrap();
     let last = sessions
         .iter()
@@ -537,6 +555,27 @@ pub(crate) async fn report_totals_stay_exact_under_late_sessions_a_reprice_and_a
     settings.catalog.get_mut("acad").unwrap().tokens_per_day = 9;
     store.put_settings(settings.clone()).await.unwrap();
     assert_totals_follow_the_days(&store, "repriced").await;
+    settings.teams.insert(
+        "civil".into(),
+        daymeter_shared::ledger::Team {
+            users: vec!["sophie".into()],
+            ..Default::default()
+        },
+    );
+    store.put_settings(settings.clone()).await.unwrap();
+    assert_totals_follow_the_days(&store, "moved to a team").await;
+    let late: Vec<_> = (70..75)
+        .map(|d| {
+            let day = chrono::NaiveDate::from_ymd_opt(2026, 1, 1).unwrap() + chrono::Days::new(d);
+            session(
+                &format!("t{d}"),
+                &format!("{day}T09:00:00+01:00"),
+                &format!("{day}T10:00:00+01:00"),
+            )
+        })
+        .collect();
+    store.ingest(ingest_of(&late)).await.unwrap();
+    assert_totals_follow_the_days(&store, "synced in a team").await;
     store = h.reopen(store);
     assert_totals_follow_the_days(&store, "reopened").await;
     settings.catalog.clear();

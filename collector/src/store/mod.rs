@@ -234,6 +234,15 @@ pub struct ProductDay {
     pub days: u64,
 }
 
+/// One team's usage days on one day.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TeamDay {
+    pub team: String,
+    pub day: NaiveDate,
+    pub tokens: u64,
+    pub days: u64,
+}
+
 /// A key's tokens and days used over whole months.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyTotal {
@@ -315,6 +324,13 @@ pub trait Store: Send + Sync + 'static {
         from: NaiveDate,
         to: NaiveDate,
     ) -> impl Future<Output = Result<Vec<ProductDay>, StoreError>> + Send;
+    /// Each team's tokens and usage days by day in `[from, to]`, users counted in the
+    /// team the settings put them in.
+    fn team_days(
+        &self,
+        from: NaiveDate,
+        to: NaiveDate,
+    ) -> impl Future<Output = Result<Vec<TeamDay>, StoreError>> + Send;
     /// Each key's latest session end (its last access), of `users` only when given,
     /// sorted by user and product.
     fn reaches(

@@ -270,7 +270,7 @@ impl SqliteStore {
         let ids = load_ids(&conn)?;
         let runs = gather_runs(&conn)?;
         if (1..backfill::TOTALS_VERSION).contains(&was) {
-            backfill::report_totals(&mut conn, &runs)?;
+            backfill::report_totals(&mut conn, &runs, &settings)?;
         }
         let mut wal = path.as_os_str().to_owned();
         wal.push("-wal");

@@ -5,7 +5,6 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use chrono::{NaiveDate, TimeDelta, Utc};
 use daymeter_shared::entitlement::Pricing;
-use daymeter_shared::ledger::DEFAULT_TEAM;
 use serde_json::json;
 
 use super::{Asked, name_users, range_json};
@@ -81,8 +80,8 @@ async fn key_uses<S: Store>(
 }
 
 /// Tokens of each day of the year before `today` (oldest first) that `filter` keeps:
-/// from the products' days when no user or team is asked, else from those users'
-/// months.
+/// from the products' days when no user or team is asked, a team's days when only a
+/// team is, else from those users' months.
 async fn tokens_by_day<S: Store>(
     state: &AppState<S>,
     settings: &Settings,
@@ -103,6 +102,14 @@ async fn tokens_by_day<S: Store>(
         for p in state.store.product_days(first, today).await? {
             if filter.product.as_deref().is_none_or(|f| f == p.product) {
                 add(p.day, p.tokens);
+            }
+        }
+        return Ok(by_day);
+    }
+    if let (None, Some(team), None) = (&filter.user, &filter.team, &filter.product) {
+        for t in state.store.team_days(first, today).await? {
+            if t.team == *team {
+                add(t.day, t.tokens);
             }
         }
         return Ok(by_day);
@@ -335,45 +342,15 @@ pub(crate) async fn forecast_doc<S: Store>(
     a: &Asked,
 ) -> Result<serde_json::Value, ApiError> {
     let settings = state.settings();
-    let teams = Teams::new(&settings.teams);
     let first = a.today - TimeDelta::days(89);
-    // Every team's tokens by day: the named teams' from their users' months, the
-    // default team's (everyone else) from all products' days less theirs.
-    let mut charged: BTreeMap<String, Vec<i64>> = BTreeMap::new();
-    let mut everyone = vec![0i64; 90];
-    for p in state.store.product_days(first, a.today).await? {
-        if let Ok(i) = usize::try_from((p.day - first).num_days())
+    let mut charged: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    for t in state.store.team_days(first, a.today).await? {
+        if let Ok(i) = usize::try_from((t.day - first).num_days())
             && i < 90
         {
-            everyone[i] += p.tokens as i64;
+            charged.entry(t.team).or_insert_with(|| vec![0; 90])[i] += t.tokens;
         }
     }
-    let named: Vec<String> = settings
-        .teams
-        .values()
-        .flat_map(|t| t.users.iter().cloned())
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .collect();
-    if !named.is_empty() {
-        for m in state.store.key_months(first, a.today, Some(named)).await? {
-            let team = teams.of(&m.user);
-            if team == DEFAULT_TEAM {
-                continue;
-            }
-            for (day, tokens, _) in m.days_between(first, a.today) {
-                if let Ok(i) = usize::try_from((day - first).num_days())
-                    && i < 90
-                {
-                    charged
-                        .entry(team.to_owned())
-                        .or_insert_with(|| vec![0; 90])[i] += tokens as i64;
-                    everyone[i] -= tokens as i64;
-                }
-            }
-        }
-    }
-    charged.insert(DEFAULT_TEAM.to_owned(), everyone);
     let mut out = Vec::new();
     for b in state
         .store
@@ -391,10 +368,7 @@ pub(crate) async fn forecast_doc<S: Store>(
                 expires_on: p.purchase.expires_at.date_naive(),
             })
             .collect();
-        let by_day: Vec<u64> = charged
-            .get(b.team.as_str())
-            .map(|d| d.iter().map(|&t| t.max(0) as u64).collect())
-            .unwrap_or_default();
+        let by_day = charged.remove(b.team.as_str()).unwrap_or_default();
         out.push(forecast::forecast(&b.team, &holdings, &by_day, a.today));
     }
     let doc = json!({"today": a.today, "teams": out});

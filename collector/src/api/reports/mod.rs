@@ -416,13 +416,23 @@ pub async fn report_docs<S: Store>(
     let now = state.clock.now();
     let tokens_range = Asked::named(range, Basis::CompletedMonths, now)?;
     let seats_range = Asked::named(range, Basis::Rolling, now)?;
+    // Side by side: each waits on its own store reads.
+    let (tokens, products, users, usage, waste, forecast, advice) = tokio::try_join!(
+        docs::tokens_doc(state, &tokens_range),
+        docs::products_doc(state, &tokens_range),
+        docs::users_doc(state, &tokens_range),
+        docs::usage_doc(state, &seats_range),
+        docs::waste_doc(state, &tokens_range),
+        docs::forecast_doc(state, &seats_range),
+        docs::advice_doc(state, &seats_range),
+    )?;
     Ok(crate::dashboard::page::Docs {
-        tokens: docs::tokens_doc(state, &tokens_range).await?,
-        products: docs::products_doc(state, &tokens_range).await?,
-        users: docs::users_doc(state, &tokens_range).await?,
-        usage: docs::usage_doc(state, &seats_range).await?,
-        waste: docs::waste_doc(state, &tokens_range).await?,
-        forecast: docs::forecast_doc(state, &seats_range).await?,
-        advice: docs::advice_doc(state, &seats_range).await?,
+        tokens,
+        products,
+        users,
+        usage,
+        waste,
+        forecast,
+        advice,
     })
 }

@@ -8,7 +8,8 @@ use rusqlite::{Connection, params};
 
 use super::Tally;
 use super::runs::Runs;
-use super::{StoreError, db};
+use super::{Month, Settings, StoreError, corrupt, db};
+use crate::reports::Teams;
 
 /// The version whose migration created the totals' tables.
 pub(super) const TOTALS_VERSION: i64 = 12;
@@ -16,7 +17,11 @@ pub(super) const TOTALS_VERSION: i64 = 12;
 /// Fills the totals from the usage days and the sessions' runs (`runs`: those held in
 /// memory, not yet in `session_runs`). One transaction: a crash leaves the version
 /// before, and the next start builds them again.
-pub(super) fn report_totals(conn: &mut Connection, runs: &Runs) -> Result<(), StoreError> {
+pub(super) fn report_totals(
+    conn: &mut Connection,
+    runs: &Runs,
+    settings: &Settings,
+) -> Result<(), StoreError> {
     let tx = conn.transaction().map_err(db)?;
     let mut by_key: HashMap<(String, String), Tally> = HashMap::new();
     {
@@ -92,10 +97,50 @@ pub(super) fn report_totals(conn: &mut Connection, runs: &Runs) -> Result<(), St
             reach.execute(params![user, product, end]).map_err(db)?;
         }
     }
+    team_days(&tx, settings)?;
     tx.commit().map_err(db)?;
     tracing::info!(
         keys = by_key.len(),
         "built the report totals from the stored usage days"
     );
+    Ok(())
+}
+
+/// Rebuilds each team's days from every key's months, each user's days going to the
+/// team `settings` puts them in: at open after the migration, and after each import
+/// (which may move users between teams).
+pub(super) fn team_days(t: &Connection, settings: &Settings) -> Result<(), StoreError> {
+    let teams = Teams::new(&settings.teams);
+    let mut sums: HashMap<(String, String), (i64, i64)> = HashMap::new();
+    {
+        let mut stmt = t
+            .prepare("SELECT month, user, by_day FROM key_months")
+            .map_err(db)?;
+        let mut rows = stmt.query([]).map_err(db)?;
+        while let Some(r) = rows.next().map_err(db)? {
+            let month: String = r.get(0).map_err(db)?;
+            let user: String = r.get(1).map_err(db)?;
+            let bytes: Vec<u8> = r.get(2).map_err(db)?;
+            let m = Month::from_bytes(&bytes)
+                .ok_or_else(|| corrupt(format!("key_months {month} {user}")))?;
+            let team = teams.of(&user);
+            for (i, (&tokens, &days)) in m.tokens.iter().zip(&m.days).enumerate() {
+                if tokens != 0 || days != 0 {
+                    let e = sums
+                        .entry((team.to_owned(), format!("{month}-{:02}", i + 1)))
+                        .or_default();
+                    e.0 += tokens;
+                    e.1 += days;
+                }
+            }
+        }
+    }
+    t.execute("DELETE FROM team_days", []).map_err(db)?;
+    let mut put = t
+        .prepare("INSERT INTO team_days (team, day, tokens, days) VALUES (?1, ?2, ?3, ?4)")
+        .map_err(db)?;
+    for ((team, day), (tokens, days)) in &sums {
+        put.execute(params![team, day, tokens, days]).map_err(db)?;
+    }
     Ok(())
 }

@@ -164,6 +164,7 @@ impl Sink for SqliteSink<'_, '_> {
         let mut put = self.hot.take(Sql::PutMonth)?;
         let mut drop_month = self.hot.take(Sql::DropMonth)?;
         let mut add_day = self.hot.take(Sql::AddProductDay)?;
+        let mut add_team_day = self.hot.take(Sql::AddTeamDay)?;
         for (month, delta) in &tally.months {
             let stored: Option<Vec<u8>> = get
                 .query_row(params![month, user, product], |r| r.get(0))
@@ -197,6 +198,9 @@ impl Sink for SqliteSink<'_, '_> {
                 if t != 0 || d != 0 {
                     let day = format!("{month}-{:02}", i + 1);
                     add_day.execute(params![product, day, t, d]).map_err(db)?;
+                    add_team_day
+                        .execute(params![self.key.team, day, t, d])
+                        .map_err(db)?;
                 }
             }
         }
@@ -204,6 +208,7 @@ impl Sink for SqliteSink<'_, '_> {
         self.hot.give_back(Sql::PutMonth, put);
         self.hot.give_back(Sql::DropMonth, drop_month);
         self.hot.give_back(Sql::AddProductDay, add_day);
+        self.hot.give_back(Sql::AddTeamDay, add_team_day);
         Ok(())
     }
 
@@ -429,7 +434,8 @@ pub(super) fn put_settings(
         let mut sink = SqliteSink::new(t, hot, ledgers, key, &now);
         settle(&mut sink, settings, key, Cause::Import, &mut tail, i64::MIN)?;
     }
-    Ok(())
+    // Teams may have changed: each user's days go to their team now.
+    super::backfill::team_days(t, settings)
 }
 
 pub(super) fn read_settings(conn: &Connection) -> Result<Settings, StoreError> {

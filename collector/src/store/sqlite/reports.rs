@@ -3,7 +3,7 @@
 //! are millions.
 
 use super::*;
-use crate::store::{KeyTotal, ProductDay, Reach, SessionFilter};
+use crate::store::{KeyTotal, ProductDay, Reach, SessionFilter, TeamDay};
 
 /// A day's window may start up to a day before or after its date (its zone's offset),
 /// so a page's days are looked for two days either side, then kept by date.
@@ -109,6 +109,33 @@ pub(super) fn product_days(
         let day: String = r.get(1).map_err(db)?;
         out.push(ProductDay {
             product: r.get(0).map_err(db)?,
+            day: day.parse().map_err(corrupt)?,
+            tokens: r.get::<_, i64>(2).map_err(db)?.max(0) as u64,
+            days: r.get::<_, i64>(3).map_err(db)?.max(0) as u64,
+        });
+    }
+    Ok(out)
+}
+
+pub(super) fn team_days(
+    c: &Connection,
+    from: NaiveDate,
+    to: NaiveDate,
+) -> Result<Vec<TeamDay>, StoreError> {
+    let mut stmt = c
+        .prepare_cached(
+            "SELECT team, day, tokens, days FROM team_days
+             WHERE day BETWEEN ?1 AND ?2 AND days != 0 ORDER BY team, day",
+        )
+        .map_err(db)?;
+    let mut rows = stmt
+        .query(params![from.to_string(), to.to_string()])
+        .map_err(db)?;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next().map_err(db)? {
+        let day: String = r.get(1).map_err(db)?;
+        out.push(TeamDay {
+            team: r.get(0).map_err(db)?,
             day: day.parse().map_err(corrupt)?,
             tokens: r.get::<_, i64>(2).map_err(db)?.max(0) as u64,
             days: r.get::<_, i64>(3).map_err(db)?.max(0) as u64,

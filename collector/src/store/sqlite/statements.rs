@@ -20,10 +20,11 @@ pub(super) enum Sql {
     AddProductDay,
     Reach,
     AddUnfunded,
+    AddTeamDay,
 }
 
 impl Sql {
-    const COUNT: usize = 15;
+    const COUNT: usize = 16;
 
     pub(super) fn text(self) -> &'static str {
         match self {
@@ -72,6 +73,11 @@ impl Sql {
             Sql::AddProductDay => {
                 "INSERT INTO product_days (product, day, tokens, days) VALUES (?1, ?2, ?3, ?4)
                  ON CONFLICT (day, product) DO UPDATE SET tokens = tokens + excluded.tokens,
+                   days = days + excluded.days"
+            }
+            Sql::AddTeamDay => {
+                "INSERT INTO team_days (team, day, tokens, days) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (team, day) DO UPDATE SET tokens = tokens + excluded.tokens,
                    days = days + excluded.days"
             }
             Sql::AddUnfunded => {

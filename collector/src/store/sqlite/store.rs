@@ -2,7 +2,7 @@
 //! the pool of reader connections.
 
 use super::*;
-use crate::store::{KeyTotal, ProductDay, Reach};
+use crate::store::{KeyTotal, ProductDay, Reach, TeamDay};
 
 impl Store for SqliteStore {
     async fn devices(&self) -> Result<Vec<Device>, StoreError> {
@@ -148,6 +148,10 @@ impl Store for SqliteStore {
         to: NaiveDate,
     ) -> Result<Vec<ProductDay>, StoreError> {
         self.read(move |c| reports::product_days(c, from, to)).await
+    }
+
+    async fn team_days(&self, from: NaiveDate, to: NaiveDate) -> Result<Vec<TeamDay>, StoreError> {
+        self.read(move |c| reports::team_days(c, from, to)).await
     }
 
     async fn reaches(&self, users: Option<Vec<String>>) -> Result<Vec<Reach>, StoreError> {

@@ -478,10 +478,15 @@ async fn a_database_from_before_the_report_totals_gets_them_built_at_open() {
     {
         // As an earlier build left it: no totals, the version before theirs.
         let conn = Connection::open(&path).unwrap();
-        conn.execute_batch(
-            "DROP TABLE key_months; DROP TABLE product_days; DROP TABLE key_reach; DROP TABLE team_unfunded;",
-        )
-            .unwrap();
+        // Every table the totals' migration creates (its indexes go with them).
+        let migration = MIGRATIONS[backfill::TOTALS_VERSION as usize - 1];
+        for table in migration
+            .split("CREATE TABLE ")
+            .skip(1)
+            .filter_map(|rest| rest.split_whitespace().next())
+        {
+            conn.execute_batch(&format!("DROP TABLE {table}")).unwrap();
+        }
         conn.pragma_update(None, "user_version", backfill::TOTALS_VERSION - 1)
             .unwrap();
     }

@@ -22,6 +22,16 @@ CREATE TABLE product_days (
     days INTEGER NOT NULL,
     PRIMARY KEY (day, product)
 ) WITHOUT ROWID;
+-- Each team's tokens and usage days by day: a team's burn rate in ninety rows. Keyed by
+-- the team a user is in when the day is settled; an import rebuilds it from
+-- `key_months`, so a user moved to another team takes their days along.
+CREATE TABLE team_days (
+    team TEXT NOT NULL,
+    day TEXT NOT NULL,
+    tokens INTEGER NOT NULL,
+    days INTEGER NOT NULL,
+    PRIMARY KEY (team, day)
+) WITHOUT ROWID;
 -- The latest effective end (ns) of each key's sessions: its last access, without
 -- reading its sessions.
 CREATE TABLE key_reach (
