@@ -48,6 +48,7 @@ mod statements;
 mod store;
 #[cfg(test)]
 mod tests;
+mod totals;
 mod writer;
 
 use durability::*;
@@ -56,6 +57,7 @@ use migrations::*;
 use persist::*;
 use settling::*;
 use statements::*;
+use totals::Pending;
 use writer::*;
 
 use super::balances::balances;
@@ -313,6 +315,7 @@ impl SqliteStore {
                 batch: Batch::new(),
                 last_syncs: HashMap::new(),
                 device_syncs: HashMap::new(),
+                totals: Pending::default(),
             },
             wal,
             restart_due,

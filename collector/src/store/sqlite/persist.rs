@@ -82,6 +82,8 @@ pub(super) struct SqliteSink<'b, 'c> {
     pub(super) t: &'b Connection,
     pub(super) hot: &'b mut Hot<'c>,
     pub(super) ledgers: &'b mut Ledgers,
+    /// Where the report totals' differences gather until the transaction commits.
+    pub(super) totals: &'b mut Pending,
     pub(super) key: Key<'b>,
     /// When the entries are booked (RFC 3339).
     pub(super) at: &'b str,
@@ -101,6 +103,7 @@ impl<'b, 'c> SqliteSink<'b, 'c> {
         t: &'b Connection,
         hot: &'b mut Hot<'c>,
         ledgers: &'b mut Ledgers,
+        totals: &'b mut Pending,
         key: Key<'b>,
         at: &'b str,
     ) -> SqliteSink<'b, 'c> {
@@ -108,6 +111,7 @@ impl<'b, 'c> SqliteSink<'b, 'c> {
             t,
             hot,
             ledgers,
+            totals,
             key,
             at,
             entries: Vec::new(),
@@ -159,65 +163,12 @@ impl Sink for SqliteSink<'_, '_> {
     }
 
     fn tally(&mut self, tally: &Tally) -> Result<(), StoreError> {
-        let (user, product) = (self.key.user, self.key.product);
-        let mut get = self.hot.take(Sql::GetMonth)?;
-        let mut put = self.hot.take(Sql::PutMonth)?;
-        let mut drop_month = self.hot.take(Sql::DropMonth)?;
-        let mut add_day = self.hot.take(Sql::AddProductDay)?;
-        let mut add_team_day = self.hot.take(Sql::AddTeamDay)?;
-        for (month, delta) in &tally.months {
-            let stored: Option<Vec<u8>> = get
-                .query_row(params![month, user, product], |r| r.get(0))
-                .optional()
-                .map_err(db)?;
-            let mut m = match stored {
-                Some(bytes) => Month::from_bytes(&bytes)
-                    .ok_or_else(|| corrupt(format!("key_months {month} {user} {product}")))?,
-                None => Month::default(),
-            };
-            m.add(delta);
-            if m.is_empty() {
-                drop_month
-                    .execute(params![month, user, product])
-                    .map_err(db)?;
-            } else {
-                let tokens: i64 = m.tokens.iter().sum();
-                let days: i64 = m.days.iter().sum();
-                put.execute(params![
-                    month,
-                    user,
-                    product,
-                    tokens,
-                    days,
-                    m.used_days(),
-                    m.to_bytes()
-                ])
-                .map_err(db)?;
-            }
-            for (i, (&t, &d)) in delta.tokens.iter().zip(&delta.days).enumerate() {
-                if t != 0 || d != 0 {
-                    let day = format!("{month}-{:02}", i + 1);
-                    add_day.execute(params![product, day, t, d]).map_err(db)?;
-                    add_team_day
-                        .execute(params![self.key.team, day, t, d])
-                        .map_err(db)?;
-                }
-            }
-        }
-        self.hot.give_back(Sql::GetMonth, get);
-        self.hot.give_back(Sql::PutMonth, put);
-        self.hot.give_back(Sql::DropMonth, drop_month);
-        self.hot.give_back(Sql::AddProductDay, add_day);
-        self.hot.give_back(Sql::AddTeamDay, add_team_day);
+        self.totals.tally(self.key, tally);
         Ok(())
     }
 
     fn reach(&mut self, last_end: i64) -> Result<(), StoreError> {
-        let mut reach = self.hot.take(Sql::Reach)?;
-        reach
-            .execute(params![self.key.user, self.key.product, last_end])
-            .map_err(db)?;
-        self.hot.give_back(Sql::Reach, reach);
+        self.totals.reach(self.key, last_end);
         Ok(())
     }
 
@@ -264,10 +215,7 @@ impl Sink for SqliteSink<'_, '_> {
             self.booked = 0;
         }
         if self.unfunded != 0 {
-            let mut add = self.hot.take(Sql::AddUnfunded)?;
-            add.execute(params![self.key.team, self.unfunded])
-                .map_err(db)?;
-            self.hot.give_back(Sql::AddUnfunded, add);
+            self.totals.unfunded(self.key.team, self.unfunded);
             self.unfunded = 0;
         }
         if changed.is_empty() {
@@ -381,6 +329,7 @@ pub(super) fn put_settings(
     settings: &Settings,
     ledgers: &mut Ledgers,
     runs: &mut Runs,
+    totals: &mut Pending,
     hot: &mut Hot<'_>,
 ) -> Result<(), StoreError> {
     // Every key is recomputed from the database below: its runs must all be there.
@@ -431,10 +380,12 @@ pub(super) fn put_settings(
     for (user, product) in keys {
         let mut tail = load_tail(t, runs, &user, &product, i64::MIN, &[])?;
         let key = Key::of(settings, &user, &product);
-        let mut sink = SqliteSink::new(t, hot, ledgers, key, &now);
+        let mut sink = SqliteSink::new(t, hot, ledgers, totals, key, &now);
         settle(&mut sink, settings, key, Cause::Import, &mut tail, i64::MIN)?;
     }
-    // Teams may have changed: each user's days go to their team now.
+    // Teams may have changed: each user's days go to their team now, read from the
+    // months with this import's differences in them.
+    totals.flush(t)?;
     super::backfill::team_days(t, settings)
 }
 

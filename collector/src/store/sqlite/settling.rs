@@ -23,6 +23,7 @@ pub(super) fn sync_key(
         tails,
         ledgers,
         runs,
+        totals,
         ..
     } = memory;
     let tail = match tails.covering(user, product, since) {
@@ -37,7 +38,7 @@ pub(super) fn sync_key(
     };
     let from = tail.resume_point(since);
     let key = Key::of(settings, user, product);
-    let mut sink = SqliteSink::new(t, hot, ledgers, key, at);
+    let mut sink = SqliteSink::new(t, hot, ledgers, totals, key, at);
     settle(&mut sink, settings, key, Cause::Sync, tail, from)?;
     tail.trim();
     Ok(())

@@ -14,17 +14,10 @@ pub(super) enum Sql {
     DropDay,
     AddLedger,
     PutUsed,
-    GetMonth,
-    PutMonth,
-    DropMonth,
-    AddProductDay,
-    Reach,
-    AddUnfunded,
-    AddTeamDay,
 }
 
 impl Sql {
-    const COUNT: usize = 16;
+    const COUNT: usize = 9;
 
     pub(super) fn text(self) -> &'static str {
         match self {
@@ -59,36 +52,6 @@ impl Sql {
                 "INSERT INTO ledger_batches (seq, at, team, user, product, entries) VALUES (?1, ?2, ?3, ?4, ?5, ?6)"
             }
             Sql::PutUsed => "UPDATE purchases SET used = ?2 WHERE id = ?1",
-            Sql::GetMonth => {
-                "SELECT by_day FROM key_months WHERE month = ?1 AND user = ?2 AND product = ?3"
-            }
-            Sql::PutMonth => {
-                "INSERT INTO key_months (month, user, product, tokens, days, used_days, by_day) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
-                 ON CONFLICT (month, user, product) DO UPDATE SET tokens = excluded.tokens,
-                   days = excluded.days, used_days = excluded.used_days, by_day = excluded.by_day"
-            }
-            Sql::DropMonth => {
-                "DELETE FROM key_months WHERE month = ?1 AND user = ?2 AND product = ?3"
-            }
-            Sql::AddProductDay => {
-                "INSERT INTO product_days (product, day, tokens, days) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT (day, product) DO UPDATE SET tokens = tokens + excluded.tokens,
-                   days = days + excluded.days"
-            }
-            Sql::AddTeamDay => {
-                "INSERT INTO team_days (team, day, tokens, days) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT (team, day) DO UPDATE SET tokens = tokens + excluded.tokens,
-                   days = days + excluded.days"
-            }
-            Sql::AddUnfunded => {
-                "INSERT INTO team_unfunded (team, tokens) VALUES (?1, ?2)
-                 ON CONFLICT (team) DO UPDATE SET tokens = tokens + excluded.tokens"
-            }
-            Sql::Reach => {
-                "INSERT INTO key_reach (user, product, last_end_ns) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (user, product) DO UPDATE SET last_end_ns = excluded.last_end_ns
-                 WHERE excluded.last_end_ns > key_reach.last_end_ns"
-            }
         }
     }
 }

@@ -77,6 +77,10 @@ impl Writer {
         drop(hot);
         let applied = started.elapsed();
         let mut failed = outcomes.len() < jobs.len();
+        if !failed && let Err(e) = self.memory.totals.flush(&tx) {
+            tracing::warn!(error = %e, "writing the report totals failed");
+            failed = true;
+        }
         if !failed && let Err(e) = flush_if_due(&tx, &mut self.memory.runs) {
             tracing::warn!(error = %e, "writing out the held session runs failed");
             failed = true;
@@ -136,6 +140,7 @@ impl Writer {
             if outcome.failed() {
                 return Ok(outcome); // dropping `tx` rolls it back
             }
+            self.memory.totals.flush(&tx)?;
             flush_if_due(&tx, &mut self.memory.runs)?;
             tx.commit().map(|()| outcome).map_err(db)
         });
@@ -268,6 +273,9 @@ pub(super) struct Memory {
     pub(super) last_syncs: HashMap<String, DateTime<Utc>>,
     /// Each device's last sync as this writer last recorded it in `devices`.
     pub(super) device_syncs: HashMap<String, DateTime<Utc>>,
+    /// The report totals' differences of the open transaction, written before it
+    /// commits.
+    pub(super) totals: Pending,
 }
 
 impl Memory {
@@ -285,6 +293,7 @@ impl Memory {
         self.next_row = None;
         self.last_syncs.clear();
         self.device_syncs.clear();
+        self.totals.clear();
         self.ids.rollback();
         self.runs.rollback();
         self.tails.clear();
@@ -360,7 +369,14 @@ pub(super) fn apply(t: &Connection, job: &Job, memory: &mut Memory, hot: &mut Ho
             Outcome::Unit(mail::set_reading(t, &job.0, &job.1, job.2))
         }
         Job::PutSettings(new, _) => {
-            let result = put_settings(t, new, &mut memory.ledgers, &mut memory.runs, hot);
+            let result = put_settings(
+                t,
+                new,
+                &mut memory.ledgers,
+                &mut memory.runs,
+                &mut memory.totals,
+                hot,
+            );
             // Every key was recomputed from the database: the tails are stale.
             memory.tails.clear();
             if result.is_ok() {
