@@ -36,28 +36,28 @@ impl Month {
         }
     }
 
-    /// The stored form: 31 tokens then 31 counts, each a little-endian i32 (248 bytes).
-    /// A day's tokens fit: a product's daily rate is far below 2³¹.
+    /// The stored form: 31 tokens, each a little-endian i32, then 31 counts of one byte
+    /// (155 bytes). A day's tokens fit: a product's daily rate is far below 2³¹; a key
+    /// has a few usage days on one date, never 256.
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(248);
-        for v in self.tokens.iter().chain(&self.days) {
+        let mut out = Vec::with_capacity(155);
+        for v in &self.tokens {
             out.extend_from_slice(&(*v as i32).to_le_bytes());
         }
+        out.extend(self.days.iter().map(|&d| d.clamp(0, 255) as u8));
         out
     }
 
     pub fn from_bytes(bytes: &[u8]) -> Option<Month> {
-        if bytes.len() != 248 {
+        if bytes.len() != 155 {
             return None;
         }
         let mut m = Month::default();
-        for (i, chunk) in bytes.chunks_exact(4).enumerate() {
-            let v = i64::from(i32::from_le_bytes(chunk.try_into().ok()?));
-            if i < 31 {
-                m.tokens[i] = v;
-            } else {
-                m.days[i - 31] = v;
-            }
+        for (i, chunk) in bytes[..124].chunks_exact(4).enumerate() {
+            m.tokens[i] = i64::from(i32::from_le_bytes(chunk.try_into().ok()?));
+        }
+        for (i, &d) in bytes[124..].iter().enumerate() {
+            m.days[i] = i64::from(d);
         }
         Some(m)
     }

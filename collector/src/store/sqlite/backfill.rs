@@ -1,4 +1,4 @@
-//! The report totals (`key_months`, `product_days`, `key_reach`) of a database written
+//! The report totals (`key_months`, `day_totals`, `key_reach`) of a database written
 //! before they existed, built once when the store opens after the migration that made
 //! their tables. From then on settling keeps them (see `store::tally`).
 
@@ -37,8 +37,6 @@ pub(super) fn report_totals(
         }
     }
     tx.execute("DELETE FROM key_months", []).map_err(db)?;
-    tx.execute("DELETE FROM product_days", []).map_err(db)?;
-    let mut days: HashMap<(String, String), (i64, i64)> = HashMap::new();
     {
         let mut put = tx
             .prepare(
@@ -59,24 +57,7 @@ pub(super) fn report_totals(
                     m.to_bytes()
                 ])
                 .map_err(db)?;
-                for (i, (&t, &d)) in m.tokens.iter().zip(&m.days).enumerate() {
-                    if d != 0 || t != 0 {
-                        let e = days
-                            .entry((product.clone(), format!("{month}-{:02}", i + 1)))
-                            .or_default();
-                        e.0 += t;
-                        e.1 += d;
-                    }
-                }
             }
-        }
-        let mut put = tx
-            .prepare(
-                "INSERT INTO product_days (product, day, tokens, days) VALUES (?1, ?2, ?3, ?4)",
-            )
-            .map_err(db)?;
-        for ((product, day), (t, d)) in &days {
-            put.execute(params![product, day, t, d]).map_err(db)?;
         }
     }
     tx.execute(
@@ -106,28 +87,30 @@ pub(super) fn report_totals(
     Ok(())
 }
 
-/// Rebuilds each team's days from every key's months, each user's days going to the
-/// team `settings` puts them in: at open after the migration, and after each import
-/// (which may move users between teams).
+/// Rebuilds the totals by day, team and product from every key's months, each user's
+/// days going to the team `settings` puts them in: at open after the migration, and
+/// after each import (which may move users between teams).
 pub(super) fn team_days(t: &Connection, settings: &Settings) -> Result<(), StoreError> {
     let teams = Teams::new(&settings.teams);
-    let mut sums: HashMap<(String, String), (i64, i64)> = HashMap::new();
+    let mut sums: HashMap<(String, String, String), (i64, i64)> = HashMap::new();
     {
         let mut stmt = t
-            .prepare("SELECT month, user, by_day FROM key_months")
+            .prepare("SELECT month, user, product, by_day FROM key_months")
             .map_err(db)?;
         let mut rows = stmt.query([]).map_err(db)?;
         while let Some(r) = rows.next().map_err(db)? {
             let month: String = r.get(0).map_err(db)?;
             let user: String = r.get(1).map_err(db)?;
-            let bytes: Vec<u8> = r.get(2).map_err(db)?;
+            let product: String = r.get(2).map_err(db)?;
+            let bytes: Vec<u8> = r.get(3).map_err(db)?;
             let m = Month::from_bytes(&bytes)
                 .ok_or_else(|| corrupt(format!("key_months {month} {user}")))?;
             let team = teams.of(&user);
             for (i, (&tokens, &days)) in m.tokens.iter().zip(&m.days).enumerate() {
                 if tokens != 0 || days != 0 {
+                    let day = format!("{month}-{:02}", i + 1);
                     let e = sums
-                        .entry((team.to_owned(), format!("{month}-{:02}", i + 1)))
+                        .entry((day, team.to_owned(), product.clone()))
                         .or_default();
                     e.0 += tokens;
                     e.1 += days;
@@ -135,12 +118,15 @@ pub(super) fn team_days(t: &Connection, settings: &Settings) -> Result<(), Store
             }
         }
     }
-    t.execute("DELETE FROM team_days", []).map_err(db)?;
+    t.execute("DELETE FROM day_totals", []).map_err(db)?;
     let mut put = t
-        .prepare("INSERT INTO team_days (team, day, tokens, days) VALUES (?1, ?2, ?3, ?4)")
+        .prepare(
+            "INSERT INTO day_totals (day, team, product, tokens, days) VALUES (?1, ?2, ?3, ?4, ?5)",
+        )
         .map_err(db)?;
-    for ((team, day), (tokens, days)) in &sums {
-        put.execute(params![team, day, tokens, days]).map_err(db)?;
+    for ((day, team, product), (tokens, days)) in &sums {
+        put.execute(params![day, team, product, tokens, days])
+            .map_err(db)?;
     }
     Ok(())
 }

@@ -35,7 +35,7 @@ pub(super) fn key_months(
         None => {
             let mut stmt = c
                 .prepare_cached(
-                    "SELECT month, user, product, by_day FROM key_months
+                    "SELECT month, user, product, by_day FROM key_months INDEXED BY key_months_by_month
                      WHERE month BETWEEN ?1 AND ?2",
                 )
                 .map_err(db)?;
@@ -47,7 +47,7 @@ pub(super) fn key_months(
         Some(users) => {
             let mut stmt = c
                 .prepare_cached(
-                    "SELECT month, user, product, by_day FROM key_months INDEXED BY key_months_by_key
+                    "SELECT month, user, product, by_day FROM key_months
                      WHERE user = ?3 AND month BETWEEN ?1 AND ?2",
                 )
                 .map_err(db)?;
@@ -70,10 +70,10 @@ pub(super) fn key_totals(
     first: &str,
     last: &str,
 ) -> Result<Vec<KeyTotal>, StoreError> {
-    // Summed in key order off the covering index, without sorting.
+    // Summed in key order off the table itself, without sorting.
     let mut stmt = c
         .prepare_cached(
-            "SELECT user, product, SUM(tokens), SUM(used_days) FROM key_months INDEXED BY key_months_by_key
+            "SELECT user, product, SUM(tokens), SUM(used_days) FROM key_months NOT INDEXED
              WHERE month BETWEEN ?1 AND ?2 GROUP BY user, product",
         )
         .map_err(db)?;
@@ -97,8 +97,8 @@ pub(super) fn product_days(
 ) -> Result<Vec<ProductDay>, StoreError> {
     let mut stmt = c
         .prepare_cached(
-            "SELECT product, day, tokens, days FROM product_days
-             WHERE day BETWEEN ?1 AND ?2 AND days != 0 ORDER BY day, product",
+            "SELECT product, day, SUM(tokens), SUM(days) FROM day_totals
+             WHERE day BETWEEN ?1 AND ?2 GROUP BY day, product HAVING SUM(days) != 0",
         )
         .map_err(db)?;
     let mut rows = stmt
@@ -124,8 +124,8 @@ pub(super) fn team_days(
 ) -> Result<Vec<TeamDay>, StoreError> {
     let mut stmt = c
         .prepare_cached(
-            "SELECT team, day, tokens, days FROM team_days
-             WHERE day BETWEEN ?1 AND ?2 AND days != 0 ORDER BY team, day",
+            "SELECT team, day, SUM(tokens), SUM(days) FROM day_totals
+             WHERE day BETWEEN ?1 AND ?2 GROUP BY day, team HAVING SUM(days) != 0",
         )
         .map_err(db)?;
     let mut rows = stmt

@@ -2,12 +2,14 @@
 //! before it commits.
 //!
 //! Why: written key by key, every sync paid a read and two writes of its keys' month
-//! rows, and an upsert of today's product and team rows — the same few rows for every
+//! rows, and upserts of the same days' totals — the same few rows for every
 //! sync of a group — which took a third of the writer's throughput (sync_load 50x50,
 //! A/B). Gathered, a group of syncs writes each touched row once, in key order. Held
 //! in the writer's memory, they go with a rolled-back transaction.
 
 use std::collections::BTreeMap;
+
+use chrono::Datelike;
 
 use super::*;
 
@@ -15,10 +17,8 @@ use super::*;
 pub(super) struct Pending {
     /// (month, user, product) → the month's difference.
     months: BTreeMap<(String, String, String), Month>,
-    /// (product, day) → tokens, usage days.
-    products: BTreeMap<(String, String), (i64, i64)>,
-    /// (team, day) → tokens, usage days.
-    teams: BTreeMap<(String, String), (i64, i64)>,
+    /// team → product → day → tokens, usage days.
+    days: BTreeMap<String, BTreeMap<String, BTreeMap<NaiveDate, (i64, i64)>>>,
     /// (user, product) → latest session end (ns).
     reach: BTreeMap<(String, String), i64>,
     /// team → tokens no purchase paid.
@@ -32,18 +32,28 @@ impl Pending {
                 .entry((month.clone(), key.user.to_owned(), key.product.to_owned()))
                 .or_default()
                 .add(delta);
+            let Ok(first) = format!("{month}-01").parse::<NaiveDate>() else {
+                continue;
+            };
+            if !self.days.contains_key(key.team) {
+                self.days.insert(key.team.to_owned(), BTreeMap::new());
+            }
+            let Some(team) = self.days.get_mut(key.team) else {
+                continue;
+            };
+            if !team.contains_key(key.product) {
+                team.insert(key.product.to_owned(), BTreeMap::new());
+            }
+            let Some(product) = team.get_mut(key.product) else {
+                continue;
+            };
             for (i, (&t, &d)) in delta.tokens.iter().zip(&delta.days).enumerate() {
-                if t != 0 || d != 0 {
-                    let day = format!("{month}-{:02}", i + 1);
-                    let p = self
-                        .products
-                        .entry((key.product.to_owned(), day.clone()))
-                        .or_default();
-                    p.0 += t;
-                    p.1 += d;
-                    let g = self.teams.entry((key.team.to_owned(), day)).or_default();
-                    g.0 += t;
-                    g.1 += d;
+                if (t != 0 || d != 0)
+                    && let Some(day) = first.with_day(i as u32 + 1)
+                {
+                    let e = product.entry(day).or_default();
+                    e.0 += t;
+                    e.1 += d;
                 }
             }
         }
@@ -121,27 +131,25 @@ impl Pending {
                 }
             }
         }
-        let add = |sql: &str, rows: &BTreeMap<(String, String), (i64, i64)>| {
-            let mut add = t.prepare_cached(sql).map_err(db)?;
-            for ((name, day), (tokens, days)) in rows {
-                if *tokens != 0 || *days != 0 {
-                    add.execute(params![name, day, tokens, days]).map_err(db)?;
+        if !pending.days.is_empty() {
+            let mut add = t
+                .prepare_cached(
+                    "INSERT INTO day_totals (day, team, product, tokens, days) VALUES (?1, ?2, ?3, ?4, ?5)
+                     ON CONFLICT (day, team, product) DO UPDATE SET tokens = tokens + excluded.tokens,
+                       days = days + excluded.days",
+                )
+                .map_err(db)?;
+            for (team, products) in &pending.days {
+                for (product, days) in products {
+                    for (day, (tokens, count)) in days {
+                        if *tokens != 0 || *count != 0 {
+                            add.execute(params![day.to_string(), team, product, tokens, count])
+                                .map_err(db)?;
+                        }
+                    }
                 }
             }
-            Ok::<(), StoreError>(())
-        };
-        add(
-            "INSERT INTO product_days (product, day, tokens, days) VALUES (?1, ?2, ?3, ?4)
-             ON CONFLICT (day, product) DO UPDATE SET tokens = tokens + excluded.tokens,
-               days = days + excluded.days",
-            &pending.products,
-        )?;
-        add(
-            "INSERT INTO team_days (team, day, tokens, days) VALUES (?1, ?2, ?3, ?4)
-             ON CONFLICT (team, day) DO UPDATE SET tokens = tokens + excluded.tokens,
-               days = days + excluded.days",
-            &pending.teams,
-        )?;
+        }
         if !pending.reach.is_empty() {
             let mut reach = t
                 .prepare_cached(
