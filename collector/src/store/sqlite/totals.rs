@@ -13,12 +13,15 @@ use chrono::Datelike;
 
 use super::*;
 
+/// A team's product's tokens and usage days by day.
+type ByDay = BTreeMap<NaiveDate, (i64, i64)>;
+
 #[derive(Default)]
 pub(super) struct Pending {
     /// (month, user, product) → the month's difference.
     months: BTreeMap<(String, String, String), Month>,
     /// team → product → day → tokens, usage days.
-    days: BTreeMap<String, BTreeMap<String, BTreeMap<NaiveDate, (i64, i64)>>>,
+    days: BTreeMap<String, BTreeMap<String, ByDay>>,
     /// (user, product) → latest session end (ns).
     reach: BTreeMap<(String, String), i64>,
     /// team → tokens no purchase paid.
