@@ -67,13 +67,7 @@ pub(super) fn report_totals(
     )
     .map_err(db)?;
     {
-        let mut reach = tx
-            .prepare(
-                "INSERT INTO key_reach (user, product, last_end_ns) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (user, product) DO UPDATE SET last_end_ns = excluded.last_end_ns
-                 WHERE excluded.last_end_ns > key_reach.last_end_ns",
-            )
-            .map_err(db)?;
+        let mut reach = tx.prepare(super::totals::REACH).map_err(db)?;
         for (user, product, end) in runs.reaches() {
             reach.execute(params![user, product, end]).map_err(db)?;
         }

@@ -95,26 +95,16 @@ pub(super) fn product_days(
     from: NaiveDate,
     to: NaiveDate,
 ) -> Result<Vec<ProductDay>, StoreError> {
-    let mut stmt = c
-        .prepare_cached(
-            "SELECT product, day, SUM(tokens), SUM(days) FROM day_totals
-             WHERE day BETWEEN ?1 AND ?2 GROUP BY day, product HAVING SUM(days) != 0",
-        )
-        .map_err(db)?;
-    let mut rows = stmt
-        .query(params![from.to_string(), to.to_string()])
-        .map_err(db)?;
-    let mut out = Vec::new();
-    while let Some(r) = rows.next().map_err(db)? {
-        let day: String = r.get(1).map_err(db)?;
-        out.push(ProductDay {
-            product: r.get(0).map_err(db)?,
-            day: day.parse().map_err(corrupt)?,
-            tokens: r.get::<_, i64>(2).map_err(db)?.max(0) as u64,
-            days: r.get::<_, i64>(3).map_err(db)?.max(0) as u64,
-        });
-    }
-    Ok(out)
+    let sums = day_sums(c, "product", from, to)?;
+    Ok(sums
+        .into_iter()
+        .map(|(product, day, tokens, days)| ProductDay {
+            product,
+            day,
+            tokens,
+            days,
+        })
+        .collect())
 }
 
 pub(super) fn team_days(
@@ -122,24 +112,43 @@ pub(super) fn team_days(
     from: NaiveDate,
     to: NaiveDate,
 ) -> Result<Vec<TeamDay>, StoreError> {
-    let mut stmt = c
-        .prepare_cached(
-            "SELECT team, day, SUM(tokens), SUM(days) FROM day_totals
-             WHERE day BETWEEN ?1 AND ?2 GROUP BY day, team HAVING SUM(days) != 0",
-        )
-        .map_err(db)?;
+    let sums = day_sums(c, "team", from, to)?;
+    Ok(sums
+        .into_iter()
+        .map(|(team, day, tokens, days)| TeamDay {
+            team,
+            day,
+            tokens,
+            days,
+        })
+        .collect())
+}
+
+/// `day_totals` in `[from, to]` summed by day and `by` (`product` or `team`, a column
+/// name from this file, never from a request): (by, day, tokens, usage days).
+fn day_sums(
+    c: &Connection,
+    by: &'static str,
+    from: NaiveDate,
+    to: NaiveDate,
+) -> Result<Vec<(String, NaiveDate, u64, u64)>, StoreError> {
+    let sql = format!(
+        "SELECT {by}, day, SUM(tokens), SUM(days) FROM day_totals
+         WHERE day BETWEEN ?1 AND ?2 GROUP BY day, {by} HAVING SUM(days) != 0"
+    );
+    let mut stmt = c.prepare_cached(&sql).map_err(db)?;
     let mut rows = stmt
         .query(params![from.to_string(), to.to_string()])
         .map_err(db)?;
     let mut out = Vec::new();
     while let Some(r) = rows.next().map_err(db)? {
         let day: String = r.get(1).map_err(db)?;
-        out.push(TeamDay {
-            team: r.get(0).map_err(db)?,
-            day: day.parse().map_err(corrupt)?,
-            tokens: r.get::<_, i64>(2).map_err(db)?.max(0) as u64,
-            days: r.get::<_, i64>(3).map_err(db)?.max(0) as u64,
-        });
+        out.push((
+            r.get(0).map_err(db)?,
+            day.parse().map_err(corrupt)?,
+            r.get::<_, i64>(2).map_err(db)?.max(0) as u64,
+            r.get::<_, i64>(3).map_err(db)?.max(0) as u64,
+        ));
     }
     Ok(out)
 }

@@ -13,6 +13,12 @@ use chrono::Datelike;
 
 use super::*;
 
+/// Records a key's latest session end unless a later one is recorded.
+pub(super) const REACH: &str =
+    "INSERT INTO key_reach (user, product, last_end_ns) VALUES (?1, ?2, ?3)
+     ON CONFLICT (user, product) DO UPDATE SET last_end_ns = excluded.last_end_ns
+     WHERE excluded.last_end_ns > key_reach.last_end_ns";
+
 /// A team's product's tokens and usage days by day.
 type ByDay = BTreeMap<NaiveDate, (i64, i64)>;
 
@@ -154,13 +160,7 @@ impl Pending {
             }
         }
         if !pending.reach.is_empty() {
-            let mut reach = t
-                .prepare_cached(
-                    "INSERT INTO key_reach (user, product, last_end_ns) VALUES (?1, ?2, ?3)
-                     ON CONFLICT (user, product) DO UPDATE SET last_end_ns = excluded.last_end_ns
-                     WHERE excluded.last_end_ns > key_reach.last_end_ns",
-                )
-                .map_err(db)?;
+            let mut reach = t.prepare_cached(REACH).map_err(db)?;
             for ((user, product), end) in &pending.reach {
                 reach.execute(params![user, product, end]).map_err(db)?;
             }
