@@ -32,6 +32,7 @@ td.n, th.n { text-align: right; font-variant-numeric: tabular-nums; }
 figure.chart { margin: 0; } figure.chart svg { width: 100%; height: auto; }
 figure.chart text { font-size: 11px; fill: #5b6475; }
 .axis { stroke: #b5bcc9; } .series { fill: none; stroke: #2563eb; stroke-width: 1.5; } .bar { fill: #2563eb; }
+.note { color: #6b7280; font-size: .85rem; margin: .2rem 0 .5rem; }
 .exports a, button { display: inline-block; margin-right: .6rem; padding: .35rem .8rem; border: 1px solid #2563eb; border-radius: 4px; color: #2563eb; background: white; text-decoration: none; font: inherit; cursor: pointer; }
 .empty { color: #5b6475; }
 form.login { max-width: 22rem; margin: 4rem auto; display: grid; gap: .6rem; }
@@ -103,6 +104,18 @@ fn list<'v>(doc: &'v Value, key: &str) -> &'v [Value] {
         .map_or(&[], Vec::as_slice)
 }
 
+/// Under a per-user table: which users it covers, when they are more than a page (the
+/// dashboard shows each per-user report's first page).
+fn page_note(doc: &Value) -> Markup {
+    let page = &doc["page"];
+    html! {
+        @if !page["next"].is_null() {
+            p.note { "The first " (number(&page["per_page"])) " of " (number(&page["users"]))
+                " users, in user order; the API and the CSV exports hold them all." }
+        }
+    }
+}
+
 pub fn dashboard(range: &str, csrf: &str, d: &Docs) -> Markup {
     let runs_out = list(&d.forecast, "teams")
         .iter()
@@ -150,6 +163,7 @@ pub fn dashboard(range: &str, csrf: &str, d: &Docs) -> Markup {
             section { (chart::bars("chart-tokens-by-product", "Tokens by product", &by_product)) }
             section {
                 h2 { "Tokens by user" }
+                (page_note(&d.users))
                 table #table-users {
                     thead { tr { th { "User" } th { "Team" } th { "Products" } th.n { "Tokens" } th.n { "Days used" } } }
                     tbody {
@@ -167,6 +181,7 @@ pub fn dashboard(range: &str, csrf: &str, d: &Docs) -> Markup {
             }
             section {
                 h2 { "Waste" }
+                (page_note(&d.waste))
                 p { "Would " code { "rollover = active" } " save: " strong #would-save { (number(&d.waste["active_rollover_would_save"])) } " tokens." }
                 table #table-waste {
                     thead { tr { th { "User" } th { "Product" } th.n { "Wasted tokens" } th.n { "Rollovers" } th.n { "Active rollover would save" } } }
@@ -185,6 +200,7 @@ pub fn dashboard(range: &str, csrf: &str, d: &Docs) -> Markup {
             }
             section {
                 h2 { "Inactive users" }
+                (page_note(&d.usage))
                 table #table-inactive {
                     thead { tr { th { "User" } th { "Team" } th { "Product" } th { "Assigned" } th { "Last accessed" } th.n { "Days inactive" } } }
                     tbody {
@@ -203,6 +219,7 @@ pub fn dashboard(range: &str, csrf: &str, d: &Docs) -> Markup {
             }
             section {
                 h2 { "Plan advice, last 12 months" }
+                (page_note(&d.advice))
                 table #table-advice {
                     thead { tr { th { "User" } th { "Product" } th.n { "Days used" } th.n { "Tokens" } th.n { "Flex cost" } th.n { "Subscription" } th.n { "Break-even days" } th { "Advice" } } }
                     tbody {
@@ -229,4 +246,20 @@ pub fn dashboard(range: &str, csrf: &str, d: &Docs) -> Markup {
             }
         },
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_per_user_table_says_when_it_shows_only_the_first_page() {
+        let more =
+            serde_json::json!({"page": {"number": 1, "per_page": 100, "users": 250, "next": 2}});
+        let all =
+            serde_json::json!({"page": {"number": 1, "per_page": 100, "users": 40, "next": null}});
+        let note = page_note(&more).into_string();
+        assert!(note.contains("The first 100 of 250 users"), "{note}");
+        assert!(page_note(&all).into_string().is_empty());
+    }
 }
