@@ -252,7 +252,8 @@ pub struct KeyTotal {
     pub days_used: u64,
 }
 
-/// A key's latest session end.
+/// A key's last access: an effective session end on the UTC day of its latest (a
+/// backend may keep the first end it saw on that day: reports read the day).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reach {
     pub user: String,
@@ -331,8 +332,8 @@ pub trait Store: Send + Sync + 'static {
         from: NaiveDate,
         to: NaiveDate,
     ) -> impl Future<Output = Result<Vec<TeamDay>, StoreError>> + Send;
-    /// Each key's latest session end (its last access), of `users` only when given,
-    /// sorted by user and product.
+    /// Each key's last access (an end on the day of its latest session end), of `users`
+    /// only when given, sorted by user and product.
     fn reaches(
         &self,
         users: Option<Vec<String>>,

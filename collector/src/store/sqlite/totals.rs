@@ -7,7 +7,7 @@
 //! A/B). Gathered, a group of syncs writes each touched row once, in key order. Held
 //! in the writer's memory, they go with a rolled-back transaction.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use chrono::Datelike;
 
@@ -18,6 +18,11 @@ pub(super) const REACH: &str =
     "INSERT INTO key_reach (user, product, last_end_ns) VALUES (?1, ?2, ?3)
      ON CONFLICT (user, product) DO UPDATE SET last_end_ns = excluded.last_end_ns
      WHERE excluded.last_end_ns > key_reach.last_end_ns";
+
+/// The UTC day (since the epoch) of an instant in ns.
+fn utc_day(ns: i64) -> i64 {
+    ns.div_euclid(86_400 * 1_000_000_000)
+}
 
 /// A team's product's tokens and usage days by day.
 type ByDay = BTreeMap<NaiveDate, (i64, i64)>;
@@ -30,6 +35,11 @@ pub(super) struct Pending {
     days: BTreeMap<String, BTreeMap<String, ByDay>>,
     /// (user, product) → latest session end (ns).
     reach: BTreeMap<(String, String), i64>,
+    /// user → product → the UTC day (since the epoch) of the last access this writer
+    /// wrote: a session extended within that day is not written again (reports read
+    /// the day, and every sync of an open product would otherwise rewrite its row).
+    /// Forgotten with everything else when a transaction rolls back.
+    written: HashMap<String, HashMap<String, i64>>,
     /// team → tokens no purchase paid.
     unfunded: BTreeMap<String, i64>,
 }
@@ -69,6 +79,10 @@ impl Pending {
     }
 
     pub(super) fn reach(&mut self, key: Key<'_>, last_end: i64) {
+        let written = self.written.get(key.user).and_then(|p| p.get(key.product));
+        if written.is_some_and(|&day| day >= utc_day(last_end)) {
+            return;
+        }
         let r = self
             .reach
             .entry((key.user.to_owned(), key.product.to_owned()))
@@ -86,7 +100,9 @@ impl Pending {
 
     /// Writes what was gathered into the open transaction, and forgets it.
     pub(super) fn flush(&mut self, t: &Connection) -> Result<(), StoreError> {
+        let written = std::mem::take(&mut self.written);
         let pending = std::mem::take(self);
+        self.written = written;
         if !pending.months.is_empty() {
             let mut get = t
                 .prepare_cached(
@@ -163,6 +179,9 @@ impl Pending {
             let mut reach = t.prepare_cached(REACH).map_err(db)?;
             for ((user, product), end) in &pending.reach {
                 reach.execute(params![user, product, end]).map_err(db)?;
+                let day = self.written.entry(user.clone()).or_default();
+                let d = day.entry(product.clone()).or_insert(i64::MIN);
+                *d = (*d).max(utc_day(*end));
             }
         }
         if !pending.unfunded.is_empty() {
