@@ -165,19 +165,44 @@ pub(crate) async fn report_users<S: Store>(
         .collect())
 }
 
+/// What a per-user report starts from: the settings, each user's team, this page's
+/// users and what the answer says of the paging.
+struct Paged {
+    settings: std::sync::Arc<Settings>,
+    teams: Teams,
+    page: Vec<String>,
+    paging: serde_json::Value,
+}
+
+async fn paged<S: Store>(state: &AppState<S>, a: &Asked) -> Result<Paged, ApiError> {
+    let settings = state.settings();
+    let teams = Teams::new(&settings.teams);
+    let all = report_users(state, &settings, &teams, &a.filter).await?;
+    let (page, paging) = a.page.of(&all);
+    let page = page.to_vec();
+    Ok(Paged {
+        settings,
+        teams,
+        page,
+        paging,
+    })
+}
+
 /// `users`: per user, products, tokens, days used, weekly days per product; a page of
 /// users at a time.
 pub(crate) async fn users_doc<S: Store>(
     state: &AppState<S>,
     a: &Asked,
 ) -> Result<serde_json::Value, ApiError> {
-    let settings = state.settings();
-    let teams = Teams::new(&settings.teams);
-    let all = report_users(state, &settings, &teams, &a.filter).await?;
-    let (page, paging) = a.page.of(&all);
+    let Paged {
+        settings,
+        teams,
+        page,
+        paging,
+    } = paged(state, a).await?;
     let months = state
         .store
-        .key_months(a.range.from, a.range.to, Some(page.to_vec()))
+        .key_months(a.range.from, a.range.to, Some(page.clone()))
         .await?;
     let rows = totals::day_rows(&months, a.range.from, a.range.to);
     let mut lines = tokens::by_user(&rows, &a.range, &a.filter, &teams);
@@ -192,11 +217,13 @@ pub(crate) async fn usage_doc<S: Store>(
     state: &AppState<S>,
     a: &Asked,
 ) -> Result<serde_json::Value, ApiError> {
-    let settings = state.settings();
-    let teams = Teams::new(&settings.teams);
-    let all = report_users(state, &settings, &teams, &a.filter).await?;
-    let (page, paging) = a.page.of(&all);
-    let mut lines = usage_lines(state, &settings, &teams, &a.range, &a.filter, page).await?;
+    let Paged {
+        settings,
+        teams,
+        page,
+        paging,
+    } = paged(state, a).await?;
+    let mut lines = usage_lines(state, &settings, &teams, &a.range, &a.filter, &page).await?;
     name_users(state, &settings, &teams, &mut lines, |l| &mut l.user);
     let doc = json!({"range": range_json(&a.range), "page": paging, "usage": lines});
     Ok(doc)
@@ -264,13 +291,15 @@ pub(crate) async fn waste_doc<S: Store>(
     state: &AppState<S>,
     a: &Asked,
 ) -> Result<serde_json::Value, ApiError> {
-    let settings = state.settings();
-    let teams = Teams::new(&settings.teams);
-    let all = report_users(state, &settings, &teams, &a.filter).await?;
-    let (page, paging) = a.page.of(&all);
+    let Paged {
+        settings,
+        teams,
+        page,
+        paging,
+    } = paged(state, a).await?;
     let rows = state
         .store
-        .users_days(page.to_vec(), a.range.from, a.range.to)
+        .users_days(page.clone(), a.range.from, a.range.to)
         .await?;
     // The sessions that reach into the range's windows: a window may start the day
     // before its session's days.
@@ -278,7 +307,7 @@ pub(crate) async fn waste_doc<S: Store>(
         .store
         .sessions(SessionFilter {
             user: None,
-            users: Some(page.to_vec()),
+            users: Some(page.clone()),
             product: a.filter.product.clone(),
             from: Some(a.range.from - TimeDelta::days(1)),
             to: Some(a.range.to + TimeDelta::days(1)),
@@ -380,15 +409,17 @@ pub(crate) async fn advice_doc<S: Store>(
     state: &AppState<S>,
     a: &Asked,
 ) -> Result<serde_json::Value, ApiError> {
-    let settings = state.settings();
-    let teams = Teams::new(&settings.teams);
+    let Paged {
+        settings,
+        teams,
+        page,
+        paging,
+    } = paged(state, a).await?;
     // Always the last twelve months: a year is what a subscription is priced for.
     let from = a.today - TimeDelta::days(364);
-    let all = report_users(state, &settings, &teams, &a.filter).await?;
-    let (page, paging) = a.page.of(&all);
     let months = state
         .store
-        .key_months(from, a.today, Some(page.to_vec()))
+        .key_months(from, a.today, Some(page.clone()))
         .await?;
     let rows = totals::day_rows(&months, from, a.today);
     let rates: BTreeMap<String, u64> = settings
@@ -421,15 +452,17 @@ pub(crate) async fn concurrent_doc<S: Store>(
     state: &AppState<S>,
     a: &Asked,
 ) -> Result<serde_json::Value, ApiError> {
-    let settings = state.settings();
-    let teams = Teams::new(&settings.teams);
-    let all = report_users(state, &settings, &teams, &a.filter).await?;
-    let (page, paging) = a.page.of(&all);
+    let Paged {
+        settings,
+        teams,
+        page,
+        paging,
+    } = paged(state, a).await?;
     let sessions = state
         .store
         .sessions(SessionFilter {
             user: None,
-            users: Some(page.to_vec()),
+            users: Some(page.clone()),
             product: a.filter.product.clone(),
             from: Some(a.range.from),
             to: Some(a.range.to),
