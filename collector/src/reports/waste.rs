@@ -63,15 +63,13 @@ pub fn key_waste(
     let mut idle_windows = Vec::new();
     let mut rollovers = Vec::new();
     let mut previous_end: Option<DateTime<Utc>> = None;
+    let by_start = ByStart::new(sessions);
     for d in days
         .iter()
         .filter(|d| d.tokens > 0 || d.window_end > d.window_start)
     {
         let (ws, we) = (seconds(d.window_start), seconds(d.window_end));
-        let open: Vec<&Session<'_>> = sessions
-            .iter()
-            .filter(|s| s.start_nanos() < we && s.end_nanos() > ws)
-            .collect();
+        let open = by_start.open_within(ws, we);
         let window = || WasteWindow {
             day: d.day,
             window_start: d.window_start,
@@ -82,10 +80,7 @@ pub fn key_waste(
         if d.tokens > 0 && !open.iter().any(|s| in_use_within(s, ws, we)) {
             idle_windows.push(window());
         }
-        let carried = previous_end == Some(d.window_start)
-            && open
-                .iter()
-                .any(|s| s.start_nanos() < ws && s.end_nanos() > ws);
+        let carried = previous_end == Some(d.window_start) && by_start.any_across(ws);
         if carried {
             rollovers.push(window());
         }
@@ -101,6 +96,66 @@ pub fn key_waste(
         active_rollover_would_save: now.saturating_sub(active),
         idle_windows,
         rollovers,
+    }
+}
+
+/// A key's sessions by start, with their instants read once: a year of a key is a few
+/// hundred sessions and as many windows, and reading every session's instants again for
+/// every window took most of a year's waste report.
+struct ByStart<'a, 's> {
+    sessions: &'a [Session<'s>],
+    /// (start, effective end, index in `sessions`), by start.
+    spans: Vec<(Nanos, Nanos, usize)>,
+    /// The latest end among `spans[..=i]`: every session before the first whose value
+    /// passes an instant had ended by it.
+    ended_by: Vec<Nanos>,
+}
+
+impl<'a, 's> ByStart<'a, 's> {
+    fn new(sessions: &'a [Session<'s>]) -> Self {
+        let mut spans: Vec<_> = sessions
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.start_nanos(), s.end_nanos(), i))
+            .collect();
+        spans.sort_unstable();
+        let mut latest = Nanos::MIN;
+        let ended_by = spans
+            .iter()
+            .map(|&(_, end, _)| {
+                latest = latest.max(end);
+                latest
+            })
+            .collect();
+        ByStart {
+            sessions,
+            spans,
+            ended_by,
+        }
+    }
+
+    /// The sessions that start before `to` and end after `from`.
+    fn overlapping(&self, from: Nanos, to: Nanos) -> impl Iterator<Item = usize> + '_ {
+        let lo = self.ended_by.partition_point(|&e| e <= from);
+        let hi = self.spans.partition_point(|&(start, _, _)| start < to);
+        self.spans
+            .get(lo..hi)
+            .unwrap_or_default()
+            .iter()
+            .filter(move |&&(_, end, _)| end > from)
+            .map(|&(_, _, i)| i)
+    }
+
+    /// The sessions open at some instant of `[from, to)`, in their given order.
+    fn open_within(&self, from: Nanos, to: Nanos) -> Vec<&'a Session<'s>> {
+        let mut open: Vec<usize> = self.overlapping(from, to).collect();
+        open.sort_unstable();
+        open.into_iter().map(|i| &self.sessions[i]).collect()
+    }
+
+    /// Whether a session runs across `at`: started before it, still open after it.
+    fn any_across(&self, at: Nanos) -> bool {
+        self.overlapping(at, at).next().is_some()
     }
 }
 

@@ -2,6 +2,8 @@
 //! a page of users' days and sessions — a few thousand rows, where the days themselves
 //! are millions.
 
+use daymeter_shared::entitlement::Plan;
+
 use super::*;
 use crate::store::{KeyTotal, ProductDay, Reach, SessionFilter, TeamDay};
 
@@ -233,7 +235,7 @@ pub(super) fn users_days(
                 day: day.parse().map_err(corrupt)?,
                 window_start: DateTime::from_timestamp_nanos(r.get(2).map_err(db)?),
                 window_end: DateTime::from_timestamp_nanos(r.get(3).map_err(db)?),
-                plan: serde_json::from_value(serde_json::Value::String(plan)).map_err(corrupt)?,
+                plan: plan_of(&plan)?,
                 tokens: r.get::<_, i64>(5).map_err(db)?.max(0) as u64,
             });
         }
@@ -244,9 +246,21 @@ pub(super) fn users_days(
     Ok(out)
 }
 
+/// A stored day's plan, as [`Plan::as_str`] wrote it.
+fn plan_of(text: &str) -> Result<Plan, StoreError> {
+    [Plan::Flex, Plan::Subscription, Plan::Free]
+        .into_iter()
+        .find(|p| p.as_str() == text)
+        .ok_or_else(|| corrupt(format!("usage day plan {text:?}")))
+}
+
 /// The sessions of `filter.users` overlapping its days, found through their runs
 /// (`session_runs`) and the batches written since the runs were last written out,
 /// rather than by reading every batch.
+///
+/// Why the tail is listed once: the batches after the last run written out (up to a
+/// flush's worth, [`super::runs::FLUSH_RUNS`]) belong to every user; looked for user by
+/// user, a page of 100 users read them 100 times, bodies and all.
 pub(super) fn users_sessions(
     c: &Connection,
     filter: &SessionFilter,
@@ -257,6 +271,7 @@ pub(super) fn users_sessions(
         .and_then(|d| d.succ_opt())
         .map_or(i64::MAX, day_start_ns);
     let users = filter.users.as_deref().unwrap_or_default();
+    // The last row any run written out covers (an index keeps this a seek).
     let covered: i64 = c
         .query_row(
             "SELECT IFNULL(MAX(last_row), 0) FROM session_runs",
@@ -264,9 +279,26 @@ pub(super) fn users_sessions(
             |r| r.get(0),
         )
         .map_err(db)?;
+    let wanted: std::collections::HashSet<&str> = users.iter().map(String::as_str).collect();
+    let mut tail: HashMap<String, Vec<i64>> = HashMap::new();
+    {
+        let mut stmt = c
+            .prepare_cached(
+                "SELECT first_row, user FROM session_batches WHERE first_row >=
+                   IFNULL((SELECT MAX(first_row) FROM session_batches WHERE first_row <= ?1), 0)",
+            )
+            .map_err(db)?;
+        let mut rows = stmt.query([covered + 1]).map_err(db)?;
+        while let Some(r) = rows.next().map_err(db)? {
+            let user: String = r.get(1).map_err(db)?;
+            if wanted.contains(user.as_str()) {
+                tail.entry(user).or_default().push(r.get(0).map_err(db)?);
+            }
+        }
+    }
     let mut runs = c
         .prepare_cached(
-            "SELECT first_row, last_row FROM session_runs
+            "SELECT first_row, last_row, start_ns >= ?3 AND end_ns < ?4 FROM session_runs
              WHERE user = ?1 AND (?2 IS NULL OR product = ?2) AND end_ns >= ?3 AND start_ns < ?4",
         )
         .map_err(db)?;
@@ -278,39 +310,75 @@ pub(super) fn users_sessions(
                IFNULL((SELECT MAX(first_row) FROM session_batches WHERE first_row <= ?2), 0) AND ?3",
         )
         .map_err(db)?;
+    let mut one_batch = c
+        .prepare_cached(
+            "SELECT first_row, device, product, bodies, ends FROM session_batches
+             WHERE first_row = ?1",
+        )
+        .map_err(db)?;
     let mut zones = ZoneCache::new();
-    let mut out = Vec::new();
     let mut seen = std::collections::HashSet::new();
-    for user in users {
-        let mut wanted: Vec<(i64, i64)> = runs
+    // `inside`: the run lies within the range, so each of its sessions does (a year's
+    // report then parses each session once, not its instants first).
+    let mut read = |r: &rusqlite::Row<'_>,
+                    user: &str,
+                    (lo, hi, inside): (i64, i64, bool),
+                    out: &mut Vec<StoredSession>|
+     -> Result<(), StoreError> {
+        let first: i64 = r.get(0).map_err(db)?;
+        let device: String = r.get(1).map_err(db)?;
+        let product: String = r.get(2).map_err(db)?;
+        if filter.product.as_deref().is_some_and(|p| p != product) {
+            return Ok(());
+        }
+        let batch = stored_batch(first, r.get(3).map_err(db)?, r.get(4).map_err(db)?)?;
+        for (row, body) in (first..).zip(batch.iter()) {
+            if row < lo || row > hi || !seen.insert(row) {
+                continue;
+            }
+            if inside {
+                let (mut s, _) = read_back(body, row, &mut zones)?;
+                s.user = Some(user.to_owned().into());
+                s.device = Some(device.clone().into());
+                out.push(s.into_owned());
+            } else {
+                out.extend(read_within(body, row, &mut zones, from, to, user, &device)?);
+            }
+        }
+        Ok(())
+    };
+    let mut out = Vec::new();
+    let mut sorted = true;
+    for (i, user) in users.iter().enumerate() {
+        sorted &= i == 0 || users[i - 1] < *user;
+        let wanted: Vec<(i64, i64, bool)> = runs
             .query_map(params![user, filter.product, from, to], |r| {
-                Ok((r.get(0)?, r.get(1)?))
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
             })
             .map_err(db)?
             .collect::<Result<_, _>>()
             .map_err(db)?;
-        // Rows not yet in any run written out.
-        wanted.push((covered + 1, i64::MAX));
-        for (lo, hi) in wanted {
+        let mut theirs = Vec::new();
+        for (lo, hi, inside) in wanted {
             let mut rows = batches.query(params![user, lo, hi]).map_err(db)?;
             while let Some(r) = rows.next().map_err(db)? {
-                let first: i64 = r.get(0).map_err(db)?;
-                let device: String = r.get(1).map_err(db)?;
-                let product: String = r.get(2).map_err(db)?;
-                if filter.product.as_deref().is_some_and(|p| p != product) {
-                    continue;
-                }
-                let batch = stored_batch(first, r.get(3).map_err(db)?, r.get(4).map_err(db)?)?;
-                for (row, body) in (first..).zip(batch.iter()) {
-                    if row < lo || row > hi || !seen.insert(row) {
-                        continue;
-                    }
-                    out.extend(read_within(body, row, &mut zones, from, to, user, &device)?);
-                }
+                read(r, user, (lo, hi, inside), &mut theirs)?;
             }
         }
+        // Rows not yet in any run written out.
+        for first in tail.get(user).into_iter().flatten() {
+            let mut rows = one_batch.query([first]).map_err(db)?;
+            while let Some(r) = rows.next().map_err(db)? {
+                read(r, user, (covered + 1, i64::MAX, false), &mut theirs)?;
+            }
+        }
+        // User by user: a sort of one user's sessions, not of the page's.
+        sort_sessions(&mut theirs);
+        out.append(&mut theirs);
     }
-    sort_sessions(&mut out);
+    if !sorted {
+        sort_sessions(&mut out);
+    }
     Ok(out)
 }
 
