@@ -1,6 +1,6 @@
-//! Reports over the store's totals rather than its days: each key's use in a range,
-//! summed from whole months and the days of the months the range cuts; and, for a page
-//! of users, their days rebuilt from their months for the rules that read days.
+//! Reports over the store's totals rather than its days: each key's use in a range;
+//! and, for a page of users, their days rebuilt from their months for the rules that
+//! read days.
 //!
 //! Why: a year of 10,000 users is millions of usage days but a few hundred thousand
 //! key-months, and a range of whole months is one row a key (see `store::tally`).
@@ -8,7 +8,7 @@
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 
-use chrono::{Datelike, Months, NaiveDate, TimeDelta};
+use chrono::{NaiveDate, TimeDelta};
 use daymeter_shared::entitlement::Plan;
 use daymeter_shared::usage::UsageDay;
 
@@ -27,106 +27,17 @@ pub struct KeyUse {
     pub days_used: u64,
 }
 
-/// How a range reads the totals: the whole months inside it (first day of the first,
-/// last day of the last), and the cut months' days.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Split {
-    pub whole: Option<(NaiveDate, NaiveDate)>,
-    /// Day ranges inside one month each, read day by day.
-    pub cut: Vec<(NaiveDate, NaiveDate)>,
-}
-
-fn month_first(day: NaiveDate) -> NaiveDate {
-    day.with_day(1).unwrap_or(day)
-}
-
-fn month_last(day: NaiveDate) -> NaiveDate {
-    month_first(day)
-        .checked_add_months(Months::new(1))
-        .and_then(|d| d.pred_opt())
-        .unwrap_or(day)
-}
-
-/// Splits `[from, to]` into whole months and the cut ones.
-pub fn split(from: NaiveDate, to: NaiveDate) -> Split {
-    if from > to {
-        return Split {
-            whole: None,
-            cut: Vec::new(),
-        };
-    }
-    if month_first(from) == month_first(to) {
-        let whole = from.day() == 1 && to == month_last(to);
-        return if whole {
-            Split {
-                whole: Some((from, to)),
-                cut: Vec::new(),
-            }
-        } else {
-            Split {
-                whole: None,
-                cut: vec![(from, to)],
-            }
-        };
-    }
-    let mut cut = Vec::new();
-    let first_whole = if from.day() == 1 {
-        from
-    } else {
-        cut.push((from, month_last(from)));
-        month_last(from) + TimeDelta::days(1)
-    };
-    let last_whole = if to == month_last(to) {
-        to
-    } else {
-        cut.push((month_first(to), to));
-        month_first(to) - TimeDelta::days(1)
-    };
-    Split {
-        whole: (first_whole <= last_whole).then_some((first_whole, last_whole)),
-        cut,
-    }
-}
-
-/// Each key's use in `range` that `filter` keeps: `whole` summed over the whole months
-/// of [`split`], `cut` the months it cuts (their days outside the range left out).
-pub fn key_uses(
-    whole: &[KeyTotal],
-    cut: &[KeyMonth],
-    range: &ReportRange,
-    filter: &Filter,
-    teams: &Teams,
-) -> Vec<KeyUse> {
-    let mut per: BTreeMap<(&str, &str), (u64, u64)> = BTreeMap::new();
-    for t in whole {
-        if filter.keeps(teams, &t.user, &t.product) {
-            let e = per.entry((&t.user, &t.product)).or_default();
-            e.0 += t.tokens;
-            e.1 += t.days_used;
-        }
-    }
-    for m in cut {
-        if !filter.keeps(teams, &m.user, &m.product) {
-            continue;
-        }
-        let (mut tokens, mut days) = (0, 0);
-        for (_, t, _) in m.days_between(range.from, range.to) {
-            tokens += t;
-            days += 1;
-        }
-        if days > 0 {
-            let e = per.entry((&m.user, &m.product)).or_default();
-            e.0 += tokens;
-            e.1 += days;
-        }
-    }
-    per.into_iter()
-        .filter(|(_, (_, days))| *days > 0)
-        .map(|((user, product), (tokens, days_used))| KeyUse {
-            user: user.to_owned(),
-            product: product.to_owned(),
-            tokens,
-            days_used,
+/// Each key's use that `filter` keeps, from the store's totals over the range
+/// ([`crate::store::Store::key_totals`]: one row a key, in key order).
+pub fn key_uses(totals: Vec<KeyTotal>, filter: &Filter, teams: &Teams) -> Vec<KeyUse> {
+    totals
+        .into_iter()
+        .filter(|t| t.days_used > 0 && filter.keeps(teams, &t.user, &t.product))
+        .map(|t| KeyUse {
+            user: t.user,
+            product: t.product,
+            tokens: t.tokens,
+            days_used: t.days_used,
         })
         .collect()
 }
@@ -191,46 +102,4 @@ mod tests {
     use super::*;
     use crate::reports::testing::day;
     use crate::store::tally::Tally;
-
-    #[test]
-    fn a_range_splits_into_whole_months_and_the_cut_ends() {
-        let s = split(day("2026-01-15"), day("2026-04-10"));
-        assert_eq!(s.whole, Some((day("2026-02-01"), day("2026-03-31"))));
-        assert_eq!(
-            s.cut,
-            vec![
-                (day("2026-01-15"), day("2026-01-31")),
-                (day("2026-04-01"), day("2026-04-10"))
-            ]
-        );
-        let s = split(day("2026-02-01"), day("2026-02-28"));
-        assert_eq!(s.whole, Some((day("2026-02-01"), day("2026-02-28"))));
-        assert!(s.cut.is_empty());
-        let s = split(day("2026-02-03"), day("2026-02-05"));
-        assert_eq!((s.whole, s.cut.len()), (None, 1));
-        let s = split(day("2026-02-03"), day("2026-03-02"));
-        assert_eq!((s.whole, s.cut.len()), (None, 2));
-    }
-
-    #[test]
-    fn a_cut_month_counts_only_its_days_in_the_range() {
-        let mut t = Tally::default();
-        t.count("2026-01-10", 5, 1);
-        t.count("2026-01-20", 7, 1);
-        t.count("2026-01-20", 0, 1);
-        let m = KeyMonth {
-            user: "ana".into(),
-            product: "acad".into(),
-            first: day("2026-01-01"),
-            month: t.months["2026-01"].clone(),
-        };
-        let range = ReportRange {
-            from: day("2026-01-15"),
-            to: day("2026-02-13"),
-            months: 1.0,
-        };
-        let uses = key_uses(&[], &[m], &range, &Filter::default(), &Teams::default());
-        assert_eq!(uses.len(), 1);
-        assert_eq!((uses[0].tokens, uses[0].days_used), (7, 1));
-    }
 }

@@ -448,6 +448,40 @@ pub(crate) async fn assert_totals_follow_the_days<S: Store>(store: &S, case: &st
         .map(|t| ((t.user, t.product), (t.tokens, t.days_used)))
         .collect();
     assert_eq!(totals, summed, "{case}: key totals");
+    // Ranges that cut months, as rolling reports ask: each key's days in the range.
+    let mut dates: Vec<NaiveDate> = days.iter().map(|d| d.day).collect();
+    dates.sort_unstable();
+    dates.dedup();
+    for (i, &at) in dates.iter().enumerate().step_by(dates.len() / 4 + 1) {
+        let (lo, hi) = (
+            at - chrono::TimeDelta::days(i as i64 % 40),
+            at + chrono::TimeDelta::days(17),
+        );
+        let mut want: BTreeMap<(String, String), (u64, std::collections::BTreeSet<NaiveDate>)> =
+            BTreeMap::new();
+        for d in days.iter().filter(|d| lo <= d.day && d.day <= hi) {
+            let e = want
+                .entry((d.user.to_string(), d.product.to_string()))
+                .or_default();
+            e.0 += d.tokens;
+            e.1.insert(d.day);
+        }
+        let want: Vec<_> = want
+            .into_iter()
+            .map(|((user, product), (tokens, dates))| (user, product, tokens, dates.len() as u64))
+            .collect();
+        let got: Vec<_> = store
+            .key_totals(lo, hi)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|t| (t.user, t.product, t.tokens, t.days_used))
+            .collect();
+        assert_eq!(
+            got, want,
+            "{case}: key totals from {lo} to {hi}, in key order"
+        );
+    }
     let products: BTreeMap<_, _> = store
         .product_days(from, to)
         .await

@@ -312,8 +312,10 @@ pub trait Store: Send + Sync + 'static {
         to: NaiveDate,
         users: Option<Vec<String>>,
     ) -> impl Future<Output = Result<Vec<tally::KeyMonth>, StoreError>> + Send;
-    /// Each key's tokens and days used over the months from that of `from` to that of
-    /// `to`, whole: what a range of whole months needs, one row a key.
+    /// Each key's tokens and days used over the days `[from, to]`, one row a key with
+    /// any, sorted by user and product: what the token and product reports read, from
+    /// whole months' totals and the days of the months the range cuts
+    /// ([`tally::split`]).
     fn key_totals(
         &self,
         from: NaiveDate,

@@ -49,6 +49,7 @@ mod store;
 #[cfg(test)]
 mod tests;
 mod totals;
+mod whole_months;
 mod writer;
 
 use durability::*;
@@ -199,6 +200,9 @@ pub struct SqliteStore {
     worker: Mutex<Option<thread::JoinHandle<()>>>,
     readers: Arc<Mutex<Vec<Connection>>>,
     path: PathBuf,
+    /// Whole months' totals kept between reads, shared with the writer, which says
+    /// when a month changes.
+    whole: Arc<whole_months::WholeMonths>,
 }
 
 fn open(path: &Path) -> Result<Connection, StoreError> {
@@ -303,6 +307,7 @@ impl SqliteStore {
                     StoreError::Database(format!("starting the sync thread: {e}").into())
                 })?
         };
+        let whole = Arc::new(whole_months::WholeMonths::default());
         let writer = Writer {
             conn,
             memory: Memory {
@@ -316,6 +321,7 @@ impl SqliteStore {
                 last_syncs: HashMap::new(),
                 device_syncs: HashMap::new(),
                 totals: Pending::default(),
+                whole: whole.clone(),
             },
             wal,
             restart_due,
@@ -332,6 +338,7 @@ impl SqliteStore {
             worker: Mutex::new(Some(worker)),
             readers: Arc::new(Mutex::new(Vec::new())),
             path: path.to_path_buf(),
+            whole,
         })
     }
 

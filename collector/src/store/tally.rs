@@ -13,7 +13,7 @@
 
 use std::collections::BTreeMap;
 
-use chrono::{Datelike, NaiveDate};
+use chrono::{Datelike, Months, NaiveDate, TimeDelta};
 
 /// One key's days in one month: tokens and usage days per day of the month (index 0
 /// is the 1st).
@@ -65,6 +65,14 @@ impl Month {
     /// Tokens of the days `first..=last` of the month (1-based, clamped).
     pub fn tokens_between(&self, first: u32, last: u32) -> i64 {
         slice(&self.tokens, first, last).iter().sum()
+    }
+
+    /// The days `first..=last` of the month (1-based, clamped) with any usage day.
+    pub fn used_between(&self, first: u32, last: u32) -> i64 {
+        slice(&self.days, first, last)
+            .iter()
+            .filter(|&&d| d > 0)
+            .count() as i64
     }
 
     /// The days with any usage day.
@@ -128,10 +136,65 @@ impl KeyMonth {
     }
 }
 
-/// The first day of the month of `day`.
-#[allow(dead_code)]
-pub fn month_start(day: NaiveDate) -> NaiveDate {
+/// How a range reads the totals: the whole months inside it (first day of the first,
+/// last day of the last), and the cut months' days.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Split {
+    pub whole: Option<(NaiveDate, NaiveDate)>,
+    /// Day ranges inside one month each, read day by day.
+    pub cut: Vec<(NaiveDate, NaiveDate)>,
+}
+
+fn month_first(day: NaiveDate) -> NaiveDate {
     day.with_day(1).unwrap_or(day)
+}
+
+fn month_last(day: NaiveDate) -> NaiveDate {
+    month_first(day)
+        .checked_add_months(Months::new(1))
+        .and_then(|d| d.pred_opt())
+        .unwrap_or(day)
+}
+
+/// Splits `[from, to]` into whole months and the cut ones.
+pub fn split(from: NaiveDate, to: NaiveDate) -> Split {
+    if from > to {
+        return Split {
+            whole: None,
+            cut: Vec::new(),
+        };
+    }
+    if month_first(from) == month_first(to) {
+        let whole = from.day() == 1 && to == month_last(to);
+        return if whole {
+            Split {
+                whole: Some((from, to)),
+                cut: Vec::new(),
+            }
+        } else {
+            Split {
+                whole: None,
+                cut: vec![(from, to)],
+            }
+        };
+    }
+    let mut cut = Vec::new();
+    let first_whole = if from.day() == 1 {
+        from
+    } else {
+        cut.push((from, month_last(from)));
+        month_last(from) + TimeDelta::days(1)
+    };
+    let last_whole = if to == month_last(to) {
+        to
+    } else {
+        cut.push((month_first(to), to));
+        month_first(to) - TimeDelta::days(1)
+    };
+    Split {
+        whole: (first_whole <= last_whole).then_some((first_whole, last_whole)),
+        cut,
+    }
 }
 
 /// `YYYY-MM` of a day: the month a usage day is totalled in.
@@ -180,6 +243,41 @@ mod tests {
         stored.add(&t.months["2026-03"]);
         assert!(stored.used_on(5));
         assert_eq!(stored.tokens_between(1, 31), 0);
+    }
+
+    #[test]
+    fn a_range_splits_into_whole_months_and_the_cut_ends() {
+        let s = split(d("2026-01-15"), d("2026-04-10"));
+        assert_eq!(s.whole, Some((d("2026-02-01"), d("2026-03-31"))));
+        assert_eq!(
+            s.cut,
+            vec![
+                (d("2026-01-15"), d("2026-01-31")),
+                (d("2026-04-01"), d("2026-04-10"))
+            ]
+        );
+        let s = split(d("2026-02-01"), d("2026-02-28"));
+        assert_eq!(s.whole, Some((d("2026-02-01"), d("2026-02-28"))));
+        assert!(s.cut.is_empty());
+        let s = split(d("2026-02-03"), d("2026-02-05"));
+        assert_eq!((s.whole, s.cut.len()), (None, 1));
+        let s = split(d("2026-02-03"), d("2026-03-02"));
+        assert_eq!((s.whole, s.cut.len()), (None, 2));
+    }
+
+    fn d(text: &str) -> NaiveDate {
+        text.parse().expect("a day")
+    }
+
+    #[test]
+    fn a_cut_month_counts_only_its_days_in_the_range() {
+        let mut t = Tally::default();
+        t.count("2026-01-10", 5, 1);
+        t.count("2026-01-20", 7, 1);
+        t.count("2026-01-20", 0, 1);
+        let m = &t.months["2026-01"];
+        assert_eq!((m.tokens_between(15, 31), m.used_between(15, 31)), (7, 1));
+        assert_eq!((m.tokens_between(1, 31), m.used_between(1, 31)), (12, 2));
     }
 
     #[test]

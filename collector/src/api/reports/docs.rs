@@ -58,25 +58,15 @@ pub(crate) async fn tokens_doc<S: Store>(
     Ok(doc)
 }
 
-/// Each key's use in `range` that `filter` keeps, from the store's totals: whole months
-/// one row a key, the months the range cuts day by day.
+/// Each key's use in `range` that `filter` keeps, from the store's totals.
 async fn key_uses<S: Store>(
     state: &AppState<S>,
     range: &ReportRange,
     filter: &Filter,
     teams: &Teams,
 ) -> Result<Vec<KeyUse>, ApiError> {
-    let split = totals::split(range.from, range.to);
-    let whole = match split.whole {
-        Some((from, to)) => state.store.key_totals(from, to).await?,
-        None => Vec::new(),
-    };
-    let only = filter.user.clone().map(|u| vec![u]);
-    let mut cut = Vec::new();
-    for (from, to) in split.cut {
-        cut.extend(state.store.key_months(from, to, only.clone()).await?);
-    }
-    Ok(totals::key_uses(&whole, &cut, range, filter, teams))
+    let totals = state.store.key_totals(range.from, range.to).await?;
+    Ok(totals::key_uses(totals, filter, teams))
 }
 
 /// Tokens of each day of the year before `today` (oldest first) that `filter` keeps:

@@ -2,8 +2,10 @@
 //! a page of users' days and sessions — a few thousand rows, where the days themselves
 //! are millions.
 
+use chrono::Datelike;
 use daymeter_shared::entitlement::Plan;
 
+use super::whole_months::WholeMonths;
 use super::*;
 use crate::store::{KeyTotal, ProductDay, Reach, SessionFilter, TeamDay};
 
@@ -69,14 +71,41 @@ pub(super) fn key_months(
 
 pub(super) fn key_totals(
     c: &Connection,
-    first: &str,
-    last: &str,
+    from: NaiveDate,
+    to: NaiveDate,
+    kept: &WholeMonths,
 ) -> Result<Vec<KeyTotal>, StoreError> {
-    // Summed in key order off the covering index, without sorting or reading the days.
+    let split = super::super::tally::split(from, to);
+    let mut out = match split.whole {
+        Some((first, last)) => {
+            let (first, last) = (month_of(first), month_of(last));
+            let stamp = kept.stamp(&first, &last);
+            match stamp.and_then(|s| kept.get(&first, &last, s)) {
+                Some(totals) => totals,
+                None => {
+                    let totals = whole_months(c, &first, &last)?;
+                    if let Some(s) = stamp {
+                        kept.put(&first, &last, s, &totals);
+                    }
+                    totals
+                }
+            }
+        }
+        None => Vec::new(),
+    };
+    for (first, last) in split.cut {
+        out = merge(out, cut_month(c, first, last)?);
+    }
+    Ok(out)
+}
+
+/// Each key's totals over the whole months `first..=last` (`YYYY-MM`), in key order:
+/// summed off the covering index by key, without reading the days.
+fn whole_months(c: &Connection, first: &str, last: &str) -> Result<Vec<KeyTotal>, StoreError> {
     let mut stmt = c
         .prepare_cached(
             "SELECT user, product, SUM(tokens), SUM(used_days) FROM key_months INDEXED BY key_months_by_key
-             WHERE month BETWEEN ?1 AND ?2 GROUP BY user, product",
+             WHERE month BETWEEN ?1 AND ?2 GROUP BY user, product ORDER BY user, product",
         )
         .map_err(db)?;
     let mut rows = stmt.query(params![first, last]).map_err(db)?;
@@ -90,6 +119,67 @@ pub(super) fn key_totals(
         });
     }
     Ok(out)
+}
+
+/// Each key's totals over `[first, last]`, days of one month, in key order (the
+/// table's order within a month): each row's days sliced from `by_day`.
+fn cut_month(
+    c: &Connection,
+    first: NaiveDate,
+    last: NaiveDate,
+) -> Result<Vec<KeyTotal>, StoreError> {
+    let mut stmt = c
+        .prepare_cached(
+            "SELECT user, product, by_day FROM key_months WHERE month = ?1 ORDER BY user, product",
+        )
+        .map_err(db)?;
+    let month = month_of(first);
+    let (lo, hi) = (first.day(), last.day());
+    let mut rows = stmt.query([&month]).map_err(db)?;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next().map_err(db)? {
+        let bytes = r.get_ref(2).map_err(db)?.as_blob().map_err(corrupt)?;
+        let m = Month::from_bytes(bytes)
+            .ok_or_else(|| corrupt(format!("key_months {month} by_day")))?;
+        let days_used = m.used_between(lo, hi);
+        if days_used > 0 {
+            out.push(KeyTotal {
+                user: r.get(0).map_err(db)?,
+                product: r.get(1).map_err(db)?,
+                tokens: m.tokens_between(lo, hi).max(0) as u64,
+                days_used: days_used as u64,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// Two lists of totals in key order as one, a key in both summed.
+fn merge(a: Vec<KeyTotal>, b: Vec<KeyTotal>) -> Vec<KeyTotal> {
+    if a.is_empty() {
+        return b;
+    }
+    let mut out = Vec::with_capacity(a.len().max(b.len()));
+    let (mut a, mut b) = (a.into_iter().peekable(), b.into_iter().peekable());
+    loop {
+        let order = match (a.peek(), b.peek()) {
+            (Some(x), Some(y)) => (&x.user, &x.product).cmp(&(&y.user, &y.product)),
+            (Some(_), None) => std::cmp::Ordering::Less,
+            (None, Some(_)) => std::cmp::Ordering::Greater,
+            (None, None) => return out,
+        };
+        match order {
+            std::cmp::Ordering::Less => out.extend(a.next()),
+            std::cmp::Ordering::Greater => out.extend(b.next()),
+            std::cmp::Ordering::Equal => {
+                if let (Some(mut x), Some(y)) = (a.next(), b.next()) {
+                    x.tokens += y.tokens;
+                    x.days_used += y.days_used;
+                    out.push(x);
+                }
+            }
+        }
+    }
 }
 
 pub(super) fn product_days(

@@ -137,8 +137,8 @@ impl Store for SqliteStore {
         from: NaiveDate,
         to: NaiveDate,
     ) -> Result<Vec<KeyTotal>, StoreError> {
-        let (first, last) = (month_of(from), month_of(to));
-        self.read(move |c| reports::key_totals(c, &first, &last))
+        let whole = self.whole.clone();
+        self.read(move |c| reports::key_totals(c, from, to, &whole))
             .await
     }
 

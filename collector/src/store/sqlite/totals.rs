@@ -7,7 +7,7 @@
 //! A/B). Gathered, a group of syncs writes each touched row once, in key order. Held
 //! in the writer's memory, they go with a rolled-back transaction.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use chrono::Datelike;
 
@@ -42,6 +42,9 @@ pub(super) struct Pending {
     written: HashMap<String, HashMap<String, i64>>,
     /// team → tokens no purchase paid.
     unfunded: BTreeMap<String, i64>,
+    /// The months whose `key_months` rows the open transaction wrote: once it commits,
+    /// totals kept for them are out of date ([`super::whole_months`]).
+    touched: BTreeSet<String>,
 }
 
 impl Pending {
@@ -98,11 +101,18 @@ impl Pending {
         *self = Pending::default();
     }
 
+    /// The months written since the last commit, forgotten here.
+    pub(super) fn take_touched(&mut self) -> BTreeSet<String> {
+        std::mem::take(&mut self.touched)
+    }
+
     /// Writes what was gathered into the open transaction, and forgets it.
     pub(super) fn flush(&mut self, t: &Connection) -> Result<(), StoreError> {
         let written = std::mem::take(&mut self.written);
+        let touched = std::mem::take(&mut self.touched);
         let pending = std::mem::take(self);
         self.written = written;
+        self.touched = touched;
         if !pending.months.is_empty() {
             let mut get = t
                 .prepare_cached(
@@ -125,6 +135,9 @@ impl Pending {
             for ((month, user, product), delta) in &pending.months {
                 if delta.is_empty() {
                     continue;
+                }
+                if !self.touched.contains(month) {
+                    self.touched.insert(month.clone());
                 }
                 let stored: Option<Vec<u8>> = get
                     .query_row(params![month, user, product], |r| r.get(0))

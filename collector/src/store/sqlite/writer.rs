@@ -276,6 +276,8 @@ pub(super) struct Memory {
     /// The report totals' differences of the open transaction, written before it
     /// commits.
     pub(super) totals: Pending,
+    /// Told which months' totals a commit changed.
+    pub(super) whole: Arc<super::whole_months::WholeMonths>,
 }
 
 impl Memory {
@@ -283,6 +285,7 @@ impl Memory {
     pub(super) fn committed(&mut self) {
         self.ids.commit();
         self.runs.commit();
+        self.whole.changed(&self.totals.take_touched());
     }
 
     /// The open transaction was rolled back: forget what it changed (`settings`: those
