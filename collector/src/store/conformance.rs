@@ -9,7 +9,7 @@
 //! for it: SQLite does so in `sqlite/tests.rs`; PostgreSQL will do the same. What only
 //! one backend has (SQLite's batches, runs, migrations, repair) stays in its own tests.
 
-use chrono::{NaiveDate, Utc};
+use chrono::{Datelike, NaiveDate, Utc};
 use daymeter_shared::catalog::Product;
 use daymeter_shared::policy::{Policy, Rollover, ShortSessions};
 use daymeter_shared::session::{OwnedSession, RawSession};
@@ -448,15 +448,34 @@ pub(crate) async fn assert_totals_follow_the_days<S: Store>(store: &S, case: &st
         .map(|t| ((t.user, t.product), (t.tokens, t.days_used)))
         .collect();
     assert_eq!(totals, summed, "{case}: key totals");
-    // Ranges that cut months, as rolling reports ask: each key's days in the range.
+    // Ranges that cut months, as rolling reports ask, and each month with days whole
+    // and cut (the same ranges at every call: a backend that keeps totals between
+    // reads must drop them when a month changes): each key's days in the range.
     let mut dates: Vec<NaiveDate> = days.iter().map(|d| d.day).collect();
     dates.sort_unstable();
     dates.dedup();
+    let months: std::collections::BTreeSet<NaiveDate> =
+        dates.iter().filter_map(|d| d.with_day(1)).collect();
+    let mut by_month: Vec<(NaiveDate, NaiveDate)> = Vec::new();
+    for first in months {
+        let next = first + chrono::Months::new(1);
+        by_month.push((first, next - chrono::TimeDelta::days(1)));
+        by_month.push((
+            first + chrono::TimeDelta::days(5),
+            first + chrono::TimeDelta::days(19),
+        ));
+    }
+    // The months first and last: the last reads are the ones a backend still keeps at
+    // the next call.
+    let mut ranges = by_month.clone();
     for (i, &at) in dates.iter().enumerate().step_by(dates.len() / 4 + 1) {
-        let (lo, hi) = (
+        ranges.push((
             at - chrono::TimeDelta::days(i as i64 % 40),
             at + chrono::TimeDelta::days(17),
-        );
+        ));
+    }
+    ranges.extend(by_month);
+    for (lo, hi) in ranges {
         let mut want: BTreeMap<(String, String), (u64, std::collections::BTreeSet<NaiveDate>)> =
             BTreeMap::new();
         for d in days.iter().filter(|d| lo <= d.day && d.day <= hi) {

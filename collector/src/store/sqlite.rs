@@ -40,6 +40,7 @@ mod runs;
 
 mod durability;
 mod ingest;
+mod kept_totals;
 mod mail;
 mod migrations;
 mod persist;
@@ -49,7 +50,6 @@ mod store;
 #[cfg(test)]
 mod tests;
 mod totals;
-mod whole_months;
 mod writer;
 
 use durability::*;
@@ -202,7 +202,7 @@ pub struct SqliteStore {
     path: PathBuf,
     /// Whole months' totals kept between reads, shared with the writer, which says
     /// when a month changes.
-    whole: Arc<whole_months::WholeMonths>,
+    kept: Arc<kept_totals::KeptTotals>,
 }
 
 fn open(path: &Path) -> Result<Connection, StoreError> {
@@ -307,7 +307,7 @@ impl SqliteStore {
                     StoreError::Database(format!("starting the sync thread: {e}").into())
                 })?
         };
-        let whole = Arc::new(whole_months::WholeMonths::default());
+        let kept = Arc::new(kept_totals::KeptTotals::default());
         let writer = Writer {
             conn,
             memory: Memory {
@@ -321,7 +321,7 @@ impl SqliteStore {
                 last_syncs: HashMap::new(),
                 device_syncs: HashMap::new(),
                 totals: Pending::default(),
-                whole: whole.clone(),
+                kept: kept.clone(),
             },
             wal,
             restart_due,
@@ -338,7 +338,7 @@ impl SqliteStore {
             worker: Mutex::new(Some(worker)),
             readers: Arc::new(Mutex::new(Vec::new())),
             path: path.to_path_buf(),
-            whole,
+            kept,
         })
     }
 

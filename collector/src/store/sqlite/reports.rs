@@ -5,7 +5,7 @@
 use chrono::Datelike;
 use daymeter_shared::entitlement::Plan;
 
-use super::whole_months::WholeMonths;
+use super::kept_totals::KeptTotals;
 use super::*;
 use crate::store::{KeyTotal, ProductDay, Reach, SessionFilter, TeamDay};
 
@@ -73,30 +73,42 @@ pub(super) fn key_totals(
     c: &Connection,
     from: NaiveDate,
     to: NaiveDate,
-    kept: &WholeMonths,
+    kept: &KeptTotals,
 ) -> Result<Vec<KeyTotal>, StoreError> {
     let split = super::super::tally::split(from, to);
     let mut out = match split.whole {
-        Some((first, last)) => {
-            let (first, last) = (month_of(first), month_of(last));
-            let stamp = kept.stamp(&first, &last);
-            match stamp.and_then(|s| kept.get(&first, &last, s)) {
-                Some(totals) => totals,
-                None => {
-                    let totals = whole_months(c, &first, &last)?;
-                    if let Some(s) = stamp {
-                        kept.put(&first, &last, s, &totals);
-                    }
-                    totals
-                }
-            }
-        }
+        Some((first, last)) => kept_or(kept, first, last, || {
+            whole_months(c, &month_of(first), &month_of(last))
+        })?,
         None => Vec::new(),
     };
     for (first, last) in split.cut {
-        out = merge(out, cut_month(c, first, last)?);
+        let cut = kept_or(kept, first, last, || cut_month(c, first, last))?;
+        out = merge(out, cut);
     }
     Ok(out)
+}
+
+/// The totals of the days `first..=last` as kept, else read (and kept, unless they
+/// reach into this month, which syncs write all the time).
+fn kept_or(
+    kept: &KeptTotals,
+    first: NaiveDate,
+    last: NaiveDate,
+    read: impl FnOnce() -> Result<Vec<KeyTotal>, StoreError>,
+) -> Result<Vec<KeyTotal>, StoreError> {
+    if month_of(last) >= month_of(Utc::now().date_naive()) {
+        return read();
+    }
+    let stamp = kept.stamp(first, last);
+    if let Some(totals) = stamp.and_then(|s| kept.get(first, last, s)) {
+        return Ok(totals);
+    }
+    let totals = read()?;
+    if let Some(s) = stamp {
+        kept.put(first, last, s, &totals);
+    }
+    Ok(totals)
 }
 
 /// Each key's totals over the whole months `first..=last` (`YYYY-MM`), in key order:

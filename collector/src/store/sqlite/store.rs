@@ -137,8 +137,8 @@ impl Store for SqliteStore {
         from: NaiveDate,
         to: NaiveDate,
     ) -> Result<Vec<KeyTotal>, StoreError> {
-        let whole = self.whole.clone();
-        self.read(move |c| reports::key_totals(c, from, to, &whole))
+        let kept = self.kept.clone();
+        self.read(move |c| reports::key_totals(c, from, to, &kept))
             .await
     }
 

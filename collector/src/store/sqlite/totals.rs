@@ -43,7 +43,7 @@ pub(super) struct Pending {
     /// team → tokens no purchase paid.
     unfunded: BTreeMap<String, i64>,
     /// The months whose `key_months` rows the open transaction wrote: once it commits,
-    /// totals kept for them are out of date ([`super::whole_months`]).
+    /// totals kept for them are out of date ([`super::kept_totals`]).
     touched: BTreeSet<String>,
 }
 

@@ -277,7 +277,7 @@ pub(super) struct Memory {
     /// commits.
     pub(super) totals: Pending,
     /// Told which months' totals a commit changed.
-    pub(super) whole: Arc<super::whole_months::WholeMonths>,
+    pub(super) kept: Arc<super::kept_totals::KeptTotals>,
 }
 
 impl Memory {
@@ -285,7 +285,7 @@ impl Memory {
     pub(super) fn committed(&mut self) {
         self.ids.commit();
         self.runs.commit();
-        self.whole.changed(&self.totals.take_touched());
+        self.kept.changed(&self.totals.take_touched());
     }
 
     /// The open transaction was rolled back: forget what it changed (`settings`: those

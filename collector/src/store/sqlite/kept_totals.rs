@@ -1,11 +1,14 @@
-//! Each key's totals over a range of whole months, kept from one request to the next
-//! until the writer changes one of those months.
+//! Each key's totals over a piece of a range (its whole months, or the days of a month
+//! it cuts), kept from one request to the next until the writer changes one of those
+//! months.
 //!
 //! Why: the token and product reports over whole months (`past-3-months` …
 //! `past-12-months` count completed months) sum a row a key and month off the index
 //! by key: 360,000 rows for a year of 10,000 users, 75–85 ms each time, where the
-//! answer changes only when a late or corrected session reaches a past month. Syncs
-//! write the current month, which those ranges leave out.
+//! answer changes only when a late or corrected session reaches a past month; and
+//! `past-30-days` slices last month's rows, as fixed. Syncs write the current month,
+//! so a piece that reaches into it is read afresh every time (see
+//! `reports::key_totals`), not kept.
 //!
 //! Exact: each month has a generation the writer raises after every commit that
 //! changed one of its rows (never before: a reader could otherwise read the old rows
@@ -15,27 +18,30 @@
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
-use crate::store::KeyTotal;
+use chrono::NaiveDate;
 
-/// Ranges kept: the dashboard's and a few reports' at once.
-const KEPT: usize = 4;
+use crate::store::KeyTotal;
+use crate::store::tally::month_of;
+
+/// Pieces kept: the dashboard's and a few reports' at once.
+const KEPT: usize = 8;
 
 #[derive(Default)]
-pub struct WholeMonths {
+pub struct KeptTotals {
     /// Month (`YYYY-MM`) → how many commits have changed its rows since start.
     generations: Mutex<BTreeMap<String, u64>>,
-    /// (first month, last month, stamp, totals), the latest first.
+    /// (first day, last day, stamp, totals), the latest first.
     kept: Mutex<Vec<Kept>>,
 }
 
 struct Kept {
-    first: String,
-    last: String,
+    first: NaiveDate,
+    last: NaiveDate,
     stamp: u64,
     totals: Vec<KeyTotal>,
 }
 
-impl WholeMonths {
+impl KeptTotals {
     /// After a commit: `months` changed.
     pub fn changed<'m>(&self, months: impl IntoIterator<Item = &'m String>) {
         if let Ok(mut g) = self.generations.lock() {
@@ -45,33 +51,33 @@ impl WholeMonths {
         }
     }
 
-    /// The months `first..=last`'s generations, summed: they only grow, so an equal
-    /// stamp means none moved. Taken before reading.
-    pub fn stamp(&self, first: &str, last: &str) -> Option<u64> {
+    /// The generations of the months of the days `first..=last`, summed: they only
+    /// grow, so an equal stamp means none moved. Taken before reading.
+    pub fn stamp(&self, first: NaiveDate, last: NaiveDate) -> Option<u64> {
         let g = self.generations.lock().ok()?;
         Some(
-            g.range(first.to_owned()..=last.to_owned())
+            g.range(month_of(first)..=month_of(last))
                 .map(|(_, n)| n)
                 .sum(),
         )
     }
 
-    /// The totals kept for `first..=last` under `stamp`, if any.
-    pub fn get(&self, first: &str, last: &str, stamp: u64) -> Option<Vec<KeyTotal>> {
+    /// The totals kept for the days `first..=last` under `stamp`, if any.
+    pub fn get(&self, first: NaiveDate, last: NaiveDate, stamp: u64) -> Option<Vec<KeyTotal>> {
         let kept = self.kept.lock().ok()?;
         kept.iter()
             .find(|k| k.first == first && k.last == last && k.stamp == stamp)
             .map(|k| k.totals.clone())
     }
 
-    pub fn put(&self, first: &str, last: &str, stamp: u64, totals: &[KeyTotal]) {
+    pub fn put(&self, first: NaiveDate, last: NaiveDate, stamp: u64, totals: &[KeyTotal]) {
         if let Ok(mut kept) = self.kept.lock() {
             kept.retain(|k| !(k.first == first && k.last == last));
             kept.insert(
                 0,
                 Kept {
-                    first: first.to_owned(),
-                    last: last.to_owned(),
+                    first,
+                    last,
                     stamp,
                     totals: totals.to_vec(),
                 },
@@ -85,6 +91,10 @@ impl WholeMonths {
 mod tests {
     use super::*;
 
+    fn day(text: &str) -> NaiveDate {
+        text.parse().expect("a day")
+    }
+
     fn total(tokens: u64) -> Vec<KeyTotal> {
         vec![KeyTotal {
             user: "ana".into(),
@@ -96,15 +106,16 @@ mod tests {
 
     #[test]
     fn totals_kept_are_dropped_when_one_of_their_months_changes() {
-        let w = WholeMonths::default();
-        let stamp = w.stamp("2026-01", "2026-03").unwrap();
-        w.put("2026-01", "2026-03", stamp, &total(7));
-        assert_eq!(w.get("2026-01", "2026-03", stamp), Some(total(7)));
+        let w = KeptTotals::default();
+        let (first, last) = (day("2026-01-01"), day("2026-03-31"));
+        let stamp = w.stamp(first, last).unwrap();
+        w.put(first, last, stamp, &total(7));
+        assert_eq!(w.get(first, last, stamp), Some(total(7)));
         w.changed(&["2026-04".to_owned()]);
-        assert_eq!(w.stamp("2026-01", "2026-03"), Some(stamp), "a later month");
+        assert_eq!(w.stamp(first, last), Some(stamp), "a later month");
         w.changed(&["2026-02".to_owned()]);
-        let now = w.stamp("2026-01", "2026-03").unwrap();
+        let now = w.stamp(first, last).unwrap();
         assert_ne!(now, stamp);
-        assert_eq!(w.get("2026-01", "2026-03", now), None);
+        assert_eq!(w.get(first, last, now), None);
     }
 }
