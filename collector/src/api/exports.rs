@@ -115,7 +115,7 @@ async fn export<S: Store>(
     .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_range", e.message).field(e.field))?;
     let filter = super::reports::filter_of(&state, q.team, q.user, q.product)?;
     let settings = state.settings();
-    let teams = Teams::new(&settings.teams);
+    let teams = state.teams(&settings);
     let users = super::reports::report_users(&state, &settings, &teams, &filter).await?;
     let secret = state.admin_token.expose().to_owned();
     let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(4);
@@ -174,7 +174,7 @@ pub(crate) async fn csv_file<S: Store>(
         Export::Usage => Kind::Usage,
     };
     let settings = state.settings();
-    let teams = Teams::new(&settings.teams);
+    let teams = state.teams(&settings);
     let users = super::reports::report_users(state, &settings, &teams, filter).await?;
     let secret = state.admin_token.expose().to_owned();
     let (range, filter) = (*range, filter.clone());

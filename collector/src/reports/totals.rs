@@ -48,7 +48,11 @@ pub fn key_uses(totals: Vec<KeyTotal>, filter: &Filter, teams: &Teams) -> Vec<Ke
 /// with tokens is Flex; one without is a subscription's (a free short launch on Flex
 /// reads as one too, which no rule over these rows counts as spent).
 pub fn day_rows(months: &[KeyMonth], from: NaiveDate, to: NaiveDate) -> Vec<UsageDay<'_>> {
-    let mut out = Vec::new();
+    let rows = months
+        .iter()
+        .map(|m| m.month.days.iter().filter(|&&d| d > 0).count())
+        .sum();
+    let mut out = Vec::with_capacity(rows);
     for m in months {
         for (day, tokens, _) in m.days_between(from, to) {
             let start = day.and_hms_opt(0, 0, 0).unwrap_or_default().and_utc();
@@ -97,9 +101,3 @@ pub fn key_uses_of_days(
         .collect()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::reports::testing::day;
-    use crate::store::tally::Tally;
-}

@@ -20,42 +20,77 @@ pub(crate) async fn tokens_doc<S: Store>(
     state: &AppState<S>,
     a: &Asked,
 ) -> Result<serde_json::Value, ApiError> {
-    let settings = state.settings();
-    let teams = Teams::new(&settings.teams);
-    let uses = key_uses(state, &a.range, &a.filter, &teams).await?;
-    let by_day = tokens_by_day(state, &settings, &teams, &a.filter, a.today).await?;
-    let used = tokens::used_of(&uses, by_day, a.today);
-    let week_ago = a.now - TimeDelta::days(7);
-    let (mut remaining, mut added, mut expired) = (0u64, 0u64, 0u64);
-    for b in state
-        .store
-        .balances(a.now, Settings::clone(&state.settings()))
-        .await?
-    {
-        if a.filter.team.as_deref().is_some_and(|t| t != b.team) {
-            continue;
-        }
-        remaining += b.remaining;
-        for p in &b.purchases {
-            if p.purchase.purchased_at > week_ago && p.purchase.purchased_at <= a.now {
-                added += p.purchase.tokens;
-            }
-            if p.purchase.expires_at > week_ago && p.purchase.expires_at <= a.now {
-                expired += p.purchase.tokens.saturating_sub(p.used);
-            }
-        }
+    let read = TokensRead::of(state, a).await?;
+    Ok(read.tokens_doc(a))
+}
+
+/// The `tokens` and `products` documents from one read of the keys' totals, as the
+/// dashboard shows both.
+pub(crate) async fn tokens_and_products_docs<S: Store>(
+    state: &AppState<S>,
+    a: &Asked,
+) -> Result<(serde_json::Value, serde_json::Value), ApiError> {
+    let read = TokensRead::of(state, a).await?;
+    Ok((read.tokens_doc(a), products_doc_of(a, &read.uses)))
+}
+
+/// What the token report reads, read side by side.
+struct TokensRead {
+    uses: Vec<KeyUse>,
+    by_day: Vec<u64>,
+    balances: Vec<crate::store::Balance>,
+}
+
+impl TokensRead {
+    async fn of<S: Store>(state: &AppState<S>, a: &Asked) -> Result<TokensRead, ApiError> {
+        let settings = state.settings();
+        let teams = state.teams(&settings);
+        let (uses, by_day, balances) = tokio::try_join!(
+            key_uses(state, &a.range, &a.filter, &teams),
+            tokens_by_day(state, &settings, &teams, &a.filter, a.today),
+            async {
+                Ok(state
+                    .store
+                    .balances(a.now, Settings::clone(&settings))
+                    .await?)
+            },
+        )?;
+        Ok(TokensRead {
+            uses,
+            by_day,
+            balances,
+        })
     }
-    let doc = json!({
-        "range": range_json(&a.range),
-        "used": used.used,
-        "remaining": remaining,
-        "added_last_7_days": added,
-        "removed_last_7_days": expired,
-        "products_used": used.products_used,
-        "users": used.users,
-        "by_day": used.by_day,
-    });
-    Ok(doc)
+
+    fn tokens_doc(&self, a: &Asked) -> serde_json::Value {
+        let used = tokens::used_of(&self.uses, self.by_day.clone(), a.today);
+        let week_ago = a.now - TimeDelta::days(7);
+        let (mut remaining, mut added, mut expired) = (0u64, 0u64, 0u64);
+        for b in &self.balances {
+            if a.filter.team.as_deref().is_some_and(|t| t != b.team) {
+                continue;
+            }
+            remaining += b.remaining;
+            for p in &b.purchases {
+                if p.purchase.purchased_at > week_ago && p.purchase.purchased_at <= a.now {
+                    added += p.purchase.tokens;
+                }
+                if p.purchase.expires_at > week_ago && p.purchase.expires_at <= a.now {
+                    expired += p.purchase.tokens.saturating_sub(p.used);
+                }
+            }
+        }
+        json!({
+            "range": range_json(&a.range),
+            "used": used.used,
+            "remaining": remaining,
+            "added_last_7_days": added,
+            "removed_last_7_days": expired,
+            "products_used": used.products_used,
+            "users": used.users,
+            "by_day": used.by_day,
+        })
+    }
 }
 
 /// Each key's use in `range` that `filter` keeps, from the store's totals.
@@ -124,11 +159,14 @@ pub(crate) async fn products_doc<S: Store>(
     state: &AppState<S>,
     a: &Asked,
 ) -> Result<serde_json::Value, ApiError> {
-    let teams = Teams::new(&state.settings().teams);
+    let teams = state.teams(&state.settings());
     let uses = key_uses(state, &a.range, &a.filter, &teams).await?;
-    let lines = tokens::by_product_of(&uses, &a.range);
-    let doc = json!({"range": range_json(&a.range), "products": lines});
-    Ok(doc)
+    Ok(products_doc_of(a, &uses))
+}
+
+fn products_doc_of(a: &Asked, uses: &[KeyUse]) -> serde_json::Value {
+    let lines = tokens::by_product_of(uses, &a.range);
+    json!({"range": range_json(&a.range), "products": lines})
 }
 
 /// The users a per-user report covers, in order: those that sent sessions and those
@@ -159,15 +197,18 @@ pub(crate) async fn report_users<S: Store>(
 /// users and what the answer says of the paging.
 struct Paged {
     settings: std::sync::Arc<Settings>,
-    teams: Teams,
+    teams: std::sync::Arc<Teams>,
     page: Vec<String>,
     paging: serde_json::Value,
 }
 
 async fn paged<S: Store>(state: &AppState<S>, a: &Asked) -> Result<Paged, ApiError> {
     let settings = state.settings();
-    let teams = Teams::new(&settings.teams);
-    let all = report_users(state, &settings, &teams, &a.filter).await?;
+    let teams = state.teams(&settings);
+    let all = match &a.everyone {
+        Some(everyone) => everyone.clone(),
+        None => std::sync::Arc::new(report_users(state, &settings, &teams, &a.filter).await?),
+    };
     let (page, paging) = a.page.of(&all);
     let page = page.to_vec();
     Ok(Paged {
@@ -287,22 +328,20 @@ pub(crate) async fn waste_doc<S: Store>(
         page,
         paging,
     } = paged(state, a).await?;
-    let rows = state
-        .store
-        .users_days(page.clone(), a.range.from, a.range.to)
-        .await?;
-    // The sessions that reach into the range's windows: a window may start the day
-    // before its session's days.
-    let sessions = state
-        .store
-        .sessions(SessionFilter {
+    // The days, and the sessions that reach into their windows (a window may start
+    // the day before its session's days), read side by side.
+    let (rows, sessions) = tokio::try_join!(
+        state
+            .store
+            .users_days(page.clone(), a.range.from, a.range.to),
+        state.store.sessions(SessionFilter {
             user: None,
             users: Some(page.clone()),
             product: a.filter.product.clone(),
             from: Some(a.range.from - TimeDelta::days(1)),
             to: Some(a.range.to + TimeDelta::days(1)),
-        })
-        .await?;
+        }),
+    )?;
     let mut by_key: BTreeMap<(String, String), (Vec<_>, Vec<_>)> = BTreeMap::new();
     for r in rows
         .into_iter()

@@ -57,20 +57,30 @@ pub(crate) struct Page {
 
 /// Users per page unless asked.
 pub(crate) const PER_PAGE: usize = 100;
+/// Users per page unless asked, for the reports that read each user's sessions
+/// (`waste`, `concurrent`): a year of 100 users is 50,000 sessions to parse, 150–200
+/// ms on a 2-core machine; a page of 25 answers within 100 ms (docs/performance.md).
+pub(crate) const SESSIONS_PER_PAGE: usize = 25;
 /// The most users a page may hold.
 pub(crate) const MAX_PER_PAGE: usize = 1000;
 
 impl Page {
-    pub(crate) const FIRST: Page = Page {
-        number: 1,
-        per_page: PER_PAGE,
-    };
+    pub(crate) const FIRST: Page = Page::first(PER_PAGE);
     const ALL: Page = Page {
         number: 1,
         per_page: usize::MAX,
     };
 
-    fn parse(page: Option<&str>, per_page: Option<&str>) -> Result<Page, ApiError> {
+    /// The first page of `per_page` users.
+    pub(crate) const fn first(per_page: usize) -> Page {
+        Page {
+            number: 1,
+            per_page,
+        }
+    }
+
+    /// `per_page` as asked, else `default`.
+    fn parse(page: Option<&str>, per_page: Option<&str>, default: usize) -> Result<Page, ApiError> {
         let number = |field: &'static str, text: Option<&str>, default: usize, max: usize| {
             let Some(text) = text else {
                 return Ok(default);
@@ -87,7 +97,7 @@ impl Page {
         };
         Ok(Page {
             number: number("page", page, 1, usize::MAX / MAX_PER_PAGE)?,
-            per_page: number("per_page", per_page, PER_PAGE, MAX_PER_PAGE)?,
+            per_page: number("per_page", per_page, default, MAX_PER_PAGE)?,
         })
     }
 
@@ -110,6 +120,7 @@ impl Page {
 }
 
 /// What every report starts from.
+#[derive(Clone)]
 pub(crate) struct Asked {
     range: ReportRange,
     filter: Filter,
@@ -117,6 +128,9 @@ pub(crate) struct Asked {
     now: DateTime<Utc>,
     format: Format,
     page: Page,
+    /// Every user the per-user reports cover under `filter`, when read already: the
+    /// dashboard reads them once for its four per-user tables.
+    everyone: Option<Arc<Vec<String>>>,
 }
 
 /// `format=json` (the default) or `format=csv` (with `delimiter=,` or `;`).
@@ -237,6 +251,7 @@ fn asked<S: Store>(
     headers: &HeaderMap,
     q: Result<Query<ReportQuery>, QueryRejection>,
     basis: Basis,
+    per_page: usize,
 ) -> Result<Asked, ApiError> {
     check_reader(state, headers)?;
     let Query(q) = q.map_err(bad_query)?;
@@ -254,7 +269,7 @@ fn asked<S: Store>(
     let filter = filter_of(state, q.team, q.user, q.product)?;
     let page = match (&format, &q.page, &q.per_page) {
         (Format::Csv(_), None, None) => Page::ALL,
-        _ => Page::parse(q.page.as_deref(), q.per_page.as_deref())?,
+        _ => Page::parse(q.page.as_deref(), q.per_page.as_deref(), per_page)?,
     };
     Ok(Asked {
         range,
@@ -263,6 +278,7 @@ fn asked<S: Store>(
         now,
         format,
         page,
+        everyone: None,
     })
 }
 
@@ -286,7 +302,7 @@ pub(super) fn filter_of<S: Store>(
         )
         .field("team"));
     }
-    let teams = Teams::new(&settings.teams);
+    let teams = state.teams(&settings);
     let people = People::new(&settings, &teams, state.admin_token.expose());
     Ok(Filter {
         team,
@@ -319,12 +335,15 @@ fn range_json(r: &ReportRange) -> serde_json::Value {
 /// built ([`docs`]), the answer in the asked format with the report's table for CSV.
 macro_rules! report {
     ($name:ident, $doc:ident, $basis:expr, $table:literal, $file:literal) => {
+        report!($name, $doc, $basis, $table, $file, PER_PAGE);
+    };
+    ($name:ident, $doc:ident, $basis:expr, $table:literal, $file:literal, $per_page:expr) => {
         pub(in crate::api) async fn $name<S: Store>(
             State(state): State<Arc<AppState<S>>>,
             headers: HeaderMap,
             q: Result<Query<ReportQuery>, QueryRejection>,
         ) -> Result<Response, ApiError> {
-            let a = asked(&state, &headers, q, $basis)?;
+            let a = asked(&state, &headers, q, $basis, $per_page)?;
             let doc = docs::$doc(&state, &a).await?;
             answer(&a, doc, $table, $file)
         }
@@ -348,7 +367,14 @@ report!(
 );
 report!(users, users_doc, Basis::CompletedMonths, "users", "users");
 report!(usage, usage_doc, Basis::Rolling, "usage", "usage");
-report!(waste, waste_doc, Basis::CompletedMonths, "keys", "waste");
+report!(
+    waste,
+    waste_doc,
+    Basis::CompletedMonths,
+    "keys",
+    "waste",
+    SESSIONS_PER_PAGE
+);
 report!(forecast, forecast_doc, Basis::Rolling, "teams", "forecast");
 report!(advice, advice_doc, Basis::Rolling, "advice", "advice");
 report!(
@@ -356,7 +382,8 @@ report!(
     concurrent_doc,
     Basis::Rolling,
     "overlaps",
-    "concurrent"
+    "concurrent",
+    SESSIONS_PER_PAGE
 );
 
 impl Asked {
@@ -373,6 +400,7 @@ impl Asked {
             now,
             format: Format::Json,
             page: Page::FIRST,
+            everyone: None,
         })
     }
 }
@@ -394,6 +422,7 @@ pub(crate) async fn doc_for_mail<S: Store>(
         format: Format::Json,
         // A mail lists everyone, not a page.
         page: Page::ALL,
+        everyone: None,
     };
     match report {
         MailReport::Usage => docs::usage_doc(state, &a).await,
@@ -414,15 +443,29 @@ pub async fn report_docs<S: Store>(
     range: &str,
 ) -> Result<crate::dashboard::page::Docs, ApiError> {
     let now = state.clock.now();
-    let tokens_range = Asked::named(range, Basis::CompletedMonths, now)?;
-    let seats_range = Asked::named(range, Basis::Rolling, now)?;
+    let settings = state.settings();
+    let teams = state.teams(&settings);
+    let everyone = Some(Arc::new(
+        docs::report_users(state, &settings, &teams, &Filter::default()).await?,
+    ));
+    let tokens_range = Asked {
+        everyone: everyone.clone(),
+        ..Asked::named(range, Basis::CompletedMonths, now)?
+    };
+    let seats_range = Asked {
+        everyone,
+        ..Asked::named(range, Basis::Rolling, now)?
+    };
+    let waste_range = Asked {
+        page: Page::first(SESSIONS_PER_PAGE),
+        ..tokens_range.clone()
+    };
     // Side by side: each waits on its own store reads.
-    let (tokens, products, users, usage, waste, forecast, advice) = tokio::try_join!(
-        docs::tokens_doc(state, &tokens_range),
-        docs::products_doc(state, &tokens_range),
+    let ((tokens, products), users, usage, waste, forecast, advice) = tokio::try_join!(
+        docs::tokens_and_products_docs(state, &tokens_range),
         docs::users_doc(state, &tokens_range),
         docs::usage_doc(state, &seats_range),
-        docs::waste_doc(state, &tokens_range),
+        docs::waste_doc(state, &waste_range),
         docs::forecast_doc(state, &seats_range),
         docs::advice_doc(state, &seats_range),
     )?;

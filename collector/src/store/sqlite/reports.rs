@@ -171,7 +171,7 @@ fn merge(a: Vec<KeyTotal>, b: Vec<KeyTotal>) -> Vec<KeyTotal> {
     if a.is_empty() {
         return b;
     }
-    let mut out = Vec::with_capacity(a.len().max(b.len()));
+    let mut out = Vec::with_capacity(a.len() + b.len());
     let (mut a, mut b) = (a.into_iter().peekable(), b.into_iter().peekable());
     loop {
         let order = match (a.peek(), b.peek()) {
