@@ -100,4 +100,3 @@ pub fn key_uses_of_days(
         })
         .collect()
 }
-
