@@ -384,6 +384,84 @@ async fn the_token_usage_export_has_the_vendors_columns_and_one_row_per_charged_
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn the_seat_usage_export_has_a_row_per_subscription_or_free_day_and_no_flex_day() {
+    let (_dir, c) = seeded().await;
+    let cleos = c.api.enroll("cleo-desktop").await;
+    c.api
+        .sync(
+            &cleos,
+            "cleo",
+            &[
+                session(
+                    "cleo-1",
+                    "acad",
+                    "2026-11-10T09:00:00Z",
+                    "2026-11-10T17:00:00Z",
+                ),
+                session(
+                    "cleo-2",
+                    "acad",
+                    "2026-11-12T09:00:00Z",
+                    "2026-11-12T10:00:00Z",
+                ),
+            ],
+        )
+        .await;
+    let (_, bytes) = admin_bytes(&c, &format!("/v1/exports/seat-usage.csv?{NOVEMBER}")).await;
+    let rows = csv_rows(&bytes, b',');
+    assert_eq!(
+        rows[0],
+        [
+            "Team",
+            "Email",
+            "First name",
+            "Last name",
+            "User",
+            "Product",
+            "Day used"
+        ]
+    );
+    // cleo's two subscription days (her team hashes her: no name, no id); ana's and
+    // ben's Flex days are token usage, not seats.
+    let days: Vec<&str> = rows[1..].iter().map(|r| r[6].as_str()).collect();
+    assert_eq!(days, ["2026-11-10", "2026-11-12"], "{rows:?}");
+    assert!(
+        rows[1..]
+            .iter()
+            .all(|r| r[0] == "arch" && r[5] == "AutoCAD")
+    );
+    // A product at rate 0 is free for everyone: ana's day of it is a seat day.
+    c.api
+        .admin_post(
+            "/v1/admin/import",
+            &json!({ "catalog": { "viewer": { "tokens_per_day": 0 } } }),
+        )
+        .await;
+    let laptop = c.api.enroll("ana-laptop-2").await;
+    c.api
+        .sync(
+            &laptop,
+            "ana",
+            &[session(
+                "ana-5",
+                "viewer",
+                "2026-11-16T09:00:00Z",
+                "2026-11-16T17:00:00Z",
+            )],
+        )
+        .await;
+    let (_, bytes) = admin_bytes(&c, &format!("/v1/exports/seat-usage.csv?{NOVEMBER}")).await;
+    let rows = csv_rows(&bytes, b',');
+    let ana: Vec<&Vec<String>> = rows[1..].iter().filter(|r| r[4] == "ana").collect();
+    assert_eq!(ana.len(), 1, "{rows:?}");
+    assert_eq!(
+        (ana[0][5].as_str(), ana[0][6].as_str()),
+        ("viewer", "2026-11-16")
+    );
+    assert_eq!(rows.len(), 1 + 3, "{rows:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_hashed_team_is_never_named_in_an_export_or_a_report() {
     let (_dir, c) = seeded().await;
     let (_, bytes) = admin_bytes(&c, &format!("/v1/exports/usage.csv?{NOVEMBER}")).await;

@@ -265,7 +265,7 @@ fn write_csv(
         }
         Kind::SeatUsage => {
             csv.write_record(exports::SEAT_USAGE)?;
-            for page in users.chunks(PAGE_USERS) {
+            for page in exports::seat_users(users, settings).chunks(PAGE_USERS) {
                 let rows = days(page)?;
                 for r in exports::seat_usage(&rows, range, filter, &teams, &people, catalog) {
                     csv.write_record(&r)?;

@@ -124,6 +124,28 @@ pub fn seat_usage<'a>(
         })
 }
 
+/// The users of `users` whose days can be a seat's: those with a subscription or a
+/// free assignment, or everyone when the catalog has a product at rate 0 (its days are
+/// free for all). Days are priced under the current settings (an import reprices
+/// them), so the seat-usage export reads these users' days only — at 10,000 Flex users
+/// it read every day to find none.
+pub fn seat_users(users: &[String], settings: &crate::settings::Settings) -> Vec<String> {
+    if settings.catalog.values().any(|p| p.tokens_per_day == 0) {
+        return users.to_vec();
+    }
+    let seated: std::collections::HashSet<&str> = settings
+        .entitlements
+        .iter()
+        .filter(|e| e.plan != Plan::Flex)
+        .map(|e| e.user.as_str())
+        .collect();
+    users
+        .iter()
+        .filter(|u| seated.contains(u.as_str()))
+        .cloned()
+        .collect()
+}
+
 /// The usage report's lines as rows.
 pub fn usage<'a>(
     lines: &'a [UsageLine],
@@ -166,6 +188,37 @@ mod tests {
     use super::*;
     use crate::reports::testing::{day, row};
     use crate::settings::{Person, Settings};
+
+    #[test]
+    fn seat_days_are_looked_for_with_subscribers_or_a_free_product_only() {
+        let mut settings = Settings::default();
+        let product = |tokens_per_day| Product {
+            name: None,
+            tokens_per_day,
+            matches: vec![],
+            rate_confirmed: None,
+        };
+        settings.catalog.insert("acad".to_owned(), product(7));
+        for (user, plan) in [
+            ("ana", Plan::Subscription),
+            ("bo", Plan::Flex),
+            ("cy", Plan::Free),
+        ] {
+            settings
+                .entitlements
+                .push(daymeter_shared::entitlement::Entitlement {
+                    user: user.to_owned(),
+                    product: "acad".to_owned(),
+                    plan,
+                    from: None,
+                    to: None,
+                });
+        }
+        let users: Vec<String> = ["ana", "bo", "cy", "dee"].map(String::from).to_vec();
+        assert_eq!(seat_users(&users, &settings), ["ana", "cy"]);
+        settings.catalog.insert("viewer".to_owned(), product(0));
+        assert_eq!(seat_users(&users, &settings), users);
+    }
 
     #[test]
     fn a_token_usage_row_has_the_vendors_columns_with_the_catalog_name() {
