@@ -26,6 +26,13 @@ impl Plan {
             Plan::Free => "free",
         }
     }
+
+    /// The plan [`Plan::as_str`] names, as stored.
+    pub fn parse(text: &str) -> Option<Plan> {
+        [Plan::Flex, Plan::Subscription, Plan::Free]
+            .into_iter()
+            .find(|p| p.as_str() == text)
+    }
 }
 
 /// A user's plan for a product over `[from, to)`; a missing bound is open.

@@ -349,11 +349,8 @@ pub(super) fn users_days(
 }
 
 /// A stored day's plan, as [`Plan::as_str`] wrote it.
-fn plan_of(text: &str) -> Result<Plan, StoreError> {
-    [Plan::Flex, Plan::Subscription, Plan::Free]
-        .into_iter()
-        .find(|p| p.as_str() == text)
-        .ok_or_else(|| corrupt(format!("usage day plan {text:?}")))
+pub(super) fn plan_of(text: &str) -> Result<Plan, StoreError> {
+    Plan::parse(text).ok_or_else(|| corrupt(format!("usage day plan {text:?}")))
 }
 
 /// The sessions of `filter.users` overlapping its days, found through their runs

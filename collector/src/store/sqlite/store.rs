@@ -112,7 +112,7 @@ impl Store for SqliteStore {
                     day: day.parse().map_err(corrupt)?,
                     window_start: DateTime::from_timestamp_nanos(start),
                     window_end: DateTime::from_timestamp_nanos(end),
-                    plan: serde_json::from_value(serde_json::Value::String(plan)).map_err(corrupt)?,
+                    plan: reports::plan_of(&plan)?,
                     tokens: tokens as u64,
                 });
             }
@@ -271,7 +271,7 @@ impl Store for SqliteStore {
                     day: day.parse().map_err(corrupt)?,
                     window_start: DateTime::from_timestamp_nanos(start),
                     window_end: DateTime::from_timestamp_nanos(end),
-                    plan: serde_json::from_value(serde_json::Value::String(plan)).map_err(corrupt)?,
+                    plan: reports::plan_of(&plan)?,
                     tokens: tokens.max(0) as u64,
                 });
             }
