@@ -13,6 +13,7 @@
 //! - [`record`] — errors that name the record and field at fault.
 //! - [`accounting`] — the day-window walk over one (user, product) key.
 //! - [`usage`] — usage days, totals, and their JSON output.
+//! - [`waste`] — which charged windows were idle or rolled over: the waste marks.
 //! - [`ledger`] — token purchases, teams, and which purchase pays for a day.
 //! - [`scenario`] — a whole replay scenario: validation in file order, then accounting of
 //!   every key on all cores.
@@ -29,3 +30,4 @@ pub mod scenario;
 pub mod session;
 pub mod time;
 pub mod usage;
+pub mod waste;

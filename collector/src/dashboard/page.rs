@@ -116,17 +116,6 @@ fn page_note(doc: &Value) -> Markup {
     }
 }
 
-/// After a figure summed over a per-user report's first page: whose it is, when the
-/// page does not hold every user (the waste totals sum the page's keys).
-fn page_scope(doc: &Value) -> Markup {
-    let page = &doc["page"];
-    html! {
-        @if !page["next"].is_null() {
-            " (the first " (number(&page["per_page"])) " of " (number(&page["users"])) " users)"
-        }
-    }
-}
-
 pub fn dashboard(range: &str, csrf: &str, d: &Docs) -> Markup {
     let runs_out = list(&d.forecast, "teams")
         .iter()
@@ -168,7 +157,7 @@ pub fn dashboard(range: &str, csrf: &str, d: &Docs) -> Markup {
                 div.tile #tile-used { div.value { (number(&d.tokens["used"])) } div.label { "tokens used" } }
                 div.tile #tile-remaining { div.value { (number(&d.tokens["remaining"])) } div.label { "tokens remaining" } }
                 div.tile #tile-runs-out { div.value { (runs_out) } div.label { "balance runs out (30-day rate)" } }
-                div.tile #tile-wasted { div.value { (number(&d.waste["wasted_tokens"])) } div.label { "tokens charged while idle or asleep" (page_scope(&d.waste)) } }
+                div.tile #tile-wasted { div.value { (number(&d.waste["wasted_tokens"])) } div.label { "tokens charged while idle or asleep" } }
             }
             section { (chart::line("chart-tokens-by-day", "Tokens by day, past year", &by_day)) }
             section { (chart::bars("chart-tokens-by-product", "Tokens by product", &by_product)) }
@@ -193,7 +182,7 @@ pub fn dashboard(range: &str, csrf: &str, d: &Docs) -> Markup {
             section {
                 h2 { "Waste" }
                 (page_note(&d.waste))
-                p { "Would " code { "rollover = active" } " save: " strong #would-save { (number(&d.waste["active_rollover_would_save"])) } " tokens." }
+                p { "Over every user, " code { "rollover = active" } " would save: " strong #would-save { (number(&d.waste["active_rollover_would_save"])) } " tokens." }
                 table #table-waste {
                     thead { tr { th { "User" } th { "Product" } th.n { "Wasted tokens" } th.n { "Rollovers" } th.n { "Active rollover would save" } } }
                     tbody {
@@ -264,7 +253,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_per_user_table_and_the_waste_tile_say_when_they_cover_only_the_first_page() {
+    fn a_per_user_table_says_when_it_covers_only_the_first_page() {
         let more =
             serde_json::json!({"page": {"number": 1, "per_page": 100, "users": 250, "next": 2}});
         let all =
@@ -272,10 +261,5 @@ mod tests {
         let note = page_note(&more).into_string();
         assert!(note.contains("The first 100 of 250 users"), "{note}");
         assert!(page_note(&all).into_string().is_empty());
-        assert_eq!(
-            page_scope(&more).into_string(),
-            " (the first 100 of 250 users)"
-        );
-        assert!(page_scope(&all).into_string().is_empty());
     }
 }

@@ -561,6 +561,8 @@ pub(crate) async fn assert_totals_follow_the_days<S: Store>(store: &S, case: &st
         .await
         .unwrap();
     assert_eq!(page, sessions, "{case}: a page's sessions");
+    assert_waste_follows_the_sessions(store, &days, &sessions, &teams, &ranges_of(&dates), case)
+        .await;
     let mut unfunded: BTreeMap<String, i64> = BTreeMap::new();
     for e in store.ledger(None, None, usize::MAX).await.unwrap() {
         if e.purchase.is_none() {
@@ -580,6 +582,162 @@ pub(crate) async fn assert_totals_follow_the_days<S: Store>(store: &S, case: &st
 
 fn day(s: &str) -> NaiveDate {
     s.parse().unwrap()
+}
+
+/// April 2026's tokens wasted and what `rollover = active` would have saved.
+async fn april_waste<S: Store>(store: &S) -> (u64, u64) {
+    let totals = store
+        .waste_totals(day("2026-04-01"), day("2026-04-30"), None)
+        .await
+        .unwrap();
+    totals
+        .iter()
+        .fold((0, 0), |(w, s), t| (w + t.wasted, s + t.saved))
+}
+
+/// Whole months and ranges that cut them, over the dates given.
+fn ranges_of(dates: &[NaiveDate]) -> Vec<(NaiveDate, NaiveDate)> {
+    let mut out = vec![(day("2000-01-01"), day("2100-12-31"))];
+    for first in dates
+        .iter()
+        .filter_map(|d| d.with_day(1))
+        .collect::<std::collections::BTreeSet<_>>()
+    {
+        out.push((
+            first,
+            first + chrono::Months::new(1) - chrono::TimeDelta::days(1),
+        ));
+        out.push((
+            first + chrono::TimeDelta::days(3),
+            first + chrono::TimeDelta::days(16),
+        ));
+    }
+    out
+}
+
+/// The waste totals the store keeps against the marks made afresh from every session
+/// and day of each key (the settling's marks are made from a tail, a window at a time,
+/// and cleared when a later session uses a window marked idle).
+async fn assert_waste_follows_the_sessions<S: Store>(
+    store: &S,
+    days: &[daymeter_shared::usage::UsageDay<'static>],
+    sessions: &[OwnedSession],
+    teams: &crate::reports::Teams,
+    ranges: &[(NaiveDate, NaiveDate)],
+    case: &str,
+) {
+    use std::collections::BTreeMap;
+    let min_session = store.settings().await.unwrap().policy.rules().min_session;
+    // (day, user, product) → (wasted, saved), from every key's marks made afresh.
+    let mut by_day: BTreeMap<(NaiveDate, String, String), (u64, u64)> = BTreeMap::new();
+    let mut keys: BTreeMap<(String, String), (Vec<_>, Vec<_>)> = BTreeMap::new();
+    for d in days {
+        keys.entry((d.user.to_string(), d.product.to_string()))
+            .or_default()
+            .0
+            .push(d.clone());
+    }
+    for s in sessions {
+        let user = s.user.as_deref().unwrap_or_default().to_owned();
+        if let Some(k) = keys.get_mut(&(user, s.product.to_string())) {
+            k.1.push(s.clone());
+        }
+    }
+    for ((user, product), (mut key_days, key_sessions)) in keys {
+        key_days.sort_by_key(|d| d.window_start);
+        let w = crate::reports::waste::key_waste(
+            &user,
+            &product,
+            &key_sessions,
+            &key_days,
+            min_session,
+        );
+        for idle in &w.idle_windows {
+            let rolled = w
+                .rollovers
+                .iter()
+                .any(|r| r.window_start == idle.window_start);
+            let e = by_day
+                .entry((idle.day, user.clone(), product.clone()))
+                .or_default();
+            e.0 += idle.tokens;
+            e.1 += if rolled { idle.tokens } else { 0 };
+        }
+    }
+    for &(lo, hi) in ranges {
+        let mut want: BTreeMap<(String, String), (u64, u64)> = BTreeMap::new();
+        let mut sophie: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+        for ((d, user, product), (wasted, saved)) in
+            by_day.range((lo, String::new(), String::new())..)
+        {
+            if *d > hi {
+                break;
+            }
+            let e = want
+                .entry((teams.of(user).to_owned(), product.clone()))
+                .or_default();
+            e.0 += wasted;
+            e.1 += saved;
+            if user == "sophie" {
+                let e = sophie.entry(product.clone()).or_default();
+                e.0 += wasted;
+                e.1 += saved;
+            }
+        }
+        let got: BTreeMap<_, _> = store
+            .waste_totals(lo, hi, None)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|t| ((t.team, t.product), (t.wasted, t.saved)))
+            .collect();
+        assert_eq!(got, want, "{case}: waste totals from {lo} to {hi}");
+        let got: BTreeMap<_, _> = store
+            .waste_totals(lo, hi, Some("sophie".into()))
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|t| (t.product, (t.wasted, t.saved)))
+            .collect();
+        assert_eq!(got, sophie, "{case}: sophie's waste from {lo} to {hi}");
+    }
+}
+
+/// Sophie's acad left open over three April weekends, idle from Friday evening until
+/// Monday morning (the Saturday window idle and rolled, the Sunday one rolled and used
+/// on Monday); and a Saturday launch left idle at once (an idle window, not rolled).
+pub(crate) fn weekends() -> Vec<OwnedSession> {
+    let mut out = Vec::new();
+    for (fri, mon) in [(3, 6), (10, 13), (17, 20)] {
+        let mut s = session(
+            &format!("w{fri}"),
+            &format!("2026-04-{fri:02}T17:00:00+02:00"),
+            &format!("2026-04-{mon:02}T08:10:00+02:00"),
+        );
+        let idle = |t: String| t.parse::<chrono::DateTime<chrono::FixedOffset>>().unwrap();
+        s.idle = vec![[
+            idle(format!("2026-04-{fri:02}T17:30:00+02:00")),
+            idle(format!("2026-04-{mon:02}T08:00:00+02:00")),
+        ]];
+        out.push(s);
+    }
+    let mut sat = session(
+        "idle-sat",
+        "2026-04-25T10:00:00+02:00",
+        "2026-04-25T10:30:00+02:00",
+    );
+    sat.idle = vec![[sat.start, sat.end.unwrap()]];
+    out.push(sat);
+    out
+}
+
+/// Saturday 25 April's idle window used later that day, in a session synced later.
+pub(crate) fn saturday_afternoon() -> OwnedSession {
+    session(
+        "used-sat",
+        "2026-04-25T15:00:00+02:00",
+        "2026-04-25T16:00:00+02:00",
+    )
 }
 
 /// Totals kept by settling equal totals made from the days: late batches, sessions
@@ -630,8 +788,19 @@ pub(crate) async fn report_totals_stay_exact_under_late_sessions_a_reprice_and_a
         .collect();
     store.ingest(ingest_of(&late)).await.unwrap();
     assert_totals_follow_the_days(&store, "synced in a team").await;
+    store.ingest(ingest_of(&weekends())).await.unwrap();
+    assert_totals_follow_the_days(&store, "left open over weekends").await;
+    // Three idle rolled Saturdays and the idle Saturday launch, at 9 a day (repriced).
+    assert_eq!(april_waste(&store).await, (4 * 9, 3 * 9));
     store = h.reopen(store);
     assert_totals_follow_the_days(&store, "reopened").await;
+    // After a restart, from a tail read back: the idle launch's window is used now.
+    store
+        .ingest(ingest_of(&[saturday_afternoon()]))
+        .await
+        .unwrap();
+    assert_totals_follow_the_days(&store, "an idle window used later").await;
+    assert_eq!(april_waste(&store).await, (3 * 9, 3 * 9));
     settings.catalog.clear();
     store.put_settings(settings.clone()).await.unwrap();
     assert_totals_follow_the_days(&store, "dropped").await;

@@ -243,6 +243,15 @@ pub struct TeamDay {
     pub days: u64,
 }
 
+/// Waste of a team's (or one user's) product over a range: see [`Store::waste_totals`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WasteTotal {
+    pub team: String,
+    pub product: String,
+    pub wasted: u64,
+    pub saved: u64,
+}
+
 /// A key's tokens and days used over whole months.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyTotal {
@@ -334,6 +343,15 @@ pub trait Store: Send + Sync + 'static {
         from: NaiveDate,
         to: NaiveDate,
     ) -> impl Future<Output = Result<Vec<TeamDay>, StoreError>> + Send;
+    /// Tokens wasted and what `rollover = active` would have saved, over the usage days
+    /// dated in `[from, to]` (see `daymeter_shared::waste`): by team and product, or,
+    /// with `user`, that user's by product (`team` empty).
+    fn waste_totals(
+        &self,
+        from: NaiveDate,
+        to: NaiveDate,
+        user: Option<String>,
+    ) -> impl Future<Output = Result<Vec<WasteTotal>, StoreError>> + Send;
     /// Each key's last access (an end on the day of its latest session end), of `users`
     /// only when given, sorted by user and product.
     fn reaches(

@@ -17,6 +17,7 @@ use daymeter_shared::accounting::{Span, WindowKind, walk_from};
 use daymeter_shared::ledger::Ledger;
 use daymeter_shared::time::date_text;
 use daymeter_shared::usage::priced;
+use daymeter_shared::waste::{ByStart, Marks};
 
 use super::tails::{Drawn, Held, StoredDay, Tail};
 use super::tally::Tally;
@@ -76,8 +77,11 @@ pub trait Sink {
 }
 
 /// The key's usage days from `from` (a resume point of `tail`) on, as the rules make
-/// them from the tail's sessions: walked, dated and priced, by window start. None for
-/// a product the catalog does not list (its stored days go).
+/// them from the tail's sessions: walked, dated, priced and marked, by window start.
+/// None for a product the catalog does not list (its stored days go).
+///
+/// The marks need no session before `from`: a charged window from `from` on starts at
+/// or after it, and no session that starts before `from` reaches it.
 pub fn days(settings: &Settings, key: Key<'_>, tail: &Tail, from: i64) -> Vec<(i64, StoredDay)> {
     if !settings.catalog.contains_key(key.product) {
         return Vec::new();
@@ -92,21 +96,53 @@ pub fn days(settings: &Settings, key: Key<'_>, tail: &Tail, from: i64) -> Vec<(i
     walk_from(&spans, &rules, &resume, &mut windows);
     let pricing = settings.pricing(key.user, key.product);
     let pricing = pricing.rules();
+    let by_start = ByStart::new(&spans, rules.min_session);
     windows
         .iter()
         .map(|w| {
             let p = priced(w, &rules, &pricing);
+            let short = w.kind == WindowKind::ShortFree;
+            let marks = if short {
+                Marks::default()
+            } else {
+                by_start.marks(w.start, w.end)
+            };
             let day = StoredDay {
                 end: w.end,
                 day: date_text(p.day),
                 plan: p.plan.as_str().to_owned(),
                 tokens: p.tokens as i64,
-                short: w.kind == WindowKind::ShortFree,
+                short,
+                marks,
                 drawn: Drawn::new(),
             };
             (w.start, day)
         })
         .collect()
+}
+
+/// The charged day before `from` whose window is still open at `from`, if it is marked
+/// idle and a session from `from` on is in use before its end: its window start and
+/// the day without the idle mark. (Its tokens and its rolled mark depend only on what
+/// came before `from`.)
+fn used_since(tail: &Tail, from: i64) -> Option<(i64, StoredDay)> {
+    let (start, day) = tail.days.range(..from).rev().find(|(_, d)| !d.short)?;
+    if day.end <= from || !day.marks.idle() {
+        return None;
+    }
+    let spans: Vec<Span<'_>> = tail.sessions[tail.first_from(from)..]
+        .iter()
+        .take_while(|s| s.start < day.end)
+        .map(Held::span)
+        .collect();
+    if !ByStart::new(&spans, 0).in_use_within(from, day.end) {
+        return None;
+    }
+    let used = StoredDay {
+        marks: day.marks.used(),
+        ..day.clone()
+    };
+    Some((*start, used))
 }
 
 /// Recomputes one key's usage days from `from` (a resume point of `tail`) and writes the
@@ -128,16 +164,34 @@ pub fn settle(
         changed: BTreeSet::new(),
     };
     let mut tally = Tally::default();
+    if let Some((start, used)) = used_since(tail, from) {
+        let old = &tail.days[&start];
+        tally.mark(&old.day, old.tokens, old.marks, -1);
+        tally.mark(&used.day, used.tokens, used.marks, 1);
+        books.sink.put_day(start, &used)?;
+        tail.days.insert(start, used);
+    }
     for (start, mut row) in fresh {
         let before = stored.remove(&start);
         if let Some(old) = before.as_ref().filter(|old| old.same_day(&row)) {
-            tail.days.insert(start, old.clone());
+            if old.marks != row.marks {
+                // Only the marks changed: the day is written again, the ledger is not.
+                tally.mark(&old.day, old.tokens, old.marks, -1);
+                tally.mark(&row.day, row.tokens, row.marks, 1);
+                row.drawn = old.drawn.clone();
+                books.sink.put_day(start, &row)?;
+                tail.days.insert(start, row);
+            } else {
+                tail.days.insert(start, old.clone());
+            }
             continue;
         }
         if let Some(old) = &before {
             tally.count(&old.day, old.tokens, -1);
+            tally.mark(&old.day, old.tokens, old.marks, -1);
         }
         tally.count(&row.day, row.tokens, 1);
+        tally.mark(&row.day, row.tokens, row.marks, 1);
         let reason = match &before {
             Some(old) => {
                 let why = format!("day changed ({})", cause.as_str());
@@ -155,6 +209,7 @@ pub fn settle(
     }
     for (start, old) in &stored {
         tally.count(&old.day, old.tokens, -1);
+        tally.mark(&old.day, old.tokens, old.marks, -1);
         books.sink.drop_day(*start)?;
         let why = format!("day removed ({})", cause.as_str());
         books.reverse(*start, &old.day, &old.drawn, &why)?;
@@ -166,6 +221,36 @@ pub fn settle(
         books.sink.reach(last_end)?;
     }
     books.sink.finish(&books.changed)
+}
+
+/// Writes the waste marks of the key's stored days from `from` (a resume point of
+/// `tail`) as the rules make them now, and nothing else: a day the walk would now
+/// make differently (a repricing not yet imported, say) keeps its row and its ledger
+/// entries. For a database whose days were stored before the marks existed.
+pub fn mark(
+    sink: &mut impl Sink,
+    settings: &Settings,
+    key: Key<'_>,
+    tail: &mut Tail,
+    from: i64,
+) -> Result<(), StoreError> {
+    let mut tally = Tally::default();
+    for (start, row) in days(settings, key, tail, from) {
+        let Some(old) = tail.days.get_mut(&start) else {
+            continue;
+        };
+        if !old.same_day(&row) || old.marks == row.marks {
+            continue;
+        }
+        tally.mark(&old.day, old.tokens, old.marks, -1);
+        tally.mark(&old.day, old.tokens, row.marks, 1);
+        old.marks = row.marks;
+        sink.put_day(start, old)?;
+    }
+    if !tally.is_empty() {
+        sink.tally(&tally)?;
+    }
+    sink.finish(&BTreeSet::new())
 }
 
 /// Charges and reversals of one key, and the purchases whose use they changed.

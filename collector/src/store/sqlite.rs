@@ -63,13 +63,14 @@ use writer::*;
 
 use super::balances::balances;
 use super::settle::{Entry, Key, Sink, settle};
-use super::tails::{Drawn, Held, StoredDay, StoredDays, Tail, Tails};
+use super::tails::{Drawn, Held, StoredDay, StoredDays, Tail, Tails, days_from};
 use super::tally::{KeyMonth, Month, Tally, month_of};
 use batches::{BATCH_MAX, Batch};
 use daymeter_shared::record::Problem;
 use daymeter_shared::session::{RawSession, Session};
 use daymeter_shared::time::{Zone, ZoneCache};
 use daymeter_shared::usage::UsageDay;
+use daymeter_shared::waste::Marks;
 use ids::{Ids, Lookup};
 use runs::{KeyedRun, Run, Runs};
 use rusqlite::{Connection, OptionalExtension, params};
@@ -277,6 +278,9 @@ impl SqliteStore {
         let runs = gather_runs(&conn)?;
         if (1..backfill::TOTALS_VERSION).contains(&was) {
             backfill::report_totals(&mut conn, &runs, &settings)?;
+        }
+        if backfill::marks_pending(&conn)? {
+            backfill::waste_marks(&mut conn, &runs, &settings)?;
         }
         let mut wal = path.as_os_str().to_owned();
         wal.push("-wal");

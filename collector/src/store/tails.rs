@@ -21,6 +21,7 @@ use std::collections::{BTreeMap, HashMap};
 use daymeter_shared::accounting::{Resume, Span};
 use daymeter_shared::session::{Interval, Session};
 use daymeter_shared::time::Zone;
+use daymeter_shared::waste::Marks;
 
 /// Sessions a tail keeps once it trims itself (it trims at four times as many, so that
 /// trimming is not part of every sync).
@@ -29,7 +30,7 @@ pub const KEEP: usize = 16;
 pub const MAX_KEYS: usize = 50_000;
 
 /// A stored usage day: window end, day, plan, tokens, whether it is a `count_free` row,
-/// and what its ledger entries hold.
+/// its waste marks, and what its ledger entries hold.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoredDay {
     pub end: i64,
@@ -37,11 +38,13 @@ pub struct StoredDay {
     pub plan: String,
     pub tokens: i64,
     pub short: bool,
+    pub marks: Marks,
     pub drawn: Drawn,
 }
 
 impl StoredDay {
-    /// Everything but `drawn`: whether a recomputed day changed.
+    /// Everything the ledger depends on (all but `marks` and `drawn`): whether a
+    /// recomputed day changed its charge.
     pub fn same_day(&self, other: &StoredDay) -> bool {
         (self.end, &self.day, &self.plan, self.tokens, self.short)
             == (
@@ -107,7 +110,8 @@ pub struct Tail {
     pub base: Resume,
     /// Every session of the key that starts at or after `at`, by start then id.
     pub sessions: Vec<Held>,
-    /// Every stored usage day of the key that starts at or after `at`.
+    /// Every stored usage day of the key that starts at or after `at`, and those from
+    /// the charged window still open at `at` on (a later session may mark it used).
     pub days: StoredDays,
     used: u64,
 }
@@ -189,8 +193,19 @@ impl Tail {
         self.base = self.resume_at(at);
         let keep = self.first_from(at);
         self.sessions.drain(..keep);
-        self.days = self.days.split_off(&at);
+        self.days = self.days.split_off(&days_from(&self.base, at));
         self.at = at;
+    }
+}
+
+/// Where a tail at `at` with the walk's state `base` keeps its days from: `at`, or the
+/// start of the charged window still open at `at`, whose idle mark a session after
+/// `at` can take away (see `store::settle`).
+pub fn days_from(base: &Resume, at: i64) -> i64 {
+    if base.window_end > at {
+        base.window_start.min(at)
+    } else {
+        at
     }
 }
 

@@ -14,6 +14,7 @@
 use std::collections::BTreeMap;
 
 use chrono::{Datelike, Months, NaiveDate, TimeDelta};
+use daymeter_shared::waste::Marks;
 
 /// One key's days in one month: tokens and usage days per day of the month (index 0
 /// is the 1st).
@@ -206,6 +207,9 @@ pub fn month_of(day: NaiveDate) -> String {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Tally {
     pub months: BTreeMap<String, Month>,
+    /// Day (`YYYY-MM-DD`) → tokens wasted and tokens `rollover = active` would have
+    /// saved (see [`Marks::cost`]).
+    pub waste: BTreeMap<String, (i64, i64)>,
 }
 
 impl Tally {
@@ -222,8 +226,20 @@ impl Tally {
         m.days[i] += sign;
     }
 
+    /// Adds (`sign` 1) or takes away (`sign` -1) the waste of a day dated `day` with
+    /// `tokens` and `marks`.
+    pub fn mark(&mut self, day: &str, tokens: i64, marks: Marks, sign: i64) {
+        let (wasted, saved) = marks.cost(tokens);
+        if wasted == 0 && saved == 0 {
+            return;
+        }
+        let e = self.waste.entry(day.to_owned()).or_default();
+        e.0 += sign * wasted;
+        e.1 += sign * saved;
+    }
+
     pub fn is_empty(&self) -> bool {
-        self.months.values().all(Month::is_empty)
+        self.months.values().all(Month::is_empty) && self.waste.values().all(|w| *w == (0, 0))
     }
 }
 

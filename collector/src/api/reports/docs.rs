@@ -4,7 +4,6 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use chrono::{NaiveDate, TimeDelta, Utc};
-use daymeter_shared::entitlement::Pricing;
 use serde_json::json;
 
 use super::{Asked, name_users, range_json};
@@ -328,9 +327,13 @@ pub(crate) async fn waste_doc<S: Store>(
         page,
         paging,
     } = paged(state, a).await?;
-    // The days, and the sessions that reach into their windows (a window may start
-    // the day before its session's days), read side by side.
-    let (rows, sessions) = tokio::try_join!(
+    // The totals over everyone the filter keeps, the page's days, and the sessions that
+    // reach into their windows (a window may start the day before its session's days),
+    // read side by side.
+    let (sums, rows, sessions) = tokio::try_join!(
+        state
+            .store
+            .waste_totals(a.range.from, a.range.to, a.filter.user.clone()),
         state
             .store
             .users_days(page.clone(), a.range.from, a.range.to),
@@ -342,6 +345,7 @@ pub(crate) async fn waste_doc<S: Store>(
             to: Some(a.range.to + TimeDelta::days(1)),
         }),
     )?;
+    let (wasted, save) = waste::totals(&sums, &a.filter, &teams);
     let mut by_key: BTreeMap<(String, String), (Vec<_>, Vec<_>)> = BTreeMap::new();
     for r in rows
         .into_iter()
@@ -361,29 +365,15 @@ pub(crate) async fn waste_doc<S: Store>(
             key.1.push(s);
         }
     }
-    let rules = settings.policy.rules();
+    let min_session = settings.policy.rules().min_session;
     let mut keys = Vec::new();
     for ((user, product), (days, sessions)) in &by_key {
-        let entitlements: Vec<_> = settings
-            .entitlements
-            .iter()
-            .filter(|e| &e.user == user && &e.product == product)
-            .collect();
-        let pricing = Pricing {
-            tokens_per_day: settings
-                .catalog
-                .get(product)
-                .map_or(0, |p| p.tokens_per_day),
-            entitlements: &entitlements,
-        };
-        let w = waste::key_waste(user, product, sessions, days, &a.range, &rules, &pricing);
+        let w = waste::key_waste(user, product, sessions, days, min_session);
         if !w.idle_windows.is_empty() || !w.rollovers.is_empty() {
             keys.push(w);
         }
     }
     name_users(state, &settings, &teams, &mut keys, |k| &mut k.user);
-    let wasted: u64 = keys.iter().map(|k| k.wasted_tokens).sum();
-    let save: u64 = keys.iter().map(|k| k.active_rollover_would_save).sum();
     let doc = json!({
         "range": range_json(&a.range),
         "page": paging,

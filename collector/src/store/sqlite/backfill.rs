@@ -8,8 +8,11 @@ use rusqlite::{Connection, params};
 
 use super::Tally;
 use super::runs::Runs;
-use super::{Month, Settings, StoreError, corrupt, db};
+use super::{
+    Hot, Ledgers, Marks, Month, Pending, Settings, SqliteSink, StoreError, corrupt, db, load_tail,
+};
 use crate::reports::Teams;
+use crate::store::settle::{Key, mark};
 
 /// The version whose migration created the totals' tables.
 pub(super) const TOTALS_VERSION: i64 = 12;
@@ -81,12 +84,13 @@ pub(super) fn report_totals(
     Ok(())
 }
 
-/// Rebuilds the totals by day, team and product from every key's months, each user's
-/// days going to the team `settings` puts them in: at open after the migration, and
-/// after each import (which may move users between teams).
+/// Rebuilds the totals by day, team and product from every key's months and marked
+/// days, each user's days going to the team `settings` puts them in: at open after the
+/// migration, and after each import (which may move users between teams).
 pub(super) fn team_days(t: &Connection, settings: &Settings) -> Result<(), StoreError> {
     let teams = Teams::new(&settings.teams);
-    let mut sums: HashMap<(String, String, String), (i64, i64)> = HashMap::new();
+    // (day, team, product) → tokens, usage days, wasted, saved.
+    let mut sums: HashMap<(String, String, String), [i64; 4]> = HashMap::new();
     {
         let mut stmt = t
             .prepare("SELECT month, user, product, by_day FROM key_months")
@@ -106,21 +110,109 @@ pub(super) fn team_days(t: &Connection, settings: &Settings) -> Result<(), Store
                     let e = sums
                         .entry((day, team.to_owned(), product.clone()))
                         .or_default();
-                    e.0 += tokens;
-                    e.1 += days;
+                    e[0] += tokens;
+                    e[1] += days;
                 }
             }
+        }
+    }
+    {
+        let mut stmt = t
+            .prepare(
+                "SELECT user, day, product, tokens, waste FROM usage_days INDEXED BY usage_days_waste
+                 WHERE waste & 1 = 1",
+            )
+            .map_err(db)?;
+        let mut rows = stmt.query([]).map_err(db)?;
+        while let Some(r) = rows.next().map_err(db)? {
+            let user: String = r.get(0).map_err(db)?;
+            let day: String = r.get(1).map_err(db)?;
+            let product: String = r.get(2).map_err(db)?;
+            let tokens: i64 = r.get(3).map_err(db)?;
+            let (wasted, saved) = Marks::from_bits(r.get(4).map_err(db)?).cost(tokens);
+            let e = sums
+                .entry((day, teams.of(&user).to_owned(), product))
+                .or_default();
+            e[2] += wasted;
+            e[3] += saved;
         }
     }
     t.execute("DELETE FROM day_totals", []).map_err(db)?;
     let mut put = t
         .prepare(
-            "INSERT INTO day_totals (day, team, product, tokens, days) VALUES (?1, ?2, ?3, ?4, ?5)",
+            "INSERT INTO day_totals (day, team, product, tokens, days, wasted, saved)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
         )
         .map_err(db)?;
-    for ((day, team, product), (tokens, days)) in &sums {
-        put.execute(params![day, team, product, tokens, days])
+    for ((day, team, product), [tokens, days, wasted, saved]) in &sums {
+        put.execute(params![day, team, product, tokens, days, wasted, saved])
             .map_err(db)?;
+    }
+    Ok(())
+}
+
+/// Whether the usage days still wait for their waste marks (see [`MARKS_PENDING`]).
+pub(super) fn marks_pending(conn: &Connection) -> Result<bool, StoreError> {
+    conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM settings WHERE key = ?1)",
+        [MARKS_PENDING],
+        |r| r.get(0),
+    )
+    .map_err(db)
+}
+
+/// The `settings` row migration 14 leaves until every stored usage day has its waste
+/// marks; [`waste_marks`] deletes it in the transaction that writes them, so a crash
+/// before its commit leaves it for the next start.
+pub(super) const MARKS_PENDING: &str = "waste_marks_pending";
+
+/// Marks the waste of every stored usage day (and adds it to `day_totals`), walking
+/// every key's sessions once: at open, for a database from before the marks. Nothing
+/// but the marks changes (see `store::settle::mark`). Minutes for a large database;
+/// a new one has no key and takes no time.
+pub(super) fn waste_marks(
+    conn: &mut Connection,
+    runs: &Runs,
+    settings: &Settings,
+) -> Result<(), StoreError> {
+    let started = std::time::Instant::now();
+    let tx = conn.transaction().map_err(db)?;
+    let keys: Vec<(String, String)> = {
+        let mut stmt = tx
+            .prepare("SELECT DISTINCT user, product FROM usage_days")
+            .map_err(db)?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .map_err(db)?;
+        rows.collect::<Result<_, _>>().map_err(db)?
+    };
+    if !keys.is_empty() {
+        tracing::info!(
+            keys = keys.len(),
+            "marking the waste of the stored usage days"
+        );
+    }
+    {
+        let mut hot = Hot::new(&tx);
+        let mut ledgers = Ledgers::default();
+        let mut totals = Pending::default();
+        for (user, product) in &keys {
+            let mut tail = load_tail(&tx, runs, user, product, i64::MIN, &[])?;
+            let key = Key::of(settings, user, product);
+            let mut sink = SqliteSink::new(&tx, &mut hot, &mut ledgers, &mut totals, key, "");
+            mark(&mut sink, settings, key, &mut tail, i64::MIN)?;
+        }
+        totals.flush(&tx)?;
+    }
+    tx.execute("DELETE FROM settings WHERE key = ?1", [MARKS_PENDING])
+        .map_err(db)?;
+    tx.commit().map_err(db)?;
+    if !keys.is_empty() {
+        tracing::info!(
+            keys = keys.len(),
+            seconds = started.elapsed().as_secs_f64(),
+            "marked the waste of the stored usage days"
+        );
     }
     Ok(())
 }

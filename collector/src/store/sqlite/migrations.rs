@@ -18,6 +18,7 @@ pub(super) const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0011_mail_schedules.sql"),
     include_str!("migrations/0012_report_totals.sql"),
     include_str!("migrations/0013_session_runs_by_last_row.sql"),
+    include_str!("migrations/0014_waste_marks.sql"),
 ];
 
 /// Applies the migrations not yet applied; returns the version the database had.

@@ -147,6 +147,7 @@ impl Sink for SqliteSink<'_, '_> {
         put.raw_bind_parameter(7, row.tokens).map_err(db)?;
         put.raw_bind_parameter(8, row.short).map_err(db)?;
         put.raw_bind_parameter(9, &drawn).map_err(db)?;
+        put.raw_bind_parameter(10, row.marks.bits()).map_err(db)?;
         put.raw_execute().map_err(db)?;
         Ok(())
     }

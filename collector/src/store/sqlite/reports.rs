@@ -7,7 +7,7 @@ use daymeter_shared::entitlement::Plan;
 
 use super::kept_totals::KeptTotals;
 use super::*;
-use crate::store::{KeyTotal, ProductDay, Reach, SessionFilter, TeamDay};
+use crate::store::{KeyTotal, ProductDay, Reach, SessionFilter, TeamDay, WasteTotal};
 
 /// A day's window may start up to a day before or after its date (its zone's offset),
 /// so a page's days are looked for two days either side, then kept by date.
@@ -226,6 +226,61 @@ pub(super) fn team_days(
             days,
         })
         .collect())
+}
+
+pub(super) fn waste_totals(
+    c: &Connection,
+    from: NaiveDate,
+    to: NaiveDate,
+    user: Option<&str>,
+) -> Result<Vec<WasteTotal>, StoreError> {
+    let mut out = Vec::new();
+    let (from, to) = (from.to_string(), to.to_string());
+    match user {
+        None => {
+            let mut stmt = c
+                .prepare_cached(
+                    "SELECT team, product, SUM(wasted), SUM(saved) FROM day_totals
+                     WHERE day BETWEEN ?1 AND ?2 GROUP BY team, product
+                     HAVING SUM(wasted) != 0 OR SUM(saved) != 0",
+                )
+                .map_err(db)?;
+            let mut rows = stmt.query(params![from, to]).map_err(db)?;
+            while let Some(r) = rows.next().map_err(db)? {
+                out.push(WasteTotal {
+                    team: r.get(0).map_err(db)?,
+                    product: r.get(1).map_err(db)?,
+                    wasted: r.get::<_, i64>(2).map_err(db)?.max(0) as u64,
+                    saved: r.get::<_, i64>(3).map_err(db)?.max(0) as u64,
+                });
+            }
+        }
+        Some(user) => {
+            let mut stmt = c
+                .prepare_cached(
+                    "SELECT product, tokens, waste FROM usage_days INDEXED BY usage_days_waste
+                     WHERE waste & 1 = 1 AND user = ?1 AND day BETWEEN ?2 AND ?3",
+                )
+                .map_err(db)?;
+            let mut rows = stmt.query(params![user, from, to]).map_err(db)?;
+            let mut by_product: BTreeMap<String, (i64, i64)> = BTreeMap::new();
+            while let Some(r) = rows.next().map_err(db)? {
+                let tokens: i64 = r.get(1).map_err(db)?;
+                let (wasted, saved) = Marks::from_bits(r.get(2).map_err(db)?).cost(tokens);
+                let e = by_product.entry(r.get(0).map_err(db)?).or_default();
+                e.0 += wasted;
+                e.1 += saved;
+            }
+            by_product.retain(|_, &mut (w, s)| w != 0 || s != 0);
+            out.extend(by_product.into_iter().map(|(product, (w, s))| WasteTotal {
+                team: String::new(),
+                product,
+                wasted: w.max(0) as u64,
+                saved: s.max(0) as u64,
+            }));
+        }
+    }
+    Ok(out)
 }
 
 /// `day_totals` in `[from, to]` summed by day and `by` (`product` or `team`, a column

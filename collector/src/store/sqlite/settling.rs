@@ -137,7 +137,7 @@ pub(super) fn load_tail(
     } else {
         resume_state(t, user, product, at)?
     };
-    let days = stored_days(t, user, product, at)?;
+    let days = stored_days(t, user, product, days_from(&base, at))?;
     Ok(Tail::new(at, base, sessions, days))
 }
 
@@ -150,7 +150,7 @@ pub(super) fn stored_days(
 ) -> Result<StoredDays, StoreError> {
     let mut stmt = t
         .prepare_cached(
-            "SELECT window_start_ns, window_end_ns, day, plan, tokens, short_row, drawn FROM usage_days
+            "SELECT window_start_ns, window_end_ns, day, plan, tokens, short_row, drawn, waste FROM usage_days
              WHERE user = ?1 AND product = ?2 AND window_start_ns >= ?3",
         )
         .map_err(db)?;
@@ -164,12 +164,13 @@ pub(super) fn stored_days(
                 r.get::<_, i64>(4)?,
                 r.get::<_, bool>(5)?,
                 r.get::<_, String>(6)?,
+                r.get::<_, i64>(7)?,
             ))
         })
         .map_err(db)?;
     let mut days = StoredDays::new();
     for row in found {
-        let (start, end, day, plan, tokens, short, drawn) = row.map_err(db)?;
+        let (start, end, day, plan, tokens, short, drawn, marks) = row.map_err(db)?;
         days.insert(
             start,
             StoredDay {
@@ -178,6 +179,7 @@ pub(super) fn stored_days(
                 plan,
                 tokens,
                 short,
+                marks: Marks::from_bits(marks),
                 drawn: drawn_of(&drawn)?,
             },
         );

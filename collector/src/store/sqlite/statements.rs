@@ -39,11 +39,11 @@ impl Sql {
                 "UPDATE devices SET last_sync = ?2 WHERE id = ?1 AND (last_sync IS NULL OR last_sync < ?3)"
             }
             Sql::PutDay => {
-                "INSERT INTO usage_days (user, product, window_start_ns, window_end_ns, day, plan, tokens, short_row, drawn)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+                "INSERT INTO usage_days (user, product, window_start_ns, window_end_ns, day, plan, tokens, short_row, drawn, waste)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
                  ON CONFLICT (user, window_start_ns, product) DO UPDATE SET window_end_ns = excluded.window_end_ns,
                    day = excluded.day, plan = excluded.plan, tokens = excluded.tokens, short_row = excluded.short_row,
-                   drawn = excluded.drawn"
+                   drawn = excluded.drawn, waste = excluded.waste"
             }
             Sql::DropDay => {
                 "DELETE FROM usage_days WHERE user = ?1 AND product = ?2 AND window_start_ns = ?3"

@@ -2,7 +2,7 @@
 //! the pool of reader connections.
 
 use super::*;
-use crate::store::{KeyTotal, ProductDay, Reach, TeamDay};
+use crate::store::{KeyTotal, ProductDay, Reach, TeamDay, WasteTotal};
 
 impl Store for SqliteStore {
     async fn devices(&self) -> Result<Vec<Device>, StoreError> {
@@ -152,6 +152,16 @@ impl Store for SqliteStore {
 
     async fn team_days(&self, from: NaiveDate, to: NaiveDate) -> Result<Vec<TeamDay>, StoreError> {
         self.read(move |c| reports::team_days(c, from, to)).await
+    }
+
+    async fn waste_totals(
+        &self,
+        from: NaiveDate,
+        to: NaiveDate,
+        user: Option<String>,
+    ) -> Result<Vec<WasteTotal>, StoreError> {
+        self.read(move |c| reports::waste_totals(c, from, to, user.as_deref()))
+            .await
     }
 
     async fn reaches(&self, users: Option<Vec<String>>) -> Result<Vec<Reach>, StoreError> {

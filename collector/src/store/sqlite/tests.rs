@@ -4,7 +4,9 @@
 
 use super::*;
 use crate::store::Incoming;
-use crate::store::conformance::{Harness, history, ingest_of, replayed, session, settings};
+use crate::store::conformance::{
+    Harness, history, ingest_of, replayed, session, settings, weekends,
+};
 use daymeter_shared::policy::Policy;
 use daymeter_shared::session::OwnedSession;
 use daymeter_shared::session::RawSession;
@@ -487,7 +489,8 @@ async fn a_database_from_before_the_report_totals_gets_them_built_at_open() {
         {
             conn.execute_batch(&format!("DROP TABLE {table}")).unwrap();
         }
-        // And the indexes of the migrations after it, which run again.
+        // And the indexes and the columns (of tables kept) of the migrations after
+        // it, which run again.
         for later in &MIGRATIONS[backfill::TOTALS_VERSION as usize..] {
             for index in later
                 .split("CREATE INDEX ")
@@ -495,6 +498,15 @@ async fn a_database_from_before_the_report_totals_gets_them_built_at_open() {
                 .filter_map(|rest| rest.split_whitespace().next())
             {
                 conn.execute_batch(&format!("DROP INDEX {index}")).unwrap();
+            }
+            for added in later.split("ALTER TABLE ").skip(1) {
+                let words: Vec<&str> = added.split_whitespace().collect();
+                if let [table, "ADD", "COLUMN", column, ..] = words[..]
+                    && !migration.contains(&format!("CREATE TABLE {table} "))
+                {
+                    conn.execute_batch(&format!("ALTER TABLE {table} DROP COLUMN {column}"))
+                        .unwrap();
+                }
             }
         }
         conn.pragma_update(None, "user_version", backfill::TOTALS_VERSION - 1)
@@ -504,4 +516,62 @@ async fn a_database_from_before_the_report_totals_gets_them_built_at_open() {
     crate::store::conformance::assert_totals_follow_the_days(&store, "backfilled").await;
     assert!(!store.reaches(None).await.unwrap().is_empty());
     store.close();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_database_from_before_the_waste_marks_gets_them_at_open_and_its_ledger_is_untouched() {
+    let path = temp_db("marks-backfill");
+    let store = SqliteStore::open(&path).unwrap();
+    store
+        .put_settings(settings(Policy::default()))
+        .await
+        .unwrap();
+    store.ingest(ingest_of(&history())).await.unwrap();
+    store.ingest(ingest_of(&weekends())).await.unwrap();
+    let ledger = store.ledger(None, None, usize::MAX).await.unwrap();
+    store.close();
+    drop(store);
+    {
+        // As migration 14 leaves a database written before it: no marks, no waste
+        // totals, and the row that says they are to be made.
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "UPDATE usage_days SET waste = 0;
+             UPDATE day_totals SET wasted = 0, saved = 0;
+             INSERT INTO settings (key, value) VALUES ('waste_marks_pending', 'true');",
+        )
+        .unwrap();
+    }
+    let store = SqliteStore::open(&path).unwrap();
+    crate::store::conformance::assert_totals_follow_the_days(&store, "marked at open").await;
+    let april = store
+        .waste_totals(
+            "2026-04-01".parse().unwrap(),
+            "2026-04-30".parse().unwrap(),
+            None,
+        )
+        .await
+        .unwrap();
+    let wasted: u64 = april.iter().map(|t| t.wasted).sum();
+    assert_eq!(
+        wasted,
+        4 * 7,
+        "three idle rolled Saturdays and an idle launch"
+    );
+    assert_eq!(
+        store.ledger(None, None, usize::MAX).await.unwrap(),
+        ledger,
+        "marking books nothing"
+    );
+    store.close();
+    let conn = Connection::open(&path).unwrap();
+    let pending: i64 = conn
+        .query_row(
+            "SELECT COUNT(*) FROM settings WHERE key = 'waste_marks_pending'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(pending, 0, "marked once");
+    let _ = std::fs::remove_dir_all(path.parent().unwrap());
 }

@@ -24,14 +24,15 @@ fn utc_day(ns: i64) -> i64 {
     ns.div_euclid(86_400 * 1_000_000_000)
 }
 
-/// A team's product's tokens and usage days by day.
-type ByDay = BTreeMap<NaiveDate, (i64, i64)>;
+/// A team's product's differences by day: tokens, usage days, tokens wasted, tokens
+/// `rollover = active` would have saved (the columns of `day_totals`).
+type ByDay = BTreeMap<NaiveDate, [i64; 4]>;
 
 #[derive(Default)]
 pub(super) struct Pending {
     /// (month, user, product) → the month's difference.
     months: BTreeMap<(String, String, String), Month>,
-    /// team → product → day → tokens, usage days.
+    /// team → product → day → tokens, usage days, wasted, saved.
     days: BTreeMap<String, BTreeMap<String, ByDay>>,
     /// (user, product) → latest session end (ns).
     reach: BTreeMap<(String, String), i64>,
@@ -54,29 +55,44 @@ impl Pending {
                 .entry((month.clone(), key.user.to_owned(), key.product.to_owned()))
                 .or_default()
                 .add(delta);
+        }
+        let mut by_day = Vec::new();
+        for (month, delta) in &tally.months {
             let Ok(first) = format!("{month}-01").parse::<NaiveDate>() else {
-                continue;
-            };
-            if !self.days.contains_key(key.team) {
-                self.days.insert(key.team.to_owned(), BTreeMap::new());
-            }
-            let Some(team) = self.days.get_mut(key.team) else {
-                continue;
-            };
-            if !team.contains_key(key.product) {
-                team.insert(key.product.to_owned(), BTreeMap::new());
-            }
-            let Some(product) = team.get_mut(key.product) else {
                 continue;
             };
             for (i, (&t, &d)) in delta.tokens.iter().zip(&delta.days).enumerate() {
                 if (t != 0 || d != 0)
                     && let Some(day) = first.with_day(i as u32 + 1)
                 {
-                    let e = product.entry(day).or_default();
-                    e.0 += t;
-                    e.1 += d;
+                    by_day.push((day, [t, d, 0, 0]));
                 }
+            }
+        }
+        for (day, &(wasted, saved)) in &tally.waste {
+            if let Ok(day) = day.parse::<NaiveDate>() {
+                by_day.push((day, [0, 0, wasted, saved]));
+            }
+        }
+        if by_day.is_empty() {
+            return;
+        }
+        if !self.days.contains_key(key.team) {
+            self.days.insert(key.team.to_owned(), BTreeMap::new());
+        }
+        let Some(team) = self.days.get_mut(key.team) else {
+            return;
+        };
+        if !team.contains_key(key.product) {
+            team.insert(key.product.to_owned(), BTreeMap::new());
+        }
+        let Some(product) = team.get_mut(key.product) else {
+            return;
+        };
+        for (day, delta) in by_day {
+            let e = product.entry(day).or_default();
+            for (sum, d) in e.iter_mut().zip(delta) {
+                *sum += d;
             }
         }
     }
@@ -172,17 +188,27 @@ impl Pending {
         if !pending.days.is_empty() {
             let mut add = t
                 .prepare_cached(
-                    "INSERT INTO day_totals (day, team, product, tokens, days) VALUES (?1, ?2, ?3, ?4, ?5)
+                    "INSERT INTO day_totals (day, team, product, tokens, days, wasted, saved)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
                      ON CONFLICT (day, team, product) DO UPDATE SET tokens = tokens + excluded.tokens,
-                       days = days + excluded.days",
+                       days = days + excluded.days, wasted = wasted + excluded.wasted,
+                       saved = saved + excluded.saved",
                 )
                 .map_err(db)?;
             for (team, products) in &pending.days {
                 for (product, days) in products {
-                    for (day, (tokens, count)) in days {
-                        if *tokens != 0 || *count != 0 {
-                            add.execute(params![day.to_string(), team, product, tokens, count])
-                                .map_err(db)?;
+                    for (day, [tokens, count, wasted, saved]) in days {
+                        if [tokens, count, wasted, saved].iter().any(|v| **v != 0) {
+                            add.execute(params![
+                                day.to_string(),
+                                team,
+                                product,
+                                tokens,
+                                count,
+                                wasted,
+                                saved
+                            ])
+                            .map_err(db)?;
                         }
                     }
                 }
