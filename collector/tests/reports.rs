@@ -757,3 +757,76 @@ async fn a_hashed_user_is_filtered_by_pseudonym_and_an_unknown_team_is_not_found
         assert_eq!(r.body["error"]["field"], "team", "{path}: {}", r.body);
     }
 }
+
+/// The waste totals are over every user the filter keeps, while the page of users
+/// holds only the first: ana (page 1 of 1 user each) wasted nothing, ben's Saturday
+/// still counts; filtering by someone else's user, team or product leaves nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_waste_totals_cover_every_user_the_filter_keeps_not_just_the_page() {
+    let (_dir, c) = seeded().await;
+    let first = c
+        .api
+        .admin_get(&format!("/v1/reports/waste?{NOVEMBER}&per_page=1"))
+        .await;
+    assert_eq!(first["page"]["next"], 2, "{first}");
+    assert_eq!(first["keys"], json!([]), "ana wasted nothing: {first}");
+    assert_eq!(first["wasted_tokens"], 7, "{first}");
+    assert_eq!(first["active_rollover_would_save"], 7, "{first}");
+    for (filter, wasted) in [
+        ("team=civil", 7),
+        ("user=ben", 7),
+        ("product=acad", 7),
+        ("team=arch", 0),
+        ("user=ana", 0),
+        ("product=revit", 0),
+    ] {
+        let r = c
+            .api
+            .admin_get(&format!("/v1/reports/waste?{NOVEMBER}&{filter}&per_page=1"))
+            .await;
+        assert_eq!(r["wasted_tokens"], wasted, "{filter}: {r}");
+        assert_eq!(r["active_rollover_would_save"], wasted, "{filter}: {r}");
+    }
+    // Outside the weekend the same filter finds nothing to total.
+    let r = c
+        .api
+        .admin_get("/v1/reports/waste?from=2026-11-10&to=2026-11-30")
+        .await;
+    assert_eq!(r["wasted_tokens"], 0, "{r}");
+}
+
+/// Ben's Saturday window (Sat 17:00 to Sun 17:00) was idle on his laptop; an hour of
+/// AutoCAD on Sunday morning from the office desktop, synced a week later, means the
+/// day was used after all: nothing wasted, nothing to save, and no day charged more.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_late_session_in_an_idle_window_takes_it_out_of_the_waste() {
+    let (_dir, c) = seeded().await;
+    let tokens = c
+        .api
+        .admin_get(&format!("/v1/reports/tokens?{NOVEMBER}"))
+        .await;
+    let desktop = c.api.enroll("ben-desktop").await;
+    c.api
+        .sync(
+            &desktop,
+            "ben",
+            &[session(
+                "ben-sunday",
+                "acad",
+                "2026-11-08T10:00:00Z",
+                "2026-11-08T11:00:00Z",
+            )],
+        )
+        .await;
+    let r = c
+        .api
+        .admin_get(&format!("/v1/reports/waste?{NOVEMBER}"))
+        .await;
+    assert_eq!(r["wasted_tokens"], 0, "{r}");
+    assert_eq!(r["active_rollover_would_save"], 0, "{r}");
+    let after = c
+        .api
+        .admin_get(&format!("/v1/reports/tokens?{NOVEMBER}"))
+        .await;
+    assert_eq!(after["used"], tokens["used"], "inside a charged window");
+}
