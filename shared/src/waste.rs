@@ -50,10 +50,6 @@ impl Marks {
         self.0 & 2 != 0
     }
 
-    pub fn is_empty(self) -> bool {
-        self.0 == 0
-    }
-
     /// Tokens wasted and tokens `rollover = active` would have saved, of a window of
     /// `tokens` with these marks.
     pub fn cost(self, tokens: i64) -> (i64, i64) {

@@ -21,7 +21,7 @@
 use chrono::{DateTime, NaiveDate, Utc};
 use daymeter_shared::accounting::Span;
 use daymeter_shared::session::Session;
-use daymeter_shared::time::{Nanos, Zone};
+use daymeter_shared::time::{Nanos, Zone, nanos};
 use daymeter_shared::usage::UsageDay;
 use daymeter_shared::waste::ByStart;
 use serde::Serialize;
@@ -121,11 +121,7 @@ pub fn totals(sums: &[WasteTotal], filter: &Filter, teams: &Teams) -> (u64, u64)
 }
 
 fn ns(t: DateTime<Utc>) -> Nanos {
-    t.timestamp_nanos_opt().unwrap_or(if t.timestamp() < 0 {
-        Nanos::MIN
-    } else {
-        Nanos::MAX
-    })
+    nanos(&t.fixed_offset())
 }
 
 #[cfg(test)]
